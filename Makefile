@@ -1,0 +1,29 @@
+# Every target installs into .venv first (created when missing).
+# torch comes first and pinned, so requirements.txt cannot pull a multi-GB CUDA build.
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+
+.PHONY: install demo test lint bench clean
+
+$(STAMP): requirements.txt
+	test -x $(PY) || python3 -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
+	$(PY) -m pip install --quiet -r requirements.txt
+	touch $(STAMP)
+
+install: $(STAMP)
+
+demo: $(STAMP)
+	$(PY) scripts/demo.py --out demo
+
+test: $(STAMP)
+	$(PY) -m ruff check --quiet .
+	$(PY) -m pytest -q tests
+
+bench: $(STAMP)
+	$(PY) scripts/bench_prepare.py
+
+clean:
+	rm -rf demo runs .pytest_cache

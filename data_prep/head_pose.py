@@ -1,0 +1,285 @@
+"""Head pose (R, t) per frame and one focal length per person, from face-mesh landmarks.
+
+Convention (../shared/DESIGN.md): a pinhole camera fixed to the person's crop,
+focal ``f`` in crop pixels, principal point at the crop centre, OpenCV axes.
+``x_cam = R @ x_head + t`` maps head-canonical points into that camera.
+
+Head-canonical space is the person's own canonical face: the generalized
+Procrustes mean of its landmarks over the clip, turned frontal (x from the
+right outer eye corner to the left one, y from forehead down to chin, z away
+from the camera) and scaled so the outer eye corners are ``EYE_SPAN`` apart
+(about metres), origin at the landmark centroid.
+
+Fitting: (1) the landmarks that move least once aligned are the rigid ones
+(the mouth, jaw and eyelids drop out by themselves); (2) a weak-perspective
+Procrustes per frame gives R, scale and image position; (3) for each focal
+on a grid, R and t are refined by minimizing the 2D reprojection error of the
+rigid landmarks over all frames, the best focal is refined jointly with all
+poses (robust Huber loss, L-BFGS).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import numpy as np
+import torch
+
+# Face-mesh indices: outer eye corners (person's right, left), top of forehead, chin.
+EYE_R_OUTER, EYE_L_OUTER, FOREHEAD, CHIN = 33, 263, 10, 152
+# Outer-eye-corner span of the canonical face in head units (an adult's is about 9 cm).
+EYE_SPAN = 0.09
+
+
+def rotation_from_euler_pyr(euler: np.ndarray) -> np.ndarray:
+    """R = Rx(pitch) @ Ry(yaw) @ Rz(roll), the one Euler convention of the project.
+
+    Args:
+        euler: [..., 3] (pitch, yaw, roll) in radians; nodding is pitch.
+
+    Returns:
+        [..., 3, 3] rotation matrices.
+    """
+    p, y, r = np.moveaxis(np.asarray(euler, dtype=np.float64), -1, 0)
+    cp, sp, cy, sy, cr, sr = np.cos(p), np.sin(p), np.cos(y), np.sin(y), np.cos(r), np.sin(r)
+    row0 = np.stack([cy * cr, -cy * sr, sy], -1)
+    row1 = np.stack([cp * sr + sp * sy * cr, cp * cr - sp * sy * sr, -sp * cy], -1)
+    row2 = np.stack([sp * sr - cp * sy * cr, sp * cr + cp * sy * sr, cp * cy], -1)
+    return np.stack([row0, row1, row2], -2)
+
+
+def euler_pyr(R: np.ndarray) -> np.ndarray:
+    """Inverse of ``rotation_from_euler_pyr``: [..., 3, 3] -> [..., 3] (pitch, yaw, roll) radians."""
+    R = np.asarray(R, dtype=np.float64)
+    yaw = np.arcsin(np.clip(R[..., 0, 2], -1.0, 1.0))
+    pitch = np.arctan2(-R[..., 1, 2], R[..., 2, 2])
+    roll = np.arctan2(-R[..., 0, 1], R[..., 0, 0])
+    return np.stack([pitch, yaw, roll], -1)
+
+
+def similarity_procrustes(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None):
+    """Best s, R, t with dst ~ s R src + t (Umeyama), batched over frames.
+
+    Args:
+        src: [..., N, 3] points; dst: [..., N, 3] points.
+        weights: optional [N] non-negative point weights.
+
+    Returns:
+        s [...], R [..., 3, 3] (proper rotations), t [..., 3].
+    """
+    w = np.ones(src.shape[-2]) if weights is None else np.asarray(weights, dtype=np.float64)
+    w = w / w.sum()
+    mu_s = np.einsum("n,...nd->...d", w, src)
+    mu_d = np.einsum("n,...nd->...d", w, dst)
+    a, b = src - mu_s[..., None, :], dst - mu_d[..., None, :]
+    cov = np.einsum("n,...ni,...nj->...ij", w, b, a)
+    U, S, Vt = np.linalg.svd(cov)
+    d = np.sign(np.linalg.det(U @ Vt))
+    D = np.ones(S.shape)
+    D[..., -1] = d
+    R = U @ (D[..., :, None] * Vt)
+    var_s = np.einsum("n,...nd->...", w, a * a)
+    s = (S * D).sum(-1) / np.maximum(var_s, 1e-12)
+    t = mu_d - s[..., None] * np.einsum("...ij,...j->...i", R, mu_s)
+    return s, R, t
+
+
+def generalized_procrustes(shapes: np.ndarray, idx: np.ndarray, iters: int = 5) -> np.ndarray:
+    """Mean shape of [F, N, 3] shapes after similarity alignment on the points ``idx``.
+
+    Returns:
+        [N, 3] mean shape, unit RMS size on ``idx``, centred on ``idx``.
+    """
+    mean = shapes[0]
+    for _ in range(iters):
+        s, R, t = similarity_procrustes(shapes[:, idx], np.broadcast_to(mean[idx], shapes[:, idx].shape))
+        aligned = s[:, None, None] * np.einsum("fij,fnj->fni", R, shapes) + t[:, None, :]
+        mean = aligned.mean(0)
+        mean = mean - mean[idx].mean(0)
+        mean = mean / np.sqrt((mean[idx] ** 2).sum(-1).mean())
+    return mean
+
+
+def rigid_landmarks(lm3d: np.ndarray, keep: float = 0.4) -> np.ndarray:
+    """Indices of the landmarks that move least relative to the face (the rigid part).
+
+    Args:
+        lm3d: [F, N, 3] landmarks of valid frames.
+        keep: the share of landmarks kept.
+
+    Returns:
+        [M] sorted indices.
+    """
+    idx = np.arange(lm3d.shape[1])
+    for _ in range(2):
+        mean = generalized_procrustes(lm3d, idx, iters=3)
+        s, R, t = similarity_procrustes(lm3d[:, idx], np.broadcast_to(mean[idx], lm3d[:, idx].shape))
+        aligned = s[:, None, None] * np.einsum("fij,fnj->fni", R, lm3d) + t[:, None, :]
+        spread = np.sqrt(((aligned - aligned.mean(0)) ** 2).sum(-1).mean(0))
+        idx = np.sort(np.argsort(spread)[: max(12, int(keep * lm3d.shape[1]))])
+    return idx
+
+
+@dataclasses.dataclass
+class HeadPoseFit:
+    """Per-person result: poses of every frame (NaN where invalid) and one focal."""
+
+    R: np.ndarray  # [T, 3, 3]
+    t: np.ndarray  # [T, 3]
+    euler: np.ndarray  # [T, 3] pitch, yaw, roll
+    focal: float  # crop pixels
+    canonical: np.ndarray  # [478, 3] head units
+    rigid: np.ndarray  # [M] landmark indices used for the pose
+    reproj_px: np.ndarray  # [T] RMS reprojection error of the rigid landmarks
+
+
+def _axis_angle_to_R(v: torch.Tensor) -> torch.Tensor:
+    """[F, 3] axis-angle -> [F, 3, 3] (Rodrigues, stable near zero)."""
+    theta = v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
+    k = v / theta
+    K = torch.zeros(v.shape[0], 3, 3, dtype=v.dtype)
+    K[:, 0, 1], K[:, 0, 2], K[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
+    K = K - K.transpose(1, 2)
+    th = theta[..., None]
+    eye = torch.eye(3, dtype=v.dtype).expand_as(K)
+    return eye + torch.sin(th) * K + (1 - torch.cos(th)) * (K @ K)
+
+
+def _R_to_axis_angle(R: np.ndarray) -> np.ndarray:
+    """[F, 3, 3] -> [F, 3] axis-angle (angles below pi)."""
+    cos = np.clip((np.trace(R, axis1=1, axis2=2) - 1) / 2, -1.0, 1.0)
+    theta = np.arccos(cos)
+    w = np.stack([R[:, 2, 1] - R[:, 1, 2], R[:, 0, 2] - R[:, 2, 0], R[:, 1, 0] - R[:, 0, 1]], -1)
+    sin = np.sin(theta)
+    scale = np.where(sin > 1e-8, theta / (2 * np.maximum(sin, 1e-8)), 0.5)
+    return w * scale[:, None]
+
+
+def _refine(canon: torch.Tensor, uv: torch.Tensor, c: float, rvec: torch.Tensor, tvec: torch.Tensor,
+            log_f: torch.Tensor, fit_focal: bool, iters: int) -> float:
+    """L-BFGS on the Huber reprojection error; updates rvec, tvec (and log_f) in place."""
+    params = [rvec, tvec] + ([log_f] if fit_focal else [])
+    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
+
+    def residual():
+        x = torch.einsum("fij,nj->fni", _axis_angle_to_R(rvec), canon) + tvec[:, None, :]
+        z = x[..., 2:].clamp_min(1e-3)
+        return torch.exp(log_f) * x[..., :2] / z + c - uv
+
+    def closure():
+        opt.zero_grad()
+        loss = torch.nn.functional.huber_loss(residual(), torch.zeros_like(uv), delta=2.0, reduction="mean")
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    with torch.no_grad():
+        return float(torch.sqrt((residual() ** 2).sum(-1).mean()))
+
+
+def _frontal(shape: np.ndarray) -> np.ndarray:
+    """Turn a [N, 3] face frontal, centre it and scale it to head units (module doc)."""
+    x = shape[EYE_L_OUTER] - shape[EYE_R_OUTER]
+    x = x / np.linalg.norm(x)
+    y = shape[CHIN] - shape[FOREHEAD]
+    y = y - (y @ x) * x
+    y = y / np.linalg.norm(y)
+    basis = np.stack([x, y, np.cross(x, y)])  # rows: head axes in the shape's frame
+    canon = (shape - shape.mean(0)) @ basis.T
+    return canon * (EYE_SPAN / np.linalg.norm(canon[EYE_L_OUTER] - canon[EYE_R_OUTER]))
+
+
+def _fit_poses(canon: np.ndarray, lm: np.ndarray, rigid: np.ndarray, c: float,
+               focals: list[float], fit_focal: bool):
+    """Best poses of a fixed canonical face over candidate focals, then (optionally) the focal."""
+    s, R0, t_img = similarity_procrustes(canon[rigid], lm[:, rigid])
+    canon_t = torch.from_numpy(canon[rigid])
+    uv = torch.from_numpy(lm[:, rigid, :2])
+    best = None
+    for f in focals:
+        z = f / s  # weak perspective: image scale s = f / depth
+        t0 = np.stack([(t_img[:, 0] - c) * z / f, (t_img[:, 1] - c) * z / f, z], -1)
+        rvec = torch.tensor(_R_to_axis_angle(R0), requires_grad=True)
+        tvec = torch.tensor(t0, requires_grad=True)
+        log_f = torch.tensor(np.log(f), requires_grad=True)
+        err = _refine(canon_t, uv, c, rvec, tvec, log_f, fit_focal=False, iters=40)
+        if best is None or err < best[0] - 1e-3:
+            best = (err, rvec.detach(), tvec.detach(), log_f.detach())
+    _, rvec, tvec, log_f = best
+    if fit_focal:
+        rvec, tvec, log_f = rvec.requires_grad_(), tvec.requires_grad_(), log_f.requires_grad_()
+        _refine(canon_t, uv, c, rvec, tvec, log_f, fit_focal=True, iters=100)
+    return _axis_angle_to_R(rvec.detach()).numpy(), tvec.detach().numpy(), float(np.exp(log_f.item()))
+
+
+def fit_head_pose(landmarks: np.ndarray, valid: np.ndarray, crop_size: int,
+                  focal_grid: tuple[float, ...] = (0.8, 1.2, 1.8, 2.7, 4.0, 6.0, 9.0),
+                  rounds: int = 1) -> HeadPoseFit:
+    """Fit per-frame (R, t), one focal and the canonical face to a person's landmarks.
+
+    The canonical face starts as the weak-perspective Procrustes mean; each
+    round fits poses and focal, then re-estimates the canonical face by
+    lifting every frame's 2D landmarks to the depth the current model gives
+    them and taking them back into head space (the median over frames), which
+    removes the perspective bias of the first estimate.
+
+    Args:
+        landmarks: [T, 478, 3] face-mesh landmarks in crop pixels (z scaled like x).
+        valid: [T] bool, frames with landmarks.
+        crop_size: the crop side in pixels (principal point at its centre).
+        focal_grid: focal candidates in multiples of ``crop_size``; the fitted
+            focal stays within their span, beyond which depth and focal trade off freely.
+        rounds: canonical-face re-estimation rounds.
+
+    Returns:
+        HeadPoseFit; R, t, euler, reproj_px are NaN on invalid frames.
+    """
+    T = landmarks.shape[0]
+    lm = landmarks[valid].astype(np.float64)
+    rigid = rigid_landmarks(lm)
+    canon = _frontal(generalized_procrustes(lm, rigid))
+    c = crop_size / 2.0
+    lo, hi = focal_grid[0] * crop_size, focal_grid[-1] * crop_size
+    focals = [k * crop_size for k in focal_grid]
+    for _ in range(rounds):
+        Rv, tv, focal = _fit_poses(canon, lm, rigid, c, focals, fit_focal=True)
+        focal = float(np.clip(focal, lo, hi))
+        depth = (np.einsum("fij,nj->fni", Rv, canon) + tv[:, None])[..., 2]
+        x_cam = np.concatenate([(lm[..., :2] - c) / focal * depth[..., None], depth[..., None]], -1)
+        lifted = np.einsum("fji,fnj->fni", Rv, x_cam - tv[:, None])
+        canon = _frontal(np.median(lifted, axis=0))
+        focals = [focal]
+    Rv, tv, _ = _fit_poses(canon, lm, rigid, c, [focal], fit_focal=False)
+    x = np.einsum("fij,nj->fni", Rv, canon[rigid]) + tv[:, None]
+    proj = focal * x[..., :2] / x[..., 2:] + c
+    err = np.sqrt(((proj - lm[:, rigid, :2]) ** 2).sum(-1).mean(-1))
+    R = np.full((T, 3, 3), np.nan)
+    t = np.full((T, 3), np.nan)
+    reproj = np.full(T, np.nan)
+    R[valid], t[valid], reproj[valid] = Rv, tv, err
+    return HeadPoseFit(R, t, euler_pyr(R), focal, canon, rigid, reproj)
+
+
+def smooth_poses(R: np.ndarray, t: np.ndarray, valid: np.ndarray, sigma: float) -> tuple[np.ndarray, np.ndarray]:
+    """Gaussian temporal smoothing of poses within each run of valid frames.
+
+    Rotations are smoothed as axis-angle offsets from the run's mean rotation,
+    which is accurate for the moderate head turns of a conversation.
+
+    Args:
+        R: [T, 3, 3]; t: [T, 3]; valid: [T] bool; sigma: in frames (0 = off).
+    """
+    from scipy.ndimage import gaussian_filter1d
+
+    if sigma <= 0:
+        return R, t
+    R, t = R.copy(), t.copy()
+    edges = np.flatnonzero(np.diff(np.r_[0, valid.astype(np.int8), 0]))
+    for a, b in zip(edges[::2], edges[1::2]):
+        U, _, Vt = np.linalg.svd(np.mean(R[a:b], 0))
+        Rm = U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt  # nearest rotation to the mean
+        rel = _R_to_axis_angle(np.einsum("ji,fjk->fik", Rm, R[a:b]))
+        rel = gaussian_filter1d(rel, sigma, axis=0, mode="nearest")
+        R[a:b] = Rm @ _axis_angle_to_R(torch.from_numpy(rel)).numpy()
+        t[a:b] = gaussian_filter1d(t[a:b], sigma, axis=0, mode="nearest")
+    return R, t

@@ -1,0 +1,100 @@
+"""Head / torso / background labels of a person crop, and clean background plates.
+
+Labels: 0 background, 1 head, 2 torso. The person is mediapipe's selfie
+segmentation (model inside the wheel), kept to the columns nearer this
+person's face than any other's. Head = the convex hull of the face-mesh
+landmarks plus the person's pixels above the chin line (hair, ears), within
+a band around the face; the chin line passes through the chin perpendicular
+to the face's own up direction, so it tilts with the head. Torso = the rest
+of the person (neck, shoulders, clothes).
+"""
+
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+BACKGROUND, HEAD, TORSO = 0, 1, 2
+CHIN, FOREHEAD, CHEEK_R, CHEEK_L = 152, 10, 234, 454
+# Hair reaches past the cheeks; beyond this many face widths from the centre it is not head.
+HEAD_HALF_WIDTH = 0.9
+SEG_SIZE = 256  # the selfie model's own input size; running it larger buys nothing
+
+
+class PersonSegmenter:
+    """mediapipe selfie segmentation: [S, S, 3] uint8 RGB -> [S, S] float32 person probability."""
+
+    def __init__(self):
+        import mediapipe as mp
+
+        self._seg = mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0)
+
+    def __call__(self, crop: np.ndarray) -> np.ndarray:
+        s = crop.shape[0]
+        small = cv2.resize(crop, (SEG_SIZE, SEG_SIZE), interpolation=cv2.INTER_AREA)
+        prob = self._seg.process(small).segmentation_mask
+        return cv2.resize(prob, (s, s), interpolation=cv2.INTER_LINEAR)
+
+    def close(self) -> None:
+        self._seg.close()
+
+
+def parse_labels(person_prob: np.ndarray, landmarks: np.ndarray | None, own_columns: np.ndarray) -> np.ndarray:
+    """Label one crop.
+
+    Args:
+        person_prob: [S, S] float person probability.
+        landmarks: [478, 2+] crop-pixel face-mesh landmarks, or None (then the
+            person is all torso: such frames are invalid and never trained on).
+        own_columns: [S] bool, the crop columns that belong to this person.
+
+    Returns:
+        [S, S] uint8 labels.
+    """
+    s = person_prob.shape[0]
+    person = (person_prob > 0.5) & own_columns[None, :]
+    labels = np.where(person, TORSO, BACKGROUND).astype(np.uint8)
+    if landmarks is None:
+        return labels
+    pts = landmarks[:, :2].astype(np.float32)
+    hull = np.zeros((s, s), np.uint8)
+    cv2.fillConvexPoly(hull, cv2.convexHull(pts).astype(np.int32), 1)
+    up = pts[FOREHEAD] - pts[CHIN]
+    up /= max(np.linalg.norm(up), 1e-6)
+    side = np.array([-up[1], up[0]])
+    centre = (pts[CHEEK_R] + pts[CHEEK_L]) / 2
+    width = np.linalg.norm(pts[CHEEK_L] - pts[CHEEK_R])
+    ys, xs = np.mgrid[0:s, 0:s].astype(np.float32)
+    above = (xs - pts[CHIN, 0]) * up[0] + (ys - pts[CHIN, 1]) * up[1] > 0
+    near = np.abs((xs - centre[0]) * side[0] + (ys - centre[1]) * side[1]) < HEAD_HALF_WIDTH * width
+    head = (hull > 0) | (person & above & near)
+    labels[head] = HEAD
+    return labels
+
+
+def median_plate(frames: np.ndarray, background: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
+    """Temporal median of the pixels never covered by a person; holes inpainted.
+
+    Args:
+        frames: [N, H, W, 3] uint8 sample frames.
+        background: [N, H, W] bool, True where the frame shows background.
+        margin: pixels by which persons are grown first (their soft edges are not background).
+
+    Returns:
+        plate [H, W, 3] uint8 and hole [H, W] bool (pixels a person always covered).
+    """
+    kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
+    bg = np.stack([cv2.erode(b.astype(np.uint8), kernel) > 0 for b in background])
+    stack = np.where(bg[..., None], frames.astype(np.float32), np.nan)
+    hole = ~bg.any(0)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels are the holes
+            plate = np.nanmedian(stack, axis=0)
+    plate = np.nan_to_num(plate, nan=0.0).round().astype(np.uint8)
+    if hole.any():
+        radius = max(3, frames.shape[1] // 64)
+        plate = cv2.inpaint(plate, hole.astype(np.uint8), radius, cv2.INPAINT_TELEA)
+    return plate, hole

@@ -1,0 +1,138 @@
+"""One person's pass over the clip: crops, 478 landmarks, parsing labels, background plate.
+
+Runs in its own process per person (``pipeline`` fans persons out over the
+cores): it decodes the video itself, so nothing large crosses processes.
+Writes ``frames.mp4`` (the crops), ``parsing.mkv`` (labels, lossless) and
+``background.png`` into the person's folder and returns the landmarks.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from data_prep import parsing, video_io
+from data_prep.atomic_io import save_image
+from data_prep.dataset import LABEL_SCALE
+
+MAX_GAP = 5  # frames; a face lost for longer stays invalid and is left out of training
+PLATE_SAMPLES = 48  # frames sampled for the background median
+
+
+@dataclasses.dataclass
+class PersonJob:
+    """Everything a worker needs, small enough to pickle."""
+
+    video: str
+    fps: float
+    n_frames: int
+    box: tuple[int, int, int]  # x0, y0, side in frame pixels
+    own_columns: tuple[float, float]  # frame columns [left, right) that are this person's
+    crop_size: int
+    out_dir: str
+    crf: int = 17
+
+
+def crop_frame(frame: np.ndarray, box: tuple[int, int, int], size: int) -> np.ndarray:
+    """Cut the square box out of an [H, W, 3] frame and resize it to [size, size, 3]."""
+    x0, y0, side = box
+    crop = frame[y0:y0 + side, x0:x0 + side]
+    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
+    return cv2.resize(crop, (size, size), interpolation=interp)
+
+
+class FaceMesher:
+    """mediapipe face mesh with iris refinement (478 points) in tracking mode."""
+
+    def __init__(self):
+        import mediapipe as mp
+
+        self._mesh = mp.solutions.face_mesh.FaceMesh(
+            static_image_mode=False, max_num_faces=1, refine_landmarks=True,
+            min_detection_confidence=0.5, min_tracking_confidence=0.5)
+
+    def __call__(self, crop: np.ndarray) -> np.ndarray | None:
+        """[S, S, 3] uint8 -> [478, 3] float32 crop pixels (z scaled like x), or None."""
+        res = self._mesh.process(crop)
+        if not res.multi_face_landmarks:
+            return None
+        s = crop.shape[0]
+        lm = res.multi_face_landmarks[0].landmark
+        return np.array([(p.x * s, p.y * s, p.z * s) for p in lm], np.float32)
+
+    def close(self) -> None:
+        self._mesh.close()
+
+
+def fill_short_gaps(landmarks: np.ndarray, found: np.ndarray, max_gap: int = MAX_GAP) -> tuple[np.ndarray, np.ndarray]:
+    """Linearly interpolate runs of at most ``max_gap`` lost frames between two found ones.
+
+    Args:
+        landmarks: [T, 478, 3] (NaN where not found); found: [T] bool.
+
+    Returns:
+        landmarks with short gaps filled, valid [T] bool (found or filled).
+    """
+    lm, valid = landmarks.copy(), found.copy()
+    edges = np.flatnonzero(np.diff(np.r_[1, found.astype(np.int8), 1]))
+    for a, b in zip(edges[::2], edges[1::2]):
+        if a == 0 or b == len(found) or b - a > max_gap:
+            continue
+        w = (np.arange(a, b) - (a - 1)) / (b - (a - 1))
+        lm[a:b] = (1 - w)[:, None, None] * lm[a - 1] + w[:, None, None] * lm[b]
+        valid[a:b] = True
+    return lm, valid
+
+
+def run_person(job: PersonJob, progress=None) -> dict[str, np.ndarray]:
+    """Crop, mesh, segment and label every frame of one person; write its files.
+
+    Args:
+        job: the person's job.
+        progress: optional callable(n) told after each frame.
+
+    Returns:
+        landmarks [T, 478, 3] float32 (NaN where lost) and found [T] bool, straight from the mesh.
+    """
+    out = Path(job.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    x0, _, side = job.box
+    cols = x0 + (np.arange(job.crop_size) + 0.5) * side / job.crop_size
+    own = (cols >= job.own_columns[0]) & (cols < job.own_columns[1])
+    mesher, segmenter = FaceMesher(), parsing.PersonSegmenter()
+    T = job.n_frames
+    landmarks = np.full((T, 478, 3), np.nan, np.float32)
+    plate_at = set(np.linspace(0, T - 1, min(PLATE_SAMPLES, T)).round().astype(int).tolist())
+    plate_frames, plate_bg = [], []
+    last_lm = None
+    try:
+        with video_io.FrameWriter(out / "frames.mp4", job.fps, crf=job.crf, pix_fmt="yuv444p") as crop_out, \
+                video_io.FrameWriter(out / "parsing.mkv", job.fps, gray=True) as label_out:
+            for i, frame in enumerate(video_io.iter_frames(job.video, job.fps)):
+                if i >= T:
+                    break
+                crop = crop_frame(frame, job.box, job.crop_size)
+                lm = mesher(crop)
+                if lm is not None:
+                    landmarks[i] = lm
+                    last_lm = lm
+                labels = parsing.parse_labels(segmenter(crop), last_lm, own)
+                crop_out.write(crop)
+                label_out.write(labels * LABEL_SCALE)
+                if i in plate_at:
+                    plate_frames.append(crop)
+                    plate_bg.append(labels == parsing.BACKGROUND)
+                if progress:
+                    progress(1)
+    finally:
+        mesher.close()
+        segmenter.close()
+    n = crop_out.n
+    plate, _ = parsing.median_plate(np.stack(plate_frames), np.stack(plate_bg), margin=max(2, job.crop_size // 100))
+    save_image(out / "background.png", plate)
+    found = np.isfinite(landmarks).all(axis=(1, 2))
+    found[n:] = False
+    return {"landmarks": landmarks, "found": found}

@@ -1,0 +1,369 @@
+"""prepare: a conversation video becomes the dataset directory of ``data_prep.dataset``.
+
+Stages run in order; each writes its outputs atomically and is skipped on a
+re-run when they exist (``force`` redoes everything). ``meta.json`` is
+written last, so its presence means the dataset is complete. Stage results
+that only later stages need live in ``<out>/.stages/``.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import dataclasses
+import hashlib
+import json
+import multiprocessing
+import os
+import shutil
+import time
+from importlib import metadata
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from data_prep import dataset, expression, head_pose, people, person_track, qa, speaking, video_io
+from data_prep.atomic_io import save_image, save_json, save_npz
+from data_prep.audio_features import audio_features
+from data_prep.errors import PrepareError
+from data_prep.parsing import PersonSegmenter, median_plate
+
+MIN_SECONDS = 2.0
+MIN_VALID_FRACTION = 0.5  # a person whose face is lost for more than this is refused
+
+
+@dataclasses.dataclass
+class PrepareConfig:
+    """Options of prepare (scripts/prepare.py exposes each as a flag)."""
+
+    fps: float = 25.0
+    """Target frame rate; frames and audio are resampled to it together."""
+    crop_size: int = 512
+    """Side of every person crop in pixels."""
+    persons: int | None = None
+    """Insist on this many people (None: as many as are found)."""
+    expression_k: int = 32
+    """Expression PCA components (raised if fewer keep 95% of the variance)."""
+    smooth_pose: float = 1.0
+    """Gaussian sigma in frames for temporal pose smoothing (0: off)."""
+    detect_per_second: float = 5.0
+    """Face-detection frames per second when finding people."""
+    allow_silent: bool = False
+    """Accept a video without an audio track (silence; nobody speaks)."""
+    workers: int = 0
+    """Processes for the per-person pass (0: one per person, at most the CPU count)."""
+    force: bool = False
+    """Redo every stage, and overwrite another video's dataset."""
+    crf: int = 17
+    """x264 quality of the stored crops (lower: larger and closer to the source)."""
+
+
+def sha256_of(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+class Prepare:
+    """Runs the stages for one video into one dataset directory."""
+
+    def __init__(self, video: str | Path, out: str | Path, cfg: PrepareConfig, log=print):
+        self.video, self.out, self.cfg, self.log = str(video), Path(out), cfg, log
+        self.stages = self.out / ".stages"
+        self.timings: dict[str, float] = {}
+
+    # -- orchestration --------------------------------------------------------------------------
+    def run(self) -> Path:
+        """Run every stage; returns the dataset directory."""
+        t_all = time.perf_counter()
+        info = self._check_source()
+        for name, stage in [("people", self._people), ("persons", self._persons), ("tracks", self._tracks),
+                            ("audio", self._audio), ("qa", self._qa)]:
+            t0 = time.perf_counter()
+            stage(info)
+            self.timings[name] = time.perf_counter() - t0
+        self.timings["total"] = time.perf_counter() - t_all
+        self._write_meta(info)
+        return self.out
+
+    def _done(self, *paths: Path) -> bool:
+        return not self.cfg.force and all(p.exists() for p in paths)
+
+    # -- stage 0: the source, and whether --out may be written ---------------------------------
+    def _check_source(self) -> dict:
+        info = video_io.probe(self.video)
+        if info.duration and info.duration < MIN_SECONDS:
+            raise PrepareError(f"{self.video} lasts {info.duration:.2f} s; prepare needs at least {MIN_SECONDS:.0f} s")
+        if not info.has_audio and not self.cfg.allow_silent:
+            raise PrepareError(f"{self.video} has no audio track; pass --allow_silent to prepare it without sound")
+        try:
+            self.out.mkdir(parents=True, exist_ok=True)
+            probe_file = self.out / f".write_test{os.getpid()}"
+            probe_file.write_text("")
+            probe_file.unlink()
+        except OSError as e:
+            raise PrepareError(f"cannot write to --out {self.out}: {e.strerror}") from None
+        digest = sha256_of(self.video)
+        for prior in (self.out / "meta.json", self.stages / "source.json"):
+            if prior.is_file():
+                old = json.loads(prior.read_text()).get("source", {}).get("sha256")
+                if old and old != digest:
+                    if not self.cfg.force:
+                        raise PrepareError(f"{self.out} holds the dataset of another video; choose another --out "
+                                           "or pass --force to replace it")
+                    self._clear()
+                    break
+        if self.cfg.force:
+            self._clear()
+        source = {"path": os.path.abspath(self.video), "sha256": digest, "fps": info.fps,
+                  "width": info.width, "height": info.height, "duration": info.duration, "has_audio": info.has_audio}
+        save_json(self.stages / "source.json", {"source": source, "config": dataclasses.asdict(self.cfg)})
+        return {"info": info, "source": source}
+
+    def _clear(self) -> None:
+        for name in ("meta.json", "audio.wav", "audio_features.npz", "expression_basis.npz", "background.png"):
+            (self.out / name).unlink(missing_ok=True)
+        for d in ("persons", "qa", ".stages"):
+            shutil.rmtree(self.out / d, ignore_errors=True)
+
+    # -- stage 1: find people, fix crop boxes, full-frame background --------------------------------
+    def _people(self, ctx: dict) -> None:
+        path = self.stages / "people.json"
+        if self._done(path, self.out / "background.png"):
+            ctx["people"] = json.loads(path.read_text())
+            return
+        info, cfg = ctx["info"], self.cfg
+        stride = max(1, int(round(cfg.fps / cfg.detect_per_second)))
+        detector, segmenter = people.FaceDetector(), PersonSegmenter()
+        est = int(info.duration * cfg.fps) if info.duration else None
+        dets, n, samples = [], 0, []
+        plate_every = max(1, (est or 1) // 48)
+        with tqdm(total=est, desc="find people", unit="frame", leave=False) as bar:
+            for i, frame in enumerate(video_io.iter_frames(self.video, cfg.fps)):
+                if i % stride == 0:
+                    dets.append(detector(frame, i))
+                if i % plate_every == 0 and len(samples) < 64:
+                    samples.append((frame, segmenter(_square_pad(frame))[: frame.shape[0], : frame.shape[1]]))
+                n = i + 1
+                bar.update(1)
+        detector.close()
+        segmenter.close()
+        if n / cfg.fps < MIN_SECONDS:
+            raise PrepareError(f"{self.video} has {n} frames at {cfg.fps:g} fps ({n / cfg.fps:.2f} s); "
+                               f"prepare needs at least {MIN_SECONDS:.0f} s")
+        persons = people.select_persons(people.link_tracks(dets), len(dets), expected=cfg.persons)
+        boxes = people.crop_boxes(persons, info.width, info.height)
+        bands = people.split_columns(persons, info.width)
+        frames = np.stack([f for f, _ in samples])
+        plate, _ = median_plate(frames, np.stack([m < 0.5 for _, m in samples]), margin=max(2, info.width // 100))
+        save_image(self.out / "background.png", plate)
+        result = {"n_frames": n, "persons": [
+            {"id": k, "bbox": list(boxes[k]), "columns": list(bands[k]),
+             "face_median": [float(v) for v in p.median()], "detections": len(p.detections)}
+            for k, p in enumerate(persons)]}
+        save_json(path, result)
+        ctx["people"] = result
+        self.log(f"found {len(persons)} person(s); crop boxes (x0, y0, side): {[tuple(b) for b in boxes]}")
+
+    # -- stage 2: per person crops, landmarks, parsing (one process each) ------------------------
+    def _persons(self, ctx: dict) -> None:
+        cfg, pp = self.cfg, ctx["people"]
+        jobs, todo = [], []
+        for p in pp["persons"]:
+            pdir = dataset.person_dir(self.out, p["id"])
+            job = person_track.PersonJob(self.video, cfg.fps, pp["n_frames"], tuple(p["bbox"]), tuple(p["columns"]),
+                                         cfg.crop_size, str(pdir), cfg.crf)
+            jobs.append(job)
+            outputs = [pdir / "frames.mp4", pdir / "parsing.mkv", pdir / "background.png",
+                       self.stages / f"landmarks_{p['id']}.npz"]
+            if not self._done(*outputs):
+                todo.append((p["id"], job))
+        if not todo:
+            return
+        workers = cfg.workers or min(len(todo), os.cpu_count() or 1)
+        total = pp["n_frames"] * len(todo)
+        with tqdm(total=total, desc="landmarks+parsing", unit="crop", leave=False) as bar:
+            if workers <= 1:
+                for pid, job in todo:
+                    self._save_landmarks(pid, person_track.run_person(job, bar.update))
+            else:
+                ctx_mp = multiprocessing.get_context("spawn")  # TFLite threads do not survive fork
+                queue = ctx_mp.Manager().Queue()
+                with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx_mp) as pool:
+                    futures = {pool.submit(_run_person_reporting, job, queue): pid for pid, job in todo}
+                    pending = set(futures)
+                    while pending:
+                        finished, pending = concurrent.futures.wait(pending, timeout=0.2)
+                        while not queue.empty():
+                            bar.update(queue.get())
+                        for fut in finished:
+                            self._save_landmarks(futures[fut], fut.result())
+
+    def _save_landmarks(self, pid: int, res: dict) -> None:
+        save_npz(self.stages / f"landmarks_{pid}.npz", **res)
+
+    # -- stage 3: head pose, focal, expression basis, track.npz --------------------------------
+    def _tracks(self, ctx: dict) -> None:
+        cfg, pp = self.cfg, ctx["people"]
+        ids = [p["id"] for p in pp["persons"]]
+        outputs = [dataset.person_dir(self.out, i) / "track.npz" for i in ids] + [self.out / "expression_basis.npz"]
+        if self._done(*outputs):
+            return
+        fits, raws = [], []
+        for pid in ids:
+            raw = dataset.load_npz(self.stages / f"landmarks_{pid}.npz")
+            lm, valid = person_track.fill_short_gaps(raw["landmarks"], raw["found"])
+            frac = valid.mean()
+            if frac < MIN_VALID_FRACTION:
+                raise PrepareError(f"person {pid}'s face was tracked in only {frac:.0%} of the frames (at least "
+                                   f"{MIN_VALID_FRACTION:.0%} needed); the face is lost for most of the clip")
+            fit = head_pose.fit_head_pose(lm, valid, cfg.crop_size)
+            fit.R, fit.t = head_pose.smooth_poses(fit.R, fit.t, valid, cfg.smooth_pose)
+            fit.euler = head_pose.euler_pyr(fit.R)
+            fits.append(fit)
+            raws.append((lm, valid, raw["found"]))
+        shapes = [expression.pose_normalize(lm, fit.canonical, fit.rigid) for (lm, _, _), fit in zip(raws, fits)]
+        basis = expression.fit_expression_basis([s[v] for s, (_, v, _) in zip(shapes, raws)], k=cfg.expression_k)
+        save_npz(self.out / "expression_basis.npz", **dataclasses.asdict(basis))
+        for pid, fit, shp, (lm, valid, found) in zip(ids, fits, shapes, raws):
+            person_mean = shp[valid].reshape(valid.sum(), -1).mean(0)
+            save_npz(dataset.person_dir(self.out, pid) / "track.npz",
+                     landmarks=lm.astype(np.float32), valid=valid, found=found,
+                     R=fit.R.astype(np.float32), t=fit.t.astype(np.float32), euler=fit.euler.astype(np.float32),
+                     expr=expression.encode(basis, shp, person_mean).astype(np.float32),
+                     id_coeff=expression.identity_coefficients(basis, person_mean).astype(np.float32),
+                     canonical=fit.canonical.astype(np.float32), rigid=fit.rigid, focal=np.float32(fit.focal),
+                     reproj_px=fit.reproj_px.astype(np.float32))
+            self.log(f"person {pid}: face tracked in {valid.mean():.1%} of frames, focal {fit.focal:.0f} px, "
+                     f"reprojection {np.nanmedian(fit.reproj_px):.2f} px")
+        kept = np.cumsum(basis.explained_variance_ratio)[basis.k - 1]
+        self.log(f"expression basis: K = {basis.k}, {kept:.1%} of the variance")
+
+    # -- stage 4: audio features and who speaks -----------------------------------------------
+    def _audio(self, ctx: dict) -> None:
+        out_wav, out_npz = self.out / "audio.wav", self.out / "audio_features.npz"
+        if self._done(out_wav, out_npz):
+            return
+        n, fps = ctx["people"]["n_frames"], self.cfg.fps
+        audio = video_io.read_audio(self.video) if ctx["info"].has_audio else None
+        if audio is None:
+            audio = np.zeros(0, np.float32)
+        audio = video_io.fit_audio(audio, n, fps)
+        ids = [p["id"] for p in ctx["people"]["persons"]]
+        tracks = [dataset.load_track(self.out, i) for i in ids]
+        valid = np.stack([t["valid"] for t in tracks], 1)
+        who = speaking.speaking_timeline(audio, [t["landmarks"] for t in tracks], valid, n, fps)
+        feats = audio_features(audio, n, fps)
+        video_io.write_wav(out_wav, audio)
+        save_npz(out_npz, mel=feats["mel"], zcr=feats["zcr"], rms=feats["rms"], speaking=who["speaking"],
+                 voiced=who["voiced"], vad_prob=who["vad_prob"], speaker_scores=who["scores"],
+                 mouth_open=who["mouth_open"])
+        share = who["speaking"].mean(0)
+        self.log("speaking share per person: " + ", ".join(f"{i}: {s:.0%}" for i, s in zip(ids, share)))
+
+    # -- stage 5: pictures to check at a glance -------------------------------------------------
+    def _qa(self, ctx: dict) -> None:
+        qdir = self.out / "qa"
+        names = ["contact_sheet.png", "pose_curves.png", "speaking_timeline.png", "mouth_and_speaking.png",
+                 "expression_spectrum.png"]
+        if self._done(*(qdir / n for n in names)):
+            return
+        n, fps = ctx["people"]["n_frames"], self.cfg.fps
+        ids = [p["id"] for p in ctx["people"]["persons"]]
+        pnames = [f"person {i}" for i in ids]
+        tracks = [dataset.load_track(self.out, i) for i in ids]
+        show = set(np.linspace(0, n - 1, 6).round().astype(int).tolist())
+        tiles, captions = [], []
+        for pid, tr in zip(ids, tracks):
+            for f, (crop, lab) in enumerate(zip(dataset.iter_crops(self.out, pid), dataset.iter_parsing(self.out, pid))):
+                if f in show:
+                    lm = tr["landmarks"][f] if tr["valid"][f] else None
+                    tiles.append(qa.draw_landmarks(crop, lm, lab))
+                    captions.append(f"p{pid} f{f}" + ("" if tr["found"][f] else " (filled)" if tr["valid"][f] else ""))
+        save_image(qdir / "contact_sheet.png", qa.contact_sheet(tiles, captions, columns=6, tile_size=200))
+        euler = np.stack([t["euler"] for t in tracks], 1)
+        trans = np.stack([t["t"] for t in tracks], 1)
+        valid = np.stack([t["valid"] for t in tracks], 1)
+        save_image(qdir / "pose_curves.png", qa.pose_curves(euler, trans, valid, fps, pnames))
+        af = dataset.load_npz(self.out / "audio_features.npz")
+        audio = _read_wav(self.out / "audio.wav")
+        save_image(qdir / "speaking_timeline.png",
+                   qa.speaking_timeline(audio, video_io.AUDIO_SR, af["speaking"], af["voiced"], fps, pnames))
+        save_image(qdir / "mouth_and_speaking.png", qa.mouth_and_speaking(af["mouth_open"], af["speaking"], fps, pnames))
+        basis = dataset.load_npz(self.out / "expression_basis.npz")
+        save_image(qdir / "expression_spectrum.png",
+                   qa.expression_spectrum(basis["explained_variance_ratio"], basis["exp_basis"].shape[1]))
+
+    # -- meta.json, last -------------------------------------------------------------------------
+    def _write_meta(self, ctx: dict) -> None:
+        pp, cfg = ctx["people"], self.cfg
+        persons = []
+        for p in pp["persons"]:
+            tr = dataset.load_track(self.out, p["id"])
+            persons.append({"id": p["id"], "bbox": p["bbox"], "crop_size": cfg.crop_size, "focal": float(tr["focal"]),
+                            "valid_fraction": float(tr["valid"].mean()),
+                            "reprojection_px": float(np.nanmedian(tr["reproj_px"]))})
+        basis = dataset.load_npz(self.out / "expression_basis.npz")
+        k = basis["exp_basis"].shape[1]
+        info = ctx["info"]
+        meta = {
+            "schema_version": dataset.SCHEMA_VERSION,
+            "source": ctx["source"],
+            "fps": cfg.fps, "n_frames": pp["n_frames"], "frame_size": [info.width, info.height],
+            "audio_sr": video_io.AUDIO_SR,
+            "persons": persons,
+            "splits": dataset.splits(pp["n_frames"]),
+            "expression": {"k": k, "variance_kept": float(np.cumsum(basis["explained_variance_ratio"])[k - 1])},
+            "coordinates": "OpenCV crop camera, principal point at the crop centre; x_cam = R x_head + t; "
+                           "euler = (pitch, yaw, roll), R = Rx(pitch) Ry(yaw) Rz(roll)",
+            "config": dataclasses.asdict(cfg),
+            "timings_s": {k: round(v, 2) for k, v in self.timings.items()},
+            "versions": _versions(),
+        }
+        save_json(self.out / "meta.json", meta)
+
+
+def _run_person_reporting(job: person_track.PersonJob, queue) -> dict:
+    """Worker entry: run one person, reporting progress in batches of frames."""
+    pending = [0]
+
+    def report(k: int) -> None:
+        pending[0] += k
+        if pending[0] >= 10:
+            queue.put(pending[0])
+            pending[0] = 0
+
+    res = person_track.run_person(job, report)
+    queue.put(pending[0])
+    return res
+
+
+def _square_pad(frame: np.ndarray) -> np.ndarray:
+    """Pad a frame to a square so the square segmentation model sees it undistorted."""
+    h, w = frame.shape[:2]
+    s = max(h, w)
+    return np.pad(frame, ((0, s - h), (0, s - w), (0, 0)))
+
+
+def _read_wav(path: Path) -> np.ndarray:
+    import soundfile as sf
+
+    audio, _ = sf.read(str(path), dtype="float32")
+    return audio
+
+
+def _versions() -> dict[str, str]:
+    out = {}
+    for pkg in ("mediapipe", "silero-vad", "librosa", "numpy", "torch", "imageio-ffmpeg"):
+        try:
+            out[pkg] = metadata.version(pkg)
+        except metadata.PackageNotFoundError:
+            out[pkg] = "absent"
+    return out
+
+
+def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None, log=print) -> Path:
+    """Turn ``video`` into a dataset directory at ``out`` (see data_prep.dataset)."""
+    return Prepare(video, out, cfg or PrepareConfig(), log).run()

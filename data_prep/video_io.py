@@ -1,0 +1,193 @@
+"""Video and audio in and out through the ffmpeg binary inside imageio-ffmpeg.
+
+Frame i of a decoded clip is the picture at time i / fps; the audio is
+resampled to 16 kHz mono and padded or trimmed to exactly n_frames / fps
+seconds, so frames and audio share one clock whatever the source fps.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import subprocess
+import tempfile
+from collections.abc import Iterable, Iterator
+from pathlib import Path
+
+import numpy as np
+
+from data_prep.atomic_io import atomic_path
+from data_prep.errors import PrepareError
+
+AUDIO_SR = 16000
+
+
+def ffmpeg_exe() -> str:
+    import imageio_ffmpeg
+
+    return imageio_ffmpeg.get_ffmpeg_exe()
+
+
+@dataclasses.dataclass
+class VideoInfo:
+    """What ffmpeg says about a file before any frame is decoded."""
+
+    path: str
+    width: int
+    height: int
+    fps: float
+    duration: float
+    has_audio: bool
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Read a video's size, fps, duration and whether it has an audio track.
+
+    Raises:
+        PrepareError: the file is missing or holds no decodable video stream.
+    """
+    import imageio_ffmpeg
+
+    path = str(path)
+    if not os.path.isfile(path):
+        raise PrepareError(f"video not found: {path}")
+    gen = imageio_ffmpeg.read_frames(path)
+    try:
+        meta = next(gen)
+    except (RuntimeError, OSError, StopIteration) as e:
+        raise PrepareError(f"{path} is not a video ffmpeg can decode ({str(e).splitlines()[0][:200]})") from None
+    finally:
+        gen.close()
+    size = meta.get("size") or (0, 0)
+    fps = float(meta.get("fps") or 0.0)
+    duration = float(meta.get("duration") or 0.0)
+    if size[0] <= 0 or fps <= 0:
+        raise PrepareError(f"{path} has no video stream with a frame size and frame rate")
+    return VideoInfo(path, int(size[0]), int(size[1]), fps, duration, bool(meta.get("audio_codec")))
+
+
+def iter_frames(path: str | os.PathLike, fps: float | None = None, gray: bool = False) -> Iterator[np.ndarray]:
+    """Decode frames one at a time: RGB [H, W, 3] uint8, or [H, W] uint8 with ``gray``.
+
+    Args:
+        fps: resample to this rate with ffmpeg's fps filter (None: every stored frame).
+        gray: decode a single-channel video (the parsing label videos).
+    """
+    import imageio_ffmpeg
+
+    gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="gray" if gray else "rgb24", bits_per_pixel=8 if gray else 24,
+                                     output_params=["-vf", f"fps={fps}"] if fps else None)
+    meta = next(gen)
+    w, h = meta["size"]
+    shape = (h, w) if gray else (h, w, 3)
+    try:
+        for buf in gen:
+            yield np.frombuffer(buf, np.uint8).reshape(shape)
+    finally:
+        gen.close()
+
+
+def read_audio(path: str | os.PathLike, sr: int = AUDIO_SR) -> np.ndarray | None:
+    """Decode the first audio track as mono float32 at ``sr`` Hz; None when there is none."""
+    cmd = [ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path), "-vn", "-map", "0:a:0?",
+           "-ac", "1", "-ar", str(sr), "-f", "f32le", "-"]
+    proc = subprocess.run(cmd, capture_output=True)
+    if proc.returncode != 0:
+        raise PrepareError(f"could not decode the audio of {path}: {proc.stderr.decode(errors='replace')[:200]}")
+    audio = np.frombuffer(proc.stdout, np.float32).copy()
+    return audio if audio.size else None
+
+
+def fit_audio(audio: np.ndarray, n_frames: int, fps: float, sr: int = AUDIO_SR) -> np.ndarray:
+    """Pad with silence or trim so the audio lasts exactly n_frames / fps seconds."""
+    n = int(round(n_frames / fps * sr))
+    if audio.size >= n:
+        return audio[:n]
+    return np.pad(audio, (0, n - audio.size))
+
+
+def write_wav(path: str | os.PathLike, audio: np.ndarray, sr: int = AUDIO_SR) -> None:
+    """Write mono float audio as 16-bit PCM wav, atomically."""
+    import soundfile as sf
+
+    with atomic_path(path) as tmp:
+        sf.write(str(tmp), np.clip(audio, -1.0, 1.0), sr, subtype="PCM_16", format="WAV")
+
+
+class FrameWriter:
+    """Stream frames into a video file that appears only when complete (context manager).
+
+    Args:
+        path: the final file; frames go to a temporary name beside it until a clean exit.
+        fps: frame rate.
+        gray: [H, W] uint8 frames written losslessly (FFV1 in Matroska: label maps
+            compress to a few kB a frame); else [H, W, 3] uint8 RGB as H.264.
+        audio: mono float audio at ``sr`` to mux in as AAC (RGB only).
+        crf: x264 quality, lower is better (18 is visually lossless for most content).
+        pix_fmt: H.264 pixel format; ``yuv444p`` keeps full colour resolution (training crops).
+    """
+
+    def __init__(self, path: str | os.PathLike, fps: float, gray: bool = False, audio: np.ndarray | None = None,
+                 sr: int = AUDIO_SR, crf: int = 18, pix_fmt: str = "yuv420p"):
+        self.path, self.fps, self.gray, self.audio, self.sr = Path(path), fps, gray, audio, sr
+        self.crf, self.pix_fmt = crf, pix_fmt
+        self.n = 0
+        self._writer = None
+        self._size = None
+
+    def __enter__(self) -> FrameWriter:
+        self._tmpdir = tempfile.TemporaryDirectory()
+        self._atomic = atomic_path(self.path)
+        self._tmp = self._atomic.__enter__()
+        return self
+
+    def _open(self, h: int, w: int) -> None:
+        import imageio_ffmpeg
+
+        self._size = (h, w)
+        if self.gray:
+            kw = dict(pix_fmt_in="gray", pix_fmt_out="gray", codec="ffv1", output_params=["-f", "matroska"])
+        else:
+            audio_path = None
+            if self.audio is not None:
+                audio_path = str(Path(self._tmpdir.name) / "audio.wav")
+                write_wav(audio_path, self.audio, self.sr)
+            kw = dict(codec="libx264", pix_fmt_out=self.pix_fmt, audio_path=audio_path,
+                      audio_codec="aac" if audio_path else None,
+                      output_params=["-crf", str(self.crf), "-preset", "medium", "-movflags", "+faststart"])
+        self._writer = imageio_ffmpeg.write_frames(str(self._tmp), (w, h), fps=self.fps, quality=None,
+                                                   macro_block_size=1, ffmpeg_log_level="error", **kw)
+        self._writer.send(None)
+
+    def write(self, frame: np.ndarray) -> None:
+        if self._writer is None:
+            self._open(*frame.shape[:2])
+        if frame.shape[:2] != self._size:
+            raise PrepareError(f"frame {self.n} of {self.path} is {frame.shape[:2]}, expected {self._size}")
+        self._writer.send(np.ascontiguousarray(frame, dtype=np.uint8))
+        self.n += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        try:
+            if self._writer is not None:
+                self._writer.close()
+            if exc_type is None and self.n == 0:
+                exc_type = PrepareError
+                raise PrepareError(f"no frames to write to {self.path}")
+        finally:
+            self._atomic.__exit__(exc_type, exc, tb)
+            self._tmpdir.cleanup()
+
+
+def write_video(path: str | os.PathLike, frames: Iterable[np.ndarray], fps: float,
+                audio: np.ndarray | None = None, sr: int = AUDIO_SR, crf: int = 18,
+                pix_fmt: str = "yuv420p") -> int:
+    """Encode [H, W, 3] uint8 frames as H.264 mp4 (audio muxed when given), atomically.
+
+    Returns:
+        The number of frames written.
+    """
+    with FrameWriter(path, fps, audio=audio, sr=sr, crf=crf, pix_fmt=pix_fmt) as w:
+        for frame in frames:
+            w.write(frame)
+    return w.n

@@ -1,0 +1,72 @@
+#!/usr/bin/env python
+"""Turn a conversation video into a DialogueNeRF training dataset.
+
+Finds every person on screen, crops each one (head and shoulders), tracks 478
+face landmarks, fits head pose and focal, fits the expression basis of
+Eq. (1), parses head / torso / background, builds background plates, computes
+audio features and who speaks when, and draws QA pictures. Offline; about
+real time on a laptop CPU.
+
+Example:
+    python scripts/prepare.py --video talk.mp4 --out data/talk
+    python scripts/prepare.py --config configs/prepare.txt --video talk.mp4 --out data/talk
+
+Re-running skips finished stages (--force redoes them). The dataset layout is
+described in docs/DATASET.md; look at <out>/qa/ first.
+"""
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import configargparse  # noqa: E402
+
+from data_prep.errors import PrepareError  # noqa: E402
+from data_prep.pipeline import PrepareConfig, prepare  # noqa: E402
+
+
+def build_parser() -> configargparse.ArgumentParser:
+    d = PrepareConfig()
+    p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines (any flag below)")
+    p.add_argument("--video", required=True, help="the conversation video (any container ffmpeg reads)")
+    p.add_argument("--out", required=True, help="the dataset directory to write")
+    p.add_argument("--fps", type=float, default=d.fps, help="target frame rate; frames and audio resampled together")
+    p.add_argument("--crop_size", type=int, default=d.crop_size, help="side of each person's crop in pixels")
+    p.add_argument("--persons", type=int, default=None, help="insist on exactly N people (default: as found)")
+    p.add_argument("--expression_k", type=int, default=d.expression_k,
+                   help="expression PCA components (raised until they keep 95%% of the variance)")
+    p.add_argument("--smooth_pose", type=float, default=d.smooth_pose, help="pose smoothing sigma in frames (0: off)")
+    p.add_argument("--detect_per_second", type=float, default=d.detect_per_second,
+                   help="face-detection frames per second when finding people")
+    p.add_argument("--workers", type=int, default=d.workers,
+                   help="processes for the per-person pass (0: one per person, at most the CPU count)")
+    p.add_argument("--crf", type=int, default=d.crf, help="x264 quality of the stored crops (lower = larger, closer)")
+    p.add_argument("--allow_silent", action="store_true", help="accept a video without an audio track")
+    p.add_argument("--force", action="store_true", help="redo every stage; replace another video's dataset")
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = PrepareConfig(fps=args.fps, crop_size=args.crop_size, persons=args.persons, expression_k=args.expression_k,
+                        smooth_pose=args.smooth_pose, detect_per_second=args.detect_per_second,
+                        allow_silent=args.allow_silent, workers=args.workers, force=args.force, crf=args.crf)
+    if cfg.crop_size < 64 or cfg.crop_size % 2:
+        print("error: --crop_size must be an even number of at least 64", file=sys.stderr)
+        return 2
+    try:
+        out = prepare(args.video, args.out, cfg)
+    except PrepareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("interrupted; finished stages are kept and a re-run resumes", file=sys.stderr)
+        return 130
+    print(f"dataset: {out}\nQA pictures: {out / 'qa'}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
