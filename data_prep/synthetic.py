@@ -1,7 +1,7 @@
 """A synthetic two-person conversation whose every motion, mouth opening, blink and turn is known.
 
 Each person is scikit-image's ``astronaut()`` photo cut out at head and
-shoulders (person 1 mirrored and tinted), composited over a static brick
+shoulders (person 0 left; person 1 right, mirrored and tinted), composited over a static brick
 background and moved by a known 2D similarity about its face centre. The
 mouth opens with that person's synthetic voice, the eyes close at planted
 blinks, and the audio is a source-filter voice (glottal harmonics through
@@ -12,10 +12,11 @@ Ground truth (``truth.npz``; per frame and person arrays are [T, 2]):
     roll: in-plane rotation in radians; positive turns the content clockwise
         on screen: an offset (dx, dy) from the face centre (x right, y down)
         maps to (cos r dx - sin r dy, sin r dx + cos r dy), a rotation about
-        +z of OpenCV camera axes.
+        +z of OpenCV camera axes. Roll 0 is a level eye line (the photo is levelled).
     scale: size relative to rest; tx, ty: translation in frame pixels (ty
         includes the nods).
-    face_center_x, face_center_y: the moved face centre in frame pixels.
+    face_center_x, face_center_y: the rest face-box centre moved by the
+        similarity, frame pixels (rigid: the jaw drop does not move it).
     mouth: planted jaw opening 0..1; blink: eyelid closure 0..1.
     speaking: bool, the person's voice is on at the frame's time i / fps.
     affine: [T, 2, 2, 3] source-photo pixels -> frame pixels (before the
@@ -137,10 +138,11 @@ def _person_alpha(rgb: np.ndarray, center: np.ndarray, face_h: float) -> np.ndar
 
         with mp.solutions.selfie_segmentation.SelfieSegmentation(model_selection=0) as seg:
             mask = seg.process(rgb).segmentation_mask.astype(np.float32)
-    except Exception as e:  # noqa: BLE001 - any mediapipe failure leaves the hand-made mask
+    except Exception as e:  # any mediapipe failure leaves the hand-made mask, said aloud
         warnings.warn(f"selfie segmentation failed ({e}); using a hand-made head-and-shoulders mask", stacklevel=2)
         head = ((xx - center[0]) / (0.62 * face_h)) ** 2 + ((yy - center[1] + 0.1 * face_h) / (0.8 * face_h)) ** 2
-        body = (yy > center[1] + 1.1 * face_h) & (np.abs(xx - center[0]) < 0.6 * face_h + (yy - center[1]))
+        below = yy - center[1] - 0.4 * face_h  # neck from the chin, shoulders widening below it
+        body = (below > 0) & (np.abs(xx - center[0]) < 0.3 * face_h + 1.5 * np.maximum(below - 0.4 * face_h, 0))
         mask = cv2.GaussianBlur(((head < 1) | body).astype(np.float32), (0, 0), 3)
     # eroding drops the rim of the photo's pale backdrop that a soft mask keeps around the hair
     mask = cv2.GaussianBlur(cv2.erode(np.clip(mask, 0, 1), np.ones((3, 3), np.uint8), iterations=2), (0, 0), 1.0)
@@ -182,16 +184,8 @@ def plan_turns(seconds: float, rng: np.random.Generator) -> list[tuple[int, floa
     return turns
 
 
-def _lowpass_noise(rng: np.random.Generator, n: int, cutoff_hz: float, sr: int) -> np.ndarray:
-    """[n] unit-RMS noise with nothing above ``cutoff_hz`` (FFT mask)."""
-    spec = np.fft.rfft(rng.standard_normal(n))
-    spec[np.fft.rfftfreq(n, 1 / sr) > cutoff_hz] = 0
-    out = np.fft.irfft(spec, n)
-    return out / (out.std() + 1e-12)
-
-
 def _band_noise(rng: np.random.Generator, n: int, lo_hz: float, hi_hz: float, sr: int) -> np.ndarray:
-    """[n] unit-RMS noise band-limited to [lo_hz, hi_hz] (a fricative's hiss)."""
+    """[n] unit-RMS noise with nothing outside [lo_hz, hi_hz] (FFT mask)."""
     spec = np.fft.rfft(rng.standard_normal(n))
     f = np.fft.rfftfreq(n, 1 / sr)
     spec[(f < lo_hz) | (f > hi_hz)] = 0
@@ -238,7 +232,7 @@ def synth_turn(person: int, seconds: float, rng: np.random.Generator, sr: int = 
 
     f0 = F0_HZ[person] * stress * (1 + 0.06 * np.sin(2 * np.pi * rng.uniform(0.3, 0.8) * t + rng.uniform(0, 2 * np.pi)))
     f0 *= 1 - 0.12 * t / seconds  # declination across the phrase
-    f0 *= 1 + 0.012 * _lowpass_noise(rng, n, 30, sr)  # jitter
+    f0 *= 1 + 0.012 * _band_noise(rng, n, 0, 30, sr)  # jitter
     phase = 2 * np.pi * np.cumsum(f0) / sr
 
     voicing = np.zeros(n)
@@ -251,7 +245,7 @@ def synth_turn(person: int, seconds: float, rng: np.random.Generator, sr: int = 
             noise[i0:i0 + cons] += 0.35 * _band_noise(rng, cons, lo, hi, sr) * np.hanning(cons)
         voicing[i0 + cons // 2:i1] = np.maximum(
             voicing[i0 + cons // 2:i1], _ramp_window(i1 - i0 - cons // 2, int(0.03 * sr), int(0.05 * sr)))
-    voicing *= 1 + 0.05 * _lowpass_noise(rng, n, 60, sr)  # shimmer
+    voicing *= 1 + 0.05 * _band_noise(rng, n, 0, 60, sr)  # shimmer
 
     voice = np.zeros(n)
     tilt = 1.0 if person == 0 else 1.25  # steeper source slope = softer, breathier higher voice
@@ -263,7 +257,7 @@ def synth_turn(person: int, seconds: float, rng: np.random.Generator, sr: int = 
         for F, B in zip([*track, *high], bws):
             gain = gain * F * F / np.sqrt((F * F - fk * fk) ** 2 + (fk * B) ** 2)
         voice += gain * np.sin(k * phase)
-    breath = np.diff(_lowpass_noise(rng, n + 1, 6000, sr)) * (0.6 + 0.4 * np.cos(phase))  # aspiration
+    breath = np.diff(_band_noise(rng, n + 1, 0, 6000, sr)) * (0.6 + 0.4 * np.cos(phase))  # aspiration
     voice = voice / (np.abs(voice).max() + 1e-12) + 0.04 * breath
     voice = voice * voicing + noise
     mouth = voicing * openness
@@ -279,7 +273,7 @@ def conversation_audio(turns: list[tuple[int, float, float]], seconds: float, rn
         mouth: [2, same] per-person jaw opening 0..1, zero while the person is silent.
     """
     n = int(round(seconds * sr))
-    audio = 0.0015 * _lowpass_noise(rng, n, 2000, sr)
+    audio = 0.0015 * _band_noise(rng, n, 0, 2000, sr)
     mouth = np.zeros((N_PERSONS, n))
     for person, start, end in turns:
         voice, jaw = synth_turn(person, end - start, rng, sr)
@@ -291,10 +285,12 @@ def conversation_audio(turns: list[tuple[int, float, float]], seconds: float, rn
 
 
 def _smooth_curve(rng: np.random.Generator, t: np.ndarray, amplitude: float) -> np.ndarray:
-    """[T] a sum of three 0.08-0.6 Hz sinusoids with random phases, |curve| <= amplitude."""
-    weights = rng.dirichlet(np.ones(3)) * amplitude
+    """[T] a sum of three 0.08-0.6 Hz sinusoids with random phases, max |curve| = amplitude."""
+    weights = rng.dirichlet(np.ones(3))
     freqs, phases = rng.uniform(0.08, 0.6, 3), rng.uniform(0, 2 * np.pi, 3)
-    return (weights[:, None] * np.sin(2 * np.pi * freqs[:, None] * t + phases[:, None])).sum(0)
+    curve = (weights[:, None] * np.sin(2 * np.pi * freqs[:, None] * t + phases[:, None])).sum(0)
+    # stretched to the full amplitude so every clip, even a short one, moves measurably
+    return curve * amplitude / (np.abs(curve).max() + 1e-12)
 
 
 def head_motion(n_frames: int, fps: float, turns: list[tuple[int, float, float]], px: float,
@@ -323,7 +319,8 @@ def head_motion(n_frames: int, fps: float, turns: list[tuple[int, float, float]]
         amp = rng.uniform(3.0, 4.5) * px
         inside = (t >= t0) & (t <= t0 + dur)
         motion["ty"][inside, listener] += amp * 0.5 * (1 - np.cos(2 * np.pi * (t[inside] - t0) / dur))
-        nods.append({"person": listener, "start_s": float(t0), "seconds": float(dur), "pixels": float(amp)})
+        nods.append({"person": listener, "start_s": round(float(t0), 4), "seconds": round(float(dur), 4),
+                     "pixels": round(float(amp), 3)})
     return motion, nods
 
 
@@ -481,8 +478,8 @@ def make_conversation(out_dir: str | os.PathLike, seconds: float = 8.0, fps: int
         raise PrepareError(f"frame size {width}x{height}: both sides must be even and height >= 160")
     if width < 1.7 * height:
         raise PrepareError(f"frame {width}x{height} is too narrow for two people; use width >= 1.7 * height")
-    if fps <= 0:
-        raise PrepareError(f"fps must be positive, got {fps}")
+    if not 10 <= fps <= 60:
+        raise PrepareError(f"fps {fps} is outside 10..60 (blinks last 4-6 frames, mouths move at ~4 Hz)")
     out_dir = Path(out_dir)
     rng = np.random.default_rng(seed)
     n_frames = int(round(seconds * fps))
@@ -519,7 +516,7 @@ def make_conversation(out_dir: str | os.PathLike, seconds: float = 8.0, fps: int
             frame = background.copy()
             for p in range(N_PERSONS):
                 face = bases[p]
-                if mouth[i, p] > 0.01 or blinks[i, p] > 0.01:
+                if mouth[i, p] > 0 or blinks[i, p] > 0:  # the untouched photo needs no copy
                     face = face.copy()
                     open_mouth(bases[p], face, sprite, float(mouth[i, p]))
                     close_eyes(bases[p], face, sprite, float(blinks[i, p]))

@@ -7,9 +7,9 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-import configargparse  # noqa: E402
+import configargparse
 
-from data_prep.errors import PrepareError  # noqa: E402
+from data_prep.errors import PrepareError
 
 DESCRIPTION = """\
 Make a synthetic conversation video whose motion, mouth, blinks and turns are known.

@@ -11,9 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_prep.errors import PrepareError  # noqa: E402
-from data_prep.synthetic import make_conversation, plan_turns  # noqa: E402
-from data_prep.video_io import AUDIO_SR, iter_frames, probe, read_audio  # noqa: E402
+from data_prep.errors import PrepareError
+from data_prep.synthetic import make_conversation, plan_turns
+from data_prep.video_io import AUDIO_SR, iter_frames, probe, read_audio
 
 CLIP = dict(seconds=6.0, fps=25, width=568, height=320, seed=3)
 
@@ -67,7 +67,7 @@ def test_truth_shapes_ranges_and_turns(clip):
     assert truth["affine"].shape == (t, 2, 2, 3)
     assert truth["rest_face_box"].shape == (2, 4) and truth["rest_landmarks"].shape == (2, 478, 2)
     assert np.abs(truth["roll"]).max() <= np.deg2rad(8) and np.abs(truth["roll"]).max() > np.deg2rad(2)
-    assert np.abs(truth["scale"] - 1).max() <= 0.05
+    assert np.abs(truth["scale"] - 1).max() <= 0.05 + 1e-6
     assert np.abs(truth["tx"]).max() <= 8 * CLIP["height"] / 360 + 1e-4
     face_h = truth["rest_face_box"][:, 3] - truth["rest_face_box"][:, 1]
     assert np.all((face_h > 0.25 * CLIP["height"]) & (face_h < 0.36 * CLIP["height"]))
@@ -93,15 +93,17 @@ def test_video_probes_with_size_fps_and_audio(clip):
 def test_face_detection_finds_both_people_where_planted(clip):
     import mediapipe as mp
 
-    truth, i = clip["truth"], int(clip["truth"]["n_frames"]) // 2
+    truth = clip["truth"]
     with mp.solutions.face_detection.FaceDetection(model_selection=1) as detector:
-        found = detector.process(clip["frames"][i]).detections or []
-    assert len(found) == 2
-    boxes = [d.location_data.relative_bounding_box for d in found]
-    centers = sorted([((b.xmin + b.width / 2) * CLIP["width"], (b.ymin + b.height / 2) * CLIP["height"])
-                      for b in boxes])
-    for p, (x, y) in enumerate(centers):
-        assert abs(x - truth["face_center_x"][i, p]) < 12 and abs(y - truth["face_center_y"][i, p]) < 20
+        for i in np.linspace(0, int(truth["n_frames"]) - 1, 5).astype(int):
+            found = detector.process(clip["frames"][i]).detections or []
+            assert len(found) == 2, f"frame {i}: {len(found)} faces"
+            boxes = [d.location_data.relative_bounding_box for d in found]
+            centers = sorted([((b.xmin + b.width / 2) * CLIP["width"], (b.ymin + b.height / 2) * CLIP["height"])
+                              for b in boxes])
+            for p, (x, y) in enumerate(centers):
+                # the detector's box sits a few pixels above the landmark box (brows to chin)
+                assert abs(x - truth["face_center_x"][i, p]) < 6 and abs(y - truth["face_center_y"][i, p]) < 10
 
 
 def test_lip_gap_follows_planted_mouth(clip, mesh):

@@ -1,0 +1,193 @@
+"""prepare end to end on the synthetic conversation, held to its ground truth; bad input, one case each."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from data_prep import dataset
+from data_prep.pipeline import PrepareConfig, prepare
+from data_prep.synthetic import make_conversation
+from data_prep.video_io import iter_frames, probe, read_audio, write_video
+
+ROOT = Path(__file__).resolve().parents[1]
+CROP = 128
+
+
+@pytest.fixture(scope="module")
+def synthetic(tmp_path_factory):
+    """A 6 s synthetic two-person conversation and its prepared dataset."""
+    root = tmp_path_factory.mktemp("synthetic")
+    made = make_conversation(root / "video", seconds=6.0)
+    video = root / "video" / "conversation.mp4"
+    out = prepare(video, root / "dataset", PrepareConfig(crop_size=CROP), log=lambda *_: None)
+    return {"video": video, "dataset": out, "truth": np.load(root / "video" / "truth.npz"), "made": made}
+
+
+def _projected_head_centre(meta_person, track):
+    """Frame-pixel position of the head origin: f t_xy / t_z + c, mapped back out of the crop."""
+    x0, y0, side = meta_person["bbox"]
+    s, f, t = meta_person["crop_size"], meta_person["focal"], track["t"]
+    u = f * t[:, 0] / t[:, 2] + s / 2
+    v = f * t[:, 1] / t[:, 2] + s / 2
+    return x0 + u * side / s, y0 + v * side / s
+
+
+def test_two_persons_with_stable_boxes_that_hold_the_faces(synthetic):
+    meta = dataset.read_meta(synthetic["dataset"])
+    truth = synthetic["truth"]
+    assert len(meta["persons"]) == 2
+    assert meta["n_frames"] == truth["fps"] * 6
+    for p in meta["persons"]:
+        x0, y0, side = p["bbox"]
+        fx, fy = truth["face_center_x"][:, p["id"]], truth["face_center_y"][:, p["id"]]
+        assert (fx > x0).all() and (fx < x0 + side).all() and (fy > y0).all() and (fy < y0 + side).all()
+        assert p["valid_fraction"] > 0.95
+    assert meta["persons"][0]["bbox"][0] < meta["persons"][1]["bbox"][0]  # numbered left to right
+
+
+def test_roll_and_translation_follow_the_planted_motion(synthetic):
+    meta = dataset.read_meta(synthetic["dataset"])
+    truth = synthetic["truth"]
+    for p in meta["persons"]:
+        tr = dataset.load_track(synthetic["dataset"], p["id"])
+        roll = np.degrees(tr["euler"][:, 2])
+        roll_true = np.degrees(truth["roll"][:, p["id"]])
+        assert np.ptp(roll_true) > 5  # the test means something only if the head rolls
+        err = (roll - np.median(roll)) - (roll_true - np.median(roll_true))
+        assert np.abs(err).max() < 2.0, np.abs(err).max()
+        x, y = _projected_head_centre(p, tr)
+        tx, ty = truth["face_center_x"][:, p["id"]], truth["face_center_y"][:, p["id"]]
+        for est, true in ((x, tx), (y, ty)):
+            assert np.ptp(true) > 5
+            assert np.abs((est - np.median(est)) - (true - np.median(true))).max() < 3.0
+
+
+def test_speaking_timeline_agrees_with_the_turns(synthetic):
+    af = dataset.load_npz(synthetic["dataset"] / "audio_features.npz")
+    agree = (af["speaking"] == synthetic["truth"]["speaking"]).all(1).mean()
+    assert agree >= 0.9, agree
+
+
+def test_dataset_loads_back_with_the_contract_shapes(synthetic):
+    root = synthetic["dataset"]
+    meta = dataset.read_meta(root)
+    T, P = meta["n_frames"], len(meta["persons"])
+    af = dataset.load_npz(root / "audio_features.npz")
+    assert af["mel"].shape[0] == 80 and abs(af["mel"].shape[1] - T / meta["fps"] * 80) <= 2
+    assert af["zcr"].shape == af["rms"].shape == (T,) and af["speaking"].shape == (T, P)
+    basis = dataset.load_npz(root / "expression_basis.npz")
+    k = basis["exp_basis"].shape[1]
+    assert k >= 32 and np.cumsum(basis["explained_variance_ratio"])[k - 1] >= 0.95
+    assert len(read_audio(root / "audio.wav")) == pytest.approx(T / meta["fps"] * 16000, abs=2)
+    for p in range(P):
+        tr = dataset.load_track(root, p)
+        assert tr["landmarks"].shape == (T, 478, 3) and tr["R"].shape == (T, 3, 3) and tr["expr"].shape == (T, k)
+        np.testing.assert_allclose(np.linalg.det(tr["R"][tr["valid"]]), 1.0, atol=1e-4)
+        crops = list(dataset.iter_crops(root, p))
+        labels = list(dataset.iter_parsing(root, p))
+        assert len(crops) == len(labels) == T and crops[0].shape == (CROP, CROP, 3)
+        lab = labels[T // 2]
+        assert set(np.unique(lab)) <= {0, 1, 2} and (lab == 1).mean() > 0.05 and (lab == 2).mean() > 0.05
+        # The nose tip lies in the head region, the crop's top corners in the background.
+        nose = tr["landmarks"][T // 2, 1, :2].round().astype(int)
+        assert lab[nose[1], nose[0]] == 1 and lab[0, 0] == 0
+    for name in ("contact_sheet", "pose_curves", "speaking_timeline", "mouth_and_speaking", "expression_spectrum"):
+        assert (root / "qa" / f"{name}.png").stat().st_size > 10_000
+    assert (root / "background.png").is_file() and not list(root.rglob(".*.tmp*"))
+
+
+def test_rerun_skips_finished_stages(synthetic):
+    before = (synthetic["dataset"] / "persons" / "0" / "track.npz").stat().st_mtime_ns
+    out = run_cli("--video", synthetic["video"], "--out", synthetic["dataset"], "--crop_size", str(CROP))
+    assert out.returncode == 0, out.stderr
+    assert (synthetic["dataset"] / "persons" / "0" / "track.npz").stat().st_mtime_ns == before
+
+
+# -- bad input: one line on stderr, non-zero exit, no traceback, nothing half-written -----------------
+def run_cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def assert_refused(proc, out_dir: Path, words: str):
+    assert proc.returncode != 0
+    assert "Traceback" not in proc.stderr
+    lines = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(lines) == 1 and words in lines[0], proc.stderr[-2000:]
+    assert not (out_dir / "meta.json").exists()
+    assert not list(out_dir.rglob(".*.tmp*")) if out_dir.exists() else True
+
+
+def _clip(path, frames, audio=True, fps=25):
+    n = len(frames)
+    sound = 0.1 * np.sin(np.linspace(0, 2 * np.pi * 220 * n / fps, int(n / fps * 16000))) if audio else None
+    write_video(path, frames, fps, audio=sound)
+    return path
+
+
+def test_missing_file(tmp_path):
+    assert_refused(run_cli("--video", tmp_path / "nope.mp4", "--out", tmp_path / "o"), tmp_path / "o", "not found")
+
+
+def test_not_a_video(tmp_path):
+    bad = tmp_path / "notes.mp4"
+    bad.write_text("not a video")
+    assert_refused(run_cli("--video", bad, "--out", tmp_path / "o"), tmp_path / "o", "not a video")
+
+
+def test_no_audio_track_needs_allow_silent(synthetic, tmp_path):
+    frames = [f for _, f in zip(range(75), iter_frames(synthetic["video"], 25))]
+    silent = _clip(tmp_path / "silent.mp4", frames, audio=False)
+    assert_refused(run_cli("--video", silent, "--out", tmp_path / "o"), tmp_path / "o", "--allow_silent")
+    ok = run_cli("--video", silent, "--out", tmp_path / "o", "--allow_silent", "--crop_size", "96")
+    assert ok.returncode == 0, ok.stderr[-2000:]
+    af = dataset.load_npz(tmp_path / "o" / "audio_features.npz")
+    assert not af["speaking"].any()
+
+
+def test_no_face_anywhere(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = [rng.integers(0, 255, (96, 128, 3), dtype=np.uint8) for _ in range(60)]
+    video = _clip(tmp_path / "noise.mp4", frames)
+    assert_refused(run_cli("--video", video, "--out", tmp_path / "o"), tmp_path / "o", "no face")
+
+
+def test_wrong_number_of_persons(synthetic, tmp_path):
+    assert_refused(run_cli("--video", synthetic["video"], "--out", tmp_path / "o", "--persons", "3"),
+                   tmp_path / "o", "found 2 person(s)")
+
+
+def test_face_lost_for_most_of_the_clip(synthetic, tmp_path):
+    frames = [f.copy() for _, f in zip(range(100), iter_frames(synthetic["video"], 25))]
+    plate = np.asarray(frames[0])[:, :1].repeat(frames[0].shape[1], 1)  # the left edge, a face-free stripe
+    for f in frames[40:]:
+        f[:] = plate
+    video = _clip(tmp_path / "lost.mp4", frames)
+    assert_refused(run_cli("--video", video, "--out", tmp_path / "o", "--crop_size", "96"), tmp_path / "o",
+                   "lost for most of the clip")
+
+
+def test_clip_shorter_than_two_seconds(synthetic, tmp_path):
+    frames = [f for _, f in zip(range(30), iter_frames(synthetic["video"], 25))]
+    video = _clip(tmp_path / "short.mp4", frames)
+    assert_refused(run_cli("--video", video, "--out", tmp_path / "o"), tmp_path / "o", "at least 2 s")
+
+
+def test_unwritable_out(synthetic, tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = run_cli("--video", synthetic["video"], "--out", blocker / "dataset")
+    assert_refused(proc, tmp_path / "nothing", "cannot write")
+
+
+def test_out_holding_another_videos_dataset(synthetic, tmp_path):
+    frames = [f for _, f in zip(range(60), iter_frames(synthetic["video"], 25))]
+    other = _clip(tmp_path / "other.mp4", frames)
+    proc = run_cli("--video", other, "--out", synthetic["dataset"])
+    assert proc.returncode != 0 and "another video" in proc.stderr and "Traceback" not in proc.stderr
+    assert json.loads((synthetic["dataset"] / "meta.json").read_text())["source"]["sha256"] != ""
+    assert probe(synthetic["video"]).has_audio
