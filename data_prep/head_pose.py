@@ -214,7 +214,7 @@ def _fit_poses(canon: np.ndarray, lm: np.ndarray, rigid: np.ndarray, c: float,
 
 def fit_head_pose(landmarks: np.ndarray, valid: np.ndarray, crop_size: int,
                   focal_grid: tuple[float, ...] = (0.8, 1.2, 1.8, 2.7, 4.0, 6.0, 9.0),
-                  rounds: int = 1) -> HeadPoseFit:
+                  rounds: int = 1, max_shape_frames: int = 150) -> HeadPoseFit:
     """Fit per-frame (R, t), one focal and the canonical face to a person's landmarks.
 
     The canonical face starts as the weak-perspective Procrustes mean; each
@@ -230,6 +230,7 @@ def fit_head_pose(landmarks: np.ndarray, valid: np.ndarray, crop_size: int,
         focal_grid: focal candidates in multiples of ``crop_size``; the fitted
             focal stays within their span, beyond which depth and focal trade off freely.
         rounds: canonical-face re-estimation rounds.
+        max_shape_frames: frames (evenly spread) used to fit the focal and the canonical face.
 
     Returns:
         HeadPoseFit; R, t, euler, reproj_px are NaN on invalid frames.
@@ -241,11 +242,13 @@ def fit_head_pose(landmarks: np.ndarray, valid: np.ndarray, crop_size: int,
     c = crop_size / 2.0
     lo, hi = focal_grid[0] * crop_size, focal_grid[-1] * crop_size
     focals = [k * crop_size for k in focal_grid]
+    # Focal and face shape are clip-wide: a spread of frames pins them, then every frame gets its pose.
+    sub = lm[np.unique(np.linspace(0, len(lm) - 1, min(len(lm), max_shape_frames)).round().astype(int))]
     for _ in range(rounds):
-        Rv, tv, focal = _fit_poses(canon, lm, rigid, c, focals, fit_focal=True)
+        Rv, tv, focal = _fit_poses(canon, sub, rigid, c, focals, fit_focal=True)
         focal = float(np.clip(focal, lo, hi))
         depth = (np.einsum("fij,nj->fni", Rv, canon) + tv[:, None])[..., 2]
-        x_cam = np.concatenate([(lm[..., :2] - c) / focal * depth[..., None], depth[..., None]], -1)
+        x_cam = np.concatenate([(sub[..., :2] - c) / focal * depth[..., None], depth[..., None]], -1)
         lifted = np.einsum("fji,fnj->fni", Rv, x_cam - tv[:, None])
         canon = _frontal(np.median(lifted, axis=0))
         focals = [focal]

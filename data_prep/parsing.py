@@ -11,6 +11,8 @@ of the person (neck, shoulders, clothes).
 
 from __future__ import annotations
 
+import functools
+
 import cv2
 import numpy as np
 
@@ -64,12 +66,19 @@ def parse_labels(person_prob: np.ndarray, landmarks: np.ndarray | None, own_colu
     side = np.array([-up[1], up[0]])
     centre = (pts[CHEEK_R] + pts[CHEEK_L]) / 2
     width = np.linalg.norm(pts[CHEEK_L] - pts[CHEEK_R])
-    ys, xs = np.mgrid[0:s, 0:s].astype(np.float32)
+    ys, xs = _pixel_grid(s)
     above = (xs - pts[CHIN, 0]) * up[0] + (ys - pts[CHIN, 1]) * up[1] > 0
     near = np.abs((xs - centre[0]) * side[0] + (ys - centre[1]) * side[1]) < HEAD_HALF_WIDTH * width
     head = (hull > 0) | (person & above & near)
     labels[head] = HEAD
     return labels
+
+
+@functools.lru_cache(maxsize=4)
+def _pixel_grid(s: int) -> tuple[np.ndarray, np.ndarray]:
+    """[s, s] float32 row and column coordinates (cached: one crop size per run)."""
+    ys, xs = np.mgrid[0:s, 0:s].astype(np.float32)
+    return ys, xs
 
 
 def median_plate(frames: np.ndarray, background: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
@@ -85,15 +94,14 @@ def median_plate(frames: np.ndarray, background: np.ndarray, margin: int) -> tup
     """
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
     bg = np.stack([cv2.erode(b.astype(np.uint8), kernel) > 0 for b in background])
-    stack = np.where(bg[..., None], frames.astype(np.float32), np.nan)
-    hole = ~bg.any(0)
-    with np.errstate(all="ignore"):
-        import warnings
-
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN pixels are the holes
-            plate = np.nanmedian(stack, axis=0)
-    plate = np.nan_to_num(plate, nan=0.0).round().astype(np.uint8)
+    # Masked median by sorting: covered samples become 256, sort to the end, and are never picked.
+    stack = np.where(bg[..., None], frames, np.uint16(256)).astype(np.uint16)
+    stack.sort(axis=0)
+    count = bg.sum(0)
+    hole = count == 0
+    k = np.maximum(count - 1, 0) // 2
+    plate = np.take_along_axis(stack, np.broadcast_to(k[None, ..., None], (1, *stack.shape[1:])), 0)[0]
+    plate = np.where(hole[..., None], 0, plate).astype(np.uint8)
     if hole.any():
         radius = max(3, frames.shape[1] // 64)
         plate = cv2.inpaint(plate, hole.astype(np.uint8), radius, cv2.INPAINT_TELEA)

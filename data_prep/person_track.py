@@ -109,7 +109,8 @@ def run_person(job: PersonJob, progress=None) -> dict[str, np.ndarray]:
     plate_frames, plate_bg = [], []
     last_lm = None
     try:
-        with video_io.FrameWriter(out / "frames.mp4", job.fps, crf=job.crf, pix_fmt="yuv444p") as crop_out, \
+        with video_io.FrameWriter(out / "frames.mp4", job.fps, crf=job.crf, pix_fmt="yuv444p",
+                                  preset="veryfast") as crop_out, \
                 video_io.FrameWriter(out / "parsing.mkv", job.fps, gray=True) as label_out:
             for i, frame in enumerate(video_io.iter_frames(job.video, job.fps)):
                 if i >= T:

@@ -125,12 +125,13 @@ class FrameWriter:
         audio: mono float audio at ``sr`` to mux in as AAC (RGB only).
         crf: x264 quality, lower is better (18 is visually lossless for most content).
         pix_fmt: H.264 pixel format; ``yuv444p`` keeps full colour resolution (training crops).
+        preset: x264 speed preset (faster presets: larger files at the same quality).
     """
 
     def __init__(self, path: str | os.PathLike, fps: float, gray: bool = False, audio: np.ndarray | None = None,
-                 sr: int = AUDIO_SR, crf: int = 18, pix_fmt: str = "yuv420p"):
+                 sr: int = AUDIO_SR, crf: int = 18, pix_fmt: str = "yuv420p", preset: str = "medium"):
         self.path, self.fps, self.gray, self.audio, self.sr = Path(path), fps, gray, audio, sr
-        self.crf, self.pix_fmt = crf, pix_fmt
+        self.crf, self.pix_fmt, self.preset = crf, pix_fmt, preset
         self.n = 0
         self._writer = None
         self._size = None
@@ -154,7 +155,7 @@ class FrameWriter:
                 write_wav(audio_path, self.audio, self.sr)
             kw = dict(codec="libx264", pix_fmt_out=self.pix_fmt, audio_path=audio_path,
                       audio_codec="aac" if audio_path else None,
-                      output_params=["-crf", str(self.crf), "-preset", "medium", "-movflags", "+faststart"])
+                      output_params=["-crf", str(self.crf), "-preset", self.preset, "-movflags", "+faststart"])
         self._writer = imageio_ffmpeg.write_frames(str(self._tmp), (w, h), fps=self.fps, quality=None,
                                                    macro_block_size=1, ffmpeg_log_level="error", **kw)
         self._writer.send(None)

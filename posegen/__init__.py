@@ -1,0 +1,1 @@
+"""Head-pose and expression generation for speakers and listeners (causal TCN); built by the posegen issue."""

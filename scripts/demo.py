@@ -1,0 +1,60 @@
+#!/usr/bin/env python
+"""make demo: the main job on the built-in example.
+
+Builds the synthetic two-person conversation (scikit-image's astronaut photo
+moved by known motion, with a synthetic speech track taking turns), prepares
+it into a dataset, checks it against the planted truth, and prints where the
+dataset and its QA pictures are. Later stages (NeRF training, pose
+generation, rendering) extend this script as they land.
+"""
+
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import configargparse  # noqa: E402
+import numpy as np  # noqa: E402
+
+from data_prep import dataset  # noqa: E402
+from data_prep.errors import PrepareError  # noqa: E402
+from data_prep.pipeline import PrepareConfig, prepare  # noqa: E402
+from data_prep.synthetic import make_conversation  # noqa: E402
+
+
+def main(argv=None) -> int:
+    p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines")
+    p.add_argument("--out", default="demo", help="folder for the example video and its dataset")
+    p.add_argument("--seconds", type=float, default=8.0, help="length of the synthetic conversation")
+    p.add_argument("--crop_size", type=int, default=256, help="person crop side for the demo dataset")
+    args = p.parse_args(argv)
+    out = Path(args.out)
+    try:
+        t0 = time.perf_counter()
+        made = make_conversation(out / "synthetic", seconds=args.seconds)
+        print(f"synthetic conversation: {made['video']} (truth beside it)")
+        ds = prepare(made["video"], out / "dataset", PrepareConfig(crop_size=args.crop_size))
+    except PrepareError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    meta = dataset.read_meta(ds)
+    truth = np.load(out / "synthetic" / "truth.npz")
+    af = dataset.load_npz(ds / "audio_features.npz")
+    print(f"\nprepared in {time.perf_counter() - t0:.0f} s: {len(meta['persons'])} persons, {meta['n_frames']} frames")
+    for person in meta["persons"]:
+        tr = dataset.load_track(ds, person["id"])
+        roll = np.degrees(tr["euler"][:, 2])
+        true = np.degrees(truth["roll"][:, person["id"]])
+        err = np.abs((roll - np.median(roll)) - (true - np.median(true))).max()
+        print(f"  person {person['id']}: crop {person['bbox']}, face tracked {person['valid_fraction']:.0%}, "
+              f"roll error vs truth <= {err:.2f} deg")
+    agree = (af["speaking"] == truth["speaking"]).all(1).mean()
+    print(f"  who speaks: agrees with the planted turns on {agree:.0%} of frames")
+    print(f"\ndataset:     {ds}\nQA pictures: {ds / 'qa'} (contact_sheet.png, pose_curves.png, speaking_timeline.png, ...)")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
