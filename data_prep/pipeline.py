@@ -106,21 +106,29 @@ class Prepare:
         except OSError as e:
             raise PrepareError(f"cannot write to --out {self.out}: {e.strerror}") from None
         digest = sha256_of(self.video)
-        for prior in (self.out / "meta.json", self.stages / "source.json"):
-            if prior.is_file():
-                old = json.loads(prior.read_text()).get("source", {}).get("sha256")
-                if old and old != digest:
-                    if not self.cfg.force:
-                        raise PrepareError(f"{self.out} holds the dataset of another video; choose another --out "
-                                           "or pass --force to replace it")
-                    self._clear()
-                    break
-        if self.cfg.force:
+        prior = [json.loads(f.read_text()).get("source", {}).get("sha256")
+                 for f in (self.out / "meta.json", self.stages / "source.json") if f.is_file()]
+        if any(old and old != digest for old in prior) and not self.cfg.force:
+            raise PrepareError(f"{self.out} holds the dataset of another video; choose another --out "
+                               "or pass --force to replace it")
+        if self.cfg.force or self._options_changed():
             self._clear()
         source = {"path": os.path.abspath(self.video), "sha256": digest, "fps": info.fps,
                   "width": info.width, "height": info.height, "duration": info.duration, "has_audio": info.has_audio}
         save_json(self.stages / "source.json", {"source": source, "config": dataclasses.asdict(self.cfg)})
         return {"info": info, "source": source}
+
+    def _options_changed(self) -> bool:
+        """True when a previous run of this video used other dataset-shaping options (then start over)."""
+        path = self.stages / "source.json"
+        if not path.is_file():
+            return False
+        old = json.loads(path.read_text()).get("config", {})
+        new = dataclasses.asdict(self.cfg)
+        changed = [k for k in new if k not in ("force", "workers") and old.get(k) != new[k]]
+        if changed:
+            self.log(f"options changed since the last run ({', '.join(changed)}); preparing from scratch")
+        return bool(changed)
 
     def _clear(self) -> None:
         for name in ("meta.json", "audio.wav", "audio_features.npz", "expression_basis.npz", "background.png"):
@@ -278,6 +286,8 @@ class Prepare:
         tiles, captions = [], []
         for pid, tr in zip(ids, tracks):
             for f, (crop, lab) in enumerate(zip(dataset.iter_crops(self.out, pid), dataset.iter_parsing(self.out, pid))):
+                if f > max(show):
+                    break
                 if f in show:
                     lm = tr["landmarks"][f] if tr["valid"][f] else None
                     tiles.append(qa.draw_landmarks(crop, lm, lab))

@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 
 from data_prep import dataset
-from data_prep.pipeline import PrepareConfig, prepare
+from data_prep.pipeline import PrepareConfig, prepare, sha256_of
 from data_prep.synthetic import make_conversation
-from data_prep.video_io import iter_frames, probe, read_audio, write_video
+from data_prep.video_io import iter_frames, read_audio, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP = 128
@@ -189,5 +189,6 @@ def test_out_holding_another_videos_dataset(synthetic, tmp_path):
     other = _clip(tmp_path / "other.mp4", frames)
     proc = run_cli("--video", other, "--out", synthetic["dataset"])
     assert proc.returncode != 0 and "another video" in proc.stderr and "Traceback" not in proc.stderr
-    assert json.loads((synthetic["dataset"] / "meta.json").read_text())["source"]["sha256"] != ""
-    assert probe(synthetic["video"]).has_audio
+    # The existing dataset is untouched: still the first video's.
+    kept = json.loads((synthetic["dataset"] / "meta.json").read_text())["source"]["sha256"]
+    assert kept == sha256_of(synthetic["video"]) != sha256_of(other)
