@@ -192,3 +192,13 @@ def test_out_holding_another_videos_dataset(synthetic, tmp_path):
     # The existing dataset is untouched: still the first video's.
     kept = json.loads((synthetic["dataset"] / "meta.json").read_text())["source"]["sha256"]
     assert kept == sha256_of(synthetic["video"]) != sha256_of(other)
+
+
+def test_changed_options_start_over_and_same_options_resume(tmp_path):
+    from data_prep.atomic_io import save_json
+    from data_prep.pipeline import Prepare
+
+    cfg = PrepareConfig(crop_size=256)
+    save_json(tmp_path / ".stages" / "source.json", {"source": {}, "config": {**cfg.__dict__}})
+    assert not Prepare("v.mp4", tmp_path, PrepareConfig(crop_size=256, workers=1), log=lambda *_: None)._options_changed()
+    assert Prepare("v.mp4", tmp_path, PrepareConfig(crop_size=512), log=lambda *_: None)._options_changed()
