@@ -178,12 +178,11 @@ class Prepare:
     # -- stage 2: per person crops, landmarks, parsing (one process each) ------------------------
     def _persons(self, ctx: dict) -> None:
         cfg, pp = self.cfg, ctx["people"]
-        jobs, todo = [], []
+        todo = []
         for p in pp["persons"]:
             pdir = dataset.person_dir(self.out, p["id"])
             job = person_track.PersonJob(self.video, cfg.fps, pp["n_frames"], tuple(p["bbox"]), tuple(p["columns"]),
                                          cfg.crop_size, str(pdir), cfg.crf)
-            jobs.append(job)
             outputs = [pdir / "frames.mp4", pdir / "parsing.mkv", pdir / "background.png",
                        self.stages / f"landmarks_{p['id']}.npz"]
             if not self._done(*outputs):
