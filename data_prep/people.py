@@ -39,10 +39,9 @@ class Detection:
 
 @dataclasses.dataclass
 class PersonTrack:
-    """A person's face detections over the clip, and its fixed square crop box."""
+    """A person's face detections over the clip."""
 
     detections: list[Detection]
-    box: tuple[int, int, int] = (0, 0, 0)  # x0, y0, side in frame pixels
 
     def median(self) -> np.ndarray:
         """[4] median cx, cy, w, h."""

@@ -73,23 +73,28 @@ class Prepare:
         self.video, self.out, self.cfg, self.log = str(video), Path(out), cfg, log
         self.stages = self.out / ".stages"
         self.timings: dict[str, float] = {}
+        self._redo = False
 
     # -- orchestration --------------------------------------------------------------------------
     def run(self) -> Path:
         """Run every stage; returns the dataset directory."""
         t_all = time.perf_counter()
-        info = self._check_source()
+        ctx = self._check_source()
         for name, stage in [("people", self._people), ("persons", self._persons), ("tracks", self._tracks),
                             ("audio", self._audio), ("qa", self._qa)]:
             t0 = time.perf_counter()
-            stage(info)
+            stage(ctx)
             self.timings[name] = time.perf_counter() - t0
         self.timings["total"] = time.perf_counter() - t_all
-        self._write_meta(info)
+        self._write_meta(ctx)
         return self.out
 
     def _done(self, *paths: Path) -> bool:
-        return not self.cfg.force and all(p.exists() for p in paths)
+        """Whether a stage may be skipped: its outputs exist and no earlier stage had to run."""
+        if not self._redo and all(p.exists() for p in paths):
+            return True
+        self._redo = True  # everything downstream read what this stage is about to rewrite
+        return False
 
     # -- stage 0: the source, and whether --out may be written ---------------------------------
     def _check_source(self) -> dict:

@@ -138,8 +138,8 @@ class FrameWriter:
 
     def __enter__(self) -> FrameWriter:
         self._tmpdir = tempfile.TemporaryDirectory()
-        self._atomic = atomic_path(self.path)
-        self._tmp = self._atomic.__enter__()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._tmp = self.path.with_name(f".{self.path.stem}.tmp{os.getpid()}{self.path.suffix}")
         return self
 
     def _open(self, h: int, w: int) -> None:
@@ -172,11 +172,12 @@ class FrameWriter:
         try:
             if self._writer is not None:
                 self._writer.close()
-            if exc_type is None and self.n == 0:
-                exc_type = PrepareError
-                raise PrepareError(f"no frames to write to {self.path}")
+            if exc_type is None:
+                if self.n == 0:
+                    raise PrepareError(f"no frames to write to {self.path}")
+                os.replace(self._tmp, self.path)
         finally:
-            self._atomic.__exit__(exc_type, exc, tb)
+            self._tmp.unlink(missing_ok=True)
             self._tmpdir.cleanup()
 
 

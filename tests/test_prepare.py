@@ -107,6 +107,18 @@ def test_rerun_skips_finished_stages(synthetic):
     assert (synthetic["dataset"] / "persons" / "0" / "track.npz").stat().st_mtime_ns == before
 
 
+def test_a_redone_stage_redoes_everything_after_it(synthetic):
+    root = synthetic["dataset"]
+    persons_before = (root / "persons" / "0" / "frames.mp4").stat().st_mtime_ns
+    audio_before = (root / "audio_features.npz").stat().st_mtime_ns
+    (root / "expression_basis.npz").unlink()
+    out = run_cli("--video", synthetic["video"], "--out", root, "--crop_size", str(CROP))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert (root / "expression_basis.npz").is_file()
+    assert (root / "persons" / "0" / "frames.mp4").stat().st_mtime_ns == persons_before  # upstream kept
+    assert (root / "audio_features.npz").stat().st_mtime_ns != audio_before  # downstream redone
+
+
 # -- bad input: one line on stderr, non-zero exit, no traceback, nothing half-written -----------------
 def run_cli(*args):
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare.py"), *map(str, args)],
