@@ -14,7 +14,7 @@ import dataclasses
 
 import numpy as np
 
-from data_prep.head_pose import similarity_procrustes
+from data_prep.head_pose import _rotate, similarity_procrustes
 
 
 @dataclasses.dataclass
@@ -47,7 +47,7 @@ def pose_normalize(landmarks: np.ndarray, canonical: np.ndarray, rigid: np.ndarr
     ok = np.isfinite(landmarks).all(axis=(1, 2))
     lm = landmarks[ok].astype(np.float64)
     s, R, t = similarity_procrustes(lm[:, rigid], np.broadcast_to(canonical[rigid], lm[:, rigid].shape))
-    out[ok] = s[:, None, None] * np.einsum("fij,fnj->fni", R, lm) + t[:, None, :]
+    out[ok] = s[:, None, None] * _rotate(R, lm) + t[:, None, :]
     return out
 
 

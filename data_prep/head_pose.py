@@ -23,7 +23,6 @@ from __future__ import annotations
 import dataclasses
 
 import numpy as np
-import torch
 
 # Face-mesh indices: outer eye corners (person's right, left), top of forehead, chin.
 EYE_R_OUTER, EYE_L_OUTER, FOREHEAD, CHIN = 33, 263, 10, 152
@@ -57,6 +56,11 @@ def euler_pyr(R: np.ndarray) -> np.ndarray:
     return np.stack([pitch, yaw, roll], -1)
 
 
+def _rotate(R: np.ndarray, points: np.ndarray) -> np.ndarray:
+    """R [F, 3, 3] applied to points [N, 3] or [F, N, 3] -> [F, N, 3] (matmul: einsum is slow here)."""
+    return np.swapaxes(R @ np.swapaxes(points, -1, -2), -1, -2)
+
+
 def similarity_procrustes(src: np.ndarray, dst: np.ndarray, weights: np.ndarray | None = None):
     """Best s, R, t with dst ~ s R src + t (Umeyama), batched over frames.
 
@@ -69,18 +73,18 @@ def similarity_procrustes(src: np.ndarray, dst: np.ndarray, weights: np.ndarray 
     """
     w = np.ones(src.shape[-2]) if weights is None else np.asarray(weights, dtype=np.float64)
     w = w / w.sum()
-    mu_s = np.einsum("n,...nd->...d", w, src)
-    mu_d = np.einsum("n,...nd->...d", w, dst)
+    mu_s = np.moveaxis(src, -1, -2) @ w
+    mu_d = np.moveaxis(dst, -1, -2) @ w
     a, b = src - mu_s[..., None, :], dst - mu_d[..., None, :]
-    cov = np.einsum("n,...ni,...nj->...ij", w, b, a)
+    cov = np.moveaxis(b * w[:, None], -1, -2) @ a
     U, S, Vt = np.linalg.svd(cov)
     d = np.sign(np.linalg.det(U @ Vt))
     D = np.ones(S.shape)
     D[..., -1] = d
     R = U @ (D[..., :, None] * Vt)
-    var_s = np.einsum("n,...nd->...", w, a * a)
+    var_s = (a * a).sum(-1) @ w
     s = (S * D).sum(-1) / np.maximum(var_s, 1e-12)
-    t = mu_d - s[..., None] * np.einsum("...ij,...j->...i", R, mu_s)
+    t = mu_d - s[..., None] * (R @ mu_s[..., None])[..., 0]
     return s, R, t
 
 
@@ -93,7 +97,7 @@ def generalized_procrustes(shapes: np.ndarray, idx: np.ndarray, iters: int = 5) 
     mean = shapes[0]
     for _ in range(iters):
         s, R, t = similarity_procrustes(shapes[:, idx], np.broadcast_to(mean[idx], shapes[:, idx].shape))
-        aligned = s[:, None, None] * np.einsum("fij,fnj->fni", R, shapes) + t[:, None, :]
+        aligned = s[:, None, None] * _rotate(R, shapes) + t[:, None, :]
         mean = aligned.mean(0)
         mean = mean - mean[idx].mean(0)
         mean = mean / np.sqrt((mean[idx] ** 2).sum(-1).mean())
@@ -114,7 +118,7 @@ def rigid_landmarks(lm3d: np.ndarray, keep: float = 0.4) -> np.ndarray:
     for _ in range(2):
         mean = generalized_procrustes(lm3d, idx, iters=3)
         s, R, t = similarity_procrustes(lm3d[:, idx], np.broadcast_to(mean[idx], lm3d[:, idx].shape))
-        aligned = s[:, None, None] * np.einsum("fij,fnj->fni", R, lm3d) + t[:, None, :]
+        aligned = s[:, None, None] * _rotate(R, lm3d) + t[:, None, :]
         spread = np.sqrt(((aligned - aligned.mean(0)) ** 2).sum(-1).mean(0))
         idx = np.sort(np.argsort(spread)[: max(12, int(keep * lm3d.shape[1]))])
     return idx
@@ -133,16 +137,14 @@ class HeadPoseFit:
     reproj_px: np.ndarray  # [T] RMS reprojection error of the rigid landmarks
 
 
-def _axis_angle_to_R(v: torch.Tensor) -> torch.Tensor:
+def _axis_angle_to_R(v: np.ndarray) -> np.ndarray:
     """[F, 3] axis-angle -> [F, 3, 3] (Rodrigues, stable near zero)."""
-    theta = v.norm(dim=-1, keepdim=True).clamp_min(1e-12)
-    k = v / theta
-    K = torch.zeros(v.shape[0], 3, 3, dtype=v.dtype)
+    theta = np.linalg.norm(v, axis=-1)[:, None, None]
+    k = v / np.maximum(theta[:, 0], 1e-12)
+    K = np.zeros((len(v), 3, 3))
     K[:, 0, 1], K[:, 0, 2], K[:, 1, 2] = -k[:, 2], k[:, 1], -k[:, 0]
-    K = K - K.transpose(1, 2)
-    th = theta[..., None]
-    eye = torch.eye(3, dtype=v.dtype).expand_as(K)
-    return eye + torch.sin(th) * K + (1 - torch.cos(th)) * (K @ K)
+    K = K - K.transpose(0, 2, 1)
+    return np.eye(3) + np.sin(theta) * K + (1 - np.cos(theta)) * (K @ K)
 
 
 def _R_to_axis_angle(R: np.ndarray) -> np.ndarray:
@@ -155,26 +157,60 @@ def _R_to_axis_angle(R: np.ndarray) -> np.ndarray:
     return w * scale[:, None]
 
 
-def _refine(canon: torch.Tensor, uv: torch.Tensor, c: float, rvec: torch.Tensor, tvec: torch.Tensor,
-            log_f: torch.Tensor, fit_focal: bool, iters: int) -> float:
-    """L-BFGS on the Huber reprojection error; updates rvec, tvec (and log_f) in place."""
-    params = [rvec, tvec] + ([log_f] if fit_focal else [])
-    opt = torch.optim.LBFGS(params, lr=1.0, max_iter=iters, line_search_fn="strong_wolfe")
+def _project(R: np.ndarray, t: np.ndarray, canon: np.ndarray, f: float, c: float):
+    """Camera points and pixels of the canonical points: [F, M, 3], [F, M, 2]."""
+    x = _rotate(R, canon) + t[:, None]
+    return x, f * x[..., :2] / np.maximum(x[..., 2:], 1e-6) + c
 
-    def residual():
-        x = torch.einsum("fij,nj->fni", _axis_angle_to_R(rvec), canon) + tvec[:, None, :]
-        z = x[..., 2:].clamp_min(1e-3)
-        return torch.exp(log_f) * x[..., :2] / z + c - uv
 
-    def closure():
-        opt.zero_grad()
-        loss = torch.nn.functional.huber_loss(residual(), torch.zeros_like(uv), delta=2.0, reduction="mean")
-        loss.backward()
-        return loss
+def _huber(r: np.ndarray, delta: float) -> np.ndarray:
+    """Huber cost per frame of residuals [F, K]."""
+    a = np.abs(r)
+    return np.where(a < delta, 0.5 * r * r, delta * (a - 0.5 * delta)).sum(-1)
 
-    opt.step(closure)
-    with torch.no_grad():
-        return float(torch.sqrt((residual() ** 2).sum(-1).mean()))
+
+def _solve_poses(R: np.ndarray, t: np.ndarray, canon: np.ndarray, uv: np.ndarray, f: float, c: float,
+                 iters: int = 10, huber_px: float = 2.0) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Levenberg-Marquardt on every frame's 6-DoF pose at once (frames are independent given f).
+
+    Analytic Jacobian with a left rotation update R <- exp(d) R; a Huber loss enters as IRLS weights.
+
+    Args:
+        R: [F, 3, 3], t: [F, 3] initial poses; canon: [M, 3] rigid canonical points;
+        uv: [F, M, 2] observed landmarks; f: focal; c: principal point (both axes).
+
+    Returns:
+        R [F, 3, 3], t [F, 3] and the Huber cost per frame [F].
+    """
+    R, t = R.copy(), t.copy()
+    F, M = uv.shape[:2]
+    lam = np.full(F, 1e-3)
+    x, proj = _project(R, t, canon, f, c)
+    r = (proj - uv).reshape(F, -1)
+    current = _huber(r, huber_px)
+    for _ in range(iters):
+        p = x - t[:, None]
+        iz = 1.0 / np.maximum(x[..., 2], 1e-6)
+        A = np.zeros((F, M, 2, 3))  # d pixel / d camera point
+        A[..., 0, 0] = A[..., 1, 1] = f * iz
+        A[..., 0, 2] = -f * x[..., 0] * iz * iz
+        A[..., 1, 2] = -f * x[..., 1] * iz * iz
+        # d(exp(d) p)/dd = -[p]x, so each pixel row a of A gives a @ (-[p]x) = p x a.
+        J = np.concatenate([np.cross(p[..., None, :], A), A], -1).reshape(F, 2 * M, 6)
+        w = np.minimum(1.0, huber_px / np.maximum(np.abs(r), 1e-12))
+        JtW = np.swapaxes(J, 1, 2) * w[:, None, :]
+        H = JtW @ J
+        g = (JtW @ r[..., None])[..., 0]
+        H = H + lam[:, None, None] * (np.eye(6) * np.diagonal(H, axis1=1, axis2=2)[:, None, :] + 1e-9 * np.eye(6))
+        d = -np.linalg.solve(H, g[..., None])[..., 0]
+        R_try, t_try = _axis_angle_to_R(d[:, :3]) @ R, t + d[:, 3:]
+        x_try, proj_try = _project(R_try, t_try, canon, f, c)
+        r_try = (proj_try - uv).reshape(F, -1)
+        new = _huber(r_try, huber_px)
+        ok = new < current
+        R[ok], t[ok], x[ok], r[ok], current[ok] = R_try[ok], t_try[ok], x_try[ok], r_try[ok], new[ok]
+        lam = np.where(ok, lam * 0.3, lam * 10.0)
+    return R, t, current
 
 
 def _frontal(shape: np.ndarray) -> np.ndarray:
@@ -190,31 +226,44 @@ def _frontal(shape: np.ndarray) -> np.ndarray:
 
 
 def _fit_poses(canon: np.ndarray, lm: np.ndarray, rigid: np.ndarray, c: float,
-               focals: list[float], fit_focal: bool):
-    """Best poses of a fixed canonical face over candidate focals, then (optionally) the focal."""
+               focals: list[float], fit_focal: bool) -> tuple[np.ndarray, np.ndarray, float]:
+    """Best poses of a fixed canonical face over candidate focals, then (optionally) the focal.
+
+    Returns:
+        R [F, 3, 3], t [F, 3], focal.
+    """
     s, R0, t_img = similarity_procrustes(canon[rigid], lm[:, rigid])
-    canon_t = torch.from_numpy(canon[rigid])
-    uv = torch.from_numpy(lm[:, rigid, :2])
-    best = None
-    for f in focals:
-        z = f / s  # weak perspective: image scale s = f / depth
-        t0 = np.stack([(t_img[:, 0] - c) * z / f, (t_img[:, 1] - c) * z / f, z], -1)
-        rvec = torch.tensor(_R_to_axis_angle(R0), requires_grad=True)
-        tvec = torch.tensor(t0, requires_grad=True)
-        log_f = torch.tensor(np.log(f), requires_grad=True)
-        err = _refine(canon_t, uv, c, rvec, tvec, log_f, fit_focal=False, iters=40)
-        if best is None or err < best[0] - 1e-3:
-            best = (err, rvec.detach(), tvec.detach(), log_f.detach())
-    _, rvec, tvec, log_f = best
+    canon_r, uv = canon[rigid], lm[:, rigid, :2]
+
+    def solve(f, R=R0, t=None, iters=10):
+        if t is None:
+            z = f / s  # weak perspective: image scale s = f / depth
+            t = np.stack([(t_img[:, 0] - c) * z / f, (t_img[:, 1] - c) * z / f, z], -1)
+        R, t, per_frame = _solve_poses(R, t, canon_r, uv, f, c, iters=iters)
+        return per_frame.sum(), R, t, f
+
+    results = [solve(f) for f in focals]
+    best = min(results, key=lambda r: r[0])
     if fit_focal:
-        rvec, tvec, log_f = rvec.requires_grad_(), tvec.requires_grad_(), log_f.requires_grad_()
-        _refine(canon_t, uv, c, rvec, tvec, log_f, fit_focal=True, iters=100)
-    return _axis_angle_to_R(rvec.detach()).numpy(), tvec.detach().numpy(), float(np.exp(log_f.item()))
+        # Golden-section search in log focal between the best candidate's neighbours, poses warm-started.
+        i = results.index(best)
+        lo, hi = np.log(focals[max(i - 1, 0)]), np.log(focals[min(i + 1, len(focals) - 1)])
+        g = (np.sqrt(5) - 1) / 2
+        for _ in range(7):  # brackets the focal to about 5%: more than the landmarks can tell
+            a, b = hi - g * (hi - lo), lo + g * (hi - lo)
+            ra, rb = solve(np.exp(a), best[1], best[2], iters=4), solve(np.exp(b), best[1], best[2], iters=4)
+            if ra[0] < rb[0]:
+                hi = b
+            else:
+                lo = a
+            best = min([best, ra, rb], key=lambda r: r[0])
+    _, R, t, focal = best
+    return R, t, float(focal)
 
 
 def fit_head_pose(landmarks: np.ndarray, valid: np.ndarray, crop_size: int,
                   focal_grid: tuple[float, ...] = (0.8, 1.2, 1.8, 2.7, 4.0, 6.0, 9.0),
-                  rounds: int = 1, max_shape_frames: int = 150) -> HeadPoseFit:
+                  rounds: int = 1, max_shape_frames: int = 60) -> HeadPoseFit:
     """Fit per-frame (R, t), one focal and the canonical face to a person's landmarks.
 
     The canonical face starts as the weak-perspective Procrustes mean; each
@@ -247,13 +296,13 @@ def fit_head_pose(landmarks: np.ndarray, valid: np.ndarray, crop_size: int,
     for _ in range(rounds):
         Rv, tv, focal = _fit_poses(canon, sub, rigid, c, focals, fit_focal=True)
         focal = float(np.clip(focal, lo, hi))
-        depth = (np.einsum("fij,nj->fni", Rv, canon) + tv[:, None])[..., 2]
+        depth = (_rotate(Rv, canon) + tv[:, None])[..., 2]
         x_cam = np.concatenate([(sub[..., :2] - c) / focal * depth[..., None], depth[..., None]], -1)
-        lifted = np.einsum("fji,fnj->fni", Rv, x_cam - tv[:, None])
+        lifted = _rotate(Rv.transpose(0, 2, 1), x_cam - tv[:, None])
         canon = _frontal(np.median(lifted, axis=0))
         focals = [focal]
     Rv, tv, _ = _fit_poses(canon, lm, rigid, c, [focal], fit_focal=False)
-    x = np.einsum("fij,nj->fni", Rv, canon[rigid]) + tv[:, None]
+    x = _rotate(Rv, canon[rigid]) + tv[:, None]
     proj = focal * x[..., :2] / x[..., 2:] + c
     err = np.sqrt(((proj - lm[:, rigid, :2]) ** 2).sum(-1).mean(-1))
     R = np.full((T, 3, 3), np.nan)
@@ -281,8 +330,8 @@ def smooth_poses(R: np.ndarray, t: np.ndarray, valid: np.ndarray, sigma: float) 
     for a, b in zip(edges[::2], edges[1::2]):
         U, _, Vt = np.linalg.svd(np.mean(R[a:b], 0))
         Rm = U @ np.diag([1.0, 1.0, np.linalg.det(U @ Vt)]) @ Vt  # nearest rotation to the mean
-        rel = _R_to_axis_angle(np.einsum("ji,fjk->fik", Rm, R[a:b]))
+        rel = _R_to_axis_angle(Rm.T @ R[a:b])
         rel = gaussian_filter1d(rel, sigma, axis=0, mode="nearest")
-        R[a:b] = Rm @ _axis_angle_to_R(torch.from_numpy(rel)).numpy()
+        R[a:b] = Rm @ _axis_angle_to_R(rel)
         t[a:b] = gaussian_filter1d(t[a:b], sigma, axis=0, mode="nearest")
     return R, t

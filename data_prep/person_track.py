@@ -11,7 +11,6 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-import cv2
 import numpy as np
 
 from data_prep import parsing, video_io
@@ -28,20 +27,12 @@ class PersonJob:
 
     video: str
     fps: float
-    n_frames: int
+    n_frames: int  # expected (from the duration): spreads the plate samples; the stream decides the count
     box: tuple[int, int, int]  # x0, y0, side in frame pixels
     own_columns: tuple[float, float]  # frame columns [left, right) that are this person's
     crop_size: int
     out_dir: str
     crf: int = 17
-
-
-def crop_frame(frame: np.ndarray, box: tuple[int, int, int], size: int) -> np.ndarray:
-    """Cut the square box out of an [H, W, 3] frame and resize it to [size, size, 3]."""
-    x0, y0, side = box
-    crop = frame[y0:y0 + side, x0:x0 + side]
-    interp = cv2.INTER_AREA if side > size else cv2.INTER_LINEAR
-    return cv2.resize(crop, (size, size), interpolation=interp)
 
 
 class FaceMesher:
@@ -95,7 +86,8 @@ def run_person(job: PersonJob, progress=None) -> dict[str, np.ndarray]:
         progress: optional callable(n) told after each frame.
 
     Returns:
-        landmarks [T, 478, 3] float32 (NaN where lost) and found [T] bool, straight from the mesh.
+        landmarks [T, 478, 3] float32 (NaN where lost) and found [T] bool, straight from the mesh;
+        T is the number of frames the decoder delivered.
     """
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -103,23 +95,18 @@ def run_person(job: PersonJob, progress=None) -> dict[str, np.ndarray]:
     cols = x0 + (np.arange(job.crop_size) + 0.5) * side / job.crop_size
     own = (cols >= job.own_columns[0]) & (cols < job.own_columns[1])
     mesher, segmenter = FaceMesher(), parsing.PersonSegmenter()
-    T = job.n_frames
-    landmarks = np.full((T, 478, 3), np.nan, np.float32)
-    plate_at = set(np.linspace(0, T - 1, min(PLATE_SAMPLES, T)).round().astype(int).tolist())
-    plate_frames, plate_bg = [], []
+    expected = max(1, job.n_frames)
+    plate_at = set(np.linspace(0, expected - 1, min(PLATE_SAMPLES, expected)).round().astype(int).tolist())
+    plate_frames, plate_bg, landmarks = [], [], []
     last_lm = None
     try:
         with video_io.FrameWriter(out / "frames.mp4", job.fps, crf=job.crf, pix_fmt="yuv444p",
-                                  preset="veryfast") as crop_out, \
+                                  preset="superfast") as crop_out, \
                 video_io.FrameWriter(out / "parsing.mkv", job.fps, gray=True) as label_out:
-            for i, frame in enumerate(video_io.iter_frames(job.video, job.fps)):
-                if i >= T:
-                    break
-                crop = crop_frame(frame, job.box, job.crop_size)
+            for i, crop in enumerate(video_io.iter_frames(job.video, job.fps, crop=job.box, size=job.crop_size)):
                 lm = mesher(crop)
-                if lm is not None:
-                    landmarks[i] = lm
-                    last_lm = lm
+                landmarks.append(np.full((478, 3), np.nan, np.float32) if lm is None else lm)
+                last_lm = lm if lm is not None else last_lm
                 labels = parsing.parse_labels(segmenter(crop), last_lm, own)
                 crop_out.write(crop)
                 label_out.write(labels * LABEL_SCALE)
@@ -131,9 +118,7 @@ def run_person(job: PersonJob, progress=None) -> dict[str, np.ndarray]:
     finally:
         mesher.close()
         segmenter.close()
-    n = crop_out.n
     plate, _ = parsing.median_plate(np.stack(plate_frames), np.stack(plate_bg), margin=max(2, job.crop_size // 100))
     save_image(out / "background.png", plate)
-    found = np.isfinite(landmarks).all(axis=(1, 2))
-    found[n:] = False
-    return {"landmarks": landmarks, "found": found}
+    landmarks = np.stack(landmarks)
+    return {"landmarks": landmarks, "found": np.isfinite(landmarks).all(axis=(1, 2))}

@@ -148,23 +148,21 @@ class Prepare:
             ctx["people"] = json.loads(path.read_text())
             return
         info, cfg = ctx["info"], self.cfg
-        stride = max(1, int(round(cfg.fps / cfg.detect_per_second)))
+        # Finding people needs only a few frames a second: ffmpeg drops the rest before the pipe.
         detector, segmenter = people.FaceDetector(), PersonSegmenter()
-        est = int(info.duration * cfg.fps) if info.duration else None
-        dets, n, samples = [], 0, []
+        est = int(info.duration * cfg.detect_per_second) if info.duration else None
+        dets, samples = [], []
         plate_every = max(1, (est or 1) // 48)
         with tqdm(total=est, desc="find people", unit="frame", leave=False) as bar:
-            for i, frame in enumerate(video_io.iter_frames(self.video, cfg.fps)):
-                if i % stride == 0:
-                    dets.append(detector(frame, i))
+            for i, frame in enumerate(video_io.iter_frames(self.video, cfg.detect_per_second)):
+                dets.append(detector(frame, i))
                 if i % plate_every == 0 and len(samples) < 64:
                     samples.append((frame, segmenter(_square_pad(frame))[: frame.shape[0], : frame.shape[1]]))
-                n = i + 1
                 bar.update(1)
         detector.close()
         segmenter.close()
-        if n / cfg.fps < MIN_SECONDS:
-            raise PrepareError(f"{self.video} has {n} frames at {cfg.fps:g} fps ({n / cfg.fps:.2f} s); "
+        if len(dets) / cfg.detect_per_second < MIN_SECONDS:
+            raise PrepareError(f"{self.video} lasts {len(dets) / cfg.detect_per_second:.2f} s; "
                                f"prepare needs at least {MIN_SECONDS:.0f} s")
         persons = people.select_persons(people.link_tracks(dets), len(dets), expected=cfg.persons)
         boxes = people.crop_boxes(persons, info.width, info.height)
@@ -172,7 +170,7 @@ class Prepare:
         frames = np.stack([f for f, _ in samples])
         plate, _ = median_plate(frames, np.stack([m < 0.5 for _, m in samples]), margin=max(2, info.width // 100))
         save_image(self.out / "background.png", plate)
-        result = {"n_frames": n, "persons": [
+        result = {"n_frames_expected": int(round(info.duration * cfg.fps)), "persons": [
             {"id": k, "bbox": list(boxes[k]), "columns": list(bands[k]),
              "face_median": [float(v) for v in p.median()], "detections": len(p.detections)}
             for k, p in enumerate(persons)]}
@@ -186,32 +184,38 @@ class Prepare:
         todo = []
         for p in pp["persons"]:
             pdir = dataset.person_dir(self.out, p["id"])
-            job = person_track.PersonJob(self.video, cfg.fps, pp["n_frames"], tuple(p["bbox"]), tuple(p["columns"]),
-                                         cfg.crop_size, str(pdir), cfg.crf)
+            job = person_track.PersonJob(self.video, cfg.fps, pp["n_frames_expected"], tuple(p["bbox"]),
+                                         tuple(p["columns"]), cfg.crop_size, str(pdir), cfg.crf)
             outputs = [pdir / "frames.mp4", pdir / "parsing.mkv", pdir / "background.png",
                        self.stages / f"landmarks_{p['id']}.npz"]
             if not self._done(*outputs):
                 todo.append((p["id"], job))
-        if not todo:
-            return
-        workers = cfg.workers or min(len(todo), os.cpu_count() or 1)
-        total = pp["n_frames"] * len(todo)
-        with tqdm(total=total, desc="landmarks+parsing", unit="crop", leave=False) as bar:
+        if todo:
+            self._run_persons(todo, pp["n_frames_expected"])
+        counts = {len(dataset.load_npz(self.stages / f"landmarks_{p['id']}.npz")["found"]) for p in pp["persons"]}
+        if len(counts) != 1:
+            raise PrepareError(f"the decoder delivered different frame counts per person ({sorted(counts)}); "
+                               "the video may be damaged: re-encode it and run again with --force")
+        ctx["n_frames"] = counts.pop()
+
+    def _run_persons(self, todo: list, n_expected: int) -> None:
+        workers = self.cfg.workers or min(len(todo), os.cpu_count() or 1)
+        with tqdm(total=n_expected * len(todo), desc="landmarks+parsing", unit="crop", leave=False) as bar:
             if workers <= 1:
                 for pid, job in todo:
                     self._save_landmarks(pid, person_track.run_person(job, bar.update))
-            else:
-                ctx_mp = multiprocessing.get_context("spawn")  # TFLite threads do not survive fork
-                queue = ctx_mp.Manager().Queue()
-                with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx_mp) as pool:
-                    futures = {pool.submit(_run_person_reporting, job, queue): pid for pid, job in todo}
-                    pending = set(futures)
-                    while pending:
-                        finished, pending = concurrent.futures.wait(pending, timeout=0.2)
-                        while not queue.empty():
-                            bar.update(queue.get())
-                        for fut in finished:
-                            self._save_landmarks(futures[fut], fut.result())
+                return
+            ctx_mp = multiprocessing.get_context("spawn")  # TFLite threads do not survive fork
+            queue = ctx_mp.Manager().Queue()
+            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx_mp) as pool:
+                futures = {pool.submit(_run_person_reporting, job, queue): pid for pid, job in todo}
+                pending = set(futures)
+                while pending:
+                    finished, pending = concurrent.futures.wait(pending, timeout=0.2)
+                    while not queue.empty():
+                        bar.update(queue.get())
+                    for fut in finished:
+                        self._save_landmarks(futures[fut], fut.result())
 
     def _save_landmarks(self, pid: int, res: dict) -> None:
         save_npz(self.stages / f"landmarks_{pid}.npz", **res)
@@ -258,7 +262,7 @@ class Prepare:
         out_wav, out_npz = self.out / "audio.wav", self.out / "audio_features.npz"
         if self._done(out_wav, out_npz):
             return
-        n, fps = ctx["people"]["n_frames"], self.cfg.fps
+        n, fps = ctx["n_frames"], self.cfg.fps
         audio = video_io.read_audio(self.video) if ctx["info"].has_audio else None
         if audio is None:
             audio = np.zeros(0, np.float32)
@@ -282,7 +286,7 @@ class Prepare:
                  "expression_spectrum.png"]
         if self._done(*(qdir / n for n in names)):
             return
-        n, fps = ctx["people"]["n_frames"], self.cfg.fps
+        n, fps = ctx["n_frames"], self.cfg.fps
         ids = [p["id"] for p in ctx["people"]["persons"]]
         pnames = [f"person {i}" for i in ids]
         tracks = [dataset.load_track(self.out, i) for i in ids]
@@ -325,10 +329,10 @@ class Prepare:
         meta = {
             "schema_version": dataset.SCHEMA_VERSION,
             "source": ctx["source"],
-            "fps": cfg.fps, "n_frames": pp["n_frames"], "frame_size": [info.width, info.height],
+            "fps": cfg.fps, "n_frames": ctx["n_frames"], "frame_size": [info.width, info.height],
             "audio_sr": video_io.AUDIO_SR,
             "persons": persons,
-            "splits": dataset.splits(pp["n_frames"]),
+            "splits": dataset.splits(ctx["n_frames"]),
             "expression": {"k": k, "variance_kept": float(np.cumsum(basis["explained_variance_ratio"])[k - 1])},
             "coordinates": "OpenCV crop camera, principal point at the crop centre; x_cam = R x_head + t; "
                            "euler = (pitch, yaw, roll), R = Rx(pitch) Ry(yaw) Rz(roll)",

@@ -66,19 +66,31 @@ def probe(path: str | os.PathLike) -> VideoInfo:
     return VideoInfo(path, int(size[0]), int(size[1]), fps, duration, bool(meta.get("audio_codec")))
 
 
-def iter_frames(path: str | os.PathLike, fps: float | None = None, gray: bool = False) -> Iterator[np.ndarray]:
+def iter_frames(path: str | os.PathLike, fps: float | None = None, gray: bool = False,
+                crop: tuple[int, int, int] | None = None, size: int | None = None) -> Iterator[np.ndarray]:
     """Decode frames one at a time: RGB [H, W, 3] uint8, or [H, W] uint8 with ``gray``.
 
     Args:
         fps: resample to this rate with ffmpeg's fps filter (None: every stored frame).
         gray: decode a single-channel video (the parsing label videos).
+        crop: (x0, y0, side) square to cut out, inside ffmpeg (no full frame crosses the pipe).
+        size: with ``crop``, the side the square is resized to.
     """
+    import logging
+
     import imageio_ffmpeg
 
+    # It warns whenever the output size differs from the source's, which a crop always does.
+    logging.getLogger("imageio_ffmpeg").setLevel(logging.ERROR)
+    filters = [f"fps={fps}"] if fps else []
+    if crop is not None:
+        x0, y0, side = crop
+        size = size or side
+        filters += [f"crop={side}:{side}:{x0}:{y0}", f"scale={size}:{size}:flags={'area' if side > size else 'bilinear'}"]
     gen = imageio_ffmpeg.read_frames(str(path), pix_fmt="gray" if gray else "rgb24", bits_per_pixel=8 if gray else 24,
-                                     output_params=["-vf", f"fps={fps}"] if fps else None)
+                                     output_params=["-vf", ",".join(filters)] if filters else None)
     meta = next(gen)
-    w, h = meta["size"]
+    w, h = meta["size"]  # the size after the filters
     shape = (h, w) if gray else (h, w, 3)
     try:
         for buf in gen:
