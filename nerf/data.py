@@ -1,0 +1,163 @@
+"""Training data of one or more prepared datasets: per person frames, poses, driving features, rays.
+
+Every person of every dataset becomes one row of the model's latent-code tables,
+in dataset order then person order. Frames are resized to ``image_size`` at load
+time (the focal scales with them), so the tiny CPU preset trains on 64 px crops
+of the same datasets the GPU preset trains on at 512 px.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import cv2
+import numpy as np
+import torch
+
+from data_prep import dataset
+from data_prep.audio_features import mel_windows
+from data_prep.errors import PrepareError
+from nerf.rays import PersonBounds
+
+# Face-mesh indices of the mouth corners and the outer lip's top and bottom: the mouth box.
+MOUTH = (61, 291, 0, 17)
+
+
+@dataclasses.dataclass
+class PersonFrames:
+    """All frames of one person, resized, as tensors."""
+
+    row: int  # the person's row in the latent-code tables
+    name: str  # "<dataset dir name>:<person id>"
+    images: torch.Tensor  # [T, S, S, 3] uint8
+    labels: torch.Tensor  # [T, S, S] uint8: 0 background, 1 head, 2 torso
+    background: torch.Tensor  # [S, S, 3] float in [0, 1]
+    R: torch.Tensor  # [T, 3, 3]
+    t: torch.Tensor  # [T, 3]
+    euler: torch.Tensor  # [T, 3]
+    expr: torch.Tensor  # [T, K] (zero-padded to the widest basis of the loaded datasets)
+    mel: torch.Tensor  # [T, 80, 16]
+    speaking: torch.Tensor  # [T] bool
+    mouth_box: torch.Tensor  # [T, 4] x0, y0, x1, y1 pixels
+    head_box: torch.Tensor  # [T, 4] x0, y0, x1, y1 pixels of the head label (whole crop where none)
+    train: torch.Tensor  # [N_train] frame indices (valid frames of the train split)
+    val: torch.Tensor  # [N_val] frame indices (valid frames of the val split)
+    focal: float
+    size: int
+    bounds: PersonBounds
+
+
+def _resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
+    if img.shape[0] == size:
+        return img
+    interp = cv2.INTER_NEAREST if nearest else (cv2.INTER_AREA if img.shape[0] > size else cv2.INTER_LINEAR)
+    return cv2.resize(img, (size, size), interpolation=interp)
+
+
+def _label_boxes(mask: np.ndarray) -> np.ndarray:
+    """[T, S, S] bool -> [T, 4] bounding boxes x0, y0, x1, y1 (inclusive); the whole image where empty."""
+    T, S = mask.shape[:2]
+    rows, cols = mask.any(2), mask.any(1)
+    has = rows.any(1)
+    first = lambda a: np.where(has, a.argmax(1), 0)  # noqa: E731
+    last = lambda a: np.where(has, S - 1 - a[:, ::-1].argmax(1), S - 1)  # noqa: E731
+    return np.stack([first(cols), first(rows), last(cols), last(rows)], -1)
+
+
+def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr: int) -> PersonFrames:
+    """Load one person of a prepared dataset at ``size`` px."""
+    import imageio.v3 as iio
+
+    tr = dataset.load_track(root, person)
+    info = next(p for p in meta["persons"] if p["id"] == person)
+    scale = size / info["crop_size"]
+    T = meta["n_frames"]
+    images = np.stack([_resize(c, size) for c in dataset.iter_crops(root, person)])
+    labels = np.stack([_resize(lab, size, nearest=True) for lab in dataset.iter_parsing(root, person)])
+    if len(images) != T or len(labels) != T:
+        raise PrepareError(f"{root} person {person}: {len(images)} crops and {len(labels)} label maps for "
+                           f"{T} frames; prepare the video again")
+    bg = _resize(iio.imread(dataset.person_dir(root, person) / "background.png")[..., :3], size)
+    af = dataset.load_npz(root / "audio_features.npz")
+    valid = tr["valid"]
+    lm = np.nan_to_num(tr["landmarks"][:, MOUTH, :2]) * scale
+    mouth = np.stack([lm[:, 0, 0], lm[:, 2, 1], lm[:, 1, 0], lm[:, 3, 1]], -1)
+    pad = (mouth[:, 2:] - mouth[:, :2]).max(-1, keepdims=True) * 0.25
+    mouth = np.clip(np.concatenate([mouth[:, :2] - pad, mouth[:, 2:] + pad], -1), 0, size - 1)
+    expr = np.zeros((T, k_expr), np.float32)
+    expr[:, : tr["expr"].shape[1]] = np.nan_to_num(tr["expr"])
+    a, b = meta["splits"]["train"]
+    c, d = meta["splits"]["val"]
+    idx = np.arange(T)
+    R = np.where(valid[:, None, None], tr["R"], np.eye(3, dtype=np.float32))
+    t = np.where(valid[:, None], tr["t"], np.nanmedian(tr["t"], 0))
+    return PersonFrames(
+        row=row, name=f"{root.name}:{person}", images=torch.from_numpy(images), labels=torch.from_numpy(labels),
+        background=torch.from_numpy(bg).float() / 255.0,
+        R=torch.from_numpy(R).float(), t=torch.from_numpy(t).float(),
+        euler=torch.from_numpy(np.nan_to_num(tr["euler"])).float(), expr=torch.from_numpy(expr),
+        mel=torch.from_numpy(mel_windows(af["mel"], T, meta["fps"])),
+        speaking=torch.from_numpy(af["speaking"][:, person].astype(bool)),
+        mouth_box=torch.from_numpy(mouth).float(), head_box=torch.from_numpy(_label_boxes(labels == 1)).float(),
+        train=torch.from_numpy(idx[a:b][valid[a:b]]), val=torch.from_numpy(idx[c:d][valid[c:d]]),
+        focal=float(info["focal"]) * scale, size=size,
+        bounds=PersonBounds.from_track(tr["canonical"], tr["t"], float(info["focal"]) * scale, size))
+
+
+def load_datasets(roots: list[str | Path], size: int) -> list[PersonFrames]:
+    """Every person of every dataset, rows numbered in order (dataset, then person)."""
+    metas = [(Path(r), dataset.read_meta(r)) for r in roots]
+    k_expr = max(dataset.load_npz(r / "expression_basis.npz")["exp_basis"].shape[1] for r, _ in metas)
+    persons, row = [], 0
+    for root, meta in metas:
+        for p in meta["persons"]:
+            persons.append(load_person(root, meta, p["id"], row, size, k_expr))
+            row += 1
+    return persons
+
+
+def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, split: str = "train",
+                head_share: float = 0.4, mouth_share: float = 0.15) -> dict[str, torch.Tensor]:
+    """A random ray batch over persons, frames and pixels, biased toward the head and the mouth.
+
+    Returns:
+        dict of per-ray tensors: row, frame [R] long; u, v [R] float pixel coordinates; rgb [R, 3];
+        label [R] long; background [R, 3]; R [R, 3, 3]; t [R, 3]; euler [R, 3]; expr [R, K];
+        mel [R, 80, 16]; speaking [R] bool; focal [R]; person [R] long (index into ``persons``).
+    """
+    P = len(persons)
+    who = torch.randint(0, P, (n_rays,), generator=gen)
+    out: dict[str, list] = {}
+    for i, p in enumerate(persons):
+        sel = (who == i).nonzero()[:, 0]
+        n = len(sel)
+        if n == 0:
+            continue
+        pool = p.train if split == "train" else p.val
+        frame = pool[torch.randint(0, len(pool), (n,), generator=gen)]
+        kind = torch.rand(n, generator=gen)
+        s = p.size
+        u = torch.randint(0, s, (n,), generator=gen).float()
+        v = torch.randint(0, s, (n,), generator=gen).float()
+        box = p.mouth_box[frame]
+        mouth = kind < mouth_share
+        r = torch.rand(n, 2, generator=gen)
+        u = torch.where(mouth, box[:, 0] + r[:, 0] * (box[:, 2] - box[:, 0]), u).floor()
+        v = torch.where(mouth, box[:, 1] + r[:, 1] * (box[:, 3] - box[:, 1]), v).floor()
+        head = (kind >= mouth_share) & (kind < mouth_share + head_share)
+        hb = p.head_box[frame]
+        r = torch.rand(n, 2, generator=gen)
+        u = torch.where(head, hb[:, 0] + r[:, 0] * (hb[:, 2] + 1 - hb[:, 0]), u).floor().clamp(0, s - 1)
+        v = torch.where(head, hb[:, 1] + r[:, 1] * (hb[:, 3] + 1 - hb[:, 1]), v).floor().clamp(0, s - 1)
+        ui, vi = u.long(), v.long()
+        batch = {
+            "person": torch.full((n,), i), "row": torch.full((n,), p.row), "frame": frame, "u": u, "v": v,
+            "rgb": p.images[frame, vi, ui].float() / 255.0, "label": p.labels[frame, vi, ui].long(),
+            "background": p.background[vi, ui], "R": p.R[frame], "t": p.t[frame], "euler": p.euler[frame],
+            "expr": p.expr[frame], "mel": p.mel[frame], "speaking": p.speaking[frame],
+            "focal": torch.full((n,), p.focal),
+        }
+        for k, val in batch.items():
+            out.setdefault(k, []).append(val)
+    return {k: torch.cat(v) for k, v in out.items()}

@@ -1,0 +1,145 @@
+"""The fields of the avatar NeRF: a head field in head space, a torso field with a deformation.
+
+A field maps points (already in its hash grid's [0, 1]^3 domain), view directions
+and conditioning codes to density and colour; it never samples and never knows
+about persons beyond the latent codes it is handed (nerfstudio's layering).
+
+- z_shape joins the position features, so it conditions density and colour;
+  z_app joins the direction features, so it conditions colour only.
+- The head field is driven by a per-frame code: the audio code while the person
+  speaks, the expression code while it listens (both from small encoders to one width).
+- The torso field warps x to x' = x + D(gamma(x), gamma(et), z_shape) first
+  (Nerfies-style; D starts at zero), then reads density and colour at x' with gamma(et).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from nerf.encoding import HashEncoding, HashGridConfig
+
+
+@dataclasses.dataclass
+class FieldConfig:
+    """Sizes of the fields and encoders (presets in configs/ set them)."""
+
+    head_grid: HashGridConfig = dataclasses.field(default_factory=HashGridConfig)
+    """Hash grid of the head field (head space)."""
+    torso_grid: HashGridConfig = dataclasses.field(default_factory=HashGridConfig)
+    """Hash grid of the torso field (camera space)."""
+    hidden: int = 64
+    """Width of every MLP."""
+    geo_features: int = 15
+    """Features passed from the density MLP to the colour MLP."""
+    shape_dim: int = 16
+    """Length of z_shape."""
+    app_dim: int = 16
+    """Length of z_app."""
+    drive_dim: int = 32
+    """Width of the audio and expression codes."""
+    expr_dim: int = 32
+    """Number of expression coefficients (F_exp) the expression encoder reads."""
+    dir_freqs: int = 4
+    """Frequencies of the view-direction encoding."""
+    pose_freqs: int = 4
+    """Frequencies of gamma(et) and of the deformation's gamma(x)."""
+
+
+def freq_encode(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
+    """gamma(x) = (x, sin(2^k pi x), cos(2^k pi x)) for k < n_freqs: [..., D] -> [..., D (1 + 2 n_freqs)]."""
+    freqs = 2.0 ** torch.arange(n_freqs, dtype=x.dtype, device=x.device) * torch.pi
+    angles = (x[..., None] * freqs).flatten(-2)
+    return torch.cat([x, torch.sin(angles), torch.cos(angles)], -1)
+
+
+def mlp(d_in: int, hidden: int, d_out: int, layers: int = 2) -> nn.Sequential:
+    mods: list[nn.Module] = []
+    d = d_in
+    for _ in range(layers):
+        mods += [nn.Linear(d, hidden), nn.ReLU(inplace=True)]
+        d = hidden
+    mods.append(nn.Linear(d, d_out))
+    return nn.Sequential(*mods)
+
+
+def trunc_exp(x: torch.Tensor) -> torch.Tensor:
+    """exp with its input clamped: density stays finite however far the MLP drifts."""
+    return torch.exp(x.clamp(-15.0, 15.0))
+
+
+class AudioEncoder(nn.Module):
+    """A frame's mel window [B, 80, 16] -> audio code [B, drive_dim] (trained end to end)."""
+
+    def __init__(self, out_dim: int):
+        super().__init__()
+        self.net = nn.Sequential(
+            nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(inplace=True),  # 40 x 8
+            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(inplace=True),  # 20 x 4
+            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(inplace=True),  # 10 x 2
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, out_dim))
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        return self.net(mel[:, None] / 4.0)  # mel lies in [-4, 4]
+
+
+class ExpressionEncoder(nn.Module):
+    """F_exp [B, K] -> expression code [B, drive_dim]."""
+
+    def __init__(self, expr_dim: int, out_dim: int, hidden: int):
+        super().__init__()
+        self.net = mlp(expr_dim, hidden, out_dim, layers=1)
+
+    def forward(self, expr: torch.Tensor) -> torch.Tensor:
+        return self.net(expr)
+
+
+class HeadField(nn.Module):
+    """Head-space density and colour conditioned on z_shape, z_app and the driving code."""
+
+    def __init__(self, cfg: FieldConfig):
+        super().__init__()
+        self.encoding = HashEncoding(cfg.head_grid)
+        self.density = mlp(self.encoding.output_dim + cfg.shape_dim + cfg.drive_dim, cfg.hidden, 1 + cfg.geo_features)
+        self.color = mlp(cfg.geo_features + 3 * (1 + 2 * cfg.dir_freqs) + cfg.app_dim, cfg.hidden, 3)
+        self.dir_freqs = cfg.dir_freqs
+
+    def forward(self, x01: torch.Tensor, dirs: torch.Tensor, z_shape: torch.Tensor, z_app: torch.Tensor,
+                drive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: x01 [N, 3] in [0, 1]^3; dirs [N, 3] unit; z_shape [N, Ds]; z_app [N, Da]; drive [N, Dd].
+
+        Returns: sigma [N], rgb [N, 3] in [0, 1].
+        """
+        h = self.density(torch.cat([self.encoding(x01), z_shape, drive], -1))
+        rgb = self.color(torch.cat([h[:, 1:], freq_encode(dirs, self.dir_freqs), z_app], -1))
+        return trunc_exp(h[:, 0] - 1.0), torch.sigmoid(rgb)
+
+
+class TorsoField(nn.Module):
+    """Camera-space density and colour of the torso, warped by a pose-conditioned deformation."""
+
+    def __init__(self, cfg: FieldConfig):
+        super().__init__()
+        pose_in = 6 * (1 + 2 * cfg.pose_freqs)
+        self.pose_freqs, self.dir_freqs = cfg.pose_freqs, cfg.dir_freqs
+        self.deform = mlp(3 * (1 + 2 * cfg.pose_freqs) + pose_in + cfg.shape_dim, cfg.hidden, 3)
+        nn.init.zeros_(self.deform[-1].weight)  # start as the identity warp
+        nn.init.zeros_(self.deform[-1].bias)
+        self.encoding = HashEncoding(cfg.torso_grid)
+        self.density = mlp(self.encoding.output_dim + pose_in + cfg.shape_dim, cfg.hidden, 1 + cfg.geo_features)
+        self.color = mlp(cfg.geo_features + 3 * (1 + 2 * cfg.dir_freqs) + cfg.app_dim, cfg.hidden, 3)
+
+    def forward(self, x01: torch.Tensor, dirs: torch.Tensor, et: torch.Tensor, z_shape: torch.Tensor,
+                z_app: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Args: x01 [N, 3] in [0, 1]^3; dirs [N, 3] unit; et [N, 6] (Euler angles, translation); z_*.
+
+        Returns: sigma [N], rgb [N, 3], the warp offset [N, 3] (for its regularizer).
+        """
+        pose = freq_encode(et, self.pose_freqs)
+        offset = self.deform(torch.cat([freq_encode(x01, self.pose_freqs), pose, z_shape], -1))
+        warped = (x01 + offset).clamp(0.0, 1.0)
+        h = self.density(torch.cat([self.encoding(warped), pose, z_shape], -1))
+        rgb = self.color(torch.cat([h[:, 1:], freq_encode(dirs, self.dir_freqs), z_app], -1))
+        return trunc_exp(h[:, 0] - 1.0), torch.sigmoid(rgb), offset

@@ -1,0 +1,156 @@
+"""The avatar model: latent codes, driving encoders, head and torso fields, and the joint render.
+
+One network for every person (``mode="shared"``, the paper's claim) or one per person
+(``mode="per_person"``, the AD-NeRF-style baseline in the same code). Rendering a ray:
+stratified then importance samples through the head field (in head space, moved there
+by the inverse head pose) and through the torso field (camera space); both sample sets
+merge by depth and composite once over the person's background plate.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import torch
+from torch import nn
+
+from nerf import rays, sampler, volrend
+from nerf.data import PersonFrames
+from nerf.fields import AudioEncoder, ExpressionEncoder, FieldConfig, HeadField, TorsoField
+
+TORSO_HALF_DEPTH = 0.35  # the torso box's half depth (head units): its sample spacing is measured in it
+
+
+@dataclasses.dataclass
+class RenderConfig:
+    """Samples per ray and per field."""
+
+    n_coarse: int = 32
+    """Stratified samples per field."""
+    n_importance: int = 32
+    """Importance samples per field, from the coarse weights."""
+
+
+class AvatarModel(nn.Module):
+    """Latent codes and fields for P persons; renders ray batches of ``nerf.data.sample_rays``."""
+
+    def __init__(self, persons: list[PersonFrames], cfg: FieldConfig, render: RenderConfig, mode: str = "shared"):
+        super().__init__()
+        if mode not in ("shared", "per_person"):
+            raise ValueError(f"model mode must be shared or per_person, not {mode!r}")
+        self.cfg, self.render_cfg, self.mode = cfg, render, mode
+        P = len(persons)
+        self.image_size = persons[0].size
+        if any(p.size != self.image_size for p in persons):
+            raise ValueError("all persons must be loaded at one image size")
+        self.z_shape = nn.Embedding(P, cfg.shape_dim)
+        self.z_app = nn.Embedding(P, cfg.app_dim)
+        nn.init.normal_(self.z_shape.weight, std=0.1)
+        nn.init.normal_(self.z_app.weight, std=0.1)
+        n_nets = 1 if mode == "shared" else P
+        self.head = nn.ModuleList(HeadField(cfg) for _ in range(n_nets))
+        self.torso = nn.ModuleList(TorsoField(cfg) for _ in range(n_nets))
+        self.audio = nn.ModuleList(AudioEncoder(cfg.drive_dim) for _ in range(n_nets))
+        self.expr = nn.ModuleList(ExpressionEncoder(cfg.expr_dim, cfg.drive_dim, cfg.hidden) for _ in range(n_nets))
+        b = [p.bounds for p in persons]
+        self.register_buffer("head_center", torch.tensor([x.head_center for x in b], dtype=torch.float32))
+        self.register_buffer("head_radius", torch.tensor([x.head_radius for x in b], dtype=torch.float32))
+        self.register_buffer("torso_min", torch.tensor([x.torso_min for x in b], dtype=torch.float32))
+        self.register_buffer("torso_max", torch.tensor([x.torso_max for x in b], dtype=torch.float32))
+
+    def hash_parameters(self) -> list[nn.Parameter]:
+        """The hash tables (trained at a higher learning rate, as instant-ngp does)."""
+        return [p for f in [*self.head, *self.torso] for p in f.encoding.parameters()]
+
+    def _net(self, row: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
+        """(network index, ray mask) pairs: one network for all, or each person's own."""
+        if self.mode == "shared":
+            return [(0, torch.ones_like(row, dtype=torch.bool))]
+        return [(int(i), row == i) for i in torch.unique(row)]
+
+    def drive_code(self, net: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[R, drive_dim]: the audio code where the person speaks, the expression code where it listens."""
+        a = self.audio[net](batch["mel"])
+        e = self.expr[net](batch["expr"])
+        return torch.where(batch["speaking"][:, None], a, e)
+
+    def forward(self, batch: dict[str, torch.Tensor], jitter: bool = True,
+                gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Render a ray batch.
+
+        Returns:
+            rgb [R, 3] composited over the background; head_acc, torso_acc [R] opacities of
+            each field; offset_sq [R] mean squared torso warp along the ray.
+        """
+        out = {k: torch.zeros(len(batch["row"]), *s) for k, s in
+               (("rgb", (3,)), ("head_acc", ()), ("torso_acc", ()), ("offset_sq", ()))}
+        for net, mask in self._net(batch["row"]):
+            part = {k: v[mask] for k, v in batch.items()}
+            for k, v in self._render(net, part, jitter, gen).items():
+                out[k] = out[k].index_put((mask,), v)
+        return out
+
+    def _render(self, net: int, b: dict[str, torch.Tensor], jitter: bool, gen) -> dict[str, torch.Tensor]:
+        row = b["row"]
+        dirs = rays.pixel_rays(b["u"], b["v"], b["focal"], self.image_size)
+        unit = dirs / dirs.norm(dim=-1, keepdim=True)
+        z_shape, z_app = self.z_shape(row), self.z_app(row)
+        drive = self.drive_code(net, b)
+        et = torch.cat([b["euler"], b["t"]], -1)
+
+        # Head: rays in head space through the person's head sphere.
+        o_h, d_h = rays.to_head_space(dirs, b["R"], b["t"])
+        center, radius = self.head_center[row], self.head_radius[row]
+        near_h, far_h, hit_h = rays.sphere_interval(o_h, d_h, center, radius)
+        unit_h = d_h / d_h.norm(dim=-1, keepdim=True)
+
+        def head_query(t):
+            x = o_h[:, None] + t[..., None] * d_h[:, None]
+            x01 = (x - center[:, None]) / (2 * radius[:, None, None]) + 0.5
+            S = t.shape[1]
+            sigma, rgb = self.head[net](x01.reshape(-1, 3), unit_h.repeat_interleave(S, 0),
+                                        z_shape.repeat_interleave(S, 0), z_app.repeat_interleave(S, 0),
+                                        drive.repeat_interleave(S, 0))
+            inside = ((x01 >= 0) & (x01 <= 1)).all(-1) & hit_h[:, None]
+            return sigma.view(-1, S) * inside, rgb.view(-1, S, 3), None
+
+        # Torso: camera-space rays through the person's torso box.
+        lo, hi = self.torso_min[row], self.torso_max[row]
+        near_t, far_t, hit_t = rays.box_interval(torch.zeros_like(dirs), dirs, lo, hi)
+
+        def torso_query(t):
+            x = t[..., None] * dirs[:, None]
+            x01 = rays.normalize_to_unit(x, lo[:, None], hi[:, None])
+            S = t.shape[1]
+            sigma, rgb, offset = self.torso[net](x01.reshape(-1, 3), unit.repeat_interleave(S, 0),
+                                                 et.repeat_interleave(S, 0), z_shape.repeat_interleave(S, 0),
+                                                 z_app.repeat_interleave(S, 0))
+            inside = ((x01 >= 0) & (x01 <= 1)).all(-1) & hit_t[:, None]
+            return sigma.view(-1, S) * inside, rgb.view(-1, S, 3), offset.view(-1, S, 3)
+
+        head = self._field_samples(head_query, near_h, torch.maximum(far_h, near_h), 2 * radius, jitter, gen)
+        torso = self._field_samples(torso_query, near_t, torch.maximum(far_t, near_t),
+                                    torch.full_like(near_t, 2 * TORSO_HALF_DEPTH), jitter, gen)
+        t, vals, source = volrend.merge_by_depth(
+            head["t"], {"sigma": head["sigma"], "rgb": head["rgb"], "delta": head["delta"]},
+            torso["t"], {"sigma": torso["sigma"], "rgb": torso["rgb"], "delta": torso["delta"]})
+        weights = volrend.render_weights(vals["sigma"], vals["delta"])
+        rgb = volrend.accumulate(weights, vals["rgb"])
+        acc = weights.sum(-1)
+        return {"rgb": volrend.composite_over(rgb, acc, b["background"]),
+                "head_acc": (weights * (source == 0)).sum(-1), "torso_acc": (weights * (source == 1)).sum(-1),
+                "offset_sq": (torso["offset"] ** 2).sum(-1).mean(-1)}
+
+    def _field_samples(self, query, near, far, scale, jitter, gen) -> dict[str, torch.Tensor]:
+        """Coarse then importance samples of one field; deltas in units of the field's own extent."""
+        rc = self.render_cfg
+        t_c, edges = sampler.stratified(near, far, rc.n_coarse, jitter, gen)
+        if rc.n_importance > 0:
+            with torch.no_grad():
+                sigma_c, _, _ = query(t_c)
+                w_c = volrend.render_weights(sigma_c, sampler.deltas_of(t_c, far) / scale[:, None])
+            t_f = sampler.importance(edges, w_c, rc.n_importance, jitter, gen)
+            t_c = torch.sort(torch.cat([t_c, t_f], -1), -1)[0]
+        sigma, rgb, offset = query(t_c)
+        return {"t": t_c, "sigma": sigma, "rgb": rgb, "offset": offset,
+                "delta": sampler.deltas_of(t_c, far) / scale[:, None]}

@@ -1,0 +1,242 @@
+"""Training of the avatar model: losses, optimizers, checkpoints that resume exactly, logs.
+
+``train(cfg)`` is what scripts/train.py runs. A checkpoint holds the model, the
+optimizer, the iteration, both random generators and the model-shaping config;
+resuming from it continues the same run step for step. A NaN loss stops training
+with a clear message and leaves the last good checkpoint in place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm import tqdm
+
+from data_prep.atomic_io import atomic_path, save_image
+from nerf.data import PersonFrames, load_datasets, sample_rays
+from nerf.encoding import HashGridConfig
+from nerf.fields import FieldConfig
+from nerf.model import AvatarModel, RenderConfig
+from nerf.render import render_frame
+
+
+class TrainError(Exception):
+    """A user-facing training failure (bad checkpoint, diverged loss); printed without a traceback."""
+
+
+@dataclasses.dataclass
+class TrainConfig:
+    """Everything a run needs; scripts/train.py fills it from flags and config files."""
+
+    data: list[str] = dataclasses.field(default_factory=list)
+    """Prepared dataset directories (one network for all of their persons)."""
+    out: str = "runs/avatar"
+    """Run directory: checkpoints, TensorBoard logs, validation pictures."""
+    image_size: int = 64
+    """Side of the crops trained on (frames are resized at load time)."""
+    model: str = "shared"
+    """shared (one network, latent codes per person) or per_person (the AD-NeRF-style baseline)."""
+    iters: int = 2000
+    batch_rays: int = 1024
+    lr: float = 2e-4
+    """Adam learning rate of the MLPs and codes (the paper's)."""
+    lr_hash: float = 1e-2
+    """Adam learning rate of the hash tables (instant-ngp's)."""
+    lr_decay: float = 0.1
+    """Learning rates fall exponentially to this fraction at the last iteration."""
+    lambda_parse: float = 0.05
+    """Weight of the parsing losses (head opacity in the head region, torso opacity in the torso region)."""
+    lambda_deform: float = 0.01
+    """Weight of the torso warp's squared length."""
+    lambda_code: float = 1e-4
+    """Weight of the latent codes' squared length."""
+    n_coarse: int = 32
+    n_importance: int = 32
+    hidden: int = 64
+    n_levels: int = 16
+    log2_hashmap_size: int = 19
+    base_resolution: int = 16
+    finest_resolution: int = 2048
+    val_every: int = 500
+    ckpt_every: int = 500
+    seed: int = 0
+    resume: bool = False
+
+    # Keys that shape the model: a checkpoint is only valid for a run with the same values.
+    MODEL_KEYS = ("image_size", "model", "hidden", "n_levels", "log2_hashmap_size", "base_resolution",
+                  "finest_resolution")
+
+    def field_config(self, expr_dim: int) -> FieldConfig:
+        grid = HashGridConfig(n_levels=self.n_levels, log2_hashmap_size=self.log2_hashmap_size,
+                              base_resolution=self.base_resolution, finest_resolution=self.finest_resolution)
+        return FieldConfig(head_grid=grid, torso_grid=grid, hidden=self.hidden, expr_dim=expr_dim)
+
+
+def psnr_of_mse(mse: float) -> float:
+    return -10.0 * math.log10(max(mse, 1e-10))
+
+
+def losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], model: AvatarModel,
+           cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    """Photometric, parsing and regularizer losses of one rendered batch."""
+    photo = F.mse_loss(out["rgb"], batch["rgb"])
+    head_target = (batch["label"] == 1).float()
+    torso_target = (batch["label"] == 2).float()
+    # Head opacity only in the head region; torso opacity in the torso region and never in the
+    # background (behind the head it is unconstrained: the head covers it there).
+    parse_head = F.binary_cross_entropy(out["head_acc"].clamp(1e-4, 1 - 1e-4), head_target)
+    not_head = batch["label"] != 1
+    parse_torso = F.binary_cross_entropy(out["torso_acc"][not_head].clamp(1e-4, 1 - 1e-4), torso_target[not_head]) \
+        if not_head.any() else photo.new_zeros(())
+    rows = batch["row"].unique()
+    code = (model.z_shape(rows) ** 2).sum(-1).mean() + (model.z_app(rows) ** 2).sum(-1).mean()
+    total = photo + cfg.lambda_parse * (parse_head + parse_torso) + cfg.lambda_deform * out["offset_sq"].mean() \
+        + cfg.lambda_code * code
+    return {"total": total, "photo": photo, "parse_head": parse_head, "parse_torso": parse_torso}
+
+
+def save_checkpoint(path: Path, model, opt, it: int, cfg: TrainConfig, persons: list[PersonFrames],
+                    gens: dict[str, torch.Generator]) -> None:
+    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it,
+             "config": json.dumps(dataclasses.asdict(cfg)), "persons": [p.name for p in persons],
+             "generators": {k: g.get_state() for k, g in gens.items()}}
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def load_checkpoint(path: Path) -> dict:
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged or foreign file
+        raise TrainError(f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
+
+
+def check_compatible(ckpt: dict, cfg: TrainConfig, persons: list[PersonFrames]) -> None:
+    """Refuse a checkpoint made with another model shape or other persons."""
+    old = json.loads(ckpt["config"])
+    diff = [k for k in TrainConfig.MODEL_KEYS if old.get(k) != getattr(cfg, k)]
+    if diff:
+        raise TrainError("the checkpoint was made with another config (" +
+                         ", ".join(f"{k}: {old.get(k)} vs {getattr(cfg, k)}" for k in diff) + ")")
+    names = [p.name for p in persons]
+    if ckpt["persons"] != names:
+        raise TrainError(f"the checkpoint's persons {ckpt['persons']} differ from the data's {names}")
+
+
+def build(cfg: TrainConfig, persons: list[PersonFrames]) -> tuple[AvatarModel, torch.optim.Optimizer]:
+    torch.manual_seed(cfg.seed)
+    model = AvatarModel(persons, cfg.field_config(persons[0].expr.shape[1]),
+                        RenderConfig(cfg.n_coarse, cfg.n_importance), mode=cfg.model)
+    hash_ids = {id(p) for p in model.hash_parameters()}
+    others = [p for p in model.parameters() if id(p) not in hash_ids]
+    opt = torch.optim.Adam([{"params": others, "lr": cfg.lr}, {"params": model.hash_parameters(), "lr": cfg.lr_hash}],
+                           betas=(0.9, 0.99), eps=1e-15)
+    return model, opt
+
+
+def evaluate_psnr(model: AvatarModel, persons: list[PersonFrames], max_frames: int = 4) -> dict[str, float]:
+    """Mean held-out PSNR per person over up to ``max_frames`` evenly spread validation frames."""
+    model.eval()
+    out = {}
+    for p in persons:
+        frames = p.val[torch.linspace(0, len(p.val) - 1, min(max_frames, len(p.val))).round().long()]
+        mses = [F.mse_loss(render_frame(model, p, int(f))["rgb"], p.images[int(f)].float() / 255).item() for f in frames]
+        out[p.name] = psnr_of_mse(float(np.mean(mses)))
+    model.train()
+    return out
+
+
+def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
+    """Train (or resume) a run; returns the final held-out PSNR per person and the run's facts."""
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    persons = load_datasets(cfg.data, cfg.image_size)
+    model, opt = build(cfg, persons)
+    gens = {"rays": torch.Generator().manual_seed(cfg.seed), "jitter": torch.Generator().manual_seed(cfg.seed + 1)}
+    ckpt_path = out / "checkpoint.pt"
+    start = 0
+    if cfg.resume and ckpt_path.is_file():
+        ckpt = load_checkpoint(ckpt_path)
+        check_compatible(ckpt, cfg, persons)
+        model.load_state_dict(ckpt["model"])
+        opt.load_state_dict(ckpt["optimizer"])
+        for k, g in gens.items():
+            g.set_state(ckpt["generators"][k])
+        start = ckpt["iteration"]
+        log(f"resumed from {ckpt_path} at iteration {start}")
+    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    writer = _tensorboard(out)
+    base_lrs = [g["lr"] for g in opt.param_groups]
+    t0 = time.perf_counter()
+    bar = tqdm(range(start, cfg.iters), desc="train", unit="it", disable=not progress, initial=start, total=cfg.iters)
+    last_psnr = float("nan")
+    for it in bar:
+        frac = it / max(cfg.iters - 1, 1)
+        for g, lr0 in zip(opt.param_groups, base_lrs):
+            g["lr"] = lr0 * cfg.lr_decay**frac
+        batch = sample_rays(persons, cfg.batch_rays, gens["rays"])
+        rendered = model(batch, jitter=True, gen=gens["jitter"])
+        loss = losses(rendered, batch, model, cfg)
+        if not torch.isfinite(loss["total"]):
+            raise TrainError(f"the loss became {loss['total'].item()} at iteration {it}; training stopped and "
+                             f"{ckpt_path} keeps the last good state (try a lower --lr_hash or --lr)")
+        opt.zero_grad(set_to_none=True)
+        loss["total"].backward()
+        opt.step()
+        last_psnr = psnr_of_mse(loss["photo"].item())
+        bar.set_postfix(psnr=f"{last_psnr:.2f}")
+        if writer:
+            for k, v in loss.items():
+                writer.add_scalar(f"loss/{k}", v.item(), it)
+            writer.add_scalar("train/psnr", last_psnr, it)
+            writer.add_scalar("lr/mlp", opt.param_groups[0]["lr"], it)
+            writer.add_scalar("lr/hash", opt.param_groups[1]["lr"], it)
+        done = it + 1
+        if done % cfg.ckpt_every == 0 or done == cfg.iters:
+            save_checkpoint(ckpt_path, model, opt, done, cfg, persons, gens)
+        if done % cfg.val_every == 0 or done == cfg.iters:
+            val = evaluate_psnr(model, persons)
+            for name, v in val.items():
+                if writer:
+                    writer.add_scalar(f"val_psnr/{name}", v, done)
+            _save_val_pictures(model, persons, out, done, writer)
+    bar.close()
+    val = evaluate_psnr(model, persons)
+    facts = {"iterations": cfg.iters, "seconds": round(time.perf_counter() - t0, 1), "val_psnr": val,
+             "train_psnr_last_batch": last_psnr, "parameters": sum(p.numel() for p in model.parameters())}
+    (out / "summary.json").write_text(json.dumps(facts, indent=2) + "\n")
+    if writer:
+        writer.close()
+    return facts
+
+
+def _save_val_pictures(model: AvatarModel, persons: list[PersonFrames], out: Path, it: int, writer) -> None:
+    """Rendered beside real for the first validation frame of each person (PNG and TensorBoard)."""
+    model.eval()
+    rows = []
+    for p in persons:
+        f = int(p.val[0])
+        r = render_frame(model, p, f)
+        real = p.images[f].float() / 255
+        rows.append(torch.cat([r["rgb"], real, r["head_acc"][..., None].expand(-1, -1, 3),
+                               r["torso_acc"][..., None].expand(-1, -1, 3)], 1))
+    grid = (torch.cat(rows, 0).clamp(0, 1) * 255).byte().numpy()
+    save_image(out / "val" / f"{it:07d}.png", grid)
+    if writer:
+        writer.add_image("val/rendered_real_headacc_torsoacc", grid, it, dataformats="HWC")
+    model.train()
+
+
+def _tensorboard(out: Path):
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        return None
+    return SummaryWriter(str(out / "tb"))

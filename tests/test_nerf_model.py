@@ -1,0 +1,97 @@
+"""The avatar model's contracts: coordinates, codes, depth merging, rendering, training progress."""
+
+import numpy as np
+import pytest
+import torch
+
+from data_prep.head_pose import rotation_from_euler_pyr
+from nerf import rays
+from nerf.data import PersonFrames
+from nerf.encoding import HashGridConfig
+from nerf.fields import FieldConfig, HeadField
+from nerf.model import AvatarModel, RenderConfig
+from nerf.rays import PersonBounds
+
+TINY = HashGridConfig(n_levels=4, log2_hashmap_size=10, base_resolution=4, finest_resolution=32)
+
+
+def test_a_point_through_the_head_pose_and_back():
+    g = torch.Generator().manual_seed(0)
+    R = torch.from_numpy(rotation_from_euler_pyr(np.array([[0.2, -0.3, 0.1]]))).float().expand(5, 3, 3)
+    t = torch.tensor([[0.01, -0.02, 3.0]]).expand(5, 3)
+    x_head = torch.randn(5, 3, generator=g) * 0.1
+    x_cam = rays.to_camera_space(x_head, R, t)
+    # The camera ray through x_cam, moved into head space, passes through x_head at the same t.
+    dirs = x_cam / x_cam[:, 2:]
+    o_h, d_h = rays.to_head_space(dirs, R, t)
+    torch.testing.assert_close(o_h + x_cam[:, 2:] * d_h, x_head, atol=1e-5, rtol=0)
+
+
+def test_pixel_rays_hit_the_principal_point_straight_on():
+    d = rays.pixel_rays(torch.tensor([31.5, 0.0]), torch.tensor([31.5, 0.0]), torch.tensor(100.0), 64)
+    torch.testing.assert_close(d[0], torch.tensor([0.0, 0.0, 1.0]))
+    assert d[1, 0] < 0 and d[1, 1] < 0  # top-left pixel: left and up in OpenCV axes
+
+
+def test_sphere_and_box_intervals():
+    o = torch.zeros(2, 3)
+    d = torch.tensor([[0.0, 0.0, 1.0], [1.0, 0.0, 0.0]])
+    near, far, hit = rays.sphere_interval(o, d, torch.tensor([0.0, 0.0, 3.0]), 0.5)
+    assert hit.tolist() == [True, False] and abs(near[0] - 2.5) < 1e-6 and abs(far[0] - 3.5) < 1e-6
+    near, far, hit = rays.box_interval(o, d, torch.tensor([-1.0, -1.0, 2.0]), torch.tensor([1.0, 1.0, 4.0]))
+    assert hit.tolist() == [True, False] and abs(near[0] - 2.0) < 1e-6 and abs(far[0] - 4.0) < 1e-6
+
+
+def test_z_app_cannot_change_density_but_z_shape_can():
+    torch.manual_seed(0)
+    cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
+    field = HeadField(cfg)
+    n = 64
+    x, dirs = torch.rand(n, 3), torch.nn.functional.normalize(torch.randn(n, 3), dim=-1)
+    drive = torch.randn(n, cfg.drive_dim)
+    zs, za = torch.randn(n, cfg.shape_dim), torch.randn(n, cfg.app_dim)
+    sigma, rgb = field(x, dirs, zs, za, drive)
+    sigma_app, rgb_app = field(x, dirs, zs, torch.randn(n, cfg.app_dim), drive)
+    sigma_shape, _ = field(x, dirs, torch.randn(n, cfg.shape_dim), za, drive)
+    torch.testing.assert_close(sigma, sigma_app)
+    assert (rgb - rgb_app).abs().max() > 1e-4
+    assert (sigma - sigma_shape).abs().max() > 1e-4
+
+
+def _person(row, size=16, T=6, tz=3.0, focal=60.0):
+    """A tiny person with a flat grey image and the identity pose."""
+    bounds = PersonBounds((0.0, 0.0, 0.0), 0.2, (-0.6, -0.6, tz - 0.35), (0.6, 0.6, tz + 0.35))
+    return PersonFrames(
+        row=row, name=f"p{row}", images=torch.full((T, size, size, 3), 128, dtype=torch.uint8),
+        labels=torch.zeros(T, size, size, dtype=torch.uint8), background=torch.zeros(size, size, 3),
+        R=torch.eye(3).expand(T, 3, 3).clone(), t=torch.tensor([0.0, 0.0, tz]).expand(T, 3).clone(),
+        euler=torch.zeros(T, 3), expr=torch.zeros(T, 4), mel=torch.zeros(T, 80, 16),
+        speaking=torch.zeros(T, dtype=torch.bool), mouth_box=torch.tensor([[4.0, 4.0, 8.0, 8.0]]).expand(T, 4),
+        head_box=torch.tensor([[2.0, 2.0, 10.0, 10.0]]).expand(T, 4), train=torch.arange(T - 1),
+        val=torch.tensor([T - 1]), focal=focal, size=size, bounds=bounds)
+
+
+@pytest.mark.parametrize("mode", ["shared", "per_person"])
+def test_model_renders_both_fields_merged_and_over_the_background(mode):
+    from nerf.render import render_frame
+
+    torch.manual_seed(0)
+    persons = [_person(0), _person(1)]
+    cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
+    model = AvatarModel(persons, cfg, RenderConfig(8, 8), mode=mode)
+    out = render_frame(model, persons[1], 0)
+    assert out["rgb"].shape == (16, 16, 3) and torch.isfinite(out["rgb"]).all()
+    acc = out["head_acc"] + out["torso_acc"]
+    assert (acc <= 1 + 1e-5).all()
+    # The centre ray crosses the head sphere, a corner ray misses it.
+    assert out["head_acc"][8, 8] > 0 and out["head_acc"][0, 0] == 0
+    # Where nothing is dense, the background (black here) shows through.
+    with torch.no_grad():
+        for f in [*model.head, *model.torso]:
+            f.density[-1].bias.fill_(-30.0)
+    empty = render_frame(model, persons[1], 0)
+    assert empty["rgb"].abs().max() < 1e-3
+    n_params = sum(p.numel() for p in model.parameters())
+    assert (mode == "per_person") == (n_params > 1.9 * sum(p.numel() for p in AvatarModel(
+        persons[:1], cfg, RenderConfig(8, 8), mode="shared").parameters()))
+
