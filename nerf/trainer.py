@@ -177,6 +177,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.iters), desc="train", unit="it", disable=not progress, initial=start, total=cfg.iters)
     last_psnr = float("nan")
+    history = []
     for it in bar:
         frac = it / max(cfg.iters - 1, 1)
         for g, lr0 in zip(opt.param_groups, base_lrs):
@@ -191,6 +192,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
         loss["total"].backward()
         opt.step()
         last_psnr = psnr_of_mse(loss["photo"].item())
+        history.append(loss["total"].item())
         bar.set_postfix(psnr=f"{last_psnr:.2f}")
         if writer:
             for k, v in loss.items():
@@ -210,7 +212,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
     bar.close()
     val = evaluate_psnr(model, persons)
     facts = {"iterations": cfg.iters, "seconds": round(time.perf_counter() - t0, 1), "val_psnr": val,
-             "train_psnr_last_batch": last_psnr, "parameters": sum(p.numel() for p in model.parameters())}
+             "train_psnr_last_batch": last_psnr, "parameters": sum(p.numel() for p in model.parameters()),
+             "first_iteration": start, "loss_history": history}
     (out / "summary.json").write_text(json.dumps(facts, indent=2) + "\n")
     if writer:
         writer.close()

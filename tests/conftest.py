@@ -13,6 +13,24 @@ def pytest_configure(config):
     config.addinivalue_line("markers", "slow: end-to-end runs of a whole stage")
 
 
+SYNTHETIC_CROP = 128
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory):
+    """A 6 s synthetic two-person conversation and its prepared dataset (shared by every test module)."""
+    import numpy as np
+
+    from data_prep.pipeline import PrepareConfig, prepare
+    from data_prep.synthetic import make_conversation
+
+    root = tmp_path_factory.mktemp("synthetic")
+    made = make_conversation(root / "video", seconds=6.0)
+    video = root / "video" / "conversation.mp4"
+    out = prepare(video, root / "dataset", PrepareConfig(crop_size=SYNTHETIC_CROP), log=lambda *_: None)
+    return {"video": video, "dataset": out, "truth": np.load(root / "video" / "truth.npz"), "made": made}
+
+
 @pytest.fixture
 def dev_dir():
     """The real single-person dev clips; tests using them skip in a user's clone."""

@@ -9,22 +9,11 @@ import numpy as np
 import pytest
 
 from data_prep import dataset
-from data_prep.pipeline import PrepareConfig, prepare, sha256_of
-from data_prep.synthetic import make_conversation
+from data_prep.pipeline import PrepareConfig, sha256_of
 from data_prep.video_io import iter_frames, read_audio, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
-CROP = 128
-
-
-@pytest.fixture(scope="module")
-def synthetic(tmp_path_factory):
-    """A 6 s synthetic two-person conversation and its prepared dataset."""
-    root = tmp_path_factory.mktemp("synthetic")
-    made = make_conversation(root / "video", seconds=6.0)
-    video = root / "video" / "conversation.mp4"
-    out = prepare(video, root / "dataset", PrepareConfig(crop_size=CROP), log=lambda *_: None)
-    return {"video": video, "dataset": out, "truth": np.load(root / "video" / "truth.npz"), "made": made}
+CROP = 128  # conftest.SYNTHETIC_CROP: the size the shared fixture prepares at
 
 
 def _projected_head_centre(meta_person, track):

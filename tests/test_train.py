@@ -1,0 +1,97 @@
+"""Training the avatar NeRF on the synthetic conversation: quality, exact resume, bad inputs."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from data_prep import dataset
+from data_prep.errors import PrepareError
+from nerf import trainer
+from nerf.trainer import TrainConfig, TrainError, train
+
+ROOT = Path(__file__).resolve().parents[1]
+# The cpu_tiny preset's model at a smaller sample count, so a test run stays within CI's budget.
+TINY = dict(image_size=64, batch_rays=512, n_coarse=16, n_importance=8, hidden=32, n_levels=8,
+            log2_hashmap_size=14, base_resolution=8, finest_resolution=256, lr=5e-3, lr_hash=3e-2)
+
+
+def test_one_network_reaches_22_db_on_held_out_frames_of_both_persons(synthetic, tmp_path):
+    cfg = TrainConfig(data=[str(synthetic["dataset"])], out=str(tmp_path / "run"), iters=400,
+                      val_every=10**9, ckpt_every=10**9, **TINY)
+    facts = train(cfg, progress=False)
+    assert len(facts["val_psnr"]) == 2
+    assert min(facts["val_psnr"].values()) >= 22.0, facts["val_psnr"]
+    assert (tmp_path / "run" / "checkpoint.pt").is_file() and (tmp_path / "run" / "summary.json").is_file()
+
+
+def _small(synthetic, out, iters, **kw):
+    base = {**TINY, "batch_rays": 64, "n_coarse": 8, "n_importance": 4, "hidden": 16, "n_levels": 4,
+            "log2_hashmap_size": 10}
+    base.update(kw)
+    return TrainConfig(data=[str(synthetic["dataset"])], out=str(out), iters=iters, val_every=10**9,
+                       ckpt_every=1, **base)
+
+
+def test_checkpoint_then_resume_gives_the_same_next_step_loss(synthetic, tmp_path, monkeypatch):
+    straight = train(_small(synthetic, tmp_path / "a", 4), progress=False)
+    real_losses = trainer.losses
+    calls = {"n": 0}
+
+    def interrupted(*args):
+        calls["n"] += 1
+        if calls["n"] == 4:  # the user presses Ctrl-C during the fourth step
+            raise KeyboardInterrupt
+        return real_losses(*args)
+
+    monkeypatch.setattr(trainer, "losses", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        train(_small(synthetic, tmp_path / "b", 4), progress=False)
+    monkeypatch.setattr(trainer, "losses", real_losses)
+    resumed = train(_small(synthetic, tmp_path / "b", 4, resume=True), progress=False)
+    assert resumed["first_iteration"] == 3 and len(resumed["loss_history"]) == 1
+    assert resumed["loss_history"][0] == straight["loss_history"][3]
+
+
+def test_a_checkpoint_of_another_config_is_refused(synthetic, tmp_path):
+    train(_small(synthetic, tmp_path / "r", 1), progress=False)
+    with pytest.raises(TrainError, match="another config"):
+        train(_small(synthetic, tmp_path / "r", 2, hidden=24, resume=True), progress=False)
+
+
+def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic, tmp_path, monkeypatch):
+    real_losses = trainer.losses
+    calls = {"n": 0}
+
+    def poisoned(*args):
+        calls["n"] += 1
+        out = real_losses(*args)
+        if calls["n"] == 3:
+            out["total"] = out["total"] * float("nan")
+        return out
+
+    monkeypatch.setattr(trainer, "losses", poisoned)
+    with pytest.raises(TrainError, match="iteration 2"):
+        train(_small(synthetic, tmp_path / "n", 5), progress=False)
+    ckpt = torch.load(tmp_path / "n" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert ckpt["iteration"] == 2
+
+
+def test_a_dataset_of_another_schema_version_is_refused(synthetic, tmp_path):
+    copy = tmp_path / "old"
+    shutil.copytree(synthetic["dataset"], copy)
+    meta = json.loads((copy / "meta.json").read_text())
+    meta["schema_version"] = 0
+    (copy / "meta.json").write_text(json.dumps(meta))
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train.py"), "--data", str(copy),
+                           "--out", str(tmp_path / "o"), "--iters", "1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "schema version 0" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_a_person_that_does_not_exist_is_refused(synthetic):
+    with pytest.raises(PrepareError, match="no person 7"):
+        dataset.load_track(synthetic["dataset"], 7)
