@@ -124,7 +124,7 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
     Returns:
         dict of per-ray tensors: row, frame [R] long; u, v [R] float pixel coordinates; rgb [R, 3];
         label [R] long; background [R, 3]; R [R, 3, 3]; t [R, 3]; euler [R, 3]; expr [R, K];
-        mel [R, 80, 16]; speaking [R] bool; focal [R]; person [R] long (index into ``persons``).
+        mel [R, 80, 16]; speaking [R] bool; focal [R].
     """
     P = len(persons)
     who = torch.randint(0, P, (n_rays,), generator=gen)
@@ -152,7 +152,7 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
         v = torch.where(head, hb[:, 1] + r[:, 1] * (hb[:, 3] + 1 - hb[:, 1]), v).floor().clamp(0, s - 1)
         ui, vi = u.long(), v.long()
         batch = {
-            "person": torch.full((n,), i), "row": torch.full((n,), p.row), "frame": frame, "u": u, "v": v,
+            "row": torch.full((n,), p.row), "frame": frame, "u": u, "v": v,
             "rgb": p.images[frame, vi, ui].float() / 255.0, "label": p.labels[frame, vi, ui].long(),
             "background": p.background[vi, ui], "R": p.R[frame], "t": p.t[frame], "euler": p.euler[frame],
             "expr": p.expr[frame], "mel": p.mel[frame], "speaking": p.speaking[frame],

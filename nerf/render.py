@@ -15,7 +15,7 @@ def frame_batch(p: PersonFrames, frame: int) -> dict[str, torch.Tensor]:
     u, v = u.reshape(-1), v.reshape(-1)
     n = s * s
     rep = lambda x: x[None].expand(n, *x.shape)  # noqa: E731
-    return {"person": torch.zeros(n, dtype=torch.long), "row": torch.full((n,), p.row),
+    return {"row": torch.full((n,), p.row),
             "frame": torch.full((n,), frame), "u": u.float(), "v": v.float(),
             "rgb": p.images[frame, v, u].float() / 255.0, "label": p.labels[frame, v, u].long(),
             "background": p.background[v, u], "R": rep(p.R[frame]), "t": rep(p.t[frame]),
