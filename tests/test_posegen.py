@@ -63,8 +63,8 @@ def test_smooth_noise_has_unit_variance_is_batch_independent_and_its_pole_is_rec
 def test_metrics_on_known_signals():
     rng = np.random.default_rng(0)
     a = rng.standard_normal((4000, 3))
-    assert M.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-6)
-    assert M.frechet_distance(a, a + [2.0, 0, 0]) == pytest.approx(4.0, abs=1e-6)
+    assert M.frechet_distance(a, a) == pytest.approx(0.0, abs=1e-4)
+    assert M.frechet_distance(a, a + [2.0, 0, 0]) == pytest.approx(4.0, abs=1e-4)
     assert M.frechet_distance(a, 2 * a) == pytest.approx(3 * (2 - 1) ** 2, rel=0.05)  # Tr(S + 4S - 2*2S) = 3
     assert M.frdiv(np.stack([a, a])) == 0.0 and M.frdiv(np.stack([a, a + 1])) == pytest.approx(1.0)
     partner = rng.standard_normal((4000, 2))
