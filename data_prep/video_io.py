@@ -1,8 +1,10 @@
 """Video and audio in and out through the ffmpeg binary inside imageio-ffmpeg.
 
 Frame i of a decoded clip is the picture at time i / fps; the audio is
-resampled to 16 kHz mono and padded or trimmed to exactly n_frames / fps
-seconds, so frames and audio share one clock whatever the source fps.
+resampled to 16 kHz mono (any rate, any channel count; the channels are mixed
+so the mix is never louder than the loudest channel) and padded or trimmed to
+exactly n_frames / fps seconds, so frames and audio share one clock whatever
+the source fps.
 """
 
 from __future__ import annotations
@@ -11,6 +13,7 @@ import dataclasses
 import os
 import subprocess
 import tempfile
+import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
 
@@ -100,9 +103,14 @@ def iter_frames(path: str | os.PathLike, fps: float | None = None, gray: bool = 
 
 
 def read_audio(path: str | os.PathLike, sr: int = AUDIO_SR) -> np.ndarray | None:
-    """Decode the first audio track as mono float32 at ``sr`` Hz; None when there is none."""
+    """Decode the first audio track as mono float32 at ``sr`` Hz; None when there is none.
+
+    Channels are mixed with ffmpeg's matrix scaled so that no output exceeds the loudest
+    input channel (stereo: the mean of left and right); ffmpeg's default gives identical
+    left and right channels +3 dB, which clips near full scale.
+    """
     cmd = [ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path), "-vn", "-map", "0:a:0?",
-           "-ac", "1", "-ar", str(sr), "-f", "f32le", "-"]
+           "-ac", "1", "-rematrix_maxval", "1.0", "-ar", str(sr), "-f", "f32le", "-"]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:
         raise PrepareError(f"could not decode the audio of {path}: {proc.stderr.decode(errors='replace')[:200]}")
@@ -111,8 +119,15 @@ def read_audio(path: str | os.PathLike, sr: int = AUDIO_SR) -> np.ndarray | None
 
 
 def fit_audio(audio: np.ndarray, n_frames: int, fps: float, sr: int = AUDIO_SR) -> np.ndarray:
-    """Pad with silence or trim so the audio lasts exactly n_frames / fps seconds."""
+    """Pad with silence or trim so the audio lasts exactly n_frames / fps seconds.
+
+    Warns when a non-empty track differs from the video by more than one frame (containers
+    often differ by a few milliseconds; an empty track is the caller's known silent clip).
+    """
     n = int(round(n_frames / fps * sr))
+    if audio.size and abs(audio.size - n) > sr / fps:
+        warnings.warn(f"the audio lasts {audio.size / sr:.2f} s and the video {n / sr:.2f} s: the audio was "
+                      f"{'trimmed' if audio.size > n else 'padded with silence'} to the video's length", stacklevel=2)
     if audio.size >= n:
         return audio[:n]
     return np.pad(audio, (0, n - audio.size))

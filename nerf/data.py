@@ -3,7 +3,9 @@
 Every person of every dataset becomes one row of the model's latent-code tables,
 in dataset order then person order. Frames are resized to ``image_size`` at load
 time (the focal scales with them), so the tiny CPU preset trains on 64 px crops
-of the same datasets the GPU preset trains on at 512 px.
+of the same datasets the GPU preset trains on at 512 px. Each frame's mel window is
+coded once by the run's frozen audio encoder (``nerf.audio``); a ray carries the codes
+of its frame's neighbours too, for the head field's temporal attention.
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import torch
 from data_prep import dataset
 from data_prep.audio_features import mel_windows
 from data_prep.errors import PrepareError
+from nerf.audio import Wav2LipAudioEncoder, code_windows, frame_codes
 from nerf.rays import PersonBounds
 
 # Face-mesh indices of the mouth corners and the outer lip's top and bottom: the mouth box.
@@ -37,7 +40,7 @@ class PersonFrames:
     t: torch.Tensor  # [T, 3]
     euler: torch.Tensor  # [T, 3]
     expr: torch.Tensor  # [T, K] (zero-padded to the widest basis of the loaded datasets)
-    mel: torch.Tensor  # [T, 80, 16]
+    audio: torch.Tensor  # [T, 512] the audio code of each frame's mel window (frozen encoder)
     speaking: torch.Tensor  # [T] bool
     mouth_box: torch.Tensor  # [T, 4] x0, y0, x1, y1 pixels
     head_box: torch.Tensor  # [T, 4] x0, y0, x1, y1 pixels of the head label (whole crop where none)
@@ -65,8 +68,9 @@ def _label_boxes(mask: np.ndarray) -> np.ndarray:
     return np.stack([first(cols), first(rows), last(cols), last(rows)], -1)
 
 
-def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr: int) -> PersonFrames:
-    """Load one person of a prepared dataset at ``size`` px."""
+def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr: int,
+                audio_codes: torch.Tensor) -> PersonFrames:
+    """Load one person of a prepared dataset at ``size`` px; ``audio_codes`` [T, 512] are the dataset's."""
     import imageio.v3 as iio
 
     tr = dataset.load_track(root, person)
@@ -97,7 +101,7 @@ def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr
         background=torch.from_numpy(bg).float() / 255.0,
         R=torch.from_numpy(R).float(), t=torch.from_numpy(t).float(),
         euler=torch.from_numpy(np.nan_to_num(tr["euler"])).float(), expr=torch.from_numpy(expr),
-        mel=torch.from_numpy(mel_windows(af["mel"], T, meta["fps"])),
+        audio=audio_codes,
         speaking=torch.from_numpy(af["speaking"][:, person].astype(bool)),
         mouth_box=torch.from_numpy(mouth).float(), head_box=torch.from_numpy(_label_boxes(labels == 1)).float(),
         train=torch.from_numpy(idx[a:b][valid[a:b]]), val=torch.from_numpy(idx[c:d][valid[c:d]]),
@@ -105,26 +109,37 @@ def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr
         bounds=PersonBounds.from_track(tr["canonical"], tr["t"], float(info["focal"]) * scale, size))
 
 
-def load_datasets(roots: list[str | Path], size: int) -> list[PersonFrames]:
-    """Every person of every dataset, rows numbered in order (dataset, then person)."""
+def load_datasets(roots: list[str | Path], size: int, audio_encoder: Wav2LipAudioEncoder) -> list[PersonFrames]:
+    """Every person of every dataset, rows numbered in order (dataset, then person).
+
+    Args:
+        roots: prepared dataset directories.
+        size: crop side to load at.
+        audio_encoder: codes every frame's mel window once (persons of a dataset share its audio).
+    """
     metas = [(Path(r), dataset.read_meta(r)) for r in roots]
     k_expr = max(dataset.load_npz(r / "expression_basis.npz")["exp_basis"].shape[1] for r, _ in metas)
     persons, row = [], 0
     for root, meta in metas:
+        mel = dataset.load_npz(root / "audio_features.npz")["mel"]
+        codes = frame_codes(audio_encoder, torch.from_numpy(mel_windows(mel, meta["n_frames"], meta["fps"])))
         for p in meta["persons"]:
-            persons.append(load_person(root, meta, p["id"], row, size, k_expr))
+            persons.append(load_person(root, meta, p["id"], row, size, k_expr, codes))
             row += 1
     return persons
 
 
-def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, split: str = "train",
-                head_share: float = 0.4, mouth_share: float = 0.15) -> dict[str, torch.Tensor]:
+def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, audio_window: int,
+                split: str = "train", head_share: float = 0.4, mouth_share: float = 0.15) -> dict[str, torch.Tensor]:
     """A random ray batch over persons, frames and pixels, biased toward the head and the mouth.
+
+    Args:
+        audio_window: each ray carries the audio codes of frames f - audio_window .. f + audio_window.
 
     Returns:
         dict of per-ray tensors: row, frame [R] long; u, v [R] float pixel coordinates; rgb [R, 3];
         label [R] long; background [R, 3]; R [R, 3, 3]; t [R, 3]; euler [R, 3]; expr [R, K];
-        mel [R, 80, 16]; speaking [R] bool; focal [R].
+        audio [R, 2 audio_window + 1, 512]; speaking [R] bool; focal [R].
     """
     P = len(persons)
     who = torch.randint(0, P, (n_rays,), generator=gen)
@@ -155,7 +170,7 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
             "row": torch.full((n,), p.row), "frame": frame, "u": u, "v": v,
             "rgb": p.images[frame, vi, ui].float() / 255.0, "label": p.labels[frame, vi, ui].long(),
             "background": p.background[vi, ui], "R": p.R[frame], "t": p.t[frame], "euler": p.euler[frame],
-            "expr": p.expr[frame], "mel": p.mel[frame], "speaking": p.speaking[frame],
+            "expr": p.expr[frame], "audio": code_windows(p.audio, frame, audio_window), "speaking": p.speaking[frame],
             "focal": torch.full((n,), p.focal),
         }
         for k, val in batch.items():

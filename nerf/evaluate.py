@@ -1,8 +1,12 @@
 """Held-out evaluation: render the validation frames with their tracked poses and features.
 
 Per person and role (speaking / listening): PSNR, SSIM, CPBD (sharpness, of the
-rendered frames; the real frames' CPBD is reported beside it) and mouth LMD
-(mediapipe lip landmarks of rendered vs real frames, in pixels at the trained size).
+rendered frames; the real frames' CPBD is reported beside it), mouth LMD (mediapipe
+lip landmarks of rendered vs real frames, in pixels at the trained size) and the
+correlation of the rendered and the real mouth opening (prepare's measure, on those
+landmarks). Speaking rows add the audio-visual offset: the shift in frames that best
+lines the audio envelope up with the rendered mouth (0: in sync; the real frames' own
+offset beside it), and the correlation at that shift.
 """
 
 from __future__ import annotations
@@ -14,11 +18,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from data_prep import dataset
 from data_prep.atomic_io import save_image, save_json
+from data_prep.speaking import mouth_opening
 from nerf import metrics
 from nerf.data import load_datasets
 from nerf.render import render_frame
-from nerf.trainer import TrainConfig, TrainError, build, check_compatible, load_checkpoint
+from nerf.trainer import TrainConfig, TrainError, build, check_compatible, checkpoint_audio_encoder, load_checkpoint
 
 
 def load_model(ckpt_path: str | Path, data: list[str]):
@@ -28,7 +34,7 @@ def load_model(ckpt_path: str | Path, data: list[str]):
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})
     cfg.data = list(data)
-    persons = load_datasets(cfg.data, cfg.image_size)
+    persons = load_datasets(cfg.data, cfg.image_size, checkpoint_audio_encoder(ckpt, Path(ckpt_path)))
     model, _ = build(cfg, persons)
     check_compatible(ckpt, cfg, persons)
     model.load_state_dict(ckpt["model"])
@@ -48,8 +54,11 @@ def evaluate(ckpt_path: str | Path, data: list[str], out_dir: str | Path, max_fr
     model, persons, _ = load_model(ckpt_path, data)
     if not any(len(p.val) for p in persons):
         raise TrainError("the datasets have no valid validation frames")
+    # The audio envelope of each person's dataset, in load_datasets' order (dataset, then person).
+    envelopes = [dataset.load_npz(Path(r) / "audio_features.npz")["rms"]
+                 for r in data for _ in dataset.read_meta(r)["persons"]]
     rows, grid_rows = [], []
-    for p in persons:
+    for p, envelope in zip(persons, envelopes):
         frames = p.val
         if max_frames and len(frames) > max_frames:
             frames = frames[torch.linspace(0, len(frames) - 1, max_frames).round().long()]
@@ -61,15 +70,22 @@ def evaluate(ckpt_path: str | Path, data: list[str], out_dir: str | Path, max_fr
         rendered, real = np.stack(rendered), np.stack(real)
         speaking = p.speaking[frames].numpy()
         as_u8 = lambda a: (a * 255).round().astype(np.uint8)  # noqa: E731
+        lm_rendered, lm_real = metrics.face_mesh_landmarks(as_u8(rendered)), metrics.face_mesh_landmarks(as_u8(real))
+        lips = list(metrics.MOUTH_INDICES)
+        open_rendered, open_real = mouth_opening(lm_rendered), mouth_opening(lm_real)
         for role, sel in (("speaking", speaking), ("listening", ~speaking)):
             if not sel.any():
                 continue
-            rows.append({"person": p.name, "role": role, "frames": int(sel.sum()),
-                         "psnr": float(np.mean([metrics.psnr(a, b) for a, b in zip(rendered[sel], real[sel])])),
-                         "ssim": float(np.mean([metrics.ssim(a, b) for a, b in zip(rendered[sel], real[sel])])),
-                         "cpbd": float(np.mean([metrics.cpbd(a) for a in rendered[sel]])),
-                         "cpbd_real": float(np.mean([metrics.cpbd(b) for b in real[sel]])),
-                         "mouth_lmd_px": float(metrics.mouth_lmd(as_u8(rendered[sel]), as_u8(real[sel])).px)})
+            row = {"person": p.name, "role": role, "frames": int(sel.sum()),
+                   "psnr": float(np.mean([metrics.psnr(a, b) for a, b in zip(rendered[sel], real[sel])])),
+                   "ssim": float(np.mean([metrics.ssim(a, b) for a, b in zip(rendered[sel], real[sel])])),
+                   "cpbd": float(np.mean([metrics.cpbd(a) for a in rendered[sel]])),
+                   "cpbd_real": float(np.mean([metrics.cpbd(b) for b in real[sel]])),
+                   "mouth_lmd_px": metrics.lmd(lm_rendered[sel][:, lips, :2], lm_real[sel][:, lips, :2]),
+                   "mouth_open_corr": metrics.pearson(open_rendered[sel], open_real[sel])}
+            if role == "speaking":
+                row.update(_av_offsets(envelope, frames.numpy(), sel, open_rendered, open_real))
+            rows.append(row)
         pick = np.linspace(0, len(frames) - 1, min(4, len(frames))).round().astype(int)
         grid_rows.append(np.concatenate([np.concatenate([rendered[i], real[i]], 0) for i in pick], 1))
     out = Path(out_dir)
@@ -79,3 +95,26 @@ def evaluate(ckpt_path: str | Path, data: list[str], out_dir: str | Path, max_fr
     table = metrics.summarize([{k: v for k, v in r.items() if k != "frames"} for r in rows])
     save_json(out / "metrics.json", {"rows": rows})
     return {"rows": rows, "table": table}
+
+
+def _av_offsets(envelope: np.ndarray, frames: np.ndarray, sel: np.ndarray, open_rendered: np.ndarray,
+                open_real: np.ndarray) -> dict[str, float]:
+    """The audio-visual offset of the rendered and of the real mouth over the selected frames.
+
+    Args:
+        envelope: [T] the dataset's audio RMS per frame (the whole clip).
+        frames: [N] the rendered frame indices; sel [N] bool, the ones to score.
+        open_rendered, open_real: [N] mouth openings of those frames.
+
+    Returns:
+        av_offset (frames), av_corr (the correlation at that shift) and av_offset_real (the real
+        frames' offset); NaN where no shift could be scored.
+    """
+    found = {}
+    for key, opening in (("rendered", open_rendered), ("real", open_real)):
+        series = np.full(len(envelope), np.nan)  # on the clip's clock: frames not scored stay NaN
+        series[frames[sel]] = opening[sel]
+        found[key] = metrics.av_offset(envelope, series)
+    shift = lambda o: float(o.frames) if np.isfinite(o.corr) else float("nan")  # noqa: E731
+    return {"av_offset": shift(found["rendered"]), "av_corr": found["rendered"].corr,
+            "av_offset_real": shift(found["real"])}

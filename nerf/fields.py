@@ -6,8 +6,9 @@ about persons beyond the latent codes it is handed (nerfstudio's layering).
 
 - z_shape joins the position features, so it conditions density and colour;
   z_app joins the direction features, so it conditions colour only.
-- The head field is driven by a per-frame code: the audio code while the person
-  speaks, the expression code while it listens (both from small encoders to one width).
+- The head field is driven by a per-frame code: the audio drive while the person
+  speaks (frozen Wav2Lip codes of frames f-4..f+4, projected and smoothed by a temporal
+  attention), the expression code while it listens (both of width drive_dim).
 - The torso field warps x to x' = x + D(gamma(x), gamma(et), z_shape) first
   (Nerfies-style; D starts at zero), then reads density and colour at x' with gamma(et).
 """
@@ -39,7 +40,11 @@ class FieldConfig:
     app_dim: int = 16
     """Length of z_app."""
     drive_dim: int = 32
-    """Width of the audio and expression codes."""
+    """Width of the audio and expression drive codes."""
+    audio_dim: int = 512
+    """Width of the per-frame audio codes (Wav2Lip's audio encoder, ``nerf.audio``)."""
+    audio_window: int = 4
+    """Frames each side whose audio codes the head field's temporal attention smooths over."""
     expr_dim: int = 32
     """Number of expression coefficients (F_exp) the expression encoder reads."""
     dir_freqs: int = 4
@@ -70,19 +75,37 @@ def trunc_exp(x: torch.Tensor) -> torch.Tensor:
     return torch.exp(x.clamp(-15.0, 15.0))
 
 
-class AudioEncoder(nn.Module):
-    """A frame's mel window [B, 80, 16] -> audio code [B, drive_dim] (trained end to end)."""
+class AudioDrive(nn.Module):
+    """The audio codes of frames f-h..f+h [B, 2h+1, 512] -> frame f's audio drive code [B, drive_dim].
 
-    def __init__(self, out_dim: int):
+    Each frame's (frozen) Wav2Lip code is projected to drive_dim by a small MLP; AD-NeRF's
+    AudioAttNet then weighs the window: a 1-D conv stack over time reduces every frame to
+    one score, a linear layer over the window mixes the scores, and the softmax weights
+    average the projected codes, so one odd frame cannot make the mouth flicker.
+
+    Args (constructor): code_dim, the per-frame code width (512); out_dim, drive_dim; hidden, the
+    projection's width; window, h, the frames each side.
+    """
+
+    def __init__(self, code_dim: int, out_dim: int, hidden: int, window: int):
         super().__init__()
-        self.net = nn.Sequential(
-            nn.Conv2d(1, 16, 3, stride=2, padding=1), nn.ReLU(inplace=True),  # 40 x 8
-            nn.Conv2d(16, 32, 3, stride=2, padding=1), nn.ReLU(inplace=True),  # 20 x 4
-            nn.Conv2d(32, 64, 3, stride=2, padding=1), nn.ReLU(inplace=True),  # 10 x 2
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(64, out_dim))
+        self.window = 2 * window + 1
+        self.project = mlp(code_dim, hidden, out_dim, layers=1)
+        chans = [out_dim, 16, 8, 4, 2, 1]
+        convs: list[nn.Module] = []
+        for a, b in zip(chans, chans[1:]):
+            convs += [nn.Conv1d(a, b, 3, padding=1), nn.LeakyReLU(0.02, inplace=True)]
+        self.attention_conv = nn.Sequential(*convs)
+        self.attention_mix = nn.Linear(self.window, self.window)
 
-    def forward(self, mel: torch.Tensor) -> torch.Tensor:
-        return self.net(mel[:, None] / 4.0)  # mel lies in [-4, 4]
+    def forward(self, codes: torch.Tensor) -> torch.Tensor:
+        """Args: codes [B, W, code_dim], frame f in the middle. Returns: [B, out_dim]."""
+        if codes.ndim != 3 or codes.shape[1] != self.window:
+            raise ValueError(f"audio code windows must be [B, {self.window}, D], got {tuple(codes.shape)}")
+        x = self.project(codes)  # [B, W, out]
+        scores = self.attention_conv(x.transpose(1, 2))[:, 0]  # [B, W]
+        weights = torch.softmax(self.attention_mix(scores), -1)
+        return (weights[..., None] * x).sum(1)
 
 
 class ExpressionEncoder(nn.Module):

@@ -5,6 +5,9 @@
   public ``cpbd`` package (its old scipy/imread deps cannot be installed here).
 - ``lmd`` and ``mouth_lmd``: landmark distance in frame pixels, the latter on mediapipe's
   face-mesh lip landmarks found in both frames.
+- lip sync without SyncNet (nothing can be fetched): ``pearson`` of the rendered and the real
+  mouth opening (``face_mesh_landmarks`` + prepare's ``mouth_opening``), and ``av_offset``,
+  the shift in frames that best lines the audio envelope up with the rendered mouth (0: in sync).
 - ``summarize``: a plain-text table of per-clip rows, averaged by person and role.
 """
 
@@ -245,8 +248,8 @@ class MouthLMD(NamedTuple):
     """Frame pairs skipped because either frame had no face."""
 
 
-def mouth_landmarks(frames: np.ndarray) -> np.ndarray:
-    """Lip landmarks of mediapipe's face mesh on each frame, in frame pixels.
+def face_mesh_landmarks(frames: np.ndarray) -> np.ndarray:
+    """The 478 face-mesh landmarks of mediapipe on each frame, in frame pixels.
 
     Each frame is processed independently (static_image_mode=True, refine_landmarks=True,
     one face), so rendered and real frames are treated alike.
@@ -255,11 +258,11 @@ def mouth_landmarks(frames: np.ndarray) -> np.ndarray:
         frames: [N, H, W, 3] uint8 RGB frames (or a list of [H, W, 3]).
 
     Returns:
-        [N, len(MOUTH_INDICES), 2] x, y in pixels (x * W, y * H); NaN rows where no face was found.
+        [N, 478, 3] x * W, y * H, z * W (z scaled like x, as prepare's track.npz); NaN where no face was found.
     """
     import mediapipe as mp
 
-    out = np.full((len(frames), len(MOUTH_INDICES), 2), np.nan)
+    out = np.full((len(frames), 478, 3), np.nan)
     with mp.solutions.face_mesh.FaceMesh(static_image_mode=True, refine_landmarks=True, max_num_faces=1) as mesh:
         for i, frame in enumerate(frames):
             frame = np.asarray(frame)
@@ -268,10 +271,21 @@ def mouth_landmarks(frames: np.ndarray) -> np.ndarray:
             res = mesh.process(np.ascontiguousarray(frame))
             if not res.multi_face_landmarks:
                 continue
-            lm = res.multi_face_landmarks[0].landmark
             h, w = frame.shape[:2]
-            out[i] = [(lm[j].x * w, lm[j].y * h) for j in MOUTH_INDICES]
+            out[i] = [(p.x * w, p.y * h, p.z * w) for p in res.multi_face_landmarks[0].landmark]
     return out
+
+
+def mouth_landmarks(frames: np.ndarray) -> np.ndarray:
+    """Lip landmarks of mediapipe's face mesh on each frame, in frame pixels.
+
+    Args:
+        frames: [N, H, W, 3] uint8 RGB frames (or a list of [H, W, 3]).
+
+    Returns:
+        [N, len(MOUTH_INDICES), 2] x, y in pixels (x * W, y * H); NaN rows where no face was found.
+    """
+    return face_mesh_landmarks(frames)[:, list(MOUTH_INDICES), :2]
 
 
 def mouth_lmd(pred_frames: np.ndarray, real_frames: np.ndarray) -> MouthLMD:
@@ -294,6 +308,73 @@ def mouth_lmd(pred_frames: np.ndarray, real_frames: np.ndarray) -> MouthLMD:
     both = ~(np.isnan(pred_lm).any(axis=(1, 2)) | np.isnan(real_lm).any(axis=(1, 2)))
     n = int(both.sum())
     return MouthLMD(lmd(pred_lm, real_lm), n, len(both) - n)
+
+
+def pearson(a: np.ndarray, b: np.ndarray, min_pairs: int = 3) -> float:
+    """Pearson correlation of two signals over the samples where both are finite.
+
+    Args:
+        a, b: [N] signals (NaN marks a missing sample).
+        min_pairs: fewer finite pairs than this give NaN.
+
+    Returns:
+        The correlation in [-1, 1]; NaN with too few pairs or when either signal is constant there.
+    """
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    if a.shape != b.shape or a.ndim != 1:
+        raise ValueError(f"signals must both be [N], got {a.shape} and {b.shape}")
+    both = np.isfinite(a) & np.isfinite(b)
+    if both.sum() < min_pairs:
+        return float("nan")
+    x, y = a[both] - a[both].mean(), b[both] - b[both].mean()
+    norm = np.sqrt((x * x).sum() * (y * y).sum())
+    # Below this a signal is constant up to rounding: its correlation is undefined.
+    return float((x * y).sum() / norm) if norm > 1e-12 else float("nan")
+
+
+class AVOffset(NamedTuple):
+    """Result of ``av_offset``."""
+
+    frames: int
+    """The best shift: positive when the mouth moves that many frames after the sound; 0 is in sync."""
+    corr: float
+    """The envelope-mouth correlation at that shift; NaN (and frames 0) when no shift could be scored."""
+
+
+def av_offset(envelope: np.ndarray, opening: np.ndarray, max_shift: int = 10) -> AVOffset:
+    """The audio-visual offset: the shift that best lines the audio envelope up with the mouth opening.
+
+    For every shift s in [-reach, reach], the Pearson correlation of opening[t] with
+    envelope[t - s] over the frames t where the opening is given (and t - s lies in the clip):
+    the same mouth frames at every shift, only the audio moves, as SyncNet's offset search
+    does. A shift that loses more than a quarter of them at the clip's ends does not count.
+    Speech is loud while the mouth is open, so a mouth that follows the audio correlates best
+    at s = 0; ties go to the smaller shift. Syllables come every 5-7 frames, so N scored frames
+    resolve shifts up to about N / 4 only (beyond, the next syllable lines up as well as the
+    right one): reach = min(max_shift, N // 4).
+
+    Args:
+        envelope: [T] audio envelope per video frame, the whole clip (e.g. ``audio_features.npz: rms``).
+        opening: [T] mouth opening per frame on the same clock; NaN where unknown or not to be
+            scored (frames not rendered, or where the person does not speak).
+        max_shift: largest shift tried, frames.
+
+    Returns:
+        AVOffset(frames, corr).
+    """
+    env, mouth = np.asarray(envelope, np.float64), np.asarray(opening, np.float64)
+    if env.shape != mouth.shape or env.ndim != 1:
+        raise ValueError(f"envelope and opening must both be [T], got {env.shape} and {mouth.shape}")
+    t = np.flatnonzero(np.isfinite(mouth))
+    need = max(3, int(np.ceil(0.75 * len(t))))
+    reach = min(max_shift, len(t) // 4)
+    best = AVOffset(0, float("nan"))
+    for s in sorted(range(-reach, reach + 1), key=abs):
+        inside = t[(t - s >= 0) & (t - s < len(env))]
+        corr = pearson(env[inside - s], mouth[inside], min_pairs=need)
+        if np.isfinite(corr) and (np.isnan(best.corr) or corr > best.corr):
+            best = AVOffset(s, corr)
+    return best
 
 
 def summarize(rows: list[dict]) -> str:

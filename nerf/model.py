@@ -16,7 +16,7 @@ from torch import nn
 
 from nerf import rays, sampler, volrend
 from nerf.data import PersonFrames
-from nerf.fields import AudioEncoder, ExpressionEncoder, FieldConfig, HeadField, TorsoField
+from nerf.fields import AudioDrive, ExpressionEncoder, FieldConfig, HeadField, TorsoField
 
 TORSO_HALF_DEPTH = 0.35  # the torso box's half depth (head units): its sample spacing is measured in it
 
@@ -50,7 +50,8 @@ class AvatarModel(nn.Module):
         n_nets = 1 if mode == "shared" else P
         self.head = nn.ModuleList(HeadField(cfg) for _ in range(n_nets))
         self.torso = nn.ModuleList(TorsoField(cfg) for _ in range(n_nets))
-        self.audio = nn.ModuleList(AudioEncoder(cfg.drive_dim) for _ in range(n_nets))
+        self.audio = nn.ModuleList(AudioDrive(cfg.audio_dim, cfg.drive_dim, cfg.hidden, cfg.audio_window)
+                                   for _ in range(n_nets))
         self.expr = nn.ModuleList(ExpressionEncoder(cfg.expr_dim, cfg.drive_dim, cfg.hidden) for _ in range(n_nets))
         b = [p.bounds for p in persons]
         self.register_buffer("head_center", torch.tensor([x.head_center for x in b], dtype=torch.float32))
@@ -69,8 +70,15 @@ class AvatarModel(nn.Module):
         return [(int(i), row == i) for i in torch.unique(row)]
 
     def drive_code(self, net: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[R, drive_dim]: the audio code where the person speaks, the expression code where it listens."""
-        a = self.audio[net](batch["mel"])
+        """[R, drive_dim]: the audio drive where the person speaks, the expression code where it listens.
+
+        Rays of one (person, frame) share their audio window, so its attention runs once per pair.
+        """
+        key = batch["row"] * (int(batch["frame"].max()) + 1) + batch["frame"]
+        pairs, ray_pair = torch.unique(key, return_inverse=True)
+        one_ray = torch.empty(len(pairs), dtype=torch.long, device=key.device)
+        one_ray.scatter_(0, ray_pair, torch.arange(len(key), device=key.device))
+        a = self.audio[net](batch["audio"][one_ray])[ray_pair]
         e = self.expr[net](batch["expr"])
         return torch.where(batch["speaking"][:, None], a, e)
 
@@ -85,7 +93,7 @@ class AvatarModel(nn.Module):
         out = {k: torch.zeros(len(batch["row"]), *s) for k, s in
                (("rgb", (3,)), ("head_acc", ()), ("torso_acc", ()), ("offset_sq", ()))}
         for net, mask in self._net(batch["row"]):
-            part = {k: v[mask] for k, v in batch.items()}
+            part = batch if self.mode == "shared" else {k: v[mask] for k, v in batch.items()}
             for k, v in self._render(net, part, jitter, gen).items():
                 out[k] = out[k].index_put((mask,), v)
         return out

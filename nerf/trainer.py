@@ -1,9 +1,12 @@
 """Training of the avatar model: losses, optimizers, checkpoints that resume exactly, logs.
 
-``train(cfg)`` is what scripts/train.py runs. A checkpoint holds the model, the
-optimizer, the iteration, both random generators and the model-shaping config;
-resuming from it continues the same run step for step. A NaN loss stops training
-with a clear message and leaves the last good checkpoint in place.
+``train(cfg)`` is what scripts/train.py runs. Its first stage gives the run its frozen
+audio encoder: the one of ``--wav2lip_ckpt``, or one pre-trained on the run's own data
+(``nerf.audio_pretrain``, written to <out>/audio_encoder.pt); every frame is then coded
+once. A checkpoint holds the model, the audio encoder, the optimizer, the iteration, both
+random generators and the model-shaping config; resuming from it continues the same run
+step for step. A NaN loss stops training with a clear message and leaves the last good
+checkpoint in place.
 """
 
 from __future__ import annotations
@@ -20,15 +23,14 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data_prep.atomic_io import atomic_path, save_image
+from nerf.audio import Wav2LipAudioEncoder, encoder_from_state, load_audio_encoder
+from nerf.audio_pretrain import AudioPretrainConfig, pretrain_audio
 from nerf.data import PersonFrames, load_datasets, sample_rays
 from nerf.encoding import HashGridConfig
+from nerf.errors import TrainError
 from nerf.fields import FieldConfig
 from nerf.model import AvatarModel, RenderConfig
 from nerf.render import render_frame
-
-
-class TrainError(Exception):
-    """A user-facing training failure (bad checkpoint, diverged loss); printed without a traceback."""
 
 
 @dataclasses.dataclass
@@ -57,6 +59,13 @@ class TrainConfig:
     """Weight of the torso warp's squared length."""
     lambda_code: float = 1e-4
     """Weight of the latent codes' squared length."""
+    wav2lip_ckpt: str = ""
+    """A checkpoint holding Wav2Lip's audio encoder (wav2lip.pth, wav2lip_gan.pth, or one written by
+    scripts/pretrain_audio.py), used frozen; empty: pre-train the encoder on --data first."""
+    audio_pretrain_iters: int = 400
+    """Steps of that pre-training (nerf.audio_pretrain) when no --wav2lip_ckpt is given."""
+    audio_window: int = 4
+    """The head field smooths the audio codes of frames f-audio_window..f+audio_window (temporal attention)."""
     n_coarse: int = 32
     n_importance: int = 32
     hidden: int = 64
@@ -71,12 +80,13 @@ class TrainConfig:
 
     # Keys that shape the model: a checkpoint is only valid for a run with the same values.
     MODEL_KEYS = ("image_size", "model", "hidden", "n_levels", "log2_hashmap_size", "base_resolution",
-                  "finest_resolution")
+                  "finest_resolution", "audio_window", "wav2lip_ckpt", "audio_pretrain_iters")
 
     def field_config(self, expr_dim: int) -> FieldConfig:
         grid = HashGridConfig(n_levels=self.n_levels, log2_hashmap_size=self.log2_hashmap_size,
                               base_resolution=self.base_resolution, finest_resolution=self.finest_resolution)
-        return FieldConfig(head_grid=grid, torso_grid=grid, hidden=self.hidden, expr_dim=expr_dim)
+        return FieldConfig(head_grid=grid, torso_grid=grid, hidden=self.hidden, expr_dim=expr_dim,
+                           audio_window=self.audio_window)
 
 
 def psnr_of_mse(mse: float) -> float:
@@ -103,9 +113,9 @@ def losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], model: 
 
 
 def save_checkpoint(path: Path, model, opt, it: int, cfg: TrainConfig, persons: list[PersonFrames],
-                    gens: dict[str, torch.Generator]) -> None:
-    state = {"model": model.state_dict(), "optimizer": opt.state_dict(), "iteration": it,
-             "config": json.dumps(dataclasses.asdict(cfg)), "persons": [p.name for p in persons],
+                    gens: dict[str, torch.Generator], audio_encoder: Wav2LipAudioEncoder) -> None:
+    state = {"model": model.state_dict(), "audio_encoder": audio_encoder.state_dict(), "optimizer": opt.state_dict(),
+             "iteration": it, "config": json.dumps(dataclasses.asdict(cfg)), "persons": [p.name for p in persons],
              "generators": {k: g.get_state() for k, g in gens.items()}}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
@@ -118,13 +128,25 @@ def load_checkpoint(path: Path) -> dict:
         raise TrainError(f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
 
 
-def check_compatible(ckpt: dict, cfg: TrainConfig, persons: list[PersonFrames]) -> None:
-    """Refuse a checkpoint made with another model shape or other persons."""
+def check_config(ckpt: dict, cfg: TrainConfig) -> None:
+    """Refuse a checkpoint made with another model shape or audio encoder."""
     old = json.loads(ckpt["config"])
     diff = [k for k in TrainConfig.MODEL_KEYS if old.get(k) != getattr(cfg, k)]
     if diff:
         raise TrainError("the checkpoint was made with another config (" +
                          ", ".join(f"{k}: {old.get(k)} vs {getattr(cfg, k)}" for k in diff) + ")")
+
+
+def checkpoint_audio_encoder(ckpt: dict, path: Path) -> Wav2LipAudioEncoder:
+    """The frozen audio encoder a checkpoint's run coded its frames with."""
+    if "audio_encoder" not in ckpt:
+        raise TrainError(f"{path} holds no audio encoder (made before the Wav2Lip audio codes); train afresh")
+    return encoder_from_state(ckpt["audio_encoder"], str(path))
+
+
+def check_compatible(ckpt: dict, cfg: TrainConfig, persons: list[PersonFrames]) -> None:
+    """Refuse a checkpoint made with another model shape, audio encoder or other persons."""
+    check_config(ckpt, cfg)
     names = [p.name for p in persons]
     if ckpt["persons"] != names:
         raise TrainError(f"the checkpoint's persons {ckpt['persons']} differ from the data's {names}")
@@ -153,17 +175,35 @@ def evaluate_psnr(model: AvatarModel, persons: list[PersonFrames], max_frames: i
     return out
 
 
+def audio_encoder_of(cfg: TrainConfig, out: Path, log=print, progress: bool = True) -> Wav2LipAudioEncoder:
+    """A new run's frozen audio encoder: --wav2lip_ckpt's, or pre-trained on --data now (<out>/audio_encoder.pt)."""
+    if cfg.wav2lip_ckpt:
+        encoder = load_audio_encoder(cfg.wav2lip_ckpt)
+        log(f"audio encoder: {cfg.wav2lip_ckpt} (frozen)")
+        return encoder
+    path = out / "audio_encoder.pt"
+    pretrain_audio(AudioPretrainConfig(data=list(cfg.data), iters=cfg.audio_pretrain_iters, seed=cfg.seed), path,
+                   log=log, progress=progress, logdir=out / "tb" / "audio_pretrain")
+    return load_audio_encoder(path)
+
+
 def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
     """Train (or resume) a run; returns the final held-out PSNR per person and the run's facts."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    persons = load_datasets(cfg.data, cfg.image_size)
-    model, opt = build(cfg, persons)
-    gens = {"rays": torch.Generator().manual_seed(cfg.seed), "jitter": torch.Generator().manual_seed(cfg.seed + 1)}
     ckpt_path = out / "checkpoint.pt"
-    start = 0
+    ckpt = None
     if cfg.resume and ckpt_path.is_file():
         ckpt = load_checkpoint(ckpt_path)
+        check_config(ckpt, cfg)
+        audio_encoder = checkpoint_audio_encoder(ckpt, ckpt_path)
+    else:
+        audio_encoder = audio_encoder_of(cfg, out, log, progress)
+    persons = load_datasets(cfg.data, cfg.image_size, audio_encoder)
+    model, opt = build(cfg, persons)
+    gens = {"rays": torch.Generator().manual_seed(cfg.seed), "jitter": torch.Generator().manual_seed(cfg.seed + 1)}
+    start = 0
+    if ckpt is not None:
         check_compatible(ckpt, cfg, persons)
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
@@ -182,7 +222,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
         frac = it / max(cfg.iters - 1, 1)
         for g, lr0 in zip(opt.param_groups, base_lrs):
             g["lr"] = lr0 * cfg.lr_decay**frac
-        batch = sample_rays(persons, cfg.batch_rays, gens["rays"])
+        batch = sample_rays(persons, cfg.batch_rays, gens["rays"], cfg.audio_window)
         rendered = model(batch, jitter=True, gen=gens["jitter"])
         loss = losses(rendered, batch, model, cfg)
         if not torch.isfinite(loss["total"]):
@@ -202,7 +242,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
             writer.add_scalar("lr/hash", opt.param_groups[1]["lr"], it)
         done = it + 1
         if done % cfg.ckpt_every == 0 or done == cfg.iters:
-            save_checkpoint(ckpt_path, model, opt, done, cfg, persons, gens)
+            save_checkpoint(ckpt_path, model, opt, done, cfg, persons, gens, audio_encoder)
         if done % cfg.val_every == 0 or done == cfg.iters:
             val = evaluate_psnr(model, persons)
             for name, v in val.items():

@@ -5,8 +5,10 @@ Builds the synthetic two-person conversation (scikit-image's astronaut photo
 moved by known motion, with a synthetic speech track taking turns), prepares
 it into a dataset and checks it against the planted truth, trains ONE avatar
 NeRF for both persons (configs/cpu_tiny.txt on CPU, configs/gpu_full.txt when
-CUDA is present) and evaluates it on the held-out frames (table and a
-rendered-vs-real grid). Pose generation and rendering extend it as they land.
+CUDA is present; its first stage pre-trains the Wav2Lip audio encoder on the
+clip itself) and evaluates it on the held-out frames (table with lip-sync
+measures and a rendered-vs-real grid). Pose generation and rendering extend it
+as they land.
 """
 
 import subprocess
@@ -63,7 +65,7 @@ def main(argv=None) -> int:
     scripts = Path(__file__).resolve().parent
     preset = scripts.parent / "configs" / ("gpu_full.txt" if torch.cuda.is_available() else "cpu_tiny.txt")
     run = out / "run"
-    print(f"\ntraining one avatar NeRF for both persons ({preset.name}) ...")
+    print(f"\npre-training the audio encoder on the clip, then one avatar NeRF for both persons ({preset.name}) ...")
     steps = [[sys.executable, str(scripts / "train.py"), "--config", str(preset), "--data", str(ds), "--out", str(run)],
              [sys.executable, str(scripts / "evaluate.py"), "--ckpt", str(run / "checkpoint.pt"), "--data", str(ds),
               "--out", str(run / "eval")]]

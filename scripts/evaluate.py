@@ -2,8 +2,12 @@
 """Evaluate a trained avatar checkpoint on the held-out frames (the last 10%) of its datasets.
 
 Renders every validation frame with its tracked pose and driving features and prints a table per
-person and role (speaking / listening): PSNR, SSIM, CPBD of rendered (and real) frames, and mouth
-LMD (mediapipe lip landmarks, rendered vs real, pixels). Writes <out>/metrics.json and <out>/grid.png
+person and role (speaking / listening): PSNR, SSIM, CPBD of rendered (and real) frames, mouth LMD
+(mediapipe lip landmarks, rendered vs real, pixels) and mouth_open_corr (the correlation of rendered
+and real mouth opening). Speaking rows add lip sync without SyncNet: av_offset, the shift in frames
+that best lines the audio envelope up with the rendered mouth (0: in sync; searched within +-10 frames
+and a quarter of the scored frames), av_corr at that shift, and av_offset_real, the real frames' own.
+The face-mesh measures need frames of 256 px or more. Writes <out>/metrics.json and <out>/grid.png
 (rendered above real).
 
 Example:

@@ -6,11 +6,18 @@ direction features) in a shared head field (driven by audio while the person spe
 by expression while it listens) and a shared torso field with a pose-conditioned
 deformation; head and torso are composited in one volume-rendering pass.
 
+The audio drive is Wav2Lip's audio encoder (512-d per frame, frozen), smoothed over
+frames f-4..f+4 by a temporal attention. Its weights come from --wav2lip_ckpt (the public
+wav2lip.pth / wav2lip_gan.pth if you have one, or scripts/pretrain_audio.py's output);
+without it the first stage pre-trains the encoder on --data (--audio_pretrain_iters steps,
+saved as <out>/audio_encoder.pt). Nothing is downloaded.
+
 Examples:
     python scripts/train.py --config configs/cpu_tiny.txt --data data/talk
     python scripts/train.py --config configs/gpu_full.txt --data data/talk --data data/other
     python scripts/train.py --config configs/cpu_tiny.txt --data data/talk --resume     # continue a run
     python scripts/train.py --config configs/cpu_tiny.txt --data data/talk --model per_person  # baseline
+    python scripts/train.py --config configs/gpu_full.txt --data data/talk --wav2lip_ckpt wav2lip_gan.pth
 
 Logs go to <out>/tb (TensorBoard: losses, PSNR, learning rates, rendered validation frames beside
 the real ones); <out>/checkpoint.pt is rewritten atomically every --ckpt_every iterations.
@@ -47,7 +54,12 @@ def _doc(name: str) -> str:
     return {"model": "shared (one network, per-person codes) or per_person (one network each, the baseline)",
             "image_size": "crop side trained on", "iters": "training iterations", "batch_rays": "rays per iteration",
             "lr": "Adam learning rate of MLPs and codes", "lr_hash": "Adam learning rate of the hash tables",
-            "out": "run directory"}.get(name, name.replace("_", " "))
+            "out": "run directory",
+            "wav2lip_ckpt": "checkpoint with Wav2Lip's audio encoder (wav2lip.pth, wav2lip_gan.pth or "
+                            "scripts/pretrain_audio.py's), used frozen; empty: pre-train one on --data first",
+            "audio_pretrain_iters": "steps of that pre-training (without --wav2lip_ckpt)",
+            "audio_window": "frames each side the head field's temporal attention smooths audio codes over"}.get(
+        name, name.replace("_", " "))
 
 
 def main(argv=None) -> int:

@@ -8,7 +8,7 @@ from skimage import data
 from skimage.metrics import structural_similarity
 
 from nerf import metrics
-from nerf.metrics import MOUTH_INDICES, cpbd, lmd, mouth_lmd, psnr, ssim, summarize
+from nerf.metrics import MOUTH_INDICES, av_offset, cpbd, lmd, mouth_lmd, pearson, psnr, ssim, summarize
 
 
 def _blurred_camera(sigma: float) -> np.ndarray:
@@ -147,6 +147,67 @@ def test_mouth_lmd_zero_on_itself_and_three_px_when_shifted():
     assert shifted.px == pytest.approx(3.0, abs=0.5)  # 2.98 px measured
     none = mouth_lmd(blank[None], face[None])
     assert math.isnan(none.px) and none.n_frames == 0 and none.n_skipped == 1
+
+
+def test_mouth_opening_on_frames_follows_the_planted_jaw():
+    pytest.importorskip("mediapipe")
+    from data_prep.speaking import mouth_opening
+    from data_prep.synthetic import astronaut_sprite, open_mouth
+
+    sprite = astronaut_sprite()
+    cx, cy = sprite.center.astype(int)
+    half = int(0.9 * sprite.face_h)
+    amounts = np.linspace(0.0, 1.0, 6)
+    frames = []
+    for amount in amounts:
+        rgba = sprite.rgba.copy()
+        open_mouth(sprite.rgba, rgba, sprite, float(amount))
+        rgb = rgba[..., :3] + (1 - rgba[..., 3:]) * 0.5  # premultiplied over grey
+        frames.append((rgb[cy - half:cy + half, cx - half:cx + half] * 255).round().astype(np.uint8))
+    opening = mouth_opening(metrics.face_mesh_landmarks(np.stack(frames)))
+    assert np.isfinite(opening).all()
+    assert pearson(opening, amounts) > 0.95, opening
+
+
+def test_pearson_of_identical_signals_is_one_and_undefined_cases_are_nan():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=50)
+    assert pearson(a, a) == pytest.approx(1.0, abs=1e-12)
+    assert pearson(a, -2 * a + 3) == pytest.approx(-1.0, abs=1e-12)
+    gappy = a.copy()
+    gappy[::3] = np.nan  # missing samples drop out of both
+    assert pearson(gappy, 5 * a) == pytest.approx(1.0, abs=1e-12)
+    assert math.isnan(pearson(np.ones(50), a))  # constant: undefined
+    assert math.isnan(pearson(a[:2], a[:2]))  # too few pairs
+    with pytest.raises(ValueError, match=r"\[N\]"):
+        pearson(a, a[:10])
+
+
+def _syllables(n: int, seed: int = 0) -> np.ndarray:
+    """A speech-like envelope: smoothed random bursts, [n]."""
+    rng = np.random.default_rng(seed)
+    return np.convolve(rng.uniform(0, 1, n) ** 3, np.hanning(5), mode="same")
+
+
+@pytest.mark.parametrize("lag", [-4, 0, 3, 7])
+def test_av_offset_recovers_a_known_shift_exactly(lag):
+    envelope = _syllables(300)
+    opening = np.full(300, np.nan)
+    t = np.arange(40, 260)
+    opening[t] = 0.1 + 2.0 * envelope[t - lag]  # the mouth moves lag frames after the sound
+    found = av_offset(envelope, opening)
+    assert found.frames == lag and found.corr == pytest.approx(1.0, abs=1e-9)
+    listening = opening.copy()
+    listening[100:160] = np.nan  # frames not scored (the person listens) are left out
+    assert av_offset(envelope, listening).frames == lag
+
+
+def test_av_offset_searches_only_what_the_scored_frames_resolve():
+    envelope = _syllables(300, seed=1)
+    opening = np.full(300, np.nan)
+    opening[100:112] = envelope[100 - 5:112 - 5]  # 12 frames resolve shifts up to 3
+    assert abs(av_offset(envelope, opening).frames) <= 3
+    assert math.isnan(av_offset(envelope, np.full(300, np.nan)).corr)
 
 
 def test_summarize_averages_by_person_and_role():

@@ -65,7 +65,7 @@ def _person(row, size=16, T=6, tz=3.0, focal=60.0):
         row=row, name=f"p{row}", images=torch.full((T, size, size, 3), 128, dtype=torch.uint8),
         labels=torch.zeros(T, size, size, dtype=torch.uint8), background=torch.zeros(size, size, 3),
         R=torch.eye(3).expand(T, 3, 3).clone(), t=torch.tensor([0.0, 0.0, tz]).expand(T, 3).clone(),
-        euler=torch.zeros(T, 3), expr=torch.zeros(T, 4), mel=torch.zeros(T, 80, 16),
+        euler=torch.zeros(T, 3), expr=torch.zeros(T, 4), audio=torch.zeros(T, 512),
         speaking=torch.zeros(T, dtype=torch.bool), mouth_box=torch.tensor([[4.0, 4.0, 8.0, 8.0]]).expand(T, 4),
         head_box=torch.tensor([[2.0, 2.0, 10.0, 10.0]]).expand(T, 4), train=torch.arange(T - 1),
         val=torch.tensor([T - 1]), focal=focal, size=size, bounds=bounds)
@@ -95,3 +95,45 @@ def test_model_renders_both_fields_merged_and_over_the_background(mode):
     assert (mode == "per_person") == (n_params > 1.9 * sum(p.numel() for p in AvatarModel(
         persons[:1], cfg, RenderConfig(8, 8), mode="shared").parameters()))
 
+
+
+def test_audio_drive_weights_a_window_and_leaves_a_steady_one_as_it_is():
+    from nerf.fields import AudioDrive
+
+    torch.manual_seed(0)
+    drive = AudioDrive(code_dim=512, out_dim=8, hidden=16, window=4)
+    code = torch.rand(3, 1, 512)
+    steady = drive(code.expand(3, 9, 512))
+    torch.testing.assert_close(steady, drive.project(code[:, 0]))  # softmax weights sum to 1
+    varied = torch.rand(3, 9, 512)
+    out = drive(varied)
+    projected = drive.project(varied)
+    lo, hi = projected.min(1).values, projected.max(1).values
+    assert ((out >= lo - 1e-6) & (out <= hi + 1e-6)).all()  # a convex combination of the window's frames
+    with pytest.raises(ValueError, match="9"):
+        drive(varied[:, :5])
+
+
+def test_rays_carry_their_frames_audio_window_and_share_its_drive_code():
+    from nerf.audio import code_windows
+    from nerf.data import sample_rays
+
+    codes = torch.arange(6.0)[:, None].expand(6, 512)  # frame k's code is k everywhere
+    windows = code_windows(codes, torch.tensor([0, 2, 5]), 2)[..., 0]
+    assert windows.tolist() == [[0, 0, 0, 1, 2], [0, 1, 2, 3, 4], [3, 4, 5, 5, 5]]  # clamped at the ends
+    torch.manual_seed(0)
+    persons = [_person(0), _person(1)]
+    for p in persons:
+        p.audio = torch.rand(p.audio.shape)
+        p.speaking = torch.tensor([True, False, True, True, False, True])
+    cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4, audio_window=2)
+    model = AvatarModel(persons, cfg, RenderConfig(8, 8))
+    batch = sample_rays(persons, 64, torch.Generator().manual_seed(0), audio_window=2)
+    assert batch["audio"].shape == (64, 5, 512)
+    for i in (0, 17, 40):
+        p = persons[int(batch["row"][i])]
+        torch.testing.assert_close(batch["audio"][i], code_windows(p.audio, batch["frame"][i:i + 1], 2)[0])
+    with torch.no_grad():
+        shared = model.drive_code(0, batch)  # once per (person, frame)
+        alone = torch.where(batch["speaking"][:, None], model.audio[0](batch["audio"]), model.expr[0](batch["expr"]))
+    torch.testing.assert_close(shared, alone)

@@ -6,33 +6,49 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 
 from data_prep import dataset
 from data_prep.errors import PrepareError
 from nerf import trainer
+from nerf.evaluate import load_model
+from nerf.metrics import pearson
+from nerf.render import render_frame
 from nerf.trainer import TrainConfig, TrainError, train
 
 ROOT = Path(__file__).resolve().parents[1]
 # configs/cpu_tiny.txt, the CI and demo preset.
 TINY = dict(image_size=64, batch_rays=256, n_coarse=16, n_importance=8, hidden=32, n_levels=8,
             log2_hashmap_size=14, base_resolution=8, finest_resolution=256, lr=5e-3, lr_hash=3e-2,
-            lr_decay=0.3, lambda_parse=0.01)
+            lr_decay=0.3, lambda_parse=0.01, audio_pretrain_iters=40)
 
 
 def test_one_network_reaches_22_db_on_held_out_frames_of_both_persons(synthetic, tmp_path):
     cfg = TrainConfig(data=[str(synthetic["dataset"])], out=str(tmp_path / "run"), iters=800,
                       val_every=10**9, ckpt_every=10**9, **TINY)
     facts = train(cfg, progress=False)
+    assert (tmp_path / "run" / "audio_encoder.pt").is_file()  # the audio stage ran first
     assert len(facts["val_psnr"]) == 2
     assert min(facts["val_psnr"].values()) >= 22.0, facts["val_psnr"]
     assert (tmp_path / "run" / "checkpoint.pt").is_file() and (tmp_path / "run" / "summary.json").is_file()
+    # The audio drives the held-out speaker's mouth: the rendered mouth darkens as the planted jaw drops
+    # (0.97 measured over the 9 held-out speaking frames; the real frames: 0.998). Face-mesh measures
+    # cannot judge 64 px frames (on the real ones they reach 0.3-0.5), so the mouth box's darkness does.
+    model, persons, _ = load_model(tmp_path / "run" / "checkpoint.pt", cfg.data)
+    speaker = persons[0]
+    frames = [int(f) for f in speaker.val if speaker.speaking[f]]
+    darkness = []
+    for f in frames:
+        x0, y0, x1, y1 = speaker.mouth_box[f].long().tolist()
+        darkness.append(1 - render_frame(model, speaker, f)["rgb"][y0:y1 + 1, x0:x1 + 1].mean().item())
+    assert len(frames) >= 5 and pearson(np.array(darkness), synthetic["truth"]["mouth"][frames, 0]) >= 0.6
 
 
 def _small(synthetic, out, iters, **kw):
     base = {**TINY, "batch_rays": 64, "n_coarse": 8, "n_importance": 4, "hidden": 16, "n_levels": 4,
-            "log2_hashmap_size": 10}
+            "log2_hashmap_size": 10, "audio_pretrain_iters": 1}
     base.update(kw)
     return TrainConfig(data=[str(synthetic["dataset"])], out=str(out), iters=iters, val_every=10**9,
                        ckpt_every=1, **base)

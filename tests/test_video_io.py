@@ -1,5 +1,7 @@
 """Video in and out: fps resampling keeps frames and audio on one clock; writes are atomic."""
 
+import warnings
+
 import numpy as np
 import pytest
 
@@ -47,3 +49,31 @@ def test_a_failed_write_leaves_nothing(tmp_path):
     with pytest.raises(PrepareError):
         write_video(target, [], 25)
     assert list(tmp_path.iterdir()) == []
+
+
+@pytest.mark.parametrize("sr, channels", [(44100, 2), (48000, 2), (8000, 6)])
+def test_any_rate_and_channel_count_becomes_16k_mono_without_getting_louder(tmp_path, sr, channels):
+    import soundfile as sf
+
+    t = np.arange(int(1.5 * sr)) / sr
+    tone = 0.9 * np.sin(2 * np.pi * 440 * t)  # near full scale: a +3 dB mix would clip
+    path = tmp_path / "multi.wav"
+    sf.write(path, np.stack([tone] * channels, 1), sr)
+    audio = read_audio(path)
+    assert audio.ndim == 1 and audio.size == 24000  # 1.5 s at 16 kHz
+    assert np.abs(audio).max() == pytest.approx(0.9, abs=0.01)
+    sf.write(path, np.stack([tone, np.zeros_like(tone)], 1), sr)  # one channel silent: the mean
+    assert np.abs(read_audio(path)).max() == pytest.approx(0.45, abs=0.01)
+
+
+def test_audio_of_another_length_than_the_video_is_fitted_with_a_warning():
+    second = np.ones(16000, np.float32)
+    with pytest.warns(UserWarning, match="padded with silence"):
+        padded = fit_audio(second, 50, 25)  # 2 s of video
+    assert padded.size == 32000 and (padded[16000:] == 0).all()
+    with pytest.warns(UserWarning, match="trimmed"):
+        assert fit_audio(second, 10, 25).size == 6400
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        assert fit_audio(second[:15800], 25, 25).size == 16000  # 12 ms short: container slack, no warning
+        assert fit_audio(np.zeros(0, np.float32), 25, 25).size == 16000  # no track at all: the caller knows

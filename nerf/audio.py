@@ -1,0 +1,158 @@
+"""The audio code of a video frame: Wav2Lip's audio encoder over the frame's mel window.
+
+The encoder is the audio half of Wav2Lip (Prajwal et al. 2020; ``audio_encoder`` in
+models/wav2lip.py of Rudrabha/Wav2Lip) with its parameter names, so the public
+checkpoints (wav2lip.pth, wav2lip_gan.pth) load as they are: 13 blocks of conv ->
+batch norm (-> + input) -> ReLU take a [B, 1, 80, 16] mel window (80 bins x 16 mel
+frames = 200 ms, values in [-4, 4], ``data_prep.audio_features``) to [B, 512, 1, 1].
+
+Nothing is downloaded: without such a checkpoint the encoder is pre-trained on the
+user's own conversation (``nerf.audio_pretrain``). The avatar NeRF uses it frozen, in
+eval mode (batch norm on its running statistics), and codes every frame once
+(``frame_codes``); a ray then carries the codes of frames f-4..f+4 (``code_windows``),
+which the head field's ``nerf.fields.AudioDrive`` smooths over time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from data_prep.audio_features import MEL_WINDOW
+from nerf.errors import TrainError
+
+AUDIO_CODE_DIM = 512
+N_MELS = 80
+
+# Wav2Lip's audio_encoder, block for block: (in, out, kernel, stride, padding, residual).
+# The feature map goes 80 x 16 -> 27 x 16 -> 9 x 6 -> 3 x 3 -> 1 x 1.
+WAV2LIP_AUDIO_BLOCKS = (
+    (1, 32, 3, 1, 1, False), (32, 32, 3, 1, 1, True), (32, 32, 3, 1, 1, True),
+    (32, 64, 3, (3, 1), 1, False), (64, 64, 3, 1, 1, True), (64, 64, 3, 1, 1, True),
+    (64, 128, 3, 3, 1, False), (128, 128, 3, 1, 1, True), (128, 128, 3, 1, 1, True),
+    (128, 256, 3, (3, 2), 1, False), (256, 256, 3, 1, 1, True),
+    (256, 512, 3, 1, 0, False), (512, 512, 1, 1, 0, False),
+)
+STATE_PREFIX = "audio_encoder."  # the encoder's keys in a Wav2Lip state_dict (after any "module.")
+
+
+class ConvBlock(nn.Module):
+    """Wav2Lip's ``Conv2d``: conv -> batch norm, plus the input when residual, -> ReLU."""
+
+    def __init__(self, cin: int, cout: int, kernel: int, stride: int | tuple[int, int], padding: int, residual: bool):
+        super().__init__()
+        self.conv_block = nn.Sequential(nn.Conv2d(cin, cout, kernel, stride, padding), nn.BatchNorm2d(cout))
+        self.residual = residual
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = self.conv_block(x)
+        return torch.relu(out + x if self.residual else out)
+
+
+class Wav2LipAudioEncoder(nn.Module):
+    """A frame's mel window [B, 80, 16] -> its audio code [B, 512] (non-negative: the last block ends in ReLU).
+
+    ``state_dict()`` keys are Wav2Lip's (``audio_encoder.0.conv_block.0.weight``, ...).
+    """
+
+    def __init__(self):
+        super().__init__()
+        self.audio_encoder = nn.Sequential(*(ConvBlock(*spec) for spec in WAV2LIP_AUDIO_BLOCKS))
+
+    def forward(self, mel: torch.Tensor) -> torch.Tensor:
+        if mel.ndim != 3 or mel.shape[1:] != (N_MELS, MEL_WINDOW):
+            raise ValueError(f"mel windows must be [B, {N_MELS}, {MEL_WINDOW}], got {tuple(mel.shape)}")
+        return self.audio_encoder(mel[:, None]).flatten(1)
+
+
+def freeze(encoder: Wav2LipAudioEncoder) -> Wav2LipAudioEncoder:
+    """No gradients, eval mode (batch norm on running statistics); returns the encoder."""
+    encoder.requires_grad_(False)
+    return encoder.eval()
+
+
+def encoder_from_state(state: dict[str, torch.Tensor], source: str) -> Wav2LipAudioEncoder:
+    """A frozen encoder from a Wav2Lip-layout state dict; other keys (face encoder, decoder) are ignored.
+
+    Args:
+        state: keys ``[module.]audio_encoder.<block>.conv_block.<0|1>.<name>`` and any others.
+        source: where the state came from, for error messages.
+
+    Raises:
+        TrainError: the state lacks the audio encoder or holds one of another shape.
+    """
+    ours = {k.removeprefix("module."): v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    ours = {k: v for k, v in ours.items() if k.startswith(STATE_PREFIX)}
+    encoder = Wav2LipAudioEncoder()
+    if not ours:
+        raise TrainError(f"{source} holds no Wav2Lip audio encoder (no '{STATE_PREFIX}*' weights); pass a "
+                         "wav2lip.pth / wav2lip_gan.pth or a checkpoint written by scripts/pretrain_audio.py")
+    expected = encoder.state_dict()
+    # Batch norm's step counter is absent from checkpoints of old PyTorch and unused in eval mode.
+    missing = [k for k in expected if k not in ours and not k.endswith("num_batches_tracked")]
+    foreign = [k for k, v in ours.items() if k not in expected or v.shape != expected[k].shape]
+    if missing or foreign:
+        first = foreign[0] if foreign else missing[0]
+        raise TrainError(f"{source} holds an audio encoder of another architecture ({len(missing)} weights missing, "
+                         f"{len(foreign)} unknown or of another shape, e.g. {first}); it is not Wav2Lip's")
+    encoder.load_state_dict(ours, strict=False)
+    return freeze(encoder)
+
+
+def load_audio_encoder(path: str | Path) -> Wav2LipAudioEncoder:
+    """A frozen encoder from a checkpoint in Wav2Lip's layout.
+
+    Reads the public wav2lip.pth / wav2lip_gan.pth (``{"state_dict": {"module.audio_encoder...": ...}}``,
+    with or without the ``module.`` prefix) and the checkpoints of scripts/pretrain_audio.py
+    (same layout). Loaded as weights only: no code in the file runs.
+
+    Raises:
+        TrainError: missing or unreadable file, or no audio encoder in it.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TrainError(f"audio encoder checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged or foreign file
+        raise TrainError(f"cannot read audio encoder checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise TrainError(f"{path} holds no state_dict; pass a wav2lip.pth / wav2lip_gan.pth or a checkpoint "
+                         "written by scripts/pretrain_audio.py")
+    return encoder_from_state(state, str(path))
+
+
+@torch.no_grad()
+def frame_codes(encoder: Wav2LipAudioEncoder, mel: torch.Tensor, chunk: int = 256) -> torch.Tensor:
+    """Every frame's audio code with the encoder in eval mode.
+
+    Args:
+        mel: [T, 80, 16] the frames' mel windows (``data_prep.audio_features.mel_windows``).
+
+    Returns:
+        [T, 512] float32 on the CPU.
+    """
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    codes = torch.cat([encoder(mel[a:a + chunk].to(device)).cpu() for a in range(0, len(mel), chunk)])
+    encoder.train(was_training)
+    return codes
+
+
+def code_windows(codes: torch.Tensor, frames: torch.Tensor, half: int) -> torch.Tensor:
+    """The codes of frames f - half .. f + half for each f, clamped at the clip's ends.
+
+    Args:
+        codes: [T, D] per-frame codes.
+        frames: [N] long frame indices.
+        half: frames each side.
+
+    Returns:
+        [N, 2 half + 1, D].
+    """
+    offsets = torch.arange(-half, half + 1, device=frames.device)
+    return codes[(frames[:, None] + offsets).clamp(0, len(codes) - 1)]
