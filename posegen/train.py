@@ -193,7 +193,7 @@ def load_checkpoint(path: str | Path) -> tuple[PoseGenerator, pdata.Stats, dict]
     if not path.is_file():
         raise PoseGenError(f"no posegen checkpoint at {path}; train one with scripts/train_posegen.py")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)  # tensors and plain data only
     except Exception as e:  # a truncated or foreign file
         raise PoseGenError(f"{path} is not a readable checkpoint ({type(e).__name__})") from e
     if not isinstance(ckpt, dict) or ckpt.get("version") != CKPT_VERSION or "model_config" not in ckpt:
