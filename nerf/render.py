@@ -12,7 +12,8 @@ from nerf.model import AvatarModel
 def frame_batch(p: PersonFrames, frame: int, audio_window: int) -> dict[str, torch.Tensor]:
     """All S*S rays of one frame of one person, in the layout of ``nerf.data.sample_rays``.
 
-    Per-frame values are broadcast views (no copy per ray), the audio code window included.
+    Per-frame values are broadcast views (no copy per ray), the audio code window included; the
+    real colour and label only where the person has a recorded image of that frame.
     """
     s = p.size
     v, u = torch.meshgrid(torch.arange(s), torch.arange(s), indexing="ij")
@@ -20,12 +21,15 @@ def frame_batch(p: PersonFrames, frame: int, audio_window: int) -> dict[str, tor
     n = s * s
     rep = lambda x: x[None].expand(n, *x.shape)  # noqa: E731
     audio = code_windows(p.audio, torch.tensor([frame]), audio_window)[0]  # [2 audio_window + 1, 512]
-    return {"row": torch.full((n,), p.row),
-            "frame": torch.full((n,), frame), "u": u.float(), "v": v.float(),
-            "rgb": p.images[frame, v, u].float() / 255.0, "label": p.labels[frame, v, u].long(),
-            "background": p.background[v, u], "R": rep(p.R[frame]), "t": rep(p.t[frame]),
-            "euler": rep(p.euler[frame]), "expr": rep(p.expr[frame]), "audio": rep(audio),
-            "speaking": p.speaking[frame].expand(n), "focal": torch.full((n,), p.focal)}
+    batch = {"row": torch.full((n,), p.row),
+             "frame": torch.full((n,), frame), "u": u.float(), "v": v.float(),
+             "background": p.background[v, u], "R": rep(p.R[frame]), "t": rep(p.t[frame]),
+             "euler": rep(p.euler[frame]), "expr": rep(p.expr[frame]), "audio": rep(audio),
+             "speaking": p.speaking[frame].expand(n), "focal": torch.full((n,), p.focal)}
+    if frame < len(p.images):  # a recorded frame (a driven person has none: render/drive.py)
+        batch["rgb"] = p.images[frame, v, u].float() / 255.0
+        batch["label"] = p.labels[frame, v, u].long()
+    return batch
 
 
 @torch.no_grad()

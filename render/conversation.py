@@ -1,0 +1,240 @@
+"""Render a conversation: drives for every person -> NeRF tiles -> a layout -> mp4 with the audio.
+
+``plan`` decides what is rendered (T frames, the audio, each person's ``Drive``, K samples);
+``render_frames`` yields the composed frames; ``render_video`` renders them in chunks into
+``<out>.parts/`` (one lossless .npz per chunk, so an interrupted run resumes where it stopped
+and memory stays bounded however long the audio) and finally writes the mp4 with the audio
+muxed in, atomically (a temporary file, then a rename), and removes the parts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from data_prep import dataset
+from data_prep.atomic_io import atomic_path, save_json
+from data_prep.audio_features import frame_zcr_rms, mel_windows, wav2lip_mel
+from data_prep.errors import PrepareError
+from data_prep.video_io import AUDIO_SR, FrameWriter, fit_audio, read_audio
+from nerf.audio import frame_codes
+from nerf.data import PersonFrames
+from nerf.model import AvatarModel
+from nerf.render import render_frame
+from render.drive import Drive, driven_person, pose_stats, retarget
+from render.layout import ConferenceLayout, OriginalLayout, side_by_side
+
+
+class RenderError(Exception):
+    """A user-facing render failure; printed as one line without a traceback."""
+
+
+@dataclasses.dataclass
+class Plan:
+    """What one render produces.
+
+    Attributes:
+        fps: output frame rate (the datasets').
+        audio: [N] mono 16 kHz, exactly T / fps seconds (muxed into the video).
+        persons: the rendered persons, in tile order.
+        drives: drives[k][i]: person i's drive in sample k (K samples side by side).
+        codes: [T, 512] per-frame audio codes.
+    """
+
+    fps: float
+    audio: np.ndarray
+    persons: list[PersonFrames]
+    drives: list[list[Drive]]
+    codes: torch.Tensor
+
+    @property
+    def n_frames(self) -> int:
+        return len(self.codes)
+
+
+def load_audio(path: str | Path, fps: float) -> tuple[np.ndarray, int]:
+    """Any audio file (any rate, stereo mixed down) -> 16 kHz mono and the number of frames it covers."""
+    try:
+        audio = read_audio(path)
+    except Exception as e:  # ffmpeg's own message is long; one line is enough
+        raise RenderError(f"cannot read audio from {path} ({type(e).__name__})") from e
+    if audio is None or audio.size == 0:
+        raise RenderError(f"{path} has no audio")
+    T = int(audio.size / AUDIO_SR * fps)
+    if T < 1:
+        raise RenderError(f"{path} is shorter than one frame")
+    return fit_audio(audio, T, fps), T
+
+
+def audio_codes(model_encoder, audio: np.ndarray, T: int, fps: float) -> torch.Tensor:
+    """[T, 512] the NeRF's audio codes of new audio."""
+    return frame_codes(model_encoder, torch.from_numpy(mel_windows(wav2lip_mel(audio), T, fps)))
+
+
+def posegen_audio_features(audio: np.ndarray, T: int, fps: float, mel_bands: int) -> tuple[np.ndarray, np.ndarray]:
+    """posegen's per-frame audio features of new audio and the voice activity: ([T, A], voiced [T])."""
+    from data_prep.speaking import voice_activity
+    from posegen.data import frame_audio_features
+
+    zcr, rms = frame_zcr_rms(audio, T, fps)
+    voiced, prob = voice_activity(audio, T, fps)
+    return frame_audio_features(zcr, rms, prob, wav2lip_mel(audio), fps, mel_bands), voiced
+
+
+def tracked_pose_stats(p: PersonFrames) -> tuple[np.ndarray, np.ndarray]:
+    pose = torch.cat([p.euler, p.t], 1).numpy()
+    valid = np.zeros(len(pose), bool)
+    valid[torch.cat([p.train, p.val]).numpy()] = True
+    return pose_stats(pose, valid)
+
+
+def source_motion(root: str | Path, person: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """A prepared person's tracked motion: pose [T, 6] (NaN where untracked), expr [T, K], valid [T]."""
+    tr = dataset.load_track(root, person)
+    valid = tr["valid"].astype(bool)
+    pose = np.where(valid[:, None], np.concatenate([tr["euler"], tr["t"]], 1), np.nan).astype(np.float32)
+    return pose, np.nan_to_num(tr["expr"]).astype(np.float32), valid
+
+
+def replay_drive(src_pose: np.ndarray, src_expr: np.ndarray, src_valid: np.ndarray, dst: PersonFrames, T: int,
+                 speaking: np.ndarray) -> Drive:
+    """dst driven by a tracked motion (looped when shorter than T), retargeted to dst's own mean and range."""
+    frames = np.arange(T) % len(src_pose)
+    pose = retarget(src_pose[frames], pose_stats(src_pose, src_valid), tracked_pose_stats(dst))
+    return Drive(euler=pose[:, :3], t=pose[:, 3:], expr=src_expr[frames], speaking=speaking)
+
+
+def render_frames(model: AvatarModel, plan: Plan, layout, start: int = 0, stop: int | None = None
+                  ) -> Iterator[np.ndarray]:
+    """The composed frames start..stop - 1, [H, W * K, 3] uint8 each."""
+    stop = plan.n_frames if stop is None else stop
+    driven = [[driven_person(p, d, plan.codes) for p, d in zip(plan.persons, drives)] for drives in plan.drives]
+    for f in range(start, stop):
+        frames = []
+        for sample in driven:
+            tiles = [(render_frame(model, q, f)["rgb"].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+                     for q in sample]
+            frames.append(layout.compose(tiles, [bool(q.speaking[f]) for q in sample]))
+        yield side_by_side(frames)
+
+
+def plan_key(plan: Plan, extra: dict) -> str:
+    """A hash of everything that decides the pixels, so a resume never mixes two different renders."""
+    h = hashlib.sha256()
+    h.update(np.ascontiguousarray(plan.audio).tobytes())
+    for drives in plan.drives:
+        for d in drives:
+            for a in (d.euler, d.t, d.expr, d.speaking):
+                h.update(np.ascontiguousarray(a).tobytes())
+    h.update(json.dumps(extra, sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def render_chunks(model: AvatarModel, plan: Plan, layout, parts: Path, chunk: int, key: str,
+                  progress: bool = True) -> tuple[list[Path], int, int]:
+    """Render the frames in chunks of ``chunk`` into ``parts`` (chunk_<start>.npz, lossless), keeping the
+    chunks an interrupted run of the same plan (``key``) left there.
+
+    Returns:
+        (chunk paths in frame order, chunks rendered now, frames rendered now).
+    """
+    manifest = parts / "manifest.json"
+    if parts.exists() and (not manifest.is_file() or json.loads(manifest.read_text()).get("key") != key):
+        shutil.rmtree(parts)  # another render's leftovers
+    parts.mkdir(parents=True, exist_ok=True)
+    save_json(manifest, {"key": key, "frames": plan.n_frames, "chunk": chunk})
+    T = plan.n_frames
+    paths, rendered, new_frames = [], 0, 0
+    bar = tqdm(total=T, desc="render", unit="frame", disable=not progress, dynamic_ncols=True)
+    for a in range(0, T, chunk):
+        path = parts / f"chunk_{a:07d}.npz"
+        b = min(T, a + chunk)
+        paths.append(path)
+        if not path.is_file():
+            frames = []
+            for fr in render_frames(model, plan, layout, a, b):
+                frames.append(fr)
+                bar.update(1)
+            with atomic_path(path) as tmp:
+                with open(tmp, "wb") as fh:
+                    np.savez_compressed(fh, frames=np.stack(frames))
+            rendered += 1
+            new_frames += b - a
+        else:
+            bar.update(b - a)
+    bar.close()
+    return paths, rendered, new_frames
+
+
+def render_video(model: AvatarModel, plan: Plan, layout, out: str | Path, chunk: int = 50, key_extra: dict | None = None,
+                 progress: bool = True) -> dict:
+    """Render every frame in chunks (``render_chunks``, resumable) and write ``out`` (mp4, audio muxed)
+    atomically; the parts are removed once the video is complete.
+
+    Returns:
+        {"frames", "chunks_rendered", "chunks_reused", "seconds_per_frame"} (seconds per newly rendered frame).
+    """
+    import time
+
+    out = Path(out)
+    parts = out.with_name(out.name + ".parts")
+    t0 = time.time()
+    paths, rendered, new_frames = render_chunks(model, plan, layout, parts, chunk, plan_key(plan, key_extra or {}),
+                                                progress)
+    render_s = time.time() - t0
+    with FrameWriter(out, plan.fps, audio=plan.audio, crf=18) as w:
+        for path in paths:
+            with np.load(path) as z:
+                for fr in z["frames"]:
+                    w.write(fr)
+    shutil.rmtree(parts)
+    return {"frames": plan.n_frames, "chunks_rendered": rendered, "chunks_reused": len(paths) - rendered,
+            "seconds_per_frame": render_s / new_frames if new_frames else 0.0}
+
+
+def original_layout(root: str | Path, persons: list[PersonFrames], scale: float = 1.0) -> OriginalLayout:
+    """The layout of the dataset the persons come from (all of them must come from it)."""
+    import imageio.v3 as iio
+
+    root = Path(root)
+    meta = dataset.read_meta(root)
+    boxes = {f"{root.name}:{p['id']}": p["bbox"] for p in meta["persons"]}
+    missing = [p.name for p in persons if p.name not in boxes]
+    if missing:
+        raise RenderError(f"{', '.join(missing)} not in {root.name}: the original layout shows one video's "
+                          "people; use --layout conference to mix datasets")
+    bg = iio.imread(root / "background.png")[..., :3]
+    return OriginalLayout(bg, [tuple(boxes[p.name]) for p in persons], scale)
+
+
+def conference_layout(persons: list[PersonFrames], tile: int, highlight: bool) -> ConferenceLayout:
+    return ConferenceLayout(len(persons), tile, highlight=highlight)
+
+
+def check_posegen_matches(posegen_ckpt: dict, persons: list[PersonFrames], data: list[str]) -> None:
+    """Refuse a posegen checkpoint trained on other datasets than the NeRF's (by name and source hash)."""
+    trained = {d["name"]: d for d in posegen_ckpt["datasets"]}
+    for root in data:
+        meta = dataset.read_meta(root)
+        name = Path(root).name
+        info = trained.get(name)
+        sha = meta["source"].get("sha256", "")
+        if info is None or (info["sha256"] and sha and info["sha256"] != sha):
+            raise RenderError(f"the posegen checkpoint was trained on {', '.join(trained) or 'nothing'}, not on {root}: "
+                              "the pose and NeRF checkpoints must come from the same datasets")
+    known = set(posegen_ckpt["persons"])
+    missing = [p.name for p in persons if p.name not in known]
+    if missing:
+        raise RenderError(f"the posegen checkpoint has no {', '.join(missing)}")
+
+
+def prepare_error(e: Exception) -> RenderError:
+    return RenderError(str(e)) if isinstance(e, PrepareError) else RenderError(f"{type(e).__name__}: {e}")

@@ -1,0 +1,141 @@
+"""render: layouts put each tile where it belongs, replay retargets onto the target's own range,
+chunked rendering equals unchunked rendering and resumes, and render.py makes an mp4 with sound."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from render.conversation import Plan, render_chunks, render_frames
+from render.drive import Drive, from_track, pose_stats, retarget
+from render.layout import ConferenceLayout, OriginalLayout
+
+ROOT = Path(__file__).resolve().parents[1]
+COLORS = [(200, 30, 30), (30, 200, 30), (30, 30, 200)]
+
+
+def _tiles(side):
+    return [np.full((side, side, 3), c, np.uint8) for c in COLORS]
+
+
+def test_conference_grid_puts_each_tile_in_its_cell_and_frames_the_speaker():
+    lay = ConferenceLayout(3, tile=20, gap=4)
+    assert (lay.cols, lay.rows) == (2, 2) and lay.size == (52, 52)  # 2 tiles of 20 + 3 gaps of 4
+    img = lay.compose(_tiles(32), active=[False, True, False])  # tiles are resized to 20 px
+    for i, c in enumerate(COLORS):
+        x, y = lay.origin(i)
+        assert tuple(img[y + 10, x + 10]) == c, i
+    x, y = lay.origin(1)
+    assert tuple(img[y - 1, x + 10]) == (255, 196, 0)  # the active speaker's frame
+    x, y = lay.origin(0)
+    assert tuple(img[y - 1, x + 10]) == (24, 24, 24)  # nobody else's
+    assert tuple(img[lay.origin(3)[1] + 10, lay.origin(3)[0] + 10]) == (24, 24, 24)  # the empty fourth cell
+
+
+def test_original_layout_pastes_tiles_into_their_boxes_over_the_plate():
+    plate = np.zeros((60, 120, 3), np.uint8)
+    plate[..., 2] = 77
+    lay = OriginalLayout(plate, [(0, 10, 50), (60, 5, 40)])
+    img = lay.compose(_tiles(16)[:2])
+    assert tuple(img[10 + 25, 25]) == COLORS[0] and tuple(img[5 + 20, 60 + 20]) == COLORS[1]
+    assert tuple(img[2, 2]) == (0, 0, 77) and tuple(img[55, 110]) == (0, 0, 77)
+    assert OriginalLayout(plate, [(0, 10, 50)], scale=0.5).compose(_tiles(16)[:1]).shape == (30, 60, 3)
+
+
+def test_retargeting_keeps_the_motion_in_the_targets_own_mean_and_range():
+    rng = np.random.default_rng(0)
+    src = rng.normal([0.1, 0.0, 0.0, 0.0, 0.0, 0.6], [0.05, 0.02, 0.02, 0.01, 0.01, 0.02], (500, 6)).astype(np.float32)
+    dst_stats = (np.array([-0.1, 0.05, 0.0, 0.02, -0.01, 0.8]), np.array([0.1, 0.04, 0.01, 0.02, 0.02, 0.03]))
+    out = retarget(src, pose_stats(src), dst_stats)
+    np.testing.assert_allclose(out.mean(0), dst_stats[0], atol=1e-5)
+    np.testing.assert_allclose(out.std(0), dst_stats[1], rtol=1e-4)
+    assert np.corrcoef(out[:, 0], src[:, 0])[0, 1] > 0.999  # the same motion, rescaled
+    src[3] = np.nan
+    np.testing.assert_allclose(retarget(src, pose_stats(src), dst_stats)[3], dst_stats[0], atol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def tiny_run(synthetic, tmp_path_factory):
+    """A NeRF trained for a few iterations at 32 px: enough to render, not to look at."""
+    from nerf.trainer import TrainConfig, train
+
+    out = tmp_path_factory.mktemp("render_run")
+    cfg = TrainConfig(data=[str(synthetic["dataset"])], out=str(out), iters=3, image_size=32, batch_rays=64,
+                      n_coarse=8, n_importance=4, hidden=16, n_levels=4, log2_hashmap_size=10, base_resolution=8,
+                      finest_resolution=64, val_every=10**9, ckpt_every=10**9, audio_pretrain_iters=1)
+    train(cfg, progress=False)
+    return out / "checkpoint.pt"
+
+
+def test_chunked_rendering_equals_unchunked_and_resumes(synthetic, tiny_run, tmp_path):
+    from nerf.evaluate import load_model
+
+    model, persons, _ = load_model(tiny_run, [str(synthetic["dataset"])])
+    T = 5
+    drives = [from_track(p, np.arange(T)) for p in persons]
+    plan = Plan(25.0, np.zeros(int(T / 25 * 16000), np.float32), persons, [drives], persons[0].audio[:T])
+    lay = ConferenceLayout(len(persons), tile=32)
+    whole = np.stack(list(render_frames(model, plan, lay)))
+    paths, rendered, frames = render_chunks(model, plan, lay, tmp_path / "parts", 2, key="k", progress=False)
+    assert (rendered, frames) == (3, 5)
+    chunked = np.concatenate([np.load(p)["frames"] for p in paths])
+    np.testing.assert_array_equal(chunked, whole)
+    paths[1].unlink()  # as if interrupted while writing the second chunk
+    again, rendered, frames = render_chunks(model, plan, lay, tmp_path / "parts", 2, key="k", progress=False)
+    assert (rendered, frames) == (1, 2)
+    np.testing.assert_array_equal(np.concatenate([np.load(p)["frames"] for p in again]), whole)
+    # a different plan never reuses these chunks
+    plan2 = Plan(25.0, plan.audio, persons, [[Drive(d.euler + 0.01, d.t, d.expr, d.speaking) for d in drives]],
+                 plan.codes)
+    _, rendered, _ = render_chunks(model, plan2, lay, tmp_path / "parts", 2, key="other", progress=False)
+    assert rendered == 3
+
+
+def _render_cli(*args):
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / "render.py"), *map(str, args)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_render_command_replays_the_video_into_an_mp4_with_audio(synthetic, tiny_run, tmp_path):
+    from data_prep.video_io import probe
+
+    out = tmp_path / "recon.mp4"
+    proc = _render_cli("--ckpt", tiny_run, "--data", synthetic["dataset"], "--pose_from", "tracked",
+                       "--max_seconds", 0.4, "--chunk", 4, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    info = probe(out)
+    assert round(info.duration * info.fps) == 10 and info.has_audio and (info.width, info.height) == (640, 360)
+    assert not (tmp_path / "recon.mp4.parts").exists()
+
+
+def test_render_bad_inputs_exit_with_one_line(synthetic, tiny_run, tmp_path):
+    base = ["--ckpt", tiny_run, "--data", synthetic["dataset"]]
+    cases = [
+        [*base, "--pose_from", "tracked", "--persons", "7", "--out", tmp_path / "a.mp4"],
+        [*base, "--audio", synthetic["video"], "--out", tmp_path / "b.mp4"],  # no posegen, no pose_from
+        [*base, "--pose_from", "tracked", "--out", tmp_path / "c.avi"],
+        [*base, "--pose_from", "tracked", "--out", "/proc/nope/d.mp4"],
+    ]
+    for args in cases:
+        proc = _render_cli(*args)
+        assert proc.returncode == 1, (args, proc.stderr)
+        assert proc.stderr.startswith("error: ") and len(proc.stderr.strip().splitlines()) == 1, proc.stderr
+    assert not list(tmp_path.glob("*.mp4"))
+
+
+def test_driven_person_renders_frames_it_never_recorded(synthetic, tiny_run):
+    from nerf.evaluate import load_model
+    from nerf.render import render_frame
+    from render.drive import driven_person
+
+    model, persons, _ = load_model(tiny_run, [str(synthetic["dataset"])])
+    p = persons[0]
+    T = len(p.euler) + 3  # longer than the recording
+    d = from_track(p, np.arange(T) % len(p.euler))
+    q = driven_person(p, d, torch.zeros(T, p.audio.shape[1]))
+    assert len(q.images) == 0
+    rgb = render_frame(model, q, T - 1)["rgb"]
+    assert rgb.shape == (32, 32, 3) and torch.isfinite(rgb).all()
