@@ -1,10 +1,11 @@
 """Render a conversation: drives for every person -> NeRF tiles -> a layout -> mp4 with the audio.
 
-``plan`` decides what is rendered (T frames, the audio, each person's ``Drive``, K samples);
-``render_frames`` yields the composed frames; ``render_video`` renders them in chunks into
-``<out>.parts/`` (one lossless .npz per chunk, so an interrupted run resumes where it stopped
-and memory stays bounded however long the audio) and finally writes the mp4 with the audio
-muxed in, atomically (a temporary file, then a rename), and removes the parts.
+A ``Plan`` says what is rendered (T frames, the audio, each person's ``Drive``, K samples);
+``render_tiles`` yields every person's rendered crop per frame; ``render_video`` renders them
+in chunks into ``<out>.parts/`` (one lossless .npz of tiles per chunk, so an interrupted run
+resumes where it stopped and memory stays bounded however long the audio), then composes
+them into one or more layouts and writes each mp4 with the audio muxed in, atomically (a
+temporary file, then a rename), and removes the parts.
 """
 
 from __future__ import annotations
@@ -112,18 +113,31 @@ def replay_drive(src_pose: np.ndarray, src_expr: np.ndarray, src_valid: np.ndarr
     return Drive(euler=pose[:, :3], t=pose[:, 3:], expr=src_expr[frames], speaking=speaking)
 
 
-def render_frames(model: AvatarModel, plan: Plan, layout, start: int = 0, stop: int | None = None
-                  ) -> Iterator[np.ndarray]:
-    """The composed frames start..stop - 1, [H, W * K, 3] uint8 each."""
+def render_tiles(model: AvatarModel, plan: Plan, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+    """Every person's rendered crop for frames start..stop - 1: [K, P, S, S, 3] uint8 per frame."""
     stop = plan.n_frames if stop is None else stop
     driven = [[driven_person(p, d, plan.codes) for p, d in zip(plan.persons, drives)] for drives in plan.drives]
     for f in range(start, stop):
-        frames = []
-        for sample in driven:
-            tiles = [(render_frame(model, q, f)["rgb"].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
-                     for q in sample]
-            frames.append(layout.compose(tiles, [bool(q.speaking[f]) for q in sample]))
-        yield side_by_side(frames)
+        yield np.stack([np.stack([(render_frame(model, q, f)["rgb"].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+                                  for q in sample]) for sample in driven])
+
+
+def compose(layout, tiles: np.ndarray, active: np.ndarray) -> np.ndarray:
+    """One output frame from one frame's tiles [K, P, S, S, 3] and who speaks [K, P]: the K layouts side by side."""
+    return side_by_side([layout.compose(list(t), list(a)) for t, a in zip(tiles, active)])
+
+
+def speaking_of(plan: Plan) -> np.ndarray:
+    """[T, K, P] bool: who speaks in each sample."""
+    return np.stack([np.stack([d.speaking for d in drives], 1) for drives in plan.drives], 1).astype(bool)
+
+
+def render_frames(model: AvatarModel, plan: Plan, layout, start: int = 0, stop: int | None = None
+                  ) -> Iterator[np.ndarray]:
+    """The composed frames start..stop - 1, [H, W * K, 3] uint8 each."""
+    active = speaking_of(plan)
+    for f, tiles in enumerate(render_tiles(model, plan, start, stop), start):
+        yield compose(layout, tiles, active[f])
 
 
 def plan_key(plan: Plan, extra: dict) -> str:
@@ -138,10 +152,11 @@ def plan_key(plan: Plan, extra: dict) -> str:
     return h.hexdigest()[:16]
 
 
-def render_chunks(model: AvatarModel, plan: Plan, layout, parts: Path, chunk: int, key: str,
+def render_chunks(model: AvatarModel, plan: Plan, parts: Path, chunk: int, key: str,
                   progress: bool = True) -> tuple[list[Path], int, int]:
-    """Render the frames in chunks of ``chunk`` into ``parts`` (chunk_<start>.npz, lossless), keeping the
-    chunks an interrupted run of the same plan (``key``) left there.
+    """Render the tiles of every frame in chunks of ``chunk`` frames into ``parts`` (chunk_<start>.npz,
+    lossless; layout-free, so one render serves every layout), keeping the chunks an interrupted run
+    of the same plan (``key``) left there.
 
     Returns:
         (chunk paths in frame order, chunks rendered now, frames rendered now).
@@ -159,13 +174,13 @@ def render_chunks(model: AvatarModel, plan: Plan, layout, parts: Path, chunk: in
         b = min(T, a + chunk)
         paths.append(path)
         if not path.is_file():
-            frames = []
-            for fr in render_frames(model, plan, layout, a, b):
-                frames.append(fr)
+            tiles = []
+            for t in render_tiles(model, plan, a, b):
+                tiles.append(t)
                 bar.update(1)
             with atomic_path(path) as tmp:
                 with open(tmp, "wb") as fh:
-                    np.savez_compressed(fh, frames=np.stack(frames))
+                    np.savez_compressed(fh, tiles=np.stack(tiles))
             rendered += 1
             new_frames += b - a
         else:
@@ -174,27 +189,30 @@ def render_chunks(model: AvatarModel, plan: Plan, layout, parts: Path, chunk: in
     return paths, rendered, new_frames
 
 
-def render_video(model: AvatarModel, plan: Plan, layout, out: str | Path, chunk: int = 50, key_extra: dict | None = None,
-                 progress: bool = True) -> dict:
-    """Render every frame in chunks (``render_chunks``, resumable) and write ``out`` (mp4, audio muxed)
-    atomically; the parts are removed once the video is complete.
+def render_video(model: AvatarModel, plan: Plan, outputs: list[tuple[object, str | Path]], chunk: int = 50,
+                 key_extra: dict | None = None, progress: bool = True) -> dict:
+    """Render every frame's tiles once, in chunks (``render_chunks``, resumable), then write one mp4 per
+    (layout, path) in ``outputs`` with the audio muxed, each atomically; the parts are removed at the end.
 
     Returns:
         {"frames", "chunks_rendered", "chunks_reused", "seconds_per_frame"} (seconds per newly rendered frame).
     """
     import time
 
-    out = Path(out)
-    parts = out.with_name(out.name + ".parts")
+    first = Path(outputs[0][1])
+    parts = first.with_name(first.name + ".parts")
     t0 = time.time()
-    paths, rendered, new_frames = render_chunks(model, plan, layout, parts, chunk, plan_key(plan, key_extra or {}),
-                                                progress)
+    paths, rendered, new_frames = render_chunks(model, plan, parts, chunk, plan_key(plan, key_extra or {}), progress)
     render_s = time.time() - t0
-    with FrameWriter(out, plan.fps, audio=plan.audio, crf=18) as w:
-        for path in paths:
-            with np.load(path) as z:
-                for fr in z["frames"]:
-                    w.write(fr)
+    active = speaking_of(plan)
+    for layout, out in outputs:
+        with FrameWriter(Path(out), plan.fps, audio=plan.audio, crf=18) as w:
+            f = 0
+            for path in paths:
+                with np.load(path) as z:
+                    for tiles in z["tiles"]:
+                        w.write(compose(layout, tiles, active[f]))
+                        f += 1
     shutil.rmtree(parts)
     return {"frames": plan.n_frames, "chunks_rendered": rendered, "chunks_reused": len(paths) - rendered,
             "seconds_per_frame": render_s / new_frames if new_frames else 0.0}

@@ -7,8 +7,10 @@ it into a dataset and checks it against the planted truth, trains ONE avatar
 NeRF for both persons (configs/cpu_tiny.txt on CPU, configs/gpu_full.txt when
 CUDA is present; its first stage pre-trains the Wav2Lip audio encoder on the
 clip itself) and evaluates it on the held-out frames (table with lip-sync
-measures and a rendered-vs-real grid). Pose generation and rendering extend it
-as they land.
+measures and a rendered-vs-real grid), trains posegen and prints its metric
+table against the baselines, and renders a new conversation from a new synthetic
+speech track into demo/conversation.mp4 (the original layout) and
+demo/conference.mp4 (a conference grid).
 """
 
 import subprocess
@@ -34,6 +36,9 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=8.0, help="length of the synthetic conversation")
     p.add_argument("--crop_size", type=int, default=256, help="person crop side for the demo dataset")
     p.add_argument("--skip_nerf", action="store_true", help="stop after prepare")
+    p.add_argument("--skip_render", action="store_true", help="stop after the NeRF's evaluation")
+    p.add_argument("--render_seconds", type=float, default=3.0,
+                   help="seconds of the new speech rendered (on 2 CPU cores about 1.5 s per frame at 64 px)")
     args = p.parse_args(argv)
     out = Path(args.out)
     try:
@@ -72,7 +77,27 @@ def main(argv=None) -> int:
     for cmd in steps:
         if subprocess.run(cmd).returncode != 0:
             return 1
-    print(f"\nTensorBoard: tensorboard --logdir {run / 'tb'}")
+    if args.skip_render:
+        print(f"\nTensorBoard: tensorboard --logdir {run / 'tb'}")
+        return 0
+    # Head motion, then a new conversation from new speech (another synthetic voice track, other turns).
+    pg = out / "posegen"
+    print("\ntraining posegen (listener and speaker head motion) ...")
+    new = make_conversation(out / "new_speech", seconds=max(6.0, args.render_seconds), seed=7)
+    steps = [[sys.executable, str(scripts / "train_posegen.py"), "--config", str(scripts.parent / "configs" / "posegen.txt"),
+              "--data", str(ds), "--out", str(pg), "--window_s", "2.0", "--epochs", "60", "--val_fraction", "0.25"],
+             [sys.executable, str(scripts / "evaluate_posegen.py"), "--ckpt", str(pg / "checkpoint.pt"), "--data", str(ds),
+              "--samples", "5"]]
+    steps.append([sys.executable, str(scripts / "render.py"), "--ckpt", str(run / "checkpoint.pt"), "--posegen",
+                  str(pg / "checkpoint.pt"), "--data", str(ds), "--audio", str(new["video"]), "--out",
+                  str(out / "conversation.mp4"), "--conference_out", str(out / "conference.mp4"),
+                  "--max_seconds", str(args.render_seconds)])
+    for cmd in steps:
+        if subprocess.run(cmd).returncode != 0:
+            return 1
+    print(f"\nvideos: {out / 'conversation.mp4'} (the original layout), {out / 'conference.mp4'} (conference grid), "
+          f"from the new speech in {new['video']}")
+    print(f"TensorBoard: tensorboard --logdir {out}")
     return 0
 
 

@@ -70,6 +70,8 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--tile", type=int, default=0, help="conference tile side in px (default: the NeRF's image size)")
     p.add_argument("--no_highlight", action="store_true", help="do not frame the active speaker (conference)")
     p.add_argument("--scale", type=float, default=1.0, help="original layout: output size relative to the source video")
+    p.add_argument("--conference_out", default=None, help="also write the conference grid to this mp4, from the "
+                   "same rendered frames (no second render)")
     p.add_argument("--chunk", type=int, default=50, help="frames rendered per resumable chunk")
     p.add_argument("--max_seconds", type=float, default=0.0, help="render at most this much (0: all)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
@@ -146,7 +148,7 @@ def make_plan(args, model, all_persons, encoder) -> Plan:
     codes = audio_codes(encoder, audio, T, fps) if args.audio else persons[0].audio[:T]
     if args.pose_from == "tracked":
         if not args.audio:
-            drives = [from_track(p, np.arange(T)) for p in persons]
+            drives = [from_track(p, np.arange(T) % len(p.euler)) for p in persons]
         else:
             speaking = _speaking(args, persons, audio, T, fps)
             drives = []
@@ -197,12 +199,13 @@ def main(argv=None) -> int:
         torch.set_num_threads(args.threads)
     out = Path(args.out)
     try:
-        if out.suffix.lower() != ".mp4":
-            raise RenderError(f"--out must end in .mp4, got {out.name}")
-        out.parent.mkdir(parents=True, exist_ok=True)
-        probe = out.parent / f".{out.name}.writable"
-        probe.touch()
-        probe.unlink()
+        for path in [out] + ([Path(args.conference_out)] if args.conference_out else []):
+            if path.suffix.lower() != ".mp4":
+                raise RenderError(f"the output must end in .mp4, got {path.name}")
+            path.parent.mkdir(parents=True, exist_ok=True)
+            probe = path.parent / f".{path.name}.writable"
+            probe.touch()
+            probe.unlink()
     except OSError as e:
         print(f"error: cannot write {out} ({e.strerror})", file=sys.stderr)
         return 1
@@ -219,20 +222,18 @@ def main(argv=None) -> int:
         model, all_persons, cfg = load_model(args.ckpt, args.data)
         encoder = checkpoint_audio_encoder(ckpt, Path(args.ckpt))
         plan = make_plan(args, model, all_persons, encoder)
-        if args.layout == "original":
-            layout = original_layout(args.data[0], plan.persons, args.scale)
-        else:
-            layout = conference_layout(plan.persons, args.tile or cfg.image_size, not args.no_highlight)
-        facts = render_video(model, plan, layout, out, chunk=args.chunk,
-                             key_extra={"ckpt": str(Path(args.ckpt).resolve()), "layout": args.layout,
-                                        "tile": args.tile, "scale": args.scale, "highlight": not args.no_highlight})
+        conference = conference_layout(plan.persons, args.tile or cfg.image_size, not args.no_highlight)
+        layout = original_layout(args.data[0], plan.persons, args.scale) if args.layout == "original" else conference
+        outputs = [(layout, out)] + ([(conference, Path(args.conference_out))] if args.conference_out else [])
+        facts = render_video(model, plan, outputs, chunk=args.chunk, key_extra={"ckpt": str(Path(args.ckpt).resolve())})
     except (RenderError, TrainError, PrepareError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume from the finished chunks", file=sys.stderr)
         return 130
-    print(f"{out}: {facts['frames']} frames, {facts['seconds_per_frame']:.3f} s per frame "
+    written = f"{out} and {args.conference_out}" if args.conference_out else str(out)
+    print(f"{written}: {facts['frames']} frames, {facts['seconds_per_frame']:.3f} s per frame "
           f"({facts['chunks_reused']} chunks reused)")
     return 0
 

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import torch
 
-from render.conversation import Plan, render_chunks, render_frames
+from render.conversation import Plan, compose, render_chunks, render_frames, speaking_of
 from render.drive import Drive, from_track, pose_stats, retarget
 from render.layout import ConferenceLayout, OriginalLayout
 
@@ -79,18 +79,20 @@ def test_chunked_rendering_equals_unchunked_and_resumes(synthetic, tiny_run, tmp
     plan = Plan(25.0, np.zeros(int(T / 25 * 16000), np.float32), persons, [drives], persons[0].audio[:T])
     lay = ConferenceLayout(len(persons), tile=32)
     whole = np.stack(list(render_frames(model, plan, lay)))
-    paths, rendered, frames = render_chunks(model, plan, lay, tmp_path / "parts", 2, key="k", progress=False)
+    paths, rendered, frames = render_chunks(model, plan, tmp_path / "parts", 2, key="k", progress=False)
     assert (rendered, frames) == (3, 5)
-    chunked = np.concatenate([np.load(p)["frames"] for p in paths])
-    np.testing.assert_array_equal(chunked, whole)
+    active = speaking_of(plan)
+    as_frames = lambda ps: np.stack([compose(lay, t, active[i]) for i, t in  # noqa: E731
+                                     enumerate(np.concatenate([np.load(p)["tiles"] for p in ps]))])
+    np.testing.assert_array_equal(as_frames(paths), whole)
     paths[1].unlink()  # as if interrupted while writing the second chunk
-    again, rendered, frames = render_chunks(model, plan, lay, tmp_path / "parts", 2, key="k", progress=False)
+    again, rendered, frames = render_chunks(model, plan, tmp_path / "parts", 2, key="k", progress=False)
     assert (rendered, frames) == (1, 2)
-    np.testing.assert_array_equal(np.concatenate([np.load(p)["frames"] for p in again]), whole)
+    np.testing.assert_array_equal(as_frames(again), whole)
     # a different plan never reuses these chunks
     plan2 = Plan(25.0, plan.audio, persons, [[Drive(d.euler + 0.01, d.t, d.expr, d.speaking) for d in drives]],
                  plan.codes)
-    _, rendered, _ = render_chunks(model, plan2, lay, tmp_path / "parts", 2, key="other", progress=False)
+    _, rendered, _ = render_chunks(model, plan2, tmp_path / "parts", 2, key="other", progress=False)
     assert rendered == 3
 
 
@@ -104,10 +106,12 @@ def test_render_command_replays_the_video_into_an_mp4_with_audio(synthetic, tiny
 
     out = tmp_path / "recon.mp4"
     proc = _render_cli("--ckpt", tiny_run, "--data", synthetic["dataset"], "--pose_from", "tracked",
-                       "--max_seconds", 0.4, "--chunk", 4, "--out", out)
+                       "--max_seconds", 0.4, "--chunk", 4, "--out", out, "--conference_out", tmp_path / "grid.mp4")
     assert proc.returncode == 0, proc.stderr
     info = probe(out)
     assert round(info.duration * info.fps) == 10 and info.has_audio and (info.width, info.height) == (640, 360)
+    grid = probe(tmp_path / "grid.mp4")  # the same frames in a 2-column grid of 32 px tiles, 4 px gaps
+    assert (grid.width, grid.height) == (76, 40) and round(grid.duration * grid.fps) == 10
     assert not (tmp_path / "recon.mp4.parts").exists()
 
 
@@ -150,3 +154,40 @@ def test_driven_person_renders_frames_it_never_recorded(synthetic, tiny_run):
     assert len(q.images) == 0
     rgb = render_frame(model, q, T - 1)["rgb"]
     assert rgb.shape == (32, 32, 3) and torch.isfinite(rgb).all()
+
+
+def test_a_posegen_checkpoint_of_other_data_is_refused(synthetic, tiny_run):
+    from nerf.evaluate import load_model
+    from render.conversation import RenderError, check_posegen_matches
+
+    _, persons, _ = load_model(tiny_run, [str(synthetic["dataset"])])
+    name = synthetic["dataset"].name
+    good = {"datasets": [{"name": name, "sha256": ""}], "persons": [p.name for p in persons]}
+    check_posegen_matches(good, persons, [str(synthetic["dataset"])])
+    for bad in ({**good, "datasets": [{"name": "other", "sha256": ""}]},
+                {**good, "datasets": [{"name": name, "sha256": "f" * 64}]},
+                {**good, "persons": [persons[0].name]}):
+        with pytest.raises(RenderError):
+            check_posegen_matches(bad, persons, [str(synthetic["dataset"])])
+
+
+def test_render_from_new_audio_with_posegen_roles_and_two_reactions(synthetic, tiny_run, tmp_path):
+    import json
+
+    from data_prep.video_io import probe
+
+    pg = tmp_path / "pg"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_posegen.py"), "--data", str(synthetic["dataset"]),
+                           "--out", str(pg), "--epochs", "2", "--channels", "16", "--window_s", "2.0"],
+                          capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    roles = tmp_path / "roles.json"
+    roles.write_text(json.dumps([{"person": 0, "start": 0.0, "end": 0.2}, {"person": 1, "start": 0.2, "end": 0.4}]))
+    out = tmp_path / "conf.mp4"
+    proc = _render_cli("--ckpt", tiny_run, "--data", synthetic["dataset"], "--posegen", pg / "checkpoint.pt",
+                       "--audio", synthetic["video"], "--roles", roles, "--layout", "conference", "--samples", 2,
+                       "--max_seconds", 0.4, "--out", out)
+    assert proc.returncode == 0, proc.stderr
+    info = probe(out)
+    # two persons in a 2-column grid of 32 px tiles with 4 px gaps (76 x 40), two reactions side by side
+    assert (info.width, info.height) == (152, 40) and info.has_audio and round(info.duration * info.fps) == 10
