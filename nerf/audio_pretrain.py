@@ -35,6 +35,7 @@ from tqdm import tqdm
 from data_prep import dataset
 from data_prep.atomic_io import atomic_path
 from data_prep.audio_features import mel_windows
+from data_prep.tb import tensorboard_writer
 from nerf.audio import Wav2LipAudioEncoder
 from nerf.errors import TrainError
 from nerf.fields import mlp
@@ -246,7 +247,7 @@ def pretrain_audio(cfg: AudioPretrainConfig, out: str | Path, log=print, progres
     net = AudioPretrainNet().to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     shifts = _shifts(cfg)
-    writer = _tensorboard(logdir)
+    writer = tensorboard_writer(logdir)
     t0 = time.perf_counter()
     val: dict[str, float] = {}
     bar = tqdm(range(cfg.iters), desc="audio", unit="it", disable=not progress)
@@ -298,12 +299,3 @@ def _device(name: str) -> torch.device:
         raise TrainError(f"device {name} was asked for but this torch sees no CUDA GPU; use cpu or auto")
     return device
 
-
-def _tensorboard(logdir: str | Path | None):
-    if logdir is None:
-        return None
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(logdir))

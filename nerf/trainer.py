@@ -23,6 +23,7 @@ import torch.nn.functional as F
 from tqdm import tqdm
 
 from data_prep.atomic_io import atomic_path, save_image
+from data_prep.tb import tensorboard_writer
 from nerf.audio import Wav2LipAudioEncoder, encoder_from_state, load_audio_encoder
 from nerf.audio_pretrain import AudioPretrainConfig, pretrain_audio
 from nerf.data import PersonFrames, load_datasets, sample_rays
@@ -212,7 +213,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
         start = ckpt["iteration"]
         log(f"resumed from {ckpt_path} at iteration {start}")
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    writer = _tensorboard(out)
+    writer = tensorboard_writer(out / "tb")
     base_lrs = [g["lr"] for g in opt.param_groups]
     t0 = time.perf_counter()
     bar = tqdm(range(start, cfg.iters), desc="train", unit="it", disable=not progress, initial=start, total=cfg.iters)
@@ -276,10 +277,3 @@ def _save_val_pictures(model: AvatarModel, persons: list[PersonFrames], out: Pat
         writer.add_image("val/rendered_real_headacc_torsoacc", grid, it, dataformats="HWC")
     model.train()
 
-
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(out / "tb"))

@@ -30,6 +30,7 @@ from tqdm import tqdm
 
 from data_prep.atomic_io import atomic_path
 from data_prep.errors import PrepareError
+from data_prep.tb import tensorboard_writer
 from posegen import data as pdata
 from posegen.model import PoseGenConfig, PoseGenerator, fit_noise_pole, generate
 
@@ -237,7 +238,7 @@ def train(cfg: PoseTrainConfig, convs: list[pdata.Conversation] | None = None) -
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: cfg.lr_decay ** (s / max(1, steps)))
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    writer = _tensorboard(out)
+    writer = tensorboard_writer(out / "tb")
     history = []
     bar = tqdm(range(steps), desc="posegen", unit="step", dynamic_ncols=True)
     for step in bar:
@@ -312,10 +313,3 @@ def _log_curves(writer, model: PoseGenerator, stats: pdata.Stats, convs: list[pd
     writer.add_image("pitch/real_vs_generated", img, step, dataformats="HWC")
     model.train()
 
-
-def _tensorboard(out: Path):
-    try:
-        from torch.utils.tensorboard import SummaryWriter
-    except ImportError:
-        return None
-    return SummaryWriter(str(out / "tb"))

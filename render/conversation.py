@@ -24,7 +24,6 @@ from tqdm import tqdm
 from data_prep import dataset
 from data_prep.atomic_io import atomic_path, save_json
 from data_prep.audio_features import frame_zcr_rms, mel_windows, wav2lip_mel
-from data_prep.errors import PrepareError
 from data_prep.video_io import AUDIO_SR, FrameWriter, fit_audio, read_audio
 from nerf.audio import frame_codes
 from nerf.data import PersonFrames
@@ -253,6 +252,3 @@ def check_posegen_matches(posegen_ckpt: dict, persons: list[PersonFrames], data:
     if missing:
         raise RenderError(f"the posegen checkpoint has no {', '.join(missing)}")
 
-
-def prepare_error(e: Exception) -> RenderError:
-    return RenderError(str(e)) if isinstance(e, PrepareError) else RenderError(f"{type(e).__name__}: {e}")

@@ -22,8 +22,7 @@ import torch
 
 from data_prep.head_pose import rotation_from_euler_pyr
 from nerf.data import PersonFrames
-
-POSE_STD_FLOOR = np.array([np.deg2rad(0.5)] * 3 + [1e-3] * 3, np.float32)
+from posegen.data import POSE_STD_FLOOR
 
 
 @dataclasses.dataclass
