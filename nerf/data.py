@@ -50,6 +50,18 @@ class PersonFrames:
     size: int
     bounds: PersonBounds
 
+    # What rays and frames gather from: these live on the training device; the boxes and the
+    # split indices stay on the CPU, where the ray sampler draws its random choices.
+    DEVICE_FIELDS = ("images", "labels", "background", "R", "t", "euler", "expr", "audio", "speaking")
+
+    @property
+    def device(self) -> torch.device:
+        return self.images.device
+
+    def to(self, device: torch.device | str) -> PersonFrames:
+        """This person with its frames, poses and features on ``device`` (a new object; self unchanged)."""
+        return dataclasses.replace(self, **{k: getattr(self, k).to(device) for k in self.DEVICE_FIELDS})
+
 
 def _resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
     if img.shape[0] == size:
@@ -165,13 +177,17 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
         r = torch.rand(n, 2, generator=gen)
         u = torch.where(head, hb[:, 0] + r[:, 0] * (hb[:, 2] + 1 - hb[:, 0]), u).floor().clamp(0, s - 1)
         v = torch.where(head, hb[:, 1] + r[:, 1] * (hb[:, 3] + 1 - hb[:, 1]), v).floor().clamp(0, s - 1)
+        # The random choices above are drawn on the CPU (one generator, reproducible on any device);
+        # the gathers below run where the frames live.
+        dev = p.device
+        frame, u, v = frame.to(dev), u.to(dev), v.to(dev)
         ui, vi = u.long(), v.long()
         batch = {
-            "row": torch.full((n,), p.row), "frame": frame, "u": u, "v": v,
+            "row": torch.full((n,), p.row, device=dev), "frame": frame, "u": u, "v": v,
             "rgb": p.images[frame, vi, ui].float() / 255.0, "label": p.labels[frame, vi, ui].long(),
             "background": p.background[vi, ui], "R": p.R[frame], "t": p.t[frame], "euler": p.euler[frame],
             "expr": p.expr[frame], "audio": code_windows(p.audio, frame, audio_window), "speaking": p.speaking[frame],
-            "focal": torch.full((n,), p.focal),
+            "focal": torch.full((n,), p.focal, device=dev),
         }
         for k, val in batch.items():
             out.setdefault(k, []).append(val)

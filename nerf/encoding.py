@@ -161,7 +161,8 @@ def hash_grid_corners(x: Tensor, cfg: HashGridConfig) -> tuple[Tensor, Tensor]:
 
     strides = torch.stack([torch.ones_like(res), res, res * res])[:, :n_dense]  # [3, L_dense]
     bits = torch.tensor([[(c >> d) & 1 for d in range(3)] for c in range(8)], device=dev)  # [8, 3]
-    dense = (vertex[..., :n_dense] * strides[:, None]).sum(0) + (bits @ strides)[:, None]  # [8, N, L_dense]
+    offsets = (bits[:, :, None] * strides[None]).sum(1)  # [8, L_dense] (no integer matmul on CUDA)
+    dense = (vertex[..., :n_dense] * strides[:, None]).sum(0) + offsets[:, None]  # [8, N, L_dense]
 
     lower_h = vertex[..., n_dense:]
     primes = torch.tensor(HASH_PRIMES, device=dev)[:, None, None, None]
@@ -169,13 +170,21 @@ def hash_grid_corners(x: Tensor, cfg: HashGridConfig) -> tuple[Tensor, Tensor]:
     return torch.cat([dense, spatial], dim=-1) % sizes, weights
 
 
-def hash_grid_encode(x: Tensor, tables: Tensor, cfg: HashGridConfig) -> Tensor:
+BACKENDS = ("auto", "torch", "cuda", "tcnn")
+
+
+def hash_grid_encode(x: Tensor, tables: Tensor, cfg: HashGridConfig, backend: str = "torch",
+                     half: bool = False) -> Tensor:
     """Encodes points with the multiresolution hash grid (the module docstring gives the math).
 
     Args:
         x: [..., 3] points in [0, 1]^3 (others are clamped onto the cube).
         tables: [L, T, F] per-level feature tables.
         cfg: the grid; must match tables' shape.
+        backend: torch (this reference; any device and dtype), cuda (the fused kernel of
+            nerf/hashgrid_cuda.py; CUDA float32), tcnn (tiny-cuda-nn, if installed), or auto (the
+            fused kernel for CUDA tensors when it builds, else the reference, warning once).
+        half: the fused kernel gathers from a float16 copy of the tables (float32 sums and gradients).
 
     Returns:
         [..., L * F] features, level-major; differentiable with respect to tables and x.
@@ -185,7 +194,29 @@ def hash_grid_encode(x: Tensor, tables: Tensor, cfg: HashGridConfig) -> Tensor:
         raise ValueError(f"hash_grid_encode wants float points of shape [..., 3], got {tuple(x.shape)} {x.dtype}")
     if tuple(tables.shape) != (levels, size, feats):
         raise ValueError(f"tables have shape {tuple(tables.shape)} but the config asks for {(levels, size, feats)}")
+    if backend not in BACKENDS:
+        raise ValueError(f"hash grid backend must be one of {BACKENDS}, not {backend!r}")
     lead = x.shape[:-1]
+    if backend == "auto":
+        backend = "torch"
+        if x.is_cuda and x.dtype == torch.float32 and tables.dtype == torch.float32:
+            from nerf import hashgrid_cuda
+
+            ok, why = hashgrid_cuda.available()
+            if ok:
+                backend = "cuda"
+            else:
+                hashgrid_cuda.warn_fallback(why)
+    if backend == "cuda":
+        from nerf import hashgrid_cuda
+
+        if not x.is_cuda:
+            raise ValueError("the cuda hash-grid backend needs CUDA tensors; use backend torch or auto")
+        return hashgrid_cuda.fused_encode(x.reshape(-1, 3), tables, cfg, half).reshape(*lead, levels * feats)
+    if backend == "tcnn":
+        from nerf import hashgrid_cuda
+
+        return hashgrid_cuda.tcnn_encode(x.reshape(-1, 3), tables, cfg).reshape(*lead, levels * feats)
     rows, weights = hash_grid_corners(x.reshape(-1, 3), cfg)
     flat_rows = rows + torch.arange(levels, device=x.device) * size  # level l starts at row l * T
     # index_select: its backward (index_add) is the fastest scatter on CPU
@@ -201,10 +232,14 @@ class HashEncoding(nn.Module):
 
     Args:
         cfg: the grid; the defaults are instant-ngp's (16 levels x 2 features, 2**19 rows, 16 to 2048).
+        backend, half: as in ``hash_grid_encode`` (the parameters are the same whichever computes).
     """
 
-    def __init__(self, cfg: HashGridConfig | None = None):
+    def __init__(self, cfg: HashGridConfig | None = None, backend: str = "auto", half: bool = False):
         super().__init__()
+        if backend not in BACKENDS:
+            raise ValueError(f"hash grid backend must be one of {BACKENDS}, not {backend!r}")
+        self.backend, self.half = backend, half
         self.cfg = cfg or HashGridConfig()
         shape = (self.cfg.n_levels, self.cfg.table_size, self.cfg.n_features_per_level)
         # instant-ngp's init: small enough that the first MLP sees near-zero features everywhere.
@@ -224,4 +259,4 @@ class HashEncoding(nn.Module):
         Returns:
             [..., L * F] features.
         """
-        return hash_grid_encode(x, self.tables, self.cfg)
+        return hash_grid_encode(x, self.tables, self.cfg, self.backend, self.half)

@@ -19,58 +19,88 @@ import numpy as np
 import torch
 
 from data_prep import dataset
-from data_prep.atomic_io import save_image, save_json
+from data_prep.atomic_io import save_image, save_json, save_npz
 from data_prep.speaking import mouth_opening
 from nerf import metrics
 from nerf.data import load_datasets
+from nerf.device import prepare_device, resolve_device
 from nerf.render import render_frame
 from nerf.trainer import TrainConfig, TrainError, build, check_compatible, checkpoint_audio_encoder, load_checkpoint
 
 
-def load_model(ckpt_path: str | Path, data: list[str]):
-    """Model and persons of a checkpoint, evaluated on the given datasets."""
+def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu"):
+    """Model (on ``device``: auto, cpu, cuda) and persons (on the CPU) of a checkpoint, on the given datasets."""
     ckpt = load_checkpoint(Path(ckpt_path))
     saved = json.loads(ckpt["config"])
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})
     cfg.data = list(data)
     persons = load_datasets(cfg.data, cfg.image_size, checkpoint_audio_encoder(ckpt, Path(ckpt_path)))
-    model, _ = build(cfg, persons)
+    dev = resolve_device(device)
+    prepare_device(dev)
+    model, _ = build(cfg, persons, dev)
     check_compatible(ckpt, cfg, persons)
     model.load_state_dict(ckpt["model"])
     model.eval()
     return model, persons, cfg
 
 
-def evaluate(ckpt_path: str | Path, data: list[str], out_dir: str | Path, max_frames: int = 0) -> dict:
+def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path, max_frames: int = 0,
+             device: str = "cpu", save_rendered: bool = False, rendered_dir: str | Path | None = None) -> dict:
     """Evaluate every person's validation frames; writes metrics.json and grid.png into out_dir.
 
     Args:
+        ckpt_path: the checkpoint to render with (None with ``rendered_dir``).
         max_frames: at most this many validation frames per person, evenly spread (0: all).
+        device: where the frames are rendered; the metrics run on the CPU.
+        save_rendered: also write the rendered frames, rendered_<row>.npz (frames [N, S, S, 3] uint8 and
+            their indices), so that another machine can score them (``rendered_dir``).
+        rendered_dir: score the frames saved there instead of rendering (e.g. rendered on a GPU machine
+            that lacks mediapipe); the datasets give the real frames.
 
     Returns:
         {"rows": per (person, role) metric dicts, "table": the printed table}.
     """
-    model, persons, _ = load_model(ckpt_path, data)
+    if rendered_dir is not None:
+        from nerf.audio import Wav2LipAudioEncoder
+
+        # The real frames and the speaking flags are all scoring needs; the audio codes are not used.
+        persons = load_datasets(list(data), _saved_size(Path(rendered_dir)), Wav2LipAudioEncoder().eval())
+        model = None
+    else:
+        model, persons, _ = load_model(ckpt_path, data, device)
     if not any(len(p.val) for p in persons):
         raise TrainError("the datasets have no valid validation frames")
     # The audio envelope of each person's dataset, in load_datasets' order (dataset, then person).
     envelopes = [dataset.load_npz(Path(r) / "audio_features.npz")["rms"]
                  for r in data for _ in dataset.read_meta(r)["persons"]]
-    rows, grid_rows = [], []
+    out = Path(out_dir)
+    rows, grid_rows, notes = [], [], []
+    try:
+        import mediapipe  # noqa: F401
+        landmarks = metrics.face_mesh_landmarks
+    except ImportError:
+        notes.append("mediapipe is absent here: mouth LMD, mouth opening and A/V offset are NaN "
+                     "(score the saved frames on a machine with it: --rendered)")
+        landmarks = lambda frames: np.full((len(frames), 478, 3), np.nan)  # noqa: E731
     for p, envelope in zip(persons, envelopes):
         frames = p.val
         if max_frames and len(frames) > max_frames:
             frames = frames[torch.linspace(0, len(frames) - 1, max_frames).round().long()]
-        rendered, real = [], []
-        for f in frames.tolist():
-            r = render_frame(model, p, f)["rgb"].clamp(0, 1).numpy()
-            rendered.append(r)
-            real.append(p.images[f].numpy().astype(np.float32) / 255)
-        rendered, real = np.stack(rendered), np.stack(real)
+        if model is None:
+            saved = np.load(Path(rendered_dir) / f"rendered_{p.row}.npz")
+            frames = torch.from_numpy(saved["frames"]).long()
+            rendered = saved["rgb"].astype(np.float32) / 255
+        else:
+            rendered = np.stack([render_frame(model, p, f)["rgb"].clamp(0, 1).cpu().numpy() for f in frames.tolist()])
+            rendered = (rendered * 255).round() / 255  # as written to a video: 8 bits
+            if save_rendered:
+                save_npz(out / f"rendered_{p.row}.npz", frames=frames.numpy(), person=np.array(p.name),
+                         rgb=(rendered * 255).round().astype(np.uint8))
+        real = np.stack([p.images[f].numpy().astype(np.float32) / 255 for f in frames.tolist()])
         speaking = p.speaking[frames].numpy()
         as_u8 = lambda a: (a * 255).round().astype(np.uint8)  # noqa: E731
-        lm_rendered, lm_real = metrics.face_mesh_landmarks(as_u8(rendered)), metrics.face_mesh_landmarks(as_u8(real))
+        lm_rendered, lm_real = landmarks(as_u8(rendered)), landmarks(as_u8(real))
         lips = list(metrics.MOUTH_INDICES)
         open_rendered, open_real = mouth_opening(lm_rendered), mouth_opening(lm_real)
         for role, sel in (("speaking", speaking), ("listening", ~speaking)):
@@ -88,13 +118,22 @@ def evaluate(ckpt_path: str | Path, data: list[str], out_dir: str | Path, max_fr
             rows.append(row)
         pick = np.linspace(0, len(frames) - 1, min(4, len(frames))).round().astype(int)
         grid_rows.append(np.concatenate([np.concatenate([rendered[i], real[i]], 0) for i in pick], 1))
-    out = Path(out_dir)
     width = max(g.shape[1] for g in grid_rows)
     grid = np.concatenate([np.pad(g, ((0, 0), (0, width - g.shape[1]), (0, 0))) for g in grid_rows], 0)
     save_image(out / "grid.png", (grid * 255).round().astype(np.uint8))
     table = metrics.summarize([{k: v for k, v in r.items() if k != "frames"} for r in rows])
-    save_json(out / "metrics.json", {"rows": rows})
+    if notes:
+        table += "\n" + "\n".join(f"note: {n}" for n in notes)
+    save_json(out / "metrics.json", {"rows": rows, "notes": notes})
     return {"rows": rows, "table": table}
+
+
+def _saved_size(rendered_dir: Path) -> int:
+    """The crop side of frames saved by ``evaluate(save_rendered=True)``."""
+    files = sorted(rendered_dir.glob("rendered_*.npz"))
+    if not files:
+        raise TrainError(f"{rendered_dir} holds no rendered_<row>.npz (written by evaluate.py --save_rendered)")
+    return int(np.load(files[0])["rgb"].shape[1])
 
 
 def _av_offsets(envelope: np.ndarray, frames: np.ndarray, sel: np.ndarray, open_rendered: np.ndarray,

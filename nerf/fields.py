@@ -51,6 +51,10 @@ class FieldConfig:
     """Frequencies of the view-direction encoding."""
     pose_freqs: int = 4
     """Frequencies of gamma(et) and of the deformation's gamma(x)."""
+    hash_backend: str = "auto"
+    """Who computes the hash grids: auto (the fused CUDA kernel on a GPU, else PyTorch), torch, cuda, tcnn."""
+    hash_half: bool = False
+    """The fused kernel gathers from float16 copies of the tables."""
 
 
 def freq_encode(x: torch.Tensor, n_freqs: int) -> torch.Tensor:
@@ -124,7 +128,7 @@ class HeadField(nn.Module):
 
     def __init__(self, cfg: FieldConfig):
         super().__init__()
-        self.encoding = HashEncoding(cfg.head_grid)
+        self.encoding = HashEncoding(cfg.head_grid, cfg.hash_backend, cfg.hash_half)
         self.density = mlp(self.encoding.output_dim + cfg.shape_dim + cfg.drive_dim, cfg.hidden, 1 + cfg.geo_features)
         self.color = mlp(cfg.geo_features + 3 * (1 + 2 * cfg.dir_freqs) + cfg.app_dim, cfg.hidden, 3)
         self.dir_freqs = cfg.dir_freqs
@@ -150,7 +154,7 @@ class TorsoField(nn.Module):
         self.deform = mlp(3 * (1 + 2 * cfg.pose_freqs) + pose_in + cfg.shape_dim, cfg.hidden, 3)
         nn.init.zeros_(self.deform[-1].weight)  # start as the identity warp
         nn.init.zeros_(self.deform[-1].bias)
-        self.encoding = HashEncoding(cfg.torso_grid)
+        self.encoding = HashEncoding(cfg.torso_grid, cfg.hash_backend, cfg.hash_half)
         self.density = mlp(self.encoding.output_dim + pose_in + cfg.shape_dim, cfg.hidden, 1 + cfg.geo_features)
         self.color = mlp(cfg.geo_features + 3 * (1 + 2 * cfg.dir_freqs) + cfg.app_dim, cfg.hidden, 3)
 

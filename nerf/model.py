@@ -90,7 +90,8 @@ class AvatarModel(nn.Module):
             rgb [R, 3] composited over the background; head_acc, torso_acc [R] opacities of
             each field; offset_sq [R] mean squared torso warp along the ray.
         """
-        out = {k: torch.zeros(len(batch["row"]), *s) for k, s in
+        dev = batch["row"].device
+        out = {k: torch.zeros(len(batch["row"]), *s, device=dev) for k, s in
                (("rgb", (3,)), ("head_acc", ()), ("torso_acc", ()), ("offset_sq", ()))}
         for net, mask in self._net(batch["row"]):
             part = batch if self.mode == "shared" else {k: v[mask] for k, v in batch.items()}

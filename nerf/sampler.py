@@ -17,9 +17,10 @@ def stratified(near: torch.Tensor, far: torch.Tensor, n: int, jitter: bool,
     Returns:
         t [R, n] sorted sample positions, and the bin edges [R, n + 1] (for importance sampling).
     """
-    steps = torch.linspace(0.0, 1.0, n + 1, dtype=near.dtype)
+    steps = torch.linspace(0.0, 1.0, n + 1, dtype=near.dtype, device=near.device)
     edges = near[:, None] + (far - near)[:, None] * steps
-    u = torch.rand(near.shape[0], n, generator=gen, dtype=near.dtype) if jitter else torch.full((1, n), 0.5)
+    u = torch.rand(near.shape[0], n, generator=gen, dtype=near.dtype, device=near.device) if jitter \
+        else torch.full((1, n), 0.5, dtype=near.dtype, device=near.device)
     return edges[:, :-1] + u * (edges[:, 1:] - edges[:, :-1]), edges
 
 
@@ -38,9 +39,9 @@ def importance(edges: torch.Tensor, weights: torch.Tensor, n: int, jitter: bool,
     cdf = torch.cat([torch.zeros_like(cdf[:, :1]), cdf], -1).contiguous()
     R = weights.shape[0]
     if jitter:
-        u = torch.sort(torch.rand(R, n, generator=gen, dtype=weights.dtype), -1)[0]
+        u = torch.sort(torch.rand(R, n, generator=gen, dtype=weights.dtype, device=weights.device), -1)[0]
     else:
-        u = ((torch.arange(n, dtype=weights.dtype) + 0.5) / n).expand(R, n).contiguous()
+        u = ((torch.arange(n, dtype=weights.dtype, device=weights.device) + 0.5) / n).expand(R, n).contiguous()
     idx = torch.searchsorted(cdf, u, right=True).clamp(1, weights.shape[1]) - 1
     lo_c, hi_c = torch.gather(cdf, 1, idx), torch.gather(cdf, 1, idx + 1)
     frac = ((u - lo_c) / (hi_c - lo_c).clamp_min(1e-9)).clamp(0.0, 1.0)

@@ -27,6 +27,7 @@ from data_prep.tb import tensorboard_writer
 from nerf.audio import Wav2LipAudioEncoder, encoder_from_state, load_audio_encoder
 from nerf.audio_pretrain import AudioPretrainConfig, pretrain_audio
 from nerf.data import PersonFrames, load_datasets, sample_rays
+from nerf.device import prepare_device, resolve_device
 from nerf.encoding import HashGridConfig
 from nerf.errors import TrainError
 from nerf.fields import FieldConfig
@@ -77,6 +78,18 @@ class TrainConfig:
     val_every: int = 500
     ckpt_every: int = 500
     seed: int = 0
+    device: str = "auto"
+    """auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N."""
+    hash_backend: str = "auto"
+    """auto (the fused CUDA hash grid on a GPU, else PyTorch), torch, cuda or tcnn."""
+    hash_half: bool = False
+    """The fused hash grid gathers from float16 copies of the tables (float32 master tables and gradients)."""
+    log_every: int = 10
+    time_budget_s: float = 0.0
+    """Stop after this many seconds of training (0: none); the learning-rate decay then follows
+    whichever of iterations and time runs out first. A stopped run checkpoints, validates and
+    summarizes as a finished one; --resume continues it, but not step for step."""
+    """Iterations between TensorBoard scalars (each costs a host-device sync on a GPU)."""
     resume: bool = False
 
     # Keys that shape the model: a checkpoint is only valid for a run with the same values.
@@ -87,7 +100,7 @@ class TrainConfig:
         grid = HashGridConfig(n_levels=self.n_levels, log2_hashmap_size=self.log2_hashmap_size,
                               base_resolution=self.base_resolution, finest_resolution=self.finest_resolution)
         return FieldConfig(head_grid=grid, torso_grid=grid, hidden=self.hidden, expr_dim=expr_dim,
-                           audio_window=self.audio_window)
+                           audio_window=self.audio_window, hash_backend=self.hash_backend, hash_half=self.hash_half)
 
 
 def psnr_of_mse(mse: float) -> float:
@@ -117,7 +130,8 @@ def save_checkpoint(path: Path, model, opt, it: int, cfg: TrainConfig, persons: 
                     gens: dict[str, torch.Generator], audio_encoder: Wav2LipAudioEncoder) -> None:
     state = {"model": model.state_dict(), "audio_encoder": audio_encoder.state_dict(), "optimizer": opt.state_dict(),
              "iteration": it, "config": json.dumps(dataclasses.asdict(cfg)), "persons": [p.name for p in persons],
-             "generators": {k: g.get_state() for k, g in gens.items()}}
+             "generators": {k: g.get_state() for k, g in gens.items()},
+             "generator_devices": {k: g.device.type for k, g in gens.items()}}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -153,10 +167,12 @@ def check_compatible(ckpt: dict, cfg: TrainConfig, persons: list[PersonFrames]) 
         raise TrainError(f"the checkpoint's persons {ckpt['persons']} differ from the data's {names}")
 
 
-def build(cfg: TrainConfig, persons: list[PersonFrames]) -> tuple[AvatarModel, torch.optim.Optimizer]:
+def build(cfg: TrainConfig, persons: list[PersonFrames],
+          device: torch.device | str = "cpu") -> tuple[AvatarModel, torch.optim.Optimizer]:
+    """The model (initialized from cfg.seed on the CPU, then moved: the same weights on any device) and its Adam."""
     torch.manual_seed(cfg.seed)
     model = AvatarModel(persons, cfg.field_config(persons[0].expr.shape[1]),
-                        RenderConfig(cfg.n_coarse, cfg.n_importance), mode=cfg.model)
+                        RenderConfig(cfg.n_coarse, cfg.n_importance), mode=cfg.model).to(device)
     hash_ids = {id(p) for p in model.hash_parameters()}
     others = [p for p in model.parameters() if id(p) not in hash_ids]
     opt = torch.optim.Adam([{"params": others, "lr": cfg.lr}, {"params": model.hash_parameters(), "lr": cfg.lr_hash}],
@@ -183,7 +199,8 @@ def audio_encoder_of(cfg: TrainConfig, out: Path, log=print, progress: bool = Tr
         log(f"audio encoder: {cfg.wav2lip_ckpt} (frozen)")
         return encoder
     path = out / "audio_encoder.pt"
-    pretrain_audio(AudioPretrainConfig(data=list(cfg.data), iters=cfg.audio_pretrain_iters, seed=cfg.seed), path,
+    pretrain_audio(AudioPretrainConfig(data=list(cfg.data), iters=cfg.audio_pretrain_iters, seed=cfg.seed,
+                                       device=cfg.device), path,
                    log=log, progress=progress, logdir=out / "tb" / "audio_pretrain")
     return load_audio_encoder(path)
 
@@ -200,18 +217,27 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
         audio_encoder = checkpoint_audio_encoder(ckpt, ckpt_path)
     else:
         audio_encoder = audio_encoder_of(cfg, out, log, progress)
-    persons = load_datasets(cfg.data, cfg.image_size, audio_encoder)
-    model, opt = build(cfg, persons)
-    gens = {"rays": torch.Generator().manual_seed(cfg.seed), "jitter": torch.Generator().manual_seed(cfg.seed + 1)}
+    dev = resolve_device(cfg.device)
+    prepare_device(dev)
+    persons = [p.to(dev) for p in load_datasets(cfg.data, cfg.image_size, audio_encoder)]
+    model, opt = build(cfg, persons, dev)
+    # Ray choices are drawn on the CPU; the sample jitter where the samples are made.
+    gens = {"rays": torch.Generator().manual_seed(cfg.seed),
+            "jitter": torch.Generator(device=dev).manual_seed(cfg.seed + 1)}
     start = 0
     if ckpt is not None:
         check_compatible(ckpt, cfg, persons)
+        saved_on = ckpt.get("generator_devices", {}).get("jitter", "cpu")
+        if saved_on != dev.type:
+            raise TrainError(f"{ckpt_path} was written by a run on {saved_on}; resume it there (--device "
+                             f"{saved_on}) to continue the same run step for step, or train afresh")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
         for k, g in gens.items():
             g.set_state(ckpt["generators"][k])
         start = ckpt["iteration"]
         log(f"resumed from {ckpt_path} at iteration {start}")
+    log(f"training on {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     writer = tensorboard_writer(out / "tb")
     base_lrs = [g["lr"] for g in opt.param_groups]
@@ -219,8 +245,17 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
     bar = tqdm(range(start, cfg.iters), desc="train", unit="it", disable=not progress, initial=start, total=cfg.iters)
     last_psnr = float("nan")
     history = []
+    stopped_at = None
     for it in bar:
         frac = it / max(cfg.iters - 1, 1)
+        if cfg.time_budget_s > 0:
+            spent = time.perf_counter() - t0
+            if spent >= cfg.time_budget_s:
+                stopped_at = it
+                save_checkpoint(ckpt_path, model, opt, it, cfg, persons, gens, audio_encoder)
+                log(f"time budget of {cfg.time_budget_s:.0f} s reached at iteration {it}")
+                break
+            frac = max(frac, spent / cfg.time_budget_s)
         for g, lr0 in zip(opt.param_groups, base_lrs):
             g["lr"] = lr0 * cfg.lr_decay**frac
         batch = sample_rays(persons, cfg.batch_rays, gens["rays"], cfg.audio_window)
@@ -232,15 +267,16 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
         opt.zero_grad(set_to_none=True)
         loss["total"].backward()
         opt.step()
-        last_psnr = psnr_of_mse(loss["photo"].item())
         history.append(loss["total"].item())
-        bar.set_postfix(psnr=f"{last_psnr:.2f}")
-        if writer:
-            for k, v in loss.items():
-                writer.add_scalar(f"loss/{k}", v.item(), it)
-            writer.add_scalar("train/psnr", last_psnr, it)
-            writer.add_scalar("lr/mlp", opt.param_groups[0]["lr"], it)
-            writer.add_scalar("lr/hash", opt.param_groups[1]["lr"], it)
+        if it % cfg.log_every == 0 or it + 1 == cfg.iters:
+            last_psnr = psnr_of_mse(loss["photo"].item())
+            bar.set_postfix(psnr=f"{last_psnr:.2f}")
+            if writer:
+                for k, v in loss.items():
+                    writer.add_scalar(f"loss/{k}", v.item(), it)
+                writer.add_scalar("train/psnr", last_psnr, it)
+                writer.add_scalar("lr/mlp", opt.param_groups[0]["lr"], it)
+                writer.add_scalar("lr/hash", opt.param_groups[1]["lr"], it)
         done = it + 1
         if done % cfg.ckpt_every == 0 or done == cfg.iters:
             save_checkpoint(ckpt_path, model, opt, done, cfg, persons, gens, audio_encoder)
@@ -252,9 +288,13 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
             _save_val_pictures(model, persons, out, done, writer)
     bar.close()
     val = evaluate_psnr(model, persons)
-    facts = {"iterations": cfg.iters, "seconds": round(time.perf_counter() - t0, 1), "val_psnr": val,
+    facts = {"iterations": stopped_at if stopped_at is not None else cfg.iters,
+             "seconds": round(time.perf_counter() - t0, 1), "val_psnr": val,
              "train_psnr_last_batch": last_psnr, "parameters": sum(p.numel() for p in model.parameters()),
-             "first_iteration": start, "loss_history": history}
+             "first_iteration": start, "device": str(dev), "loss_history": history}
+    if dev.type == "cuda":
+        facts["gpu"] = torch.cuda.get_device_name(dev)
+        facts["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)
     (out / "summary.json").write_text(json.dumps(facts, indent=2) + "\n")
     if writer:
         writer.close()
@@ -271,7 +311,7 @@ def _save_val_pictures(model: AvatarModel, persons: list[PersonFrames], out: Pat
         real = p.images[f].float() / 255
         rows.append(torch.cat([r["rgb"], real, r["head_acc"][..., None].expand(-1, -1, 3),
                                r["torso_acc"][..., None].expand(-1, -1, 3)], 1))
-    grid = (torch.cat(rows, 0).clamp(0, 1) * 255).byte().numpy()
+    grid = (torch.cat(rows, 0).clamp(0, 1) * 255).byte().cpu().numpy()
     save_image(out / "val" / f"{it:07d}.png", grid)
     if writer:
         writer.add_image("val/rendered_real_headacc_torsoacc", grid, it, dataformats="HWC")

@@ -117,7 +117,7 @@ def render_tiles(model: AvatarModel, plan: Plan, start: int = 0, stop: int | Non
     stop = plan.n_frames if stop is None else stop
     driven = [[driven_person(p, d, plan.codes) for p, d in zip(plan.persons, drives)] for drives in plan.drives]
     for f in range(start, stop):
-        yield np.stack([np.stack([(render_frame(model, q, f)["rgb"].clamp(0, 1).numpy() * 255).round().astype(np.uint8)
+        yield np.stack([np.stack([(render_frame(model, q, f)["rgb"].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
                                   for q in sample]) for sample in driven])
 
 

@@ -10,8 +10,11 @@ and a quarter of the scored frames), av_corr at that shift, and av_offset_real, 
 The face-mesh measures need frames of 256 px or more. Writes <out>/metrics.json and <out>/grid.png
 (rendered above real).
 
-Example:
+Examples:
     python scripts/evaluate.py --ckpt runs/talk/checkpoint.pt --data data/talk --out runs/talk/eval
+    # render on a GPU machine without mediapipe, score the landmarks on another:
+    python scripts/evaluate.py --ckpt runs/talk/checkpoint.pt --data data/talk --out ev --save_rendered
+    python scripts/evaluate.py --rendered ev --data data/talk --out ev/scored
 """
 
 import sys
@@ -29,17 +32,25 @@ from nerf.trainer import TrainError  # noqa: E402
 def main(argv=None) -> int:
     p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines")
-    p.add_argument("--ckpt", required=True, help="checkpoint.pt written by scripts/train.py")
+    p.add_argument("--ckpt", help="checkpoint.pt written by scripts/train.py")
     p.add_argument("--data", action="append", required=True, help="the dataset(s) the checkpoint was trained on")
     p.add_argument("--out", default=None, help="where metrics.json and grid.png go (default: beside the checkpoint)")
     p.add_argument("--max_frames", type=int, default=0, help="at most this many validation frames per person (0: all)")
+    p.add_argument("--device", default="auto", help="where frames are rendered: auto (a GPU if torch sees one), cpu, "
+                   "cuda (default auto); the landmark metrics always run on the CPU")
+    p.add_argument("--save_rendered", action="store_true",
+                   help="also write the rendered frames (rendered_<row>.npz) for scoring elsewhere")
+    p.add_argument("--rendered", default=None,
+                   help="score the frames a --save_rendered run wrote into this folder (no --ckpt needed)")
     args = p.parse_args(argv)
-    if not Path(args.ckpt).is_file():
-        print(f"error: checkpoint not found: {args.ckpt}", file=sys.stderr)
+    if args.rendered is None and (args.ckpt is None or not Path(args.ckpt).is_file()):
+        print(f"error: checkpoint not found: {args.ckpt}" if args.ckpt else "error: give --ckpt (or --rendered)",
+              file=sys.stderr)
         return 1
-    out = args.out or str(Path(args.ckpt).parent / "eval")
+    out = args.out or (str(Path(args.ckpt).parent / "eval") if args.ckpt else str(Path(args.rendered) / "eval"))
     try:
-        result = evaluate(args.ckpt, args.data, out, args.max_frames)
+        result = evaluate(None if args.rendered else args.ckpt, args.data, out, args.max_frames, args.device,
+                          args.save_rendered, args.rendered)
     except (PrepareError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

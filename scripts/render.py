@@ -75,6 +75,7 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--chunk", type=int, default=50, help="frames rendered per resumable chunk")
     p.add_argument("--max_seconds", type=float, default=0.0, help="render at most this much (0: all)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
+    p.add_argument("--device", default="auto", help="auto (a GPU if torch sees one), cpu or cuda (default auto)")
     return p
 
 
@@ -219,7 +220,7 @@ def main(argv=None) -> int:
         _check_args(args)
         ckpt = load_checkpoint(Path(args.ckpt))
         _check_persons(args.persons, ckpt["persons"])  # before the slow loading of every frame
-        model, all_persons, cfg = load_model(args.ckpt, args.data)
+        model, all_persons, cfg = load_model(args.ckpt, args.data, args.device)
         encoder = checkpoint_audio_encoder(ckpt, Path(args.ckpt))
         plan = make_plan(args, model, all_persons, encoder)
         conference = conference_layout(plan.persons, args.tile or cfg.image_size, not args.no_highlight)

@@ -44,10 +44,20 @@ def build_parser() -> configargparse.ArgumentParser:
     for f in dataclasses.fields(TrainConfig):
         if f.name in ("data", "resume"):
             continue
-        p.add_argument(f"--{f.name}", type=type(f.default), default=f.default,
+        p.add_argument(f"--{f.name}", type=_flag if isinstance(f.default, bool) else type(f.default), default=f.default,
                        help=(f.metadata.get("help") or _doc(f.name)) + f" (default {f.default})")
     p.add_argument("--resume", action="store_true", help="continue from <out>/checkpoint.pt")
     return p
+
+
+def _flag(text: str) -> bool:
+    """true/false (also 1/0, yes/no) for the boolean options, on the command line and in config files."""
+    low = text.strip().lower()
+    if low in ("1", "true", "yes", "on"):
+        return True
+    if low in ("0", "false", "no", "off"):
+        return False
+    raise configargparse.ArgumentTypeError(f"expected true or false, got {text!r}")
 
 
 def _doc(name: str) -> str:
@@ -58,7 +68,13 @@ def _doc(name: str) -> str:
             "wav2lip_ckpt": "checkpoint with Wav2Lip's audio encoder (wav2lip.pth, wav2lip_gan.pth or "
                             "scripts/pretrain_audio.py's), used frozen; empty: pre-train one on --data first",
             "audio_pretrain_iters": "steps of that pre-training (without --wav2lip_ckpt)",
-            "audio_window": "frames each side the head field's temporal attention smooths audio codes over"}.get(
+            "audio_window": "frames each side the head field's temporal attention smooths audio codes over",
+            "device": "auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N",
+            "hash_backend": "auto (the fused CUDA hash grid on a GPU, else PyTorch), torch, cuda or tcnn",
+            "hash_half": "true: the fused hash grid gathers from float16 table copies",
+            "log_every": "iterations between TensorBoard scalars",
+            "time_budget_s": "stop after this many seconds (0: none); the lr decay follows iterations or time, "
+                             "whichever runs out first"}.get(
         name, name.replace("_", " "))
 
 

@@ -112,3 +112,49 @@ def test_a_dataset_of_another_schema_version_is_refused(synthetic, tmp_path):
 def test_a_person_that_does_not_exist_is_refused(synthetic):
     with pytest.raises(PrepareError, match="no person 7"):
         dataset.load_track(synthetic["dataset"], 7)
+
+
+def test_a_time_budget_stops_with_a_checkpoint_and_decays_the_rate_by_time(synthetic, tmp_path, monkeypatch):
+    clock = iter(range(10**6))  # every reading of the clock is one second later
+    monkeypatch.setattr(trainer.time, "perf_counter", lambda: float(next(clock)))
+    cfg = _small(synthetic, tmp_path / "t", 1000, time_budget_s=5.0)
+    facts = train(cfg, progress=False)
+    assert facts["iterations"] == facts["first_iteration"] + len(facts["loss_history"]) < 10
+    ckpt = torch.load(tmp_path / "t" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert ckpt["iteration"] == facts["iterations"]
+    # the last step's rate followed the clock (most of the 5 s spent), not the iterations (under 1% done)
+    last_lr = ckpt["optimizer"]["param_groups"][0]["lr"]
+    assert last_lr < cfg.lr * cfg.lr_decay**0.5
+
+
+def test_rendered_frames_scored_elsewhere_give_the_same_table(synthetic, tmp_path):
+    from nerf.evaluate import evaluate
+
+    cfg = _small(synthetic, tmp_path / "e", 2)
+    train(cfg, progress=False)
+    here = evaluate(tmp_path / "e" / "checkpoint.pt", cfg.data, tmp_path / "ev", max_frames=2, save_rendered=True)
+    saved = sorted(p.name for p in (tmp_path / "ev").glob("rendered_*.npz"))
+    assert saved == ["rendered_0.npz", "rendered_1.npz"]
+    there = evaluate(None, cfg.data, tmp_path / "ev2", rendered_dir=tmp_path / "ev")
+    assert [(r["person"], r["role"], r["psnr"], r["ssim"]) for r in here["rows"]] == \
+        [(r["person"], r["role"], r["psnr"], r["ssim"]) for r in there["rows"]]
+
+
+def test_devices_asked_for_but_absent_or_unknown_are_clear_errors(synthetic, tmp_path):
+    from nerf.device import resolve_device
+
+    assert resolve_device("cpu").type == "cpu"
+    assert resolve_device("auto").type == ("cuda" if torch.cuda.is_available() else "cpu")
+    with pytest.raises(TrainError, match="unknown device"):
+        resolve_device("tpu7")
+    if not torch.cuda.is_available():
+        with pytest.raises(TrainError, match="no CUDA GPU"):
+            resolve_device("cuda")
+    # a checkpoint whose run drew its sample jitter on another device kind cannot resume step for step
+    train(_small(synthetic, tmp_path / "d", 1, device="cpu"), progress=False)
+    path = tmp_path / "d" / "checkpoint.pt"
+    ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    ckpt["generator_devices"]["jitter"] = "cuda"
+    torch.save(ckpt, path)
+    with pytest.raises(TrainError, match="written by a run on cuda"):
+        train(_small(synthetic, tmp_path / "d", 2, device="cpu", resume=True), progress=False)

@@ -1,5 +1,6 @@
 """Video in and out: fps resampling keeps frames and audio on one clock; writes are atomic."""
 
+import sys
 import warnings
 
 import numpy as np
@@ -36,6 +37,24 @@ def test_gray_frames_round_trip_losslessly(tmp_path):
             w.write(lab)
     back = list(iter_frames(tmp_path / "l.mkv", gray=True))
     assert len(back) == 5 and all((a == b).all() for a, b in zip(labels, back))
+
+
+def test_without_imageio_ffmpeg_opencv_decodes_the_same_pixels(tmp_path, monkeypatch):
+    """The GPU machine has no imageio-ffmpeg: datasets' crops and label videos decode through OpenCV."""
+    rng = np.random.default_rng(0)
+    frames = [np.clip(rng.normal(128, 40, (48, 64, 3)), 0, 255).astype(np.uint8) for _ in range(6)]
+    write_video(tmp_path / "c.mp4", frames, 25)
+    labels = [rng.integers(0, 3, (32, 40)).astype(np.uint8) * 100 for _ in range(4)]
+    with FrameWriter(tmp_path / "l.mkv", 25, gray=True) as w:
+        for lab in labels:
+            w.write(lab)
+    with_ffmpeg = list(iter_frames(tmp_path / "c.mp4"))
+    monkeypatch.setitem(sys.modules, "imageio_ffmpeg", None)  # import now fails
+    with_cv2 = list(iter_frames(tmp_path / "c.mp4"))
+    assert len(with_cv2) == 6 and all((a == b).all() for a, b in zip(with_ffmpeg, with_cv2))
+    assert all((a == b).all() for a, b in zip(labels, iter_frames(tmp_path / "l.mkv", gray=True)))
+    with pytest.raises(ImportError):  # resampling needs ffmpeg's filters
+        next(iter_frames(tmp_path / "c.mp4", fps=10))
 
 
 def test_a_failed_write_leaves_nothing(tmp_path):

@@ -1,0 +1,236 @@
+#!/usr/bin/env python
+"""One benchmark run, one table: hash grid, training and rendering speed, peak GPU memory.
+
+Rows:
+- hash grid (16 levels x 2 features, 2^19 rows: the gpu_full grid) forward and forward+backward,
+  in samples (points) per second, at 2^18 and 2^20 points, for each backend present: the PyTorch
+  reference, the fused CUDA kernel (float32 and float16 gathers), tiny-cuda-nn when installed.
+  Random points in [0, 1]^3, several input sets in rotation, CUDA-event timing, median of repeats.
+- training iterations per second at the --preset (default configs/gpu_full.txt) on --data.
+- render: frames per second of one frame of every person of --data (two persons: 2 x 512^2 rays).
+- peak GPU memory of the training and rendering rows.
+
+On a machine without CUDA it runs the reference rows only (and says so), at smaller sizes.
+
+Examples:
+    python scripts/bench.py                                   # hash grid rows only
+    python scripts/bench.py --data data/talk --out bench.json # + training and render rows
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import statistics
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import torch  # noqa: E402
+
+from nerf.encoding import HashGridConfig, hash_grid_encode  # noqa: E402
+
+
+def _timer(fn, repeats: int, cuda: bool) -> float:
+    """Median seconds of fn() over repeats (after two warm-up calls)."""
+    for _ in range(2):
+        fn()
+    times = []
+    for _ in range(repeats):
+        if cuda:
+            a, b = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+            a.record()
+            fn()
+            b.record()
+            b.synchronize()
+            times.append(a.elapsed_time(b) / 1e3)
+        else:
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+    return statistics.median(times)
+
+
+def _grid_calls(inputs: list[torch.Tensor], grad: torch.Tensor, tables: torch.Tensor, cfg: HashGridConfig,
+                backend: str, half: bool):
+    """The timed calls of one hash-grid row: forward alone, and forward + backward; each takes the next input set."""
+    turn = itertools.count()
+
+    def fwd():
+        with torch.no_grad():
+            hash_grid_encode(inputs[next(turn) % len(inputs)], tables, cfg, backend, half)
+
+    def fwd_bwd():
+        tables.grad = None
+        hash_grid_encode(inputs[next(turn) % len(inputs)], tables, cfg, backend, half).backward(grad)
+
+    return fwd, fwd_bwd
+
+
+def bench_hashgrid(dev: torch.device, sizes: list[int], repeats: int) -> list[dict]:
+    cfg = HashGridConfig()  # the gpu_full grid
+    cuda = dev.type == "cuda"
+    backends = [("reference", "torch", False)]
+    if cuda:
+        from nerf import hashgrid_cuda
+
+        ok, why = hashgrid_cuda.available()
+        if ok:
+            backends += [("fused fp32", "cuda", False), ("fused fp16", "cuda", True)]
+        else:
+            print(f"fused kernel unavailable: {why}")
+        if hashgrid_cuda.tcnn_available():
+            backends.append(("tcnn", "tcnn", False))
+    rows = []
+    gen = torch.Generator(device=dev).manual_seed(0)
+    tables = (torch.rand(cfg.n_levels, cfg.table_size, cfg.n_features_per_level, device=dev, generator=gen) - 0.5)
+    tables.requires_grad_(True)
+    for n in sizes:
+        inputs = [torch.rand(n, 3, device=dev, generator=gen) for _ in range(4)]  # rotate: not one cached set
+        grad = torch.randn(n, cfg.output_dim, device=dev, generator=gen)
+        for name, backend, half in backends:
+            fwd, fwd_bwd = _grid_calls(inputs, grad, tables, cfg, backend, half)
+            reps = repeats if (cuda and backend != "torch") else max(3, repeats // 10)
+            tf, tb = _timer(fwd, reps, cuda), _timer(fwd_bwd, reps, cuda)
+            rows.append({"row": f"hash grid {name}", "points": n, "forward_samples_per_s": n / tf,
+                         "forward_backward_samples_per_s": n / tb, "forward_ms": tf * 1e3, "fwd_bwd_ms": tb * 1e3})
+            print(f"  {name:>11} 2^{n.bit_length() - 1}: forward {n / tf:.3g}/s, forward+backward {n / tb:.3g}/s")
+        del inputs, grad
+    return rows
+
+
+def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: int, render_frames: int,
+                model_kind: str = "shared", hash_backend: str = "auto", render: bool = True) -> list[dict]:
+    """Training iterations/s at the preset and two-person render FPS on the prepared datasets."""
+    import dataclasses
+
+    from nerf.audio import Wav2LipAudioEncoder
+    from nerf.data import load_datasets, sample_rays
+    from nerf.render import render_frame
+    from nerf.trainer import TrainConfig, build, losses
+
+    cfg = TrainConfig(data=list(data))
+    for line in Path(preset).read_text().splitlines():
+        line = line.split("#")[0].strip()
+        if "=" in line:
+            k, v = (s.strip() for s in line.split("=", 1))
+            f = {f.name: f for f in dataclasses.fields(TrainConfig)}[k]
+            setattr(cfg, k, type(f.default)(v) if not isinstance(f.default, bool) else v.lower() in ("1", "true"))
+    cfg.model, cfg.hash_backend = model_kind, hash_backend
+    torch.manual_seed(0)
+    # Speed does not depend on the audio encoder's weights: a freshly initialized one codes the frames.
+    persons = [p.to(dev) for p in load_datasets(cfg.data, cfg.image_size, Wav2LipAudioEncoder().eval())]
+    model, opt = build(cfg, persons, dev)
+    gen = torch.Generator().manual_seed(0)
+    jit = torch.Generator(device=dev).manual_seed(1)
+    cuda = dev.type == "cuda"
+
+    def step():
+        batch = sample_rays(persons, cfg.batch_rays, gen, cfg.audio_window)
+        loss = losses(model(batch, jitter=True, gen=jit), batch, model, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss["total"].backward()
+        opt.step()
+
+    rows = []
+    for _ in range(3):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats(dev)
+    t0 = time.perf_counter()
+    for _ in range(train_iters):
+        step()
+    if cuda:
+        torch.cuda.synchronize()
+    dt = (time.perf_counter() - t0) / train_iters
+    mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
+    what = f"{model_kind}, hash {hash_backend}, {Path(preset).name}, {cfg.batch_rays} rays, {cfg.image_size} px"
+    rows.append({"row": f"training ({what})", "iterations_per_s": 1 / dt, "peak_gpu_gib": mem,
+                 "parameters": sum(p.numel() for p in model.parameters())})
+    print(f"  training ({what}): {1 / dt:.2f} it/s, peak {mem:.2f} GiB")
+    if not render:
+        return rows
+    model.eval()
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(dev)
+
+    turn = itertools.count()
+
+    def frame():
+        i = next(turn)
+        for p in persons:
+            render_frame(model, p, int(p.val[i % len(p.val)]))
+
+    spf = _timer(frame, render_frames, cuda)
+    mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
+    rows.append({"row": f"render ({model_kind}, {len(persons)} persons x {cfg.image_size}^2)", "frames_per_s": 1 / spf,
+                 "peak_gpu_gib": mem})
+    print(f"  render: {1 / spf:.2f} FPS ({len(persons)} persons), peak {mem:.2f} GiB")
+    return rows
+
+
+def table(rows: list[dict], device: str) -> str:
+    lines = [f"device: {device}", "| row | size | forward /s | fwd+bwd /s | it/s | FPS | peak GiB |",
+             "|---|---|---|---|---|---|---|"]
+    def g(r: dict, k: str, fmt: str) -> str:
+        return fmt.format(r[k]) if k in r and r[k] == r[k] else ""
+
+    for r in rows:
+        size = f"2^{r['points'].bit_length() - 1} points" if "points" in r else ""
+        lines.append(f"| {r['row']} | {size} | {g(r, 'forward_samples_per_s', '{:.3g}')} | "
+                     f"{g(r, 'forward_backward_samples_per_s', '{:.3g}')} | {g(r, 'iterations_per_s', '{:.2f}')} | "
+                     f"{g(r, 'frames_per_s', '{:.2f}')} | {g(r, 'peak_gpu_gib', '{:.2f}')} |")
+    return "\n".join(lines)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--data", action="append", default=[], help="prepared dataset(s) for the training and render rows")
+    p.add_argument("--preset", default="configs/gpu_full.txt", help="config whose sizes the training row uses")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
+    p.add_argument("--repeats", type=int, default=30, help="timed repeats per hash-grid row (median reported)")
+    p.add_argument("--train_iters", type=int, default=50, help="timed training iterations")
+    p.add_argument("--render_frames", type=int, default=10, help="timed two-person frames")
+    p.add_argument("--models", default="shared", help="comma-separated training rows: shared, per_person")
+    p.add_argument("--hash_backends", default="auto",
+                   help="comma-separated hash backends of the training rows (auto, torch, cuda, tcnn)")
+    p.add_argument("--out", default="", help="also write the rows as JSON here")
+    args = p.parse_args(argv)
+    from nerf.device import resolve_device
+    from nerf.errors import TrainError
+
+    try:
+        dev = resolve_device(args.device)
+    except TrainError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    for d in args.data:
+        if not (Path(d) / "meta.json").is_file():
+            print(f"error: {d} is not a prepared dataset (no meta.json)", file=sys.stderr)
+            return 1
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU (CUDA absent: reference path only)"
+    print(f"bench on {name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    sizes = [2**18, 2**20] if dev.type == "cuda" else [2**14, 2**16]
+    rows = bench_hashgrid(dev, sizes, args.repeats)
+    if args.data:
+        first = True
+        for kind in args.models.split(","):
+            for backend in args.hash_backends.split(","):
+                its = args.train_iters if backend != "torch" else max(5, args.train_iters // 5)
+                rows += bench_model(dev, args.data, args.preset, its, args.render_frames, kind, backend, render=first)
+                first = False
+    text = table(rows, name)
+    print(text)
+    if args.out:
+        from data_prep.atomic_io import save_json
+
+        save_json(Path(args.out), {"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
+                                   "rows": rows})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
