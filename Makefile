@@ -24,6 +24,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) scripts/bench_prepare.py
+	$(PY) scripts/bench.py
 
 clean:
 	rm -rf demo runs .pytest_cache
