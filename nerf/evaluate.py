@@ -24,12 +24,16 @@ from data_prep.speaking import mouth_opening
 from nerf import metrics
 from nerf.data import load_datasets
 from nerf.device import prepare_device, resolve_device
+from nerf.occupancy import build as build_occupancy
 from nerf.render import render_frame
 from nerf.trainer import TrainConfig, TrainError, build, check_compatible, checkpoint_audio_encoder, load_checkpoint
 
 
-def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu"):
-    """Model (on ``device``: auto, cpu, cuda) and persons (on the CPU) of a checkpoint, on the given datasets."""
+def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu", occupancy: bool = False):
+    """Model (on ``device``: auto, cpu, cuda) and persons (on the CPU) of a checkpoint, on the given datasets.
+
+    With ``occupancy`` the model renders with occupancy grids built from these persons (``nerf.occupancy``).
+    """
     ckpt = load_checkpoint(Path(ckpt_path))
     saved = json.loads(ckpt["config"])
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -42,11 +46,14 @@ def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu"):
     check_compatible(ckpt, cfg, persons)
     model.load_state_dict(ckpt["model"])
     model.eval()
+    if occupancy:
+        model.occupancy = build_occupancy(model, persons)
     return model, persons, cfg
 
 
 def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path, max_frames: int = 0,
-             device: str = "cpu", save_rendered: bool = False, rendered_dir: str | Path | None = None) -> dict:
+             device: str = "cpu", save_rendered: bool = False, rendered_dir: str | Path | None = None,
+             occupancy: bool = False) -> dict:
     """Evaluate every person's validation frames; writes metrics.json and grid.png into out_dir.
 
     Args:
@@ -57,6 +64,7 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
             their indices), so that another machine can score them (``rendered_dir``).
         rendered_dir: score the frames saved there instead of rendering (e.g. rendered on a GPU machine
             that lacks mediapipe); the datasets give the real frames.
+        occupancy: render as render.py does, skipping cells an occupancy grid finds empty.
 
     Returns:
         {"rows": per (person, role) metric dicts, "table": the printed table}.
@@ -68,7 +76,7 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
         persons = load_datasets(list(data), _saved_size(Path(rendered_dir)), Wav2LipAudioEncoder().eval())
         model = None
     else:
-        model, persons, _ = load_model(ckpt_path, data, device)
+        model, persons, _ = load_model(ckpt_path, data, device, occupancy)
     if not any(len(p.val) for p in persons):
         raise TrainError("the datasets have no valid validation frames")
     # The audio envelope of each person's dataset, in load_datasets' order (dataset, then person).

@@ -14,7 +14,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from nerf import rays, sampler, volrend
+from nerf import occupancy, rays, sampler, volrend
 from nerf.data import PersonFrames
 from nerf.fields import AudioDrive, ExpressionEncoder, FieldConfig, HeadField, TorsoField
 
@@ -53,6 +53,8 @@ class AvatarModel(nn.Module):
         self.audio = nn.ModuleList(AudioDrive(cfg.audio_dim, cfg.drive_dim, cfg.hidden, cfg.audio_window)
                                    for _ in range(n_nets))
         self.expr = nn.ModuleList(ExpressionEncoder(cfg.expr_dim, cfg.drive_dim, cfg.hidden) for _ in range(n_nets))
+        self.occupancy: occupancy.OccupancyGrid | None = None
+        """Set for rendering (``nerf.occupancy.build``): empty cells are skipped. Not part of the state dict."""
         b = [p.bounds for p in persons]
         self.register_buffer("head_center", torch.tensor([x.head_center for x in b], dtype=torch.float32))
         self.register_buffer("head_radius", torch.tensor([x.head_radius for x in b], dtype=torch.float32))
@@ -88,7 +90,7 @@ class AvatarModel(nn.Module):
 
         Returns:
             rgb [R, 3] composited over the background; head_acc, torso_acc [R] opacities of
-            each field; offset_sq [R] mean squared torso warp along the ray.
+            each field; offset_sq [R] mean squared torso warp over the ray's samples (0 outside the torso box).
         """
         dev = batch["row"].device
         out = {k: torch.zeros(len(batch["row"]), *s, device=dev) for k, s in
@@ -113,15 +115,26 @@ class AvatarModel(nn.Module):
         near_h, far_h, hit_h = rays.sphere_interval(o_h, d_h, center, radius)
         unit_h = d_h / d_h.norm(dim=-1, keepdim=True)
 
+        occ = self.occupancy
+
+        def live_samples(x01, hit, grid):
+            """(ray, sample) indices worth a field query: inside the field's domain, on a ray that meets it,
+            and (when rendering with an occupancy grid) in a cell that can hold density."""
+            live = ((x01 >= 0) & (x01 <= 1)).all(-1) & hit[:, None]
+            if grid is not None:
+                live &= occupancy.lookup(grid, row, x01)
+            return live.nonzero(as_tuple=True)
+
+        def scatter(values, ray, k, shape):
+            """Per-live-sample values back into the dense [R, S, ...] layout (zeros elsewhere: weight 0)."""
+            return values.new_zeros(shape + values.shape[1:]).index_put((ray, k), values)
+
         def head_query(t):
             x = o_h[:, None] + t[..., None] * d_h[:, None]
             x01 = (x - center[:, None]) / (2 * radius[:, None, None]) + 0.5
-            S = t.shape[1]
-            sigma, rgb = self.head[net](x01.reshape(-1, 3), unit_h.repeat_interleave(S, 0),
-                                        z_shape.repeat_interleave(S, 0), z_app.repeat_interleave(S, 0),
-                                        drive.repeat_interleave(S, 0))
-            inside = ((x01 >= 0) & (x01 <= 1)).all(-1) & hit_h[:, None]
-            return sigma.view(-1, S) * inside, rgb.view(-1, S, 3), None
+            ray, k = live_samples(x01, hit_h, occ.head if occ is not None else None)
+            sigma, rgb = self.head[net](x01[ray, k], unit_h[ray], z_shape[ray], z_app[ray], drive[ray])
+            return scatter(sigma, ray, k, t.shape), scatter(rgb, ray, k, t.shape), None
 
         # Torso: camera-space rays through the person's torso box.
         lo, hi = self.torso_min[row], self.torso_max[row]
@@ -130,12 +143,9 @@ class AvatarModel(nn.Module):
         def torso_query(t):
             x = t[..., None] * dirs[:, None]
             x01 = rays.normalize_to_unit(x, lo[:, None], hi[:, None])
-            S = t.shape[1]
-            sigma, rgb, offset = self.torso[net](x01.reshape(-1, 3), unit.repeat_interleave(S, 0),
-                                                 et.repeat_interleave(S, 0), z_shape.repeat_interleave(S, 0),
-                                                 z_app.repeat_interleave(S, 0))
-            inside = ((x01 >= 0) & (x01 <= 1)).all(-1) & hit_t[:, None]
-            return sigma.view(-1, S) * inside, rgb.view(-1, S, 3), offset.view(-1, S, 3)
+            ray, k = live_samples(x01, hit_t, occ.torso if occ is not None else None)
+            sigma, rgb, offset = self.torso[net](x01[ray, k], unit[ray], et[ray], z_shape[ray], z_app[ray])
+            return scatter(sigma, ray, k, t.shape), scatter(rgb, ray, k, t.shape), scatter(offset, ray, k, t.shape)
 
         head = self._field_samples(head_query, near_h, torch.maximum(far_h, near_h), 2 * radius, jitter, gen)
         torso = self._field_samples(torso_query, near_t, torch.maximum(far_t, near_t),

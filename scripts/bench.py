@@ -7,7 +7,8 @@ Rows:
   reference, the fused CUDA kernel (float32 and float16 gathers), tiny-cuda-nn when installed.
   Random points in [0, 1]^3, several input sets in rotation, CUDA-event timing, median of repeats.
 - training iterations per second at the --preset (default configs/gpu_full.txt) on --data.
-- render: frames per second of one frame of every person of --data (two persons: 2 x 512^2 rays).
+- render: frames per second of one frame of every person of --data (two persons: 2 x 512^2 rays),
+  querying every sample, then skipping the cells an occupancy grid finds empty (render.py's default).
 - peak GPU memory of the training and rendering rows.
 
 On a machine without CUDA it runs the reference rows only (and says so), at smaller sizes.
@@ -15,6 +16,7 @@ On a machine without CUDA it runs the reference rows only (and says so), at smal
 Examples:
     python scripts/bench.py                                   # hash grid rows only
     python scripts/bench.py --data data/talk --out bench.json # + training and render rows
+    python scripts/bench.py --data data/talk --ckpt runs/talk/checkpoint.pt  # render rows of a trained model
 """
 
 from __future__ import annotations
@@ -102,12 +104,14 @@ def bench_hashgrid(dev: torch.device, sizes: list[int], repeats: int) -> list[di
 
 
 def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: int, render_frames: int,
-                model_kind: str = "shared", hash_backend: str = "auto", render: bool = True) -> list[dict]:
+                model_kind: str = "shared", hash_backend: str = "auto", render: bool = True,
+                ckpt: str = "") -> list[dict]:
     """Training iterations/s at the preset and two-person render FPS on the prepared datasets."""
     import dataclasses
 
     from nerf.audio import Wav2LipAudioEncoder
     from nerf.data import load_datasets, sample_rays
+    from nerf.occupancy import build as build_occupancy
     from nerf.render import render_frame
     from nerf.trainer import TrainConfig, build, losses
 
@@ -153,6 +157,11 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
     print(f"  training ({what}): {1 / dt:.2f} it/s, peak {mem:.2f} GiB")
     if not render:
         return rows
+    if ckpt:  # render a trained model (an untrained one is dense everywhere: no occupancy grid can help it)
+        from nerf.evaluate import load_model
+
+        del model, opt
+        model, persons, _ = load_model(ckpt, list(data), str(dev))
     model.eval()
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
@@ -164,11 +173,23 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
         for p in persons:
             render_frame(model, p, int(p.val[i % len(p.val)]))
 
-    spf = _timer(frame, render_frames, cuda)
-    mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
-    rows.append({"row": f"render ({model_kind}, {len(persons)} persons x {cfg.image_size}^2)", "frames_per_s": 1 / spf,
-                 "peak_gpu_gib": mem})
-    print(f"  render: {1 / spf:.2f} FPS ({len(persons)} persons), peak {mem:.2f} GiB")
+    for with_grid in (False, True):
+        if with_grid:
+            t0 = time.perf_counter()
+            model.occupancy = build_occupancy(model, persons)
+            if cuda:
+                torch.cuda.synchronize()
+            built = time.perf_counter() - t0
+            share = ", ".join(f"{k} {v:.0%}" for k, v in model.occupancy.fraction().items())
+        if cuda:
+            torch.cuda.reset_peak_memory_stats(dev)
+        spf = _timer(frame, render_frames, cuda)
+        mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
+        what = f"{model_kind}, {len(persons)} persons x {cfg.image_size}^2" + (
+            f", occupancy grid ({share} occupied, built in {built:.1f} s)" if with_grid else ", every sample")
+        rows.append({"row": f"render ({what})", "frames_per_s": 1 / spf, "peak_gpu_gib": mem})
+        print(f"  render ({what}): {1 / spf:.2f} FPS, peak {mem:.2f} GiB")
+    model.occupancy = None
     return rows
 
 
@@ -194,6 +215,8 @@ def main(argv=None) -> int:
     p.add_argument("--repeats", type=int, default=30, help="timed repeats per hash-grid row (median reported)")
     p.add_argument("--train_iters", type=int, default=50, help="timed training iterations")
     p.add_argument("--render_frames", type=int, default=10, help="timed two-person frames")
+    p.add_argument("--ckpt", default="", help="a checkpoint trained on --data for the render rows (default: the "
+                   "untrained model, which says nothing about the occupancy grid)")
     p.add_argument("--models", default="shared", help="comma-separated training rows: shared, per_person")
     p.add_argument("--hash_backends", default="auto",
                    help="comma-separated hash backends of the training rows (auto, torch, cuda, tcnn)")
@@ -220,7 +243,8 @@ def main(argv=None) -> int:
         for kind in args.models.split(","):
             for backend in args.hash_backends.split(","):
                 its = args.train_iters if backend != "torch" else max(5, args.train_iters // 5)
-                rows += bench_model(dev, args.data, args.preset, its, args.render_frames, kind, backend, render=first)
+                rows += bench_model(dev, args.data, args.preset, its, args.render_frames, kind, backend, render=first,
+                                    ckpt=args.ckpt)
                 first = False
     text = table(rows, name)
     print(text)

@@ -38,6 +38,8 @@ def main(argv=None) -> int:
     p.add_argument("--max_frames", type=int, default=0, help="at most this many validation frames per person (0: all)")
     p.add_argument("--device", default="auto", help="where frames are rendered: auto (a GPU if torch sees one), cpu, "
                    "cuda (default auto); the landmark metrics always run on the CPU")
+    p.add_argument("--no_occupancy", action="store_true",
+                   help="render without the occupancy grid that render.py uses (every sample queried)")
     p.add_argument("--save_rendered", action="store_true",
                    help="also write the rendered frames (rendered_<row>.npz) for scoring elsewhere")
     p.add_argument("--rendered", default=None,
@@ -50,7 +52,7 @@ def main(argv=None) -> int:
     out = args.out or (str(Path(args.ckpt).parent / "eval") if args.ckpt else str(Path(args.rendered) / "eval"))
     try:
         result = evaluate(None if args.rendered else args.ckpt, args.data, out, args.max_frames, args.device,
-                          args.save_rendered, args.rendered)
+                          args.save_rendered, args.rendered, occupancy=not args.no_occupancy)
     except (PrepareError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -76,6 +76,9 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--max_seconds", type=float, default=0.0, help="render at most this much (0: all)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--device", default="auto", help="auto (a GPU if torch sees one), cpu or cuda (default auto)")
+    p.add_argument("--no_occupancy", action="store_true",
+                   help="query the fields at every sample (default: skip cells an occupancy grid, built from the "
+                        "training data's expressions, speech and poses, finds empty; nerf/occupancy.py)")
     return p
 
 
@@ -220,7 +223,7 @@ def main(argv=None) -> int:
         _check_args(args)
         ckpt = load_checkpoint(Path(args.ckpt))
         _check_persons(args.persons, ckpt["persons"])  # before the slow loading of every frame
-        model, all_persons, cfg = load_model(args.ckpt, args.data, args.device)
+        model, all_persons, cfg = load_model(args.ckpt, args.data, args.device, occupancy=not args.no_occupancy)
         encoder = checkpoint_audio_encoder(ckpt, Path(args.ckpt))
         plan = make_plan(args, model, all_persons, encoder)
         conference = conference_layout(plan.persons, args.tile or cfg.image_size, not args.no_highlight)

@@ -97,6 +97,41 @@ def test_model_renders_both_fields_merged_and_over_the_background(mode):
 
 
 
+def test_fields_are_queried_only_inside_their_domains_and_an_occupancy_grid_skips_empty_cells(monkeypatch):
+    from nerf import occupancy
+    from nerf.fields import HeadField
+    from nerf.render import render_frame
+
+    torch.manual_seed(0)
+    persons = [_person(0), _person(1)]
+    model = AvatarModel(persons, FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4), RenderConfig(8, 8))
+    seen = []
+    real_forward = HeadField.forward
+
+    def spy(self, x01, *rest):
+        seen.append(x01.detach().clone())
+        return real_forward(self, x01, *rest)
+
+    monkeypatch.setattr(HeadField, "forward", spy)
+    full = render_frame(model, persons[1], 0)
+    queried = torch.cat(seen)
+    assert ((queried >= 0) & (queried <= 1)).all()  # never outside the head sphere's cube
+    # 16 x 16 rays, 8 coarse + 16 final samples each: rays that miss the sphere cost nothing
+    assert 0 < len(queried) < 0.8 * 16 * 16 * 24
+    # A grid that marks only the front half (x < 0.5) of each head cube empty: those samples are skipped,
+    # and the render equals the full one where no ray meets that half
+    grid = occupancy.build(model, persons, resolution=8, dilate=0)
+    assert grid.head.all()  # an untrained field has density everywhere: nothing is culled
+    grid.head[:, :4] = False
+    model.occupancy = grid
+    seen.clear()
+    culled = render_frame(model, persons[1], 0)
+    assert len(seen) and (torch.cat(seen)[:, 0] >= 0.5).all()
+    assert not torch.allclose(culled["head_acc"], full["head_acc"])
+    model.occupancy = None
+    torch.testing.assert_close(render_frame(model, persons[1], 0)["rgb"], full["rgb"])
+
+
 def test_audio_drive_weights_a_window_and_leaves_a_steady_one_as_it_is():
     from nerf.fields import AudioDrive
 
