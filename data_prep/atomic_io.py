@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 from collections.abc import Iterator
@@ -47,3 +48,12 @@ def save_image(path: str | os.PathLike, image: np.ndarray) -> None:
 
     with atomic_path(path) as tmp:
         iio.imwrite(tmp, image)
+
+
+def sha256_of(path: str | os.PathLike) -> str:
+    """The hex SHA-256 of a file's content, read in 1 MB blocks."""
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            h.update(block)
+    return h.hexdigest()

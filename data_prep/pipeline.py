@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import dataclasses
-import hashlib
 import json
 import multiprocessing
 import os
@@ -23,7 +22,7 @@ import numpy as np
 from tqdm import tqdm
 
 from data_prep import dataset, expression, head_pose, people, person_track, qa, speaking, video_io
-from data_prep.atomic_io import save_image, save_json, save_npz
+from data_prep.atomic_io import save_image, save_json, save_npz, sha256_of
 from data_prep.audio_features import audio_features
 from data_prep.errors import PrepareError
 from data_prep.parsing import PersonSegmenter, median_plate
@@ -56,14 +55,6 @@ class PrepareConfig:
     """Redo every stage, and overwrite another video's dataset."""
     crf: int = 17
     """x264 quality of the stored crops (lower: larger and closer to the source)."""
-
-
-def sha256_of(path: str | Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 class Prepare:

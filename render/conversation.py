@@ -189,9 +189,11 @@ def render_chunks(model: AvatarModel, plan: Plan, parts: Path, chunk: int, key: 
 
 
 def render_video(model: AvatarModel, plan: Plan, outputs: list[tuple[object, str | Path]], chunk: int = 50,
-                 key_extra: dict | None = None, progress: bool = True) -> dict:
+                 key_extra: dict | None = None, progress: bool = True, tiles_only: bool = False) -> dict:
     """Render every frame's tiles once, in chunks (``render_chunks``, resumable), then write one mp4 per
     (layout, path) in ``outputs`` with the audio muxed, each atomically; the parts are removed at the end.
+    With ``tiles_only`` it stops after the chunks (kept in <first output>.parts/): the same render run
+    later, here or on a machine the parts were copied to, composes and muxes them without re-rendering.
 
     Returns:
         {"frames", "chunks_rendered", "chunks_reused", "seconds_per_frame"} (seconds per newly rendered frame).
@@ -203,6 +205,10 @@ def render_video(model: AvatarModel, plan: Plan, outputs: list[tuple[object, str
     t0 = time.time()
     paths, rendered, new_frames = render_chunks(model, plan, parts, chunk, plan_key(plan, key_extra or {}), progress)
     render_s = time.time() - t0
+    facts = {"frames": plan.n_frames, "chunks_rendered": rendered, "chunks_reused": len(paths) - rendered,
+             "seconds_per_frame": render_s / new_frames if new_frames else 0.0, "parts": str(parts)}
+    if tiles_only:
+        return facts
     active = speaking_of(plan)
     for layout, out in outputs:
         with FrameWriter(Path(out), plan.fps, audio=plan.audio, crf=18) as w:
@@ -213,8 +219,7 @@ def render_video(model: AvatarModel, plan: Plan, outputs: list[tuple[object, str
                         w.write(compose(layout, tiles, active[f]))
                         f += 1
     shutil.rmtree(parts)
-    return {"frames": plan.n_frames, "chunks_rendered": rendered, "chunks_reused": len(paths) - rendered,
-            "seconds_per_frame": render_s / new_frames if new_frames else 0.0}
+    return facts
 
 
 def original_layout(root: str | Path, persons: list[PersonFrames], scale: float = 1.0) -> OriginalLayout:

@@ -20,6 +20,8 @@ roles.json: [{"person": "talk:0", "start": 0.0, "end": 3.5}, {"person": 1, "star
 (person: a name "<dataset>:<id>" or an index into --persons; times in seconds).
 
 Long audio renders in chunks (--chunk frames) into <out>.parts/; an interrupted run resumes there.
+--tiles_only stops after the chunks (a GPU machine without ffmpeg, say); the same command without it,
+here or wherever <out>.parts/ was copied (the checkpoint is recognized by its content), writes the videos.
 """
 
 import sys
@@ -32,6 +34,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from data_prep import dataset  # noqa: E402
+from data_prep.atomic_io import sha256_of  # noqa: E402
 from data_prep.errors import PrepareError  # noqa: E402
 from nerf.errors import TrainError  # noqa: E402
 from render.conversation import (  # noqa: E402
@@ -76,6 +79,8 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--max_seconds", type=float, default=0.0, help="render at most this much (0: all)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--device", default="auto", help="auto (a GPU if torch sees one), cpu or cuda (default auto)")
+    p.add_argument("--tiles_only", action="store_true",
+                   help="render the tiles into <out>.parts/ and stop; run again without it to write the videos")
     p.add_argument("--no_occupancy", action="store_true",
                    help="query the fields at every sample (default: skip cells an occupancy grid, built from the "
                         "training data's expressions, speech and poses, finds empty; nerf/occupancy.py)")
@@ -229,13 +234,19 @@ def main(argv=None) -> int:
         conference = conference_layout(plan.persons, args.tile or cfg.image_size, not args.no_highlight)
         layout = original_layout(args.data[0], plan.persons, args.scale) if args.layout == "original" else conference
         outputs = [(layout, out)] + ([(conference, Path(args.conference_out))] if args.conference_out else [])
-        facts = render_video(model, plan, outputs, chunk=args.chunk, key_extra={"ckpt": str(Path(args.ckpt).resolve())})
+        # The chunks' key: everything that decides their pixels (the plan, the checkpoint's content, the grid).
+        key_extra = {"ckpt_sha256": sha256_of(args.ckpt), "occupancy": not args.no_occupancy}
+        facts = render_video(model, plan, outputs, chunk=args.chunk, key_extra=key_extra, tiles_only=args.tiles_only)
     except (RenderError, TrainError, PrepareError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume from the finished chunks", file=sys.stderr)
         return 130
+    if args.tiles_only:
+        print(f"{facts['parts']}: tiles of {facts['frames']} frames, {facts['seconds_per_frame']:.3f} s per frame "
+              f"({facts['chunks_reused']} chunks reused); run again without --tiles_only to write the videos")
+        return 0
     written = f"{out} and {args.conference_out}" if args.conference_out else str(out)
     print(f"{written}: {facts['frames']} frames, {facts['seconds_per_frame']:.3f} s per frame "
           f"({facts['chunks_reused']} chunks reused)")

@@ -1,6 +1,7 @@
 """render: layouts put each tile where it belongs, replay retargets onto the target's own range,
 chunked rendering equals unchunked rendering and resumes, and render.py makes an mp4 with sound."""
 
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -105,9 +106,18 @@ def test_render_command_replays_the_video_into_an_mp4_with_audio(synthetic, tiny
     from data_prep.video_io import probe
 
     out = tmp_path / "recon.mp4"
-    proc = _render_cli("--ckpt", tiny_run, "--data", synthetic["dataset"], "--pose_from", "tracked",
-                       "--max_seconds", 0.4, "--chunk", 4, "--out", out, "--conference_out", tmp_path / "grid.mp4")
+    # The tiles first (as on a GPU machine without ffmpeg), from a copy of the checkpoint elsewhere...
+    elsewhere = tmp_path / "gpu" / "checkpoint.pt"
+    elsewhere.parent.mkdir()
+    shutil.copy(tiny_run, elsewhere)
+    common = ["--data", synthetic["dataset"], "--pose_from", "tracked", "--max_seconds", 0.4, "--chunk", 4,
+              "--out", out, "--conference_out", tmp_path / "grid.mp4"]
+    assert _script("render").main([str(a) for a in ["--ckpt", elsewhere, *common, "--tiles_only"]]) == 0
+    assert len(list((tmp_path / "recon.mp4.parts").glob("chunk_*.npz"))) == 3 and not out.exists()
+    # ...then the videos from the same checkpoint content: every chunk is reused
+    proc = _render_cli("--ckpt", tiny_run, *common)
     assert proc.returncode == 0, proc.stderr
+    assert "(3 chunks reused)" in proc.stdout, proc.stdout
     info = probe(out)
     assert round(info.duration * info.fps) == 10 and info.has_audio and (info.width, info.height) == (640, 360)
     grid = probe(tmp_path / "grid.mp4")  # the same frames in a 2-column grid of 32 px tiles, 4 px gaps
