@@ -29,6 +29,11 @@ class RenderConfig:
     """Stratified samples per field."""
     n_importance: int = 32
     """Importance samples per field, from the coarse weights."""
+    stop_depth: float = 20.0
+    """Rendering (no gradient) skips the final queries of a field's samples lying behind coarse intervals
+    whose optical depth sums past this (transmittance e^-20, about 2e-9; 0: never). The merged ray's
+    transmittance is never above one field's own, so such samples cannot show; the margin covers coarse
+    estimates up to several times too dense."""
 
 
 class AvatarModel(nn.Module):
@@ -117,22 +122,24 @@ class AvatarModel(nn.Module):
 
         occ = self.occupancy
 
-        def live_samples(x01, hit, grid):
+        def live_samples(x01, hit, grid, hidden):
             """(ray, sample) indices worth a field query: inside the field's domain, on a ray that meets it,
-            and (when rendering with an occupancy grid) in a cell that can hold density."""
+            (when rendering with an occupancy grid) in a cell that can hold density, and not hidden."""
             live = ((x01 >= 0) & (x01 <= 1)).all(-1) & hit[:, None]
             if grid is not None:
                 live &= occupancy.lookup(grid, row, x01)
+            if hidden is not None:
+                live &= ~hidden
             return live.nonzero(as_tuple=True)
 
         def scatter(values, ray, k, shape):
             """Per-live-sample values back into the dense [R, S, ...] layout (zeros elsewhere: weight 0)."""
             return values.new_zeros(shape + values.shape[1:]).index_put((ray, k), values)
 
-        def head_query(t):
+        def head_query(t, hidden=None):
             x = o_h[:, None] + t[..., None] * d_h[:, None]
             x01 = (x - center[:, None]) / (2 * radius[:, None, None]) + 0.5
-            ray, k = live_samples(x01, hit_h, occ.head if occ is not None else None)
+            ray, k = live_samples(x01, hit_h, occ.head if occ is not None else None, hidden)
             sigma, rgb = self.head[net](x01[ray, k], unit_h[ray], z_shape[ray], z_app[ray], drive[ray])
             return scatter(sigma, ray, k, t.shape), scatter(rgb, ray, k, t.shape), None
 
@@ -140,10 +147,10 @@ class AvatarModel(nn.Module):
         lo, hi = self.torso_min[row], self.torso_max[row]
         near_t, far_t, hit_t = rays.box_interval(torch.zeros_like(dirs), dirs, lo, hi)
 
-        def torso_query(t):
+        def torso_query(t, hidden=None):
             x = t[..., None] * dirs[:, None]
             x01 = rays.normalize_to_unit(x, lo[:, None], hi[:, None])
-            ray, k = live_samples(x01, hit_t, occ.torso if occ is not None else None)
+            ray, k = live_samples(x01, hit_t, occ.torso if occ is not None else None, hidden)
             sigma, rgb, offset = self.torso[net](x01[ray, k], unit[ray], et[ray], z_shape[ray], z_app[ray])
             return scatter(sigma, ray, k, t.shape), scatter(rgb, ray, k, t.shape), scatter(offset, ray, k, t.shape)
 
@@ -164,12 +171,23 @@ class AvatarModel(nn.Module):
         """Coarse then importance samples of one field; deltas in units of the field's own extent."""
         rc = self.render_cfg
         t_c, edges = sampler.stratified(near, far, rc.n_coarse, jitter, gen)
+        hidden = None
         if rc.n_importance > 0:
             with torch.no_grad():
                 sigma_c, _, _ = query(t_c)
-                w_c = volrend.render_weights(sigma_c, sampler.deltas_of(t_c, far) / scale[:, None])
+                delta_c = sampler.deltas_of(t_c, far) / scale[:, None]
+                w_c = volrend.render_weights(sigma_c, delta_c)
             t_f = sampler.importance(edges, w_c, rc.n_importance, jitter, gen)
-            t_c = torch.sort(torch.cat([t_c, t_f], -1), -1)[0]
-        sigma, rgb, offset = query(t_c)
+            t_all = torch.sort(torch.cat([t_c, t_f], -1), -1)[0]
+            if rc.stop_depth > 0 and not torch.is_grad_enabled():  # rendering, not training
+                # Optical depth of the coarse intervals wholly in front of each final sample: coarse interval
+                # j ends at coarse sample j + 1, so it is in front of t when t_c[j + 1] <= t.
+                depth = torch.cumsum(sigma_c * delta_c, -1)  # through interval j
+                ends = torch.cat([t_c[:, 1:], far[:, None]], -1).contiguous()
+                n_front = torch.searchsorted(ends, t_all.contiguous(), right=True)  # intervals ending by t
+                front = torch.cat([torch.zeros_like(depth[:, :1]), depth], -1).gather(1, n_front)
+                hidden = front > rc.stop_depth
+            t_c = t_all
+        sigma, rgb, offset = query(t_c, hidden)
         return {"t": t_c, "sigma": sigma, "rgb": rgb, "offset": offset,
                 "delta": sampler.deltas_of(t_c, far) / scale[:, None]}

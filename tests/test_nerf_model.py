@@ -130,6 +130,19 @@ def test_fields_are_queried_only_inside_their_domains_and_an_occupancy_grid_skip
     assert not torch.allclose(culled["head_acc"], full["head_acc"])
     model.occupancy = None
     torch.testing.assert_close(render_frame(model, persons[1], 0)["rgb"], full["rgb"])
+    # Early ray termination: with opaque fields, the samples behind the first opaque coarse intervals
+    # are not queried when rendering, and the frame stays the same
+    with torch.no_grad():
+        for f in [*model.head, *model.torso]:
+            f.density[-1].bias.fill_(8.0)
+    renders, counts = {}, {}
+    for stop in (0.0, 20.0):
+        model.render_cfg.stop_depth = stop
+        seen.clear()
+        renders[stop] = render_frame(model, persons[1], 0)
+        counts[stop] = sum(len(x) for x in seen)
+    assert counts[20.0] < 0.8 * counts[0.0], counts
+    torch.testing.assert_close(renders[20.0]["rgb"], renders[0.0]["rgb"], atol=1e-6, rtol=0)
 
 
 def test_audio_drive_weights_a_window_and_leaves_a_steady_one_as_it_is():
