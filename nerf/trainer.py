@@ -85,11 +85,11 @@ class TrainConfig:
     hash_half: bool = False
     """The fused hash grid gathers from float16 copies of the tables (float32 master tables and gradients)."""
     log_every: int = 10
+    """Iterations between TensorBoard scalars (each costs a host-device sync on a GPU)."""
     time_budget_s: float = 0.0
     """Stop after this many seconds of training (0: none); the learning-rate decay then follows
     whichever of iterations and time runs out first. A stopped run checkpoints, validates and
     summarizes as a finished one; --resume continues it, but not step for step."""
-    """Iterations between TensorBoard scalars (each costs a host-device sync on a GPU)."""
     resume: bool = False
 
     # Keys that shape the model: a checkpoint is only valid for a run with the same values.
