@@ -69,7 +69,7 @@ def warn_fallback(reason: str) -> None:
     if not _warned:
         _warned = True
         warnings.warn(f"HASH GRID ON THE SLOW PATH: {reason}; using the PyTorch reference encoding "
-                      "(correct, about 40x slower on a GPU)", RuntimeWarning, stacklevel=3)
+                      "(correct; 28-50x slower on an H100, docs/PERFORMANCE.md)", RuntimeWarning, stacklevel=3)
 
 
 def _level_args(cfg) -> tuple[list[float], list[int], list[int], list[int]]:
