@@ -37,6 +37,7 @@ from data_prep.atomic_io import atomic_path
 from data_prep.audio_features import mel_windows
 from data_prep.tb import tensorboard_writer
 from nerf.audio import Wav2LipAudioEncoder
+from nerf.device import resolve_device
 from nerf.errors import TrainError
 from nerf.fields import mlp
 from nerf.metrics import MOUTH_INDICES, pearson
@@ -235,7 +236,7 @@ def pretrain_audio(cfg: AudioPretrainConfig, out: str | Path, log=print, progres
         raise TrainError(f"audio pre-training needs iters >= 1, batch >= 2, eval_every >= 1 and 0 < min_shift <= "
                          f"max_shift; got iters {cfg.iters}, batch {cfg.batch}, eval_every {cfg.eval_every}, shifts "
                          f"{cfg.min_shift}..{cfg.max_shift}")
-    device = _device(cfg.device)
+    device = resolve_device(cfg.device)
     speakers = load_speakers(cfg.data)
     who = torch.cat([torch.full((len(s.train),), i) for i, s in enumerate(speakers)])
     frames = torch.cat([s.train for s in speakers])
@@ -286,16 +287,4 @@ def pretrain_audio(cfg: AudioPretrainConfig, out: str | Path, log=print, progres
     log(f"audio encoder: held-out mouth-opening correlation {val['mouth_open_corr']:.3f}, sync accuracy "
         f"{val['sync_acc']:.2f} over {val['frames']} frames; {facts['seconds']} s -> {out}")
     return facts
-
-
-def _device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(name)
-    except RuntimeError:
-        raise TrainError(f"unknown device {name!r}; use cpu, cuda or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise TrainError(f"device {name} was asked for but this torch sees no CUDA GPU; use cpu or auto")
-    return device
 
