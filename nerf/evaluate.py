@@ -29,12 +29,14 @@ from nerf.render import render_frame
 from nerf.trainer import TrainConfig, TrainError, build, check_compatible, checkpoint_audio_encoder, load_checkpoint
 
 
-def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu", occupancy: bool = False):
+def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu", occupancy: bool = False,
+               ckpt: dict | None = None):
     """Model (on ``device``: auto, cpu, cuda) and persons (on the CPU) of a checkpoint, on the given datasets.
 
     With ``occupancy`` the model renders with occupancy grids built from these persons (``nerf.occupancy``).
+    ``ckpt``: the checkpoint's contents when the caller has already read them (not read again).
     """
-    ckpt = load_checkpoint(Path(ckpt_path))
+    ckpt = ckpt if ckpt is not None else load_checkpoint(Path(ckpt_path))
     saved = json.loads(ckpt["config"])
     known = {f.name for f in dataclasses.fields(TrainConfig)}
     cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})

