@@ -26,8 +26,10 @@ from data_prep.atomic_io import save_image, save_json, save_npz, sha256_of
 from data_prep.audio_features import audio_features
 from data_prep.errors import PrepareError
 from data_prep.parsing import PersonSegmenter, median_plate
+from data_prep.roles import read_roles
 
 MIN_SECONDS = 2.0
+MAX_ROLE_PERSONS = 64  # a roles file is checked up front against this many persons, then against those found
 MIN_VALID_FRACTION = 0.5  # a person whose face is lost for more than this is refused
 
 
@@ -55,6 +57,9 @@ class PrepareConfig:
     """Redo every stage, and overwrite another video's dataset."""
     crf: int = 17
     """x264 quality of the stored crops (lower: larger and closer to the source)."""
+    roles: str | None = None
+    """A roles file (or a compose turns.json) saying who speaks when; speaking is then the voiced frames of
+    each person's intervals instead of the audio-visual guess (``data_prep.roles``)."""
 
 
 class Prepare:
@@ -94,6 +99,9 @@ class Prepare:
             raise PrepareError(f"{self.video} lasts {info.duration:.2f} s; prepare needs at least {MIN_SECONDS:.0f} s")
         if not info.has_audio and not self.cfg.allow_silent:
             raise PrepareError(f"{self.video} has no audio track; pass --allow_silent to prepare it without sound")
+        if self.cfg.roles:  # a malformed roles file is refused now, not after minutes of tracking
+            read_roles(self.cfg.roles, [str(i) for i in range(MAX_ROLE_PERSONS)],
+                       max(1, int((info.duration or 1e6) * self.cfg.fps)), self.cfg.fps)
         try:
             self.out.mkdir(parents=True, exist_ok=True)
             probe_file = self.out / f".write_test{os.getpid()}"
@@ -121,7 +129,8 @@ class Prepare:
             return False
         old = json.loads(path.read_text()).get("config", {})
         new = dataclasses.asdict(self.cfg)
-        changed = [k for k in new if k not in ("force", "workers") and old.get(k) != new[k]]
+        # roles only shapes the audio stage, which checks its own source (``_audio``)
+        changed = [k for k in new if k not in ("force", "workers", "roles") and old.get(k) != new[k]]
         if changed:
             self.log(f"options changed since the last run ({', '.join(changed)}); preparing from scratch")
         return bool(changed)
@@ -251,6 +260,9 @@ class Prepare:
     # -- stage 4: audio features and who speaks -----------------------------------------------
     def _audio(self, ctx: dict) -> None:
         out_wav, out_npz = self.out / "audio.wav", self.out / "audio_features.npz"
+        source = f"roles {sha256_of(self.cfg.roles)}" if self.cfg.roles else "audio-visual"
+        if out_npz.exists() and str(dataset.load_npz(out_npz).get("speaking_source", "audio-visual")) != source:
+            self._redo = True  # who speaks now comes from elsewhere: this stage and the ones after it rerun
         if self._done(out_wav, out_npz):
             return
         n, fps = ctx["n_frames"], self.cfg.fps
@@ -262,11 +274,19 @@ class Prepare:
         tracks = [dataset.load_track(self.out, i) for i in ids]
         valid = np.stack([t["valid"] for t in tracks], 1)
         who = speaking.speaking_timeline(audio, [t["landmarks"] for t in tracks], valid, n, fps)
+        if self.cfg.roles:
+            said = read_roles(self.cfg.roles, [str(i) for i in ids], n, fps)
+            guessed = who["speaking"]
+            who["speaking"] = said & who["voiced"][:, None]
+            voiced = who["voiced"] & said.any(1)
+            if voiced.any():
+                agree = (guessed[voiced] == who["speaking"][voiced]).all(1).mean()
+                self.log(f"speaking from {self.cfg.roles}; the audio-visual guess agreed on {agree:.0%} of its voiced frames")
         feats = audio_features(audio, n, fps)
         video_io.write_wav(out_wav, audio)
         save_npz(out_npz, mel=feats["mel"], zcr=feats["zcr"], rms=feats["rms"], speaking=who["speaking"],
                  voiced=who["voiced"], vad_prob=who["vad_prob"], speaker_scores=who["scores"],
-                 mouth_open=who["mouth_open"])
+                 mouth_open=who["mouth_open"], speaking_source=np.array(source))
         share = who["speaking"].mean(0)
         self.log("speaking share per person: " + ", ".join(f"{i}: {s:.0%}" for i, s in zip(ids, share)))
 

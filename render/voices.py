@@ -77,6 +77,7 @@ import torch
 
 from data_prep import dataset
 from data_prep.audio_features import check_clock, clean_audio
+from data_prep.roles import RolesError, read_roles
 from data_prep.video_io import AUDIO_SR, fit_audio
 
 ENCODER_NAME = "resemblyzer-0.1.4-ge2e"
@@ -656,91 +657,19 @@ def assign(audio: np.ndarray, n_frames: int, fps: float, bank: VoiceBank,
     return Assignment(names, speaking, voiced, turns, np.asarray(scores, np.float32))
 
 
-def _role_person(value: Any, persons: list[str], where: str) -> int:
-    """Column of a roles entry's person: a name, or an index into ``persons``."""
-    if isinstance(value, str):
-        if value in persons:
-            return persons.index(value)
-        if value.strip().lstrip("-").isdigit():
-            value = int(value)
-        else:
-            raise VoiceError(f"{where}: unknown person {value!r}; known: {', '.join(persons)} "
-                             f"(or an index 0..{len(persons) - 1})")
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise VoiceError(f"{where}: 'person' must be a name or an index, got {value!r}")
-    if not 0 <= value < len(persons):
-        raise VoiceError(f"{where}: person index {value} is out of range 0..{len(persons) - 1} ({', '.join(persons)})")
-    return value
-
-
-def _role_time(entry: dict, key: str, where: str) -> float:
-    value = entry[key]
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise VoiceError(f"{where}: {key!r} must be a finite number of seconds, got {value!r}")
-    return float(value)
-
-
 def roles_from_json(path: str | os.PathLike, persons: list[str], n_frames: int, fps: float) -> np.ndarray:
-    """Read who speaks when from a user's roles file.
-
-    The file holds a JSON list of ``{"person": <name or index>, "start":
-    <seconds>, "end": <seconds>}``; the index counts in ``persons``. Frame i
-    (time i / fps) is the person's when start <= i / fps < end. Intervals may
-    touch but not overlap (one speaker at a time, also for one person's own
-    intervals); an end past the audio is cut at n_frames / fps; time outside
-    every interval is silence.
-
-    Args:
-        path: the roles JSON file.
-        persons: the P person names, the output's columns.
-        n_frames: T, the number of video frames.
-        fps: video frames per second.
+    """Read who speaks when from a user's roles file (``data_prep.roles.read_roles``: a JSON list of
+    ``{"person": <name or index>, "start": <seconds>, "end": <seconds>}``, or a compose turns.json).
 
     Returns:
         speaking: [T, P] bool, at most one True per frame.
 
     Raises:
-        VoiceError: unreadable or malformed JSON, unknown persons, negative,
-            inverted, overlapping or out-of-clip intervals.
+        VoiceError: unreadable or malformed JSON, unknown persons, negative, inverted, overlapping or
+            out-of-clip intervals.
         data_prep.errors.PrepareError: no frame, or fps not positive.
     """
-    check_clock(n_frames, fps)
-    path = Path(path)
     try:
-        roles = json.loads(path.read_text())
-    except OSError as e:
-        raise VoiceError(f"cannot read the roles file {path}: {e.strerror or e}") from None
-    except (json.JSONDecodeError, UnicodeDecodeError) as e:
-        raise VoiceError(f"{path} is not valid JSON ({e}); expected "
-                         '[{"person": "<name or index>", "start": seconds, "end": seconds}, ...]') from None
-    if not isinstance(roles, list):
-        raise VoiceError(f"{path} must hold a JSON list of {{person, start, end}} objects, got {type(roles).__name__}")
-    duration = n_frames / fps
-    spans = []
-    for k, entry in enumerate(roles):
-        where = f"{path.name} entry {k}"
-        if not isinstance(entry, dict):
-            raise VoiceError(f"{where}: expected an object {{person, start, end}}, got {entry!r}")
-        keys = set(entry)
-        if keys != {"person", "start", "end"}:
-            missing, extra = {"person", "start", "end"} - keys, keys - {"person", "start", "end"}
-            raise VoiceError(f"{where}: " + "; ".join(
-                ([f"missing {sorted(missing)}"] if missing else []) + ([f"unknown keys {sorted(extra)}"] if extra else [])))
-        col = _role_person(entry["person"], persons, where)
-        start, end = _role_time(entry, "start", where), _role_time(entry, "end", where)
-        if start < 0:
-            raise VoiceError(f"{where}: start {start} s is negative")
-        if end <= start:
-            raise VoiceError(f"{where}: end {end} s is not after start {start} s")
-        if start >= duration:
-            raise VoiceError(f"{where}: starts at {start} s, after the audio ends ({duration:.3f} s)")
-        spans.append((start, end, col, k))
-    spans.sort()
-    for (_, e0, _, k0), (s1, _, _, k1) in zip(spans, spans[1:]):
-        if s1 < e0:
-            raise VoiceError(f"{path.name}: entries {k0} and {k1} overlap ({s1} s < {e0} s); one person speaks at a time")
-    speaking = np.zeros((n_frames, len(persons)), bool)
-    t = np.arange(n_frames) / fps
-    for start, end, col, _ in spans:
-        speaking[(t >= start) & (t < end), col] = True
-    return speaking
+        return read_roles(path, persons, n_frames, fps)
+    except RolesError as e:
+        raise VoiceError(str(e)) from None

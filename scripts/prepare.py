@@ -10,6 +10,7 @@ real time on a laptop CPU.
 Example:
     python scripts/prepare.py --video talk.mp4 --out data/talk
     python scripts/prepare.py --config configs/prepare.txt --video talk.mp4 --out data/talk
+    python scripts/prepare.py --video conv.mp4 --out data/conv --roles conv.turns.json   # who speaks is known
 
 Re-running skips finished stages (--force redoes them). The dataset layout is
 described in docs/DATASET.md; look at <out>/qa/ first.
@@ -43,6 +44,10 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--workers", type=int, default=d.workers,
                    help="processes for the per-person pass (0: one per person, at most the CPU count)")
     p.add_argument("--crf", type=int, default=d.crf, help="x264 quality of the stored crops (lower = larger, closer)")
+    p.add_argument("--roles", default=None,
+                   help="who speaks when, instead of the audio-visual guess: a JSON list of {person, start, end} "
+                        "(seconds; person = prepare's id, left to right from 0) or compose_conversation's turns.json; "
+                        "speaking is then the voiced frames of each person's intervals")
     p.add_argument("--allow_silent", action="store_true", help="accept a video without an audio track")
     p.add_argument("--force", action="store_true", help="redo every stage; replace another video's dataset")
     return p
@@ -52,7 +57,8 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     cfg = PrepareConfig(fps=args.fps, crop_size=args.crop_size, persons=args.persons, expression_k=args.expression_k,
                         smooth_pose=args.smooth_pose, detect_per_second=args.detect_per_second,
-                        allow_silent=args.allow_silent, workers=args.workers, force=args.force, crf=args.crf)
+                        allow_silent=args.allow_silent, workers=args.workers, force=args.force, crf=args.crf,
+                        roles=args.roles)
     if cfg.crop_size < 64 or cfg.crop_size % 2:
         print("error: --crop_size must be an even number of at least 64", file=sys.stderr)
         return 2

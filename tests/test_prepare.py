@@ -203,3 +203,30 @@ def test_changed_options_start_over_and_same_options_resume(tmp_path):
     save_json(tmp_path / ".stages" / "source.json", {"source": {}, "config": {**cfg.__dict__}})
     assert not Prepare("v.mp4", tmp_path, PrepareConfig(crop_size=256, workers=1), log=lambda *_: None)._options_changed()
     assert Prepare("v.mp4", tmp_path, PrepareConfig(crop_size=512), log=lambda *_: None)._options_changed()
+
+
+def test_roles_file_says_who_speaks_and_only_the_audio_stage_reruns(synthetic, tmp_path):
+    import shutil
+
+    from data_prep.pipeline import prepare
+
+    root = tmp_path / "dataset"
+    shutil.copytree(synthetic["dataset"], root)
+    track_before = (root / "persons" / "0" / "track.npz").stat().st_mtime_ns
+    roles = tmp_path / "roles.json"
+    roles.write_text(json.dumps([{"person": 1, "start": 0.0, "end": 100.0}]))  # person 1 speaks all along
+    prepare(synthetic["video"], root, PrepareConfig(crop_size=CROP, roles=str(roles)), log=lambda *_: None)
+    af = dataset.load_npz(root / "audio_features.npz")
+    assert not af["speaking"][:, 0].any()
+    np.testing.assert_array_equal(af["speaking"][:, 1], af["voiced"])  # the voiced frames of the interval
+    assert str(af["speaking_source"]).startswith("roles ")
+    assert (root / "persons" / "0" / "track.npz").stat().st_mtime_ns == track_before  # tracking kept
+
+
+def test_bad_roles_file_is_refused_before_any_work(synthetic, tmp_path):
+    roles = tmp_path / "roles.json"
+    roles.write_text(json.dumps([{"person": 0, "start": 0.0, "end": 2.0}, {"person": 1, "start": 1.5, "end": 3.0}]))
+    out = tmp_path / "out"
+    proc = run_cli("--video", synthetic["video"], "--out", out, "--roles", roles)
+    assert_refused(proc, out, "overlap")
+    assert not out.exists()

@@ -253,6 +253,13 @@ def test_roles_by_name_and_index(tmp_path):
     assert roles_from_json(write_roles(tmp_path, []), PERSONS, 10, FPS).shape == (10, 3)
 
 
+def test_roles_from_a_compose_turns_json(tmp_path):
+    turns = {"fps": FPS, "turns": [{"person": 1, "start_s": 0.0, "end_s": 1.0, "start_frame": 0, "end_frame": 25},
+                                   {"person": 0, "start_s": 1.4, "end_s": 2.0, "start_frame": 35, "end_frame": 50}]}
+    speaking = roles_from_json(write_roles(tmp_path, turns), PERSONS[:2], 60, FPS)
+    np.testing.assert_array_equal(speaking, timeline([(1, 0.0, 1.0), (0, 1.4, 2.0)], 60, n_persons=2))
+
+
 @pytest.mark.parametrize("roles, message", [
     ('[{"person": 0, "start": 0, "end": 1}', "not valid JSON"),
     ({"person": 0, "start": 0, "end": 1}, "JSON list"),
