@@ -151,11 +151,13 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
     Returns:
         dict of per-ray tensors: row, frame [R] long; u, v [R] float pixel coordinates; rgb [R, 3];
         label [R] long; background [R, 3]; R [R, 3, 3]; t [R, 3]; euler [R, 3]; expr [R, K];
-        audio [R, 2 audio_window + 1, 512]; speaking [R] bool; focal [R].
+        speaking [R] bool; focal [R]; pair [R] long, the ray's (person, frame) pair; and per pair
+        (``PAIR_KEYS``): audio [Q, 2 audio_window + 1, 512], the pair's audio code window.
     """
     P = len(persons)
     who = torch.randint(0, P, (n_rays,), generator=gen)
     out: dict[str, list] = {}
+    n_pairs = 0
     for i, p in enumerate(persons):
         sel = (who == i).nonzero()[:, 0]
         n = len(sel)
@@ -179,6 +181,8 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
         v = torch.where(head, hb[:, 1] + r[:, 1] * (hb[:, 3] + 1 - hb[:, 1]), v).floor().clamp(0, s - 1)
         # The random choices above are drawn on the CPU (one generator, reproducible on any device);
         # the gathers below run where the frames live.
+        # The (person, frame) pairs, found on the CPU (no device sync): their audio windows are gathered once.
+        frames_of_pairs, pair = torch.unique(frame, return_inverse=True)
         dev = p.device
         frame, u, v = frame.to(dev), u.to(dev), v.to(dev)
         ui, vi = u.long(), v.long()
@@ -186,9 +190,19 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
             "row": torch.full((n,), p.row, device=dev), "frame": frame, "u": u, "v": v,
             "rgb": p.images[frame, vi, ui].float() / 255.0, "label": p.labels[frame, vi, ui].long(),
             "background": p.background[vi, ui], "R": p.R[frame], "t": p.t[frame], "euler": p.euler[frame],
-            "expr": p.expr[frame], "audio": code_windows(p.audio, frame, audio_window), "speaking": p.speaking[frame],
-            "focal": torch.full((n,), p.focal, device=dev),
+            "expr": p.expr[frame], "speaking": p.speaking[frame], "focal": torch.full((n,), p.focal, device=dev),
+            "pair": (pair + n_pairs).to(dev), "audio": code_windows(p.audio, frames_of_pairs.to(dev), audio_window),
         }
+        n_pairs += len(frames_of_pairs)
         for k, val in batch.items():
             out.setdefault(k, []).append(val)
     return {k: torch.cat(v) for k, v in out.items()}
+
+
+PAIR_KEYS = ("audio",)
+"""Batch entries with one row per (person, frame) pair, not per ray; ``batch["pair"]`` indexes them."""
+
+
+def select_rays(batch: dict[str, torch.Tensor], index) -> dict[str, torch.Tensor]:
+    """The rays ``index`` (a slice, a bool mask or indices) of a batch; the per-pair entries stay whole."""
+    return {k: v if k in PAIR_KEYS else v[index] for k, v in batch.items()}

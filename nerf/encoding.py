@@ -257,6 +257,7 @@ class HashEncoding(nn.Module):
             x: [..., 3] points in [0, 1]^3.
 
         Returns:
-            [..., L * F] features.
+            [..., L * F] features (float32 also under autocast: the trilinear weights need the bits).
         """
-        return hash_grid_encode(x, self.tables, self.cfg, self.backend, self.half)
+        with torch.autocast(x.device.type, enabled=False):
+            return hash_grid_encode(x.float(), self.tables, self.cfg, self.backend, self.half)

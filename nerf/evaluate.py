@@ -55,7 +55,7 @@ def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu", occu
 
 def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path, max_frames: int = 0,
              device: str = "cpu", save_rendered: bool = False, rendered_dir: str | Path | None = None,
-             occupancy: bool = False) -> dict:
+             occupancy: bool = False, amp: bool = False) -> dict:
     """Evaluate every person's validation frames; writes metrics.json and grid.png into out_dir.
 
     Args:
@@ -67,6 +67,7 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
         rendered_dir: score the frames saved there instead of rendering (e.g. rendered on a GPU machine
             that lacks mediapipe); the datasets give the real frames.
         occupancy: render as render.py does, skipping cells an occupancy grid finds empty.
+        amp: render under float16 autocast (``nerf.render``).
 
     Returns:
         {"rows": per (person, role) metric dicts, "table": the printed table}.
@@ -102,7 +103,8 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
             frames = torch.from_numpy(saved["frames"]).long()
             rendered = saved["rgb"].astype(np.float32) / 255
         else:
-            rendered = np.stack([render_frame(model, p, f)["rgb"].clamp(0, 1).cpu().numpy() for f in frames.tolist()])
+            rendered = np.stack([render_frame(model, p, f, amp=amp)["rgb"].clamp(0, 1).cpu().numpy()
+                                 for f in frames.tolist()])
             rendered = (rendered * 255).round() / 255  # as written to a video: 8 bits
             if save_rendered:
                 save_npz(out / f"rendered_{p.row}.npz", frames=frames.numpy(), person=np.array(p.name),

@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from nerf.encoding import HashEncoding, HashGridConfig
@@ -72,6 +73,35 @@ def mlp(d_in: int, hidden: int, d_out: int, layers: int = 2) -> nn.Sequential:
         d = hidden
     mods.append(nn.Linear(d, d_out))
     return nn.Sequential(*mods)
+
+
+def conditioned_linear(layer: nn.Linear, x: torch.Tensor, cond: torch.Tensor, ray: torch.Tensor | None) -> torch.Tensor:
+    """``layer(cat([x, cond[ray]], -1))`` without building the per-sample concatenation.
+
+    The inputs of a field's first layers are per sample (position features) and per ray (latent codes,
+    drive, view direction, pose): the layer's weight splits by columns, the per-ray part is applied once
+    per ray and gathered to the samples. The same parameters as the concatenated form, so checkpoints
+    load either way; the result equals it up to float rounding.
+
+    Args:
+        layer: Linear over x.shape[-1] + cond.shape[-1] inputs (x's columns first).
+        x: [N, Dx] per-sample inputs.
+        cond: [R, Dc] per-ray inputs (R = 1 broadcasts to every sample).
+        ray: [N] long, the ray of each sample; None when cond's rows already align with x's (or R = 1).
+    """
+    k = x.shape[-1]
+    per_ray = F.linear(cond, layer.weight[:, k:], layer.bias)
+    if ray is not None:
+        per_ray = per_ray.index_select(0, ray)
+    return torch.addmm(per_ray, x, layer.weight[:, :k].t()) if per_ray.shape[0] == x.shape[0] \
+        else F.linear(x, layer.weight[:, :k]) + per_ray
+
+
+def _rest(net: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
+    """The layers of an ``mlp`` after its first Linear."""
+    for layer in list(net)[1:]:
+        h = layer(h)
+    return h
 
 
 def trunc_exp(x: torch.Tensor) -> torch.Tensor:
@@ -134,13 +164,16 @@ class HeadField(nn.Module):
         self.dir_freqs = cfg.dir_freqs
 
     def forward(self, x01: torch.Tensor, dirs: torch.Tensor, z_shape: torch.Tensor, z_app: torch.Tensor,
-                drive: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Args: x01 [N, 3] in [0, 1]^3; dirs [N, 3] unit; z_shape [N, Ds]; z_app [N, Da]; drive [N, Dd].
+                drive: torch.Tensor, ray: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Args: x01 [N, 3] in [0, 1]^3; per ray: dirs [R, 3] unit, z_shape [R, Ds], z_app [R, Da],
+        drive [R, Dd]; ray [N] long, each sample's ray (None: R = N, the rows align, or R = 1).
 
         Returns: sigma [N], rgb [N, 3] in [0, 1].
         """
-        h = self.density(torch.cat([self.encoding(x01), z_shape, drive], -1))
-        rgb = self.color(torch.cat([h[:, 1:], freq_encode(dirs, self.dir_freqs), z_app], -1))
+        h = _rest(self.density, conditioned_linear(self.density[0], self.encoding(x01), torch.cat([z_shape, drive], -1),
+                                                   ray))
+        view = torch.cat([freq_encode(dirs, self.dir_freqs), z_app], -1)
+        rgb = _rest(self.color, conditioned_linear(self.color[0], h[:, 1:], view, ray))
         return trunc_exp(h[:, 0] - 1.0), torch.sigmoid(rgb)
 
 
@@ -159,14 +192,16 @@ class TorsoField(nn.Module):
         self.color = mlp(cfg.geo_features + 3 * (1 + 2 * cfg.dir_freqs) + cfg.app_dim, cfg.hidden, 3)
 
     def forward(self, x01: torch.Tensor, dirs: torch.Tensor, et: torch.Tensor, z_shape: torch.Tensor,
-                z_app: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Args: x01 [N, 3] in [0, 1]^3; dirs [N, 3] unit; et [N, 6] (Euler angles, translation); z_*.
+                z_app: torch.Tensor, ray: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Args: x01 [N, 3] in [0, 1]^3; per ray: dirs [R, 3] unit, et [R, 6] (Euler angles, translation),
+        z_shape, z_app; ray [N] long, each sample's ray (None: R = N, the rows align, or R = 1).
 
         Returns: sigma [N], rgb [N, 3], the warp offset [N, 3] (for its regularizer).
         """
-        pose = freq_encode(et, self.pose_freqs)
-        offset = self.deform(torch.cat([freq_encode(x01, self.pose_freqs), pose, z_shape], -1))
+        cond = torch.cat([freq_encode(et, self.pose_freqs), z_shape], -1)  # per ray: gamma(et), z_shape
+        offset = _rest(self.deform, conditioned_linear(self.deform[0], freq_encode(x01, self.pose_freqs), cond, ray))
         warped = (x01 + offset).clamp(0.0, 1.0)
-        h = self.density(torch.cat([self.encoding(warped), pose, z_shape], -1))
-        rgb = self.color(torch.cat([h[:, 1:], freq_encode(dirs, self.dir_freqs), z_app], -1))
+        h = _rest(self.density, conditioned_linear(self.density[0], self.encoding(warped), cond, ray))
+        view = torch.cat([freq_encode(dirs, self.dir_freqs), z_app], -1)
+        rgb = _rest(self.color, conditioned_linear(self.color[0], h[:, 1:], view, ray))
         return trunc_exp(h[:, 0] - 1.0), torch.sigmoid(rgb), offset

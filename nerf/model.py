@@ -15,7 +15,7 @@ import torch
 from torch import nn
 
 from nerf import occupancy, rays, sampler, volrend
-from nerf.data import PersonFrames
+from nerf.data import PersonFrames, select_rays
 from nerf.fields import AudioDrive, ExpressionEncoder, FieldConfig, HeadField, TorsoField
 
 TORSO_HALF_DEPTH = 0.35  # the torso box's half depth (head units): its sample spacing is measured in it
@@ -79,15 +79,21 @@ class AvatarModel(nn.Module):
     def drive_code(self, net: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
         """[R, drive_dim]: the audio drive where the person speaks, the expression code where it listens.
 
-        Rays of one (person, frame) share their audio window, so its attention runs once per pair.
+        Rays of one (person, frame) share their audio window (``batch["audio"]`` holds one per pair,
+        ``batch["pair"]`` says whose), so the attention runs once per pair.
         """
-        key = batch["row"] * (int(batch["frame"].max()) + 1) + batch["frame"]
-        pairs, ray_pair = torch.unique(key, return_inverse=True)
-        one_ray = torch.empty(len(pairs), dtype=torch.long, device=key.device)
-        one_ray.scatter_(0, ray_pair, torch.arange(len(key), device=key.device))
-        a = self.audio[net](batch["audio"][one_ray])[ray_pair]
+        a = self.audio[net](batch["audio"]).index_select(0, batch["pair"])
         e = self.expr[net](batch["expr"])
         return torch.where(batch["speaking"][:, None], a, e)
+
+    def ray_hits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[R] bool: whether a ray meets its person's head sphere or torso box (the others show the background)."""
+        row = batch["row"]
+        dirs = rays.pixel_rays(batch["u"], batch["v"], batch["focal"], self.image_size)
+        o_h, d_h = rays.to_head_space(dirs, batch["R"], batch["t"])
+        hit_h = rays.sphere_interval(o_h, d_h, self.head_center[row], self.head_radius[row])[2]
+        hit_t = rays.box_interval(torch.zeros_like(dirs), dirs, self.torso_min[row], self.torso_max[row])[2]
+        return hit_h | hit_t
 
     def forward(self, batch: dict[str, torch.Tensor], jitter: bool = True,
                 gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -97,13 +103,15 @@ class AvatarModel(nn.Module):
             rgb [R, 3] composited over the background; head_acc, torso_acc [R] opacities of
             each field; offset_sq [R] mean squared torso warp over the ray's samples (0 outside the torso box).
         """
+        if self.mode == "shared":  # one network renders every ray: no split, no scatter back
+            return self._render(0, batch, jitter, gen)
         dev = batch["row"].device
         out = {k: torch.zeros(len(batch["row"]), *s, device=dev) for k, s in
                (("rgb", (3,)), ("head_acc", ()), ("torso_acc", ()), ("offset_sq", ()))}
         for net, mask in self._net(batch["row"]):
-            part = batch if self.mode == "shared" else {k: v[mask] for k, v in batch.items()}
+            part = select_rays(batch, mask)
             for k, v in self._render(net, part, jitter, gen).items():
-                out[k] = out[k].index_put((mask,), v)
+                out[k] = out[k].index_put((mask,), v.to(out[k].dtype))  # (float16 parts under autocast)
         return out
 
     def _render(self, net: int, b: dict[str, torch.Tensor], jitter: bool, gen) -> dict[str, torch.Tensor]:
@@ -140,7 +148,7 @@ class AvatarModel(nn.Module):
             x = o_h[:, None] + t[..., None] * d_h[:, None]
             x01 = (x - center[:, None]) / (2 * radius[:, None, None]) + 0.5
             ray, k = live_samples(x01, hit_h, occ.head if occ is not None else None, hidden)
-            sigma, rgb = self.head[net](x01[ray, k], unit_h[ray], z_shape[ray], z_app[ray], drive[ray])
+            sigma, rgb = self.head[net](x01[ray, k], unit_h, z_shape, z_app, drive, ray)
             return scatter(sigma, ray, k, t.shape), scatter(rgb, ray, k, t.shape), None
 
         # Torso: camera-space rays through the person's torso box.
@@ -151,12 +159,13 @@ class AvatarModel(nn.Module):
             x = t[..., None] * dirs[:, None]
             x01 = rays.normalize_to_unit(x, lo[:, None], hi[:, None])
             ray, k = live_samples(x01, hit_t, occ.torso if occ is not None else None, hidden)
-            sigma, rgb, offset = self.torso[net](x01[ray, k], unit[ray], et[ray], z_shape[ray], z_app[ray])
+            sigma, rgb, offset = self.torso[net](x01[ray, k], unit, et, z_shape, z_app, ray)
             return scatter(sigma, ray, k, t.shape), scatter(rgb, ray, k, t.shape), scatter(offset, ray, k, t.shape)
 
-        head = self._field_samples(head_query, near_h, torch.maximum(far_h, near_h), 2 * radius, jitter, gen)
-        torso = self._field_samples(torso_query, near_t, torch.maximum(far_t, near_t),
-                                    torch.full_like(near_t, 2 * TORSO_HALF_DEPTH), jitter, gen)
+        head, torso = self._field_samples(
+            [(head_query, near_h, torch.maximum(far_h, near_h), 2 * radius),
+             (torso_query, near_t, torch.maximum(far_t, near_t), torch.full_like(near_t, 2 * TORSO_HALF_DEPTH))],
+            jitter, gen)
         t, vals, source = volrend.merge_by_depth(
             head["t"], {"sigma": head["sigma"], "rgb": head["rgb"], "delta": head["delta"]},
             torso["t"], {"sigma": torso["sigma"], "rgb": torso["rgb"], "delta": torso["delta"]})
@@ -167,27 +176,66 @@ class AvatarModel(nn.Module):
                 "head_acc": (weights * (source == 0)).sum(-1), "torso_acc": (weights * (source == 1)).sum(-1),
                 "offset_sq": (torso["offset"] ** 2).sum(-1).mean(-1)}
 
-    def _field_samples(self, query, near, far, scale, jitter, gen) -> dict[str, torch.Tensor]:
-        """Coarse then importance samples of one field; deltas in units of the field's own extent."""
+    def _field_samples(self, fields, jitter, gen) -> list[dict[str, torch.Tensor]]:
+        """Coarse then importance samples of each field; deltas in units of the field's own extent.
+
+        Args:
+            fields: (query, near [R], far [R], scale [R]) per field; every field's ray parameter t is the
+                camera ray's (head space moves rays rigidly), so their samples merge by t.
+
+        Training queries the coarse samples without gradient for the importance weights, then every
+        sample, coarse ones again, with gradient in one call per field (fewer kernel launches in the
+        backward pass than two calls with gradient). Rendering (no gradient) queries each sample once:
+        the coarse values stay in the final, depth-sorted set beside the importance samples, and the
+        importance samples that lie behind coarse intervals, of any field, whose optical depth sums past
+        ``stop_depth`` are skipped: early ray termination across the fields (a torso sample behind the
+        opaque face costs nothing).
+        """
         rc = self.render_cfg
-        t_c, edges = sampler.stratified(near, far, rc.n_coarse, jitter, gen)
-        hidden = None
-        if rc.n_importance > 0:
+        training = torch.is_grad_enabled()
+        coarse = []
+        for query, near, far, scale in fields:
+            t_c, edges = sampler.stratified(near, far, rc.n_coarse, jitter, gen)
             with torch.no_grad():
-                sigma_c, _, _ = query(t_c)
-                delta_c = sampler.deltas_of(t_c, far) / scale[:, None]
-                w_c = volrend.render_weights(sigma_c, delta_c)
-            t_f = sampler.importance(edges, w_c, rc.n_importance, jitter, gen)
-            t_all = torch.sort(torch.cat([t_c, t_f], -1), -1)[0]
-            if rc.stop_depth > 0 and not torch.is_grad_enabled():  # rendering, not training
-                # Optical depth of the coarse intervals wholly in front of each final sample: coarse interval
-                # j ends at coarse sample j + 1, so it is in front of t when t_c[j + 1] <= t.
-                depth = torch.cumsum(sigma_c * delta_c, -1)  # through interval j
-                ends = torch.cat([t_c[:, 1:], far[:, None]], -1).contiguous()
-                n_front = torch.searchsorted(ends, t_all.contiguous(), right=True)  # intervals ending by t
-                front = torch.cat([torch.zeros_like(depth[:, :1]), depth], -1).gather(1, n_front)
+                sigma, rgb, offset = query(t_c)
+            coarse.append({"t": t_c, "edges": edges, "sigma": sigma, "rgb": rgb, "offset": offset, "far": far,
+                           "delta": sampler.deltas_of(t_c, far) / scale[:, None]})
+        if rc.n_importance == 0:
+            if training:
+                for (query, *_), c in zip(fields, coarse):
+                    c["sigma"], c["rgb"], c["offset"] = query(c["t"])
+            return [{k: c[k] for k in ("t", "sigma", "rgb", "offset", "delta")} for c in coarse]
+        terminate = rc.stop_depth > 0 and not training
+        if terminate:
+            for c in coarse:
+                c["depth"] = torch.cumsum(c["sigma"] * c["delta"], -1)  # through coarse interval j
+                c["ends"] = torch.cat([c["t"][:, 1:], c["far"][:, None]], -1).contiguous()
+        out = []
+        for (query, _, far, scale), c in zip(fields, coarse):
+            w_c = volrend.render_weights(c["sigma"], c["delta"])
+            t_f = sampler.importance(c["edges"], w_c, rc.n_importance, jitter, gen)
+            if training:
+                t = torch.sort(torch.cat([c["t"], t_f], -1), -1)[0]
+                sigma, rgb, offset = query(t)
+                out.append({"t": t, "sigma": sigma, "rgb": rgb, "offset": offset,
+                            "delta": sampler.deltas_of(t, far) / scale[:, None]})
+                continue
+            hidden = None
+            if terminate:
+                # Optical depth of the coarse intervals wholly in front of each importance sample: coarse
+                # interval j ends at coarse sample j + 1, so it is in front of t when t_c[j + 1] <= t.
+                front = sum(torch.cat([torch.zeros_like(o["depth"][:, :1]), o["depth"]], -1)
+                            .gather(1, torch.searchsorted(o["ends"], t_f.contiguous(), right=True)) for o in coarse)
                 hidden = front > rc.stop_depth
-            t_c = t_all
-        sigma, rgb, offset = query(t_c, hidden)
-        return {"t": t_c, "sigma": sigma, "rgb": rgb, "offset": offset,
-                "delta": sampler.deltas_of(t_c, far) / scale[:, None]}
+            sigma_f, rgb_f, offset_f = query(t_f, hidden)
+            t, order = torch.sort(torch.cat([c["t"], t_f], -1), -1)
+            out.append({"t": t, "sigma": _by_depth(order, c["sigma"], sigma_f), "rgb": _by_depth(order, c["rgb"], rgb_f),
+                        "offset": _by_depth(order, c["offset"], offset_f) if c["offset"] is not None else None,
+                        "delta": sampler.deltas_of(t, far) / scale[:, None]})
+        return out
+
+
+def _by_depth(order: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Coarse values a [R, S, ...] and importance values b [R, S', ...] in the sorted order of their samples."""
+    both = torch.cat([a, b], 1)
+    return both.gather(1, order if both.ndim == 2 else order[..., None].expand(-1, -1, both.shape[-1]))

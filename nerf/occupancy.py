@@ -84,7 +84,7 @@ def build(model, persons: list, resolution: int | None = None, n_frames: int = 8
     centres = (torch.stack(torch.meshgrid(*[torch.arange(G, device=dev)] * 3, indexing="ij"), -1).reshape(-1, 3)
                .float() + 0.5) / G
     n = len(centres)
-    any_dir = torch.tensor([0.0, 0.0, 1.0], device=dev).expand(n, 3)
+    any_dir = torch.tensor([[0.0, 0.0, 1.0]], device=dev)  # one 'ray': every cell shares it
     P = len(model.z_shape.weight)
     head = torch.zeros(P, G, G, G, dtype=torch.bool, device=dev)
     torso = torch.zeros_like(head)
@@ -103,11 +103,10 @@ def build(model, persons: list, resolution: int | None = None, n_frames: int = 8
             x = centres[a:a + chunk]
             m = len(x)
             for d in drives:
-                sigma, _ = model.head[net](x, any_dir[:m], z_shape.expand(m, -1), z_app.expand(m, -1), d.expand(m, -1))
+                sigma, _ = model.head[net](x, any_dir, z_shape, z_app, d[None])
                 h_max[a:a + m] = torch.maximum(h_max[a:a + m], sigma)
             for et in pose:
-                sigma, _, _ = model.torso[net](x, any_dir[:m], et.expand(m, -1), z_shape.expand(m, -1),
-                                               z_app.expand(m, -1))
+                sigma, _, _ = model.torso[net](x, any_dir, et[None], z_shape, z_app)
                 t_max[a:a + m] = torch.maximum(t_max[a:a + m], sigma)
         for grid, dens in ((head, h_max), (torso, t_max)):
             occupied = (-torch.expm1(-dens / G) > threshold).reshape(1, 1, G, G, G).float()

@@ -116,11 +116,14 @@ def losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], model: 
     # Head opacity only in the head region; torso opacity in the torso region and never in the
     # background (behind the head it is unconstrained: the head covers it there).
     parse_head = F.binary_cross_entropy(out["head_acc"].clamp(1e-4, 1 - 1e-4), head_target)
-    not_head = batch["label"] != 1
-    parse_torso = F.binary_cross_entropy(out["torso_acc"][not_head].clamp(1e-4, 1 - 1e-4), torso_target[not_head]) \
-        if not_head.any() else photo.new_zeros(())
-    rows = batch["row"].unique()
-    code = (model.z_shape(rows) ** 2).sum(-1).mean() + (model.z_app(rows) ** 2).sum(-1).mean()
+    # (masked means rather than boolean indexing: no host sync on a GPU)
+    not_head = (batch["label"] != 1).float()
+    bce_torso = F.binary_cross_entropy(out["torso_acc"].clamp(1e-4, 1 - 1e-4), torso_target, reduction="none")
+    parse_torso = (bce_torso * not_head).sum() / not_head.sum().clamp_min(1.0)
+    # the codes of the persons in the batch, each counted once
+    present = torch.zeros(len(model.z_shape.weight), device=photo.device).index_fill_(0, batch["row"], 1.0)
+    norms = (model.z_shape.weight ** 2).sum(-1) + (model.z_app.weight ** 2).sum(-1)
+    code = (norms * present).sum() / present.sum()
     total = photo + cfg.lambda_parse * (parse_head + parse_torso) + cfg.lambda_deform * out["offset_sq"].mean() \
         + cfg.lambda_code * code
     return {"total": total, "photo": photo, "parse_head": parse_head, "parse_torso": parse_torso}
@@ -175,8 +178,9 @@ def build(cfg: TrainConfig, persons: list[PersonFrames],
                         RenderConfig(cfg.n_coarse, cfg.n_importance), mode=cfg.model).to(device)
     hash_ids = {id(p) for p in model.hash_parameters()}
     others = [p for p in model.parameters() if id(p) not in hash_ids]
+    # On a GPU the fused Adam: one kernel per step for all parameters instead of several per tensor list
     opt = torch.optim.Adam([{"params": others, "lr": cfg.lr}, {"params": model.hash_parameters(), "lr": cfg.lr_hash}],
-                           betas=(0.9, 0.99), eps=1e-15)
+                           betas=(0.9, 0.99), eps=1e-15, fused=torch.device(device).type == "cuda" or None)
     return model, opt
 
 

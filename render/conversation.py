@@ -28,7 +28,7 @@ from data_prep.video_io import AUDIO_SR, FrameWriter, fit_audio, read_audio
 from nerf.audio import frame_codes
 from nerf.data import PersonFrames
 from nerf.model import AvatarModel
-from nerf.render import render_frame
+from nerf.render import render_persons
 from render.drive import Drive, driven_person, pose_stats, retarget
 from render.layout import ConferenceLayout, OriginalLayout, side_by_side
 
@@ -112,13 +112,19 @@ def replay_drive(src_pose: np.ndarray, src_expr: np.ndarray, src_valid: np.ndarr
     return Drive(euler=pose[:, :3], t=pose[:, 3:], expr=src_expr[frames], speaking=speaking)
 
 
-def render_tiles(model: AvatarModel, plan: Plan, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
-    """Every person's rendered crop for frames start..stop - 1: [K, P, S, S, 3] uint8 per frame."""
+def render_tiles(model: AvatarModel, plan: Plan, start: int = 0, stop: int | None = None,
+                 amp: bool = False) -> Iterator[np.ndarray]:
+    """Every person's rendered crop for frames start..stop - 1: [K, P, S, S, 3] uint8 per frame.
+
+    The K x P crops of a frame render together (``nerf.render.render_persons``; ``amp``: float16 autocast).
+    """
     stop = plan.n_frames if stop is None else stop
     driven = [[driven_person(p, d, plan.codes) for p, d in zip(plan.persons, drives)] for drives in plan.drives]
+    K, P = len(driven), len(driven[0])
     for f in range(start, stop):
-        yield np.stack([np.stack([(render_frame(model, q, f)["rgb"].clamp(0, 1).cpu().numpy() * 255).round().astype(np.uint8)
-                                  for q in sample]) for sample in driven])
+        crops = render_persons(model, [(q, f) for sample in driven for q in sample], amp=amp)
+        rgb = torch.stack([c["rgb"] for c in crops]).clamp(0, 1).cpu().numpy()
+        yield (rgb * 255).round().astype(np.uint8).reshape(K, P, *rgb.shape[1:])
 
 
 def compose(layout, tiles: np.ndarray, active: np.ndarray) -> np.ndarray:
@@ -131,11 +137,11 @@ def speaking_of(plan: Plan) -> np.ndarray:
     return np.stack([np.stack([d.speaking for d in drives], 1) for drives in plan.drives], 1).astype(bool)
 
 
-def render_frames(model: AvatarModel, plan: Plan, layout, start: int = 0, stop: int | None = None
-                  ) -> Iterator[np.ndarray]:
+def render_frames(model: AvatarModel, plan: Plan, layout, start: int = 0, stop: int | None = None,
+                  amp: bool = False) -> Iterator[np.ndarray]:
     """The composed frames start..stop - 1, [H, W * K, 3] uint8 each."""
     active = speaking_of(plan)
-    for f, tiles in enumerate(render_tiles(model, plan, start, stop), start):
+    for f, tiles in enumerate(render_tiles(model, plan, start, stop, amp), start):
         yield compose(layout, tiles, active[f])
 
 
@@ -152,7 +158,7 @@ def plan_key(plan: Plan, extra: dict) -> str:
 
 
 def render_chunks(model: AvatarModel, plan: Plan, parts: Path, chunk: int, key: str,
-                  progress: bool = True) -> tuple[list[Path], int, int]:
+                  progress: bool = True, amp: bool = False) -> tuple[list[Path], int, int]:
     """Render the tiles of every frame in chunks of ``chunk`` frames into ``parts`` (chunk_<start>.npz,
     lossless; layout-free, so one render serves every layout), keeping the chunks an interrupted run
     of the same plan (``key``) left there.
@@ -174,7 +180,7 @@ def render_chunks(model: AvatarModel, plan: Plan, parts: Path, chunk: int, key: 
         paths.append(path)
         if not path.is_file():
             tiles = []
-            for t in render_tiles(model, plan, a, b):
+            for t in render_tiles(model, plan, a, b, amp):
                 tiles.append(t)
                 bar.update(1)
             with atomic_path(path) as tmp:
@@ -189,7 +195,8 @@ def render_chunks(model: AvatarModel, plan: Plan, parts: Path, chunk: int, key: 
 
 
 def render_video(model: AvatarModel, plan: Plan, outputs: list[tuple[object, str | Path]], chunk: int = 50,
-                 key_extra: dict | None = None, progress: bool = True, tiles_only: bool = False) -> dict:
+                 key_extra: dict | None = None, progress: bool = True, tiles_only: bool = False,
+                 amp: bool = False) -> dict:
     """Render every frame's tiles once, in chunks (``render_chunks``, resumable), then write one mp4 per
     (layout, path) in ``outputs`` with the audio muxed, each atomically; the parts are removed at the end.
     With ``tiles_only`` it stops after the chunks (kept in <first output>.parts/): the same render run
@@ -203,7 +210,9 @@ def render_video(model: AvatarModel, plan: Plan, outputs: list[tuple[object, str
     first = Path(outputs[0][1])
     parts = first.with_name(first.name + ".parts")
     t0 = time.time()
-    paths, rendered, new_frames = render_chunks(model, plan, parts, chunk, plan_key(plan, key_extra or {}), progress)
+    # amp changes pixels: it is part of the chunks' key
+    key = plan_key(plan, {**(key_extra or {}), **({"amp": True} if amp else {})})
+    paths, rendered, new_frames = render_chunks(model, plan, parts, chunk, key, progress, amp)
     render_s = time.time() - t0
     facts = {"frames": plan.n_frames, "chunks_rendered": rendered, "chunks_reused": len(paths) - rendered,
              "seconds_per_frame": render_s / new_frames if new_frames else 0.0, "parts": str(parts)}

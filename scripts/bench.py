@@ -7,9 +7,14 @@ Rows:
   reference, the fused CUDA kernel (float32 and float16 gathers), tiny-cuda-nn when installed.
   Random points in [0, 1]^3, several input sets in rotation, CUDA-event timing, median of repeats.
 - training iterations per second at the --preset (default configs/gpu_full.txt) on --data.
-- render: frames per second of one frame of every person of --data (two persons: 2 x 512^2 rays),
-  querying every sample, then skipping the cells an occupancy grid finds empty (render.py's default).
+- render: frames per second of one frame of every person of --data rendered together (two persons:
+  2 x 512^2 rays), querying every sample, then skipping the cells an occupancy grid finds empty
+  (render.py's default), then the same under float16 autocast (render.py --amp), with the PSNR
+  between the float16 and float32 renders.
 - peak GPU memory of the training and rendering rows.
+- --batch_rays 4096,16384: a training row per batch size (rays/s shows whether a bigger batch is nearly free);
+  --profile DIR: torch.profiler tables of 5 training iterations and one render (operators by device or host
+  time, operator calls, kernel launches, host syncs), to see what bounds them.
 
 On a machine without CUDA it runs the reference rows only (and says so), at smaller sizes.
 
@@ -17,12 +22,14 @@ Examples:
     python scripts/bench.py                                   # hash grid rows only
     python scripts/bench.py --data data/talk --out bench.json # + training and render rows
     python scripts/bench.py --data data/talk --ckpt runs/talk/checkpoint.pt  # render rows of a trained model
+    python scripts/bench.py --data data/talk --batch_rays 4096,16384 --profile prof  # batch sizes, profiles
 """
 
 from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import statistics
 import sys
 import time
@@ -105,14 +112,16 @@ def bench_hashgrid(dev: torch.device, sizes: list[int], repeats: int) -> list[di
 
 def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: int, render_frames: int,
                 model_kind: str = "shared", hash_backend: str = "auto", render: bool = True,
-                ckpt: str = "") -> list[dict]:
-    """Training iterations/s at the preset and two-person render FPS on the prepared datasets."""
+                ckpt: str = "", batch_rays: list[int] | None = None, profile_dir: str = "") -> list[dict]:
+    """Training iterations/s at the preset (and at each of ``batch_rays``) and two-person render FPS on the
+    prepared datasets; with ``profile_dir``, a torch.profiler table of a few training iterations and of
+    one rendered frame (``_profile``)."""
     import dataclasses
 
     from nerf.audio import Wav2LipAudioEncoder
     from nerf.data import load_datasets, sample_rays
     from nerf.occupancy import build as build_occupancy
-    from nerf.render import render_frame
+    from nerf.render import render_persons
     from nerf.trainer import TrainConfig, build, losses
     from scripts.train import build_parser  # the preset read exactly as train.py reads it
 
@@ -135,22 +144,26 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
         opt.step()
 
     rows = []
-    for _ in range(3):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats(dev)
-    t0 = time.perf_counter()
-    for _ in range(train_iters):
-        step()
-    if cuda:
-        torch.cuda.synchronize()
-    dt = (time.perf_counter() - t0) / train_iters
-    mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
-    what = f"{model_kind}, hash {hash_backend}, {Path(preset).name}, {cfg.batch_rays} rays, {cfg.image_size} px"
-    rows.append({"row": f"training ({what})", "iterations_per_s": 1 / dt, "peak_gpu_gib": mem,
-                 "parameters": sum(p.numel() for p in model.parameters())})
-    print(f"  training ({what}): {1 / dt:.2f} it/s, peak {mem:.2f} GiB")
+    for n_rays in batch_rays or [cfg.batch_rays]:
+        cfg.batch_rays = n_rays
+        for _ in range(3):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(dev)
+        t0 = time.perf_counter()
+        for _ in range(train_iters):
+            step()
+        if cuda:
+            torch.cuda.synchronize()
+        dt = (time.perf_counter() - t0) / train_iters
+        mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
+        what = f"{model_kind}, hash {hash_backend}, {Path(preset).name}, {n_rays} rays, {cfg.image_size} px"
+        rows.append({"row": f"training ({what})", "iterations_per_s": 1 / dt, "rays_per_s": n_rays / dt,
+                     "peak_gpu_gib": mem, "parameters": sum(p.numel() for p in model.parameters())})
+        print(f"  training ({what}): {1 / dt:.2f} it/s, {n_rays / dt:.3g} rays/s, peak {mem:.2f} GiB")
+    if profile_dir:
+        _profile(Path(profile_dir) / f"profile_train_{model_kind}_{hash_backend}.txt", step, 5, cuda)
     if not render:
         return rows
     if ckpt:  # render a trained model (an untrained one is dense everywhere: no occupancy grid can help it)
@@ -163,14 +176,15 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
         torch.cuda.reset_peak_memory_stats(dev)
 
     turn = itertools.count()
+    frames_of = lambda i: [(p, int(p.val[i % len(p.val)])) for p in persons]  # noqa: E731
 
-    def frame():
-        i = next(turn)
-        for p in persons:
-            render_frame(model, p, int(p.val[i % len(p.val)]))
+    def psnr_between(a: list[dict], b: list[dict]) -> float:
+        mse = sum(((x["rgb"] - y["rgb"]).float() ** 2).mean().item() for x, y in zip(a, b)) / len(a)
+        return -10 * math.log10(max(mse, 1e-12))
 
-    for with_grid in (False, True):
-        if with_grid:
+    share = built = None
+    for with_grid, amp in ((False, False), (True, False), (True, True)):
+        if with_grid and model.occupancy is None:
             t0 = time.perf_counter()
             model.occupancy = build_occupancy(model, persons)
             if cuda:
@@ -179,19 +193,59 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
             share = ", ".join(f"{k} {v:.0%}" for k, v in model.occupancy.fraction().items())
         if cuda:
             torch.cuda.reset_peak_memory_stats(dev)
-        spf = _timer(frame, render_frames, cuda)
+        spf = _timer(lambda amp=amp: render_persons(model, frames_of(next(turn)), amp=amp), render_frames, cuda)
         mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
-        what = f"{model_kind}, {len(persons)} persons x {cfg.image_size}^2" + (
-            f", occupancy grid ({share} occupied, built in {built:.1f} s)" if with_grid else ", every sample")
-        rows.append({"row": f"render ({what})", "frames_per_s": 1 / spf, "peak_gpu_gib": mem})
-        print(f"  render ({what}): {1 / spf:.2f} FPS, peak {mem:.2f} GiB")
+        what = f"{model_kind}, {len(persons)} persons x {cfg.image_size}^2, batched" + (
+            f", occupancy grid ({share} occupied, built in {built:.1f} s)" if with_grid else ", every sample") + (
+            ", float16 autocast" if amp else "")
+        row = {"row": f"render ({what})", "frames_per_s": 1 / spf, "peak_gpu_gib": mem}
+        if amp:  # what autocast costs in quality: PSNR between the float16 and float32 renders of one frame
+            row["psnr_vs_float32_db"] = psnr_between(render_persons(model, frames_of(0), amp=True),
+                                                     render_persons(model, frames_of(0)))
+        rows.append(row)
+        print(f"  render ({what}): {1 / spf:.2f} FPS, peak {mem:.2f} GiB"
+              + (f", {row['psnr_vs_float32_db']:.1f} dB PSNR against the float32 render" if amp else ""))
+    if profile_dir:
+        _profile(Path(profile_dir) / f"profile_render_{model_kind}.txt",
+                 lambda: render_persons(model, frames_of(next(turn))), 1, cuda)
     model.occupancy = None
     return rows
 
 
+def _profile(path: Path, fn, repeats: int, cuda: bool) -> None:
+    """torch.profiler over ``repeats`` calls of fn (after one untimed call): the operators by self time on the
+    device (CUDA) or the host, the count of operator calls and kernel launches, and the host syncs."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from data_prep.atomic_io import atomic_path
+
+    fn()
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
+    with profile(activities=activities) as prof:
+        for _ in range(repeats):
+            fn()
+        if cuda:
+            torch.cuda.synchronize()
+    events = prof.key_averages()
+    sort = "self_cuda_time_total" if cuda else "self_cpu_time_total"
+    calls = sum(e.count for e in events if e.key.startswith("aten::")) / repeats
+    kernels = sum(e.count for e in events if e.key in ("cudaLaunchKernel", "cudaLaunchKernelExC", "cuLaunchKernel")) / repeats
+    syncs = {k: sum(e.count for e in events if e.key == k) / repeats
+             for k in ("aten::_local_scalar_dense", "aten::nonzero", "aten::_unique2", "cudaStreamSynchronize",
+                       "cudaDeviceSynchronize", "cudaMemcpyAsync")}
+    head = (f"per call: {calls:.0f} aten operator calls (nested ones included), {kernels:.0f} kernel launches; "
+            f"syncs and copies per call: {syncs}\n\n")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with atomic_path(path) as tmp:
+        Path(tmp).write_text(head + events.table(sort_by=sort, row_limit=40, max_name_column_width=60) + "\n"
+                             + events.table(sort_by="self_cpu_time_total", row_limit=25, max_name_column_width=60))
+    print(f"  profile: {path} ({calls:.0f} operator calls, {kernels:.0f} kernel launches per call)")
+
+
 def table(rows: list[dict], device: str) -> str:
-    lines = [f"device: {device}", "| row | size | forward /s | fwd+bwd /s | it/s | FPS | peak GiB |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [f"device: {device}",
+             "| row | size | forward /s | fwd+bwd /s | it/s | FPS | dB vs float32 | peak GiB |",
+             "|---|---|---|---|---|---|---|---|"]
     def g(r: dict, k: str, fmt: str) -> str:
         return fmt.format(r[k]) if k in r and r[k] == r[k] else ""
 
@@ -199,7 +253,8 @@ def table(rows: list[dict], device: str) -> str:
         size = f"2^{r['points'].bit_length() - 1} points" if "points" in r else ""
         lines.append(f"| {r['row']} | {size} | {g(r, 'forward_samples_per_s', '{:.3g}')} | "
                      f"{g(r, 'forward_backward_samples_per_s', '{:.3g}')} | {g(r, 'iterations_per_s', '{:.2f}')} | "
-                     f"{g(r, 'frames_per_s', '{:.2f}')} | {g(r, 'peak_gpu_gib', '{:.2f}')} |")
+                     f"{g(r, 'frames_per_s', '{:.2f}')} | {g(r, 'psnr_vs_float32_db', '{:.1f}')} | "
+                     f"{g(r, 'peak_gpu_gib', '{:.2f}')} |")
     return "\n".join(lines)
 
 
@@ -216,6 +271,10 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="shared", help="comma-separated training rows: shared, per_person")
     p.add_argument("--hash_backends", default="auto",
                    help="comma-separated hash backends of the training rows (auto, torch, cuda, tcnn)")
+    p.add_argument("--batch_rays", default="",
+                   help="comma-separated rays per training batch, one training row each (default: the preset's)")
+    p.add_argument("--profile", default="", help="also write torch.profiler tables of training and rendering "
+                   "(operators by time, operator calls, kernel launches, host syncs) into this folder")
     p.add_argument("--out", default="", help="also write the rows as JSON here")
     args = p.parse_args(argv)
     from nerf.device import resolve_device
@@ -234,13 +293,21 @@ def main(argv=None) -> int:
     print(f"bench on {name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
     sizes = [2**18, 2**20] if dev.type == "cuda" else [2**14, 2**16]
     rows = bench_hashgrid(dev, sizes, args.repeats)
+    try:
+        rays = [int(x) for x in args.batch_rays.split(",")] if args.batch_rays else None
+        if rays and min(rays) < 1:
+            raise ValueError
+    except ValueError:
+        print(f"error: --batch_rays takes positive whole numbers separated by commas, not {args.batch_rays!r}",
+              file=sys.stderr)
+        return 1
     if args.data:
         first = True
         for kind in args.models.split(","):
             for backend in args.hash_backends.split(","):
                 its = args.train_iters if backend != "torch" else max(5, args.train_iters // 5)
                 rows += bench_model(dev, args.data, args.preset, its, args.render_frames, kind, backend, render=first,
-                                    ckpt=args.ckpt)
+                                    ckpt=args.ckpt, batch_rays=rays, profile_dir=args.profile)
                 first = False
     text = table(rows, name)
     print(text)

@@ -40,6 +40,7 @@ def main(argv=None) -> int:
                    "cuda (default auto); the landmark metrics always run on the CPU")
     p.add_argument("--no_occupancy", action="store_true",
                    help="render without the occupancy grid that render.py uses (every sample queried)")
+    p.add_argument("--amp", action="store_true", help="render under float16 autocast (for GPUs; see nerf/render.py)")
     p.add_argument("--save_rendered", action="store_true",
                    help="also write the rendered frames (rendered_<row>.npz) for scoring elsewhere")
     p.add_argument("--rendered", default=None,
@@ -52,7 +53,7 @@ def main(argv=None) -> int:
     out = args.out or (str(Path(args.ckpt).parent / "eval") if args.ckpt else str(Path(args.rendered) / "eval"))
     try:
         result = evaluate(None if args.rendered else args.ckpt, args.data, out, args.max_frames, args.device,
-                          args.save_rendered, args.rendered, occupancy=not args.no_occupancy)
+                          args.save_rendered, args.rendered, occupancy=not args.no_occupancy, amp=args.amp)
     except (PrepareError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

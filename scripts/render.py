@@ -84,6 +84,8 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--no_occupancy", action="store_true",
                    help="query the fields at every sample (default: skip cells an occupancy grid, built from the "
                         "training data's expressions, speech and poses, finds empty; nerf/occupancy.py)")
+    p.add_argument("--amp", action="store_true",
+                   help="float16 autocast for the fields' MLPs (for GPUs; slower on a CPU; see nerf/render.py)")
     return p
 
 
@@ -237,7 +239,8 @@ def main(argv=None) -> int:
         outputs = [(layout, out)] + ([(conference, Path(args.conference_out))] if args.conference_out else [])
         # The chunks' key: everything that decides their pixels (the plan, the checkpoint's content, the grid).
         key_extra = {"ckpt_sha256": sha256_of(args.ckpt), "occupancy": not args.no_occupancy}
-        facts = render_video(model, plan, outputs, chunk=args.chunk, key_extra=key_extra, tiles_only=args.tiles_only)
+        facts = render_video(model, plan, outputs, chunk=args.chunk, key_extra=key_extra, tiles_only=args.tiles_only,
+                             amp=args.amp)
     except (RenderError, TrainError, PrepareError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

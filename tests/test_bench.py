@@ -1,0 +1,31 @@
+"""scripts/bench.py runs on a CPU machine (reference rows only) and writes its table and JSON."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_bench_runs_on_cpu_with_training_and_render_rows(synthetic, tmp_path):
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "cpu", "--repeats", "2",
+                           "--data", str(synthetic["dataset"]), "--preset", str(ROOT / "configs" / "cpu_tiny.txt"),
+                           "--train_iters", "2", "--render_frames", "1", "--out", str(out)],
+                          capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert "CUDA absent" in proc.stdout and "| row |" in proc.stdout
+    rows = json.loads(out.read_text())["rows"]
+    names = [r["row"] for r in rows]
+    assert sum(n.startswith("hash grid reference") for n in names) == 2
+    assert any(n.startswith("training") and r["iterations_per_s"] > 0 for n, r in zip(names, rows))
+    render = [r for r in rows if r["row"].startswith("render")]
+    assert len(render) == 3 and all(r["frames_per_s"] > 0 for r in render)
+    assert render[2]["psnr_vs_float32_db"] > 30  # float16 autocast against float32, same frame
+
+
+def test_bench_refuses_a_folder_that_is_no_dataset(tmp_path):
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "cpu",
+                           "--data", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr and "no meta.json" in proc.stderr
