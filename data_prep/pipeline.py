@@ -317,7 +317,7 @@ class Prepare:
         valid = np.stack([t["valid"] for t in tracks], 1)
         save_image(qdir / "pose_curves.png", qa.pose_curves(euler, trans, valid, fps, pnames))
         af = dataset.load_npz(self.out / "audio_features.npz")
-        audio = _read_wav(self.out / "audio.wav")
+        audio = video_io.read_wav(self.out / "audio.wav")[0]
         save_image(qdir / "speaking_timeline.png",
                    qa.speaking_timeline(audio, video_io.AUDIO_SR, af["speaking"], af["voiced"], fps, pnames))
         save_image(qdir / "mouth_and_speaking.png", qa.mouth_and_speaking(af["mouth_open"], af["speaking"], fps, pnames))
@@ -374,13 +374,6 @@ def _square_pad(frame: np.ndarray) -> np.ndarray:
     h, w = frame.shape[:2]
     s = max(h, w)
     return np.pad(frame, ((0, s - h), (0, s - w), (0, 0)))
-
-
-def _read_wav(path: Path) -> np.ndarray:
-    import soundfile as sf
-
-    audio, _ = sf.read(str(path), dtype="float32")
-    return audio
 
 
 def _versions() -> dict[str, str]:

@@ -10,6 +10,7 @@ the source fps.
 from __future__ import annotations
 
 import dataclasses
+import math
 import os
 import subprocess
 import tempfile
@@ -115,13 +116,37 @@ def read_audio(path: str | os.PathLike, sr: int = AUDIO_SR) -> np.ndarray | None
     input channel (stereo: the mean of left and right); ffmpeg's default gives identical
     left and right channels +3 dB, which clips near full scale.
     """
-    cmd = [ffmpeg_exe(), "-v", "error", "-nostdin", "-i", str(path), "-vn", "-map", "0:a:0?",
+    try:
+        exe = ffmpeg_exe()
+    except ImportError:  # a machine without imageio-ffmpeg (the lent GPU one): files libsndfile reads
+        audio, rate = read_wav(path)
+        if rate != sr:
+            from scipy.signal import resample_poly
+
+            g = math.gcd(rate, sr)
+            audio = resample_poly(audio, sr // g, rate // g).astype(np.float32)
+        return audio if audio.size else None
+    cmd = [exe, "-v", "error", "-nostdin", "-i", str(path), "-vn", "-map", "0:a:0?",
            "-ac", "1", "-rematrix_maxval", "1.0", "-ar", str(sr), "-f", "f32le", "-"]
     proc = subprocess.run(cmd, capture_output=True)
     if proc.returncode != 0:
         raise PrepareError(f"could not decode the audio of {path}: {proc.stderr.decode(errors='replace')[:200]}")
     audio = np.frombuffer(proc.stdout, np.float32).copy()
     return audio if audio.size else None
+
+
+def read_wav(path: str | os.PathLike) -> tuple[np.ndarray, int]:
+    """A sound file that libsndfile reads (WAV, FLAC, OGG), mixed to mono: (float32 samples, rate in Hz).
+
+    Without ffmpeg (a machine that lacks imageio-ffmpeg), ``read_audio`` decodes through this.
+    """
+    import soundfile as sf
+
+    try:
+        audio, rate = sf.read(str(path), dtype="float32", always_2d=True)
+    except (sf.LibsndfileError, RuntimeError, OSError) as e:
+        raise PrepareError(f"could not read the audio of {path}: {e}") from None
+    return audio.mean(1), int(rate)
 
 
 def fit_audio(audio: np.ndarray, n_frames: int, fps: float, sr: int = AUDIO_SR) -> np.ndarray:

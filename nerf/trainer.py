@@ -87,9 +87,10 @@ class TrainConfig:
     log_every: int = 10
     """Iterations between TensorBoard scalars (each costs a host-device sync on a GPU)."""
     time_budget_s: float = 0.0
-    """Stop after this many seconds of training (0: none); the learning-rate decay then follows
-    whichever of iterations and time runs out first. A stopped run checkpoints, validates and
-    summarizes as a finished one; --resume continues it, but not step for step."""
+    """Stop after this many seconds of training, resumes included (the checkpoint keeps the count; 0: no
+    limit); the learning-rate decay then follows whichever of iterations and time runs out first. A
+    stopped run checkpoints, validates and summarizes as a finished one; --resume with a larger budget
+    continues it, but not step for step (the time-based decay depends on the machine's speed)."""
     resume: bool = False
 
     # Keys that shape the model: a checkpoint is only valid for a run with the same values.
@@ -130,11 +131,13 @@ def losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], model: 
 
 
 def save_checkpoint(path: Path, model, opt, it: int, cfg: TrainConfig, persons: list[PersonFrames],
-                    gens: dict[str, torch.Generator], audio_encoder: Wav2LipAudioEncoder) -> None:
+                    gens: dict[str, torch.Generator], audio_encoder: Wav2LipAudioEncoder,
+                    train_seconds: float = 0.0) -> None:
+    """Everything a resume needs, written atomically; ``train_seconds``: training time so far (resumes included)."""
     state = {"model": model.state_dict(), "audio_encoder": audio_encoder.state_dict(), "optimizer": opt.state_dict(),
              "iteration": it, "config": json.dumps(dataclasses.asdict(cfg)), "persons": [p.name for p in persons],
              "generators": {k: g.get_state() for k, g in gens.items()},
-             "generator_devices": {k: g.device.type for k, g in gens.items()}}
+             "generator_devices": {k: g.device.type for k, g in gens.items()}, "train_seconds": train_seconds}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -228,7 +231,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
     # Ray choices are drawn on the CPU; the sample jitter where the samples are made.
     gens = {"rays": torch.Generator().manual_seed(cfg.seed),
             "jitter": torch.Generator(device=dev).manual_seed(cfg.seed + 1)}
-    start = 0
+    start, spent_before = 0, 0.0
     if ckpt is not None:
         check_compatible(ckpt, cfg, persons)
         saved_on = ckpt.get("generator_devices", {}).get("jitter", "cpu")
@@ -240,62 +243,95 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
         for k, g in gens.items():
             g.set_state(ckpt["generators"][k])
         start = ckpt["iteration"]
-        log(f"resumed from {ckpt_path} at iteration {start}")
+        spent_before = float(ckpt.get("train_seconds", 0.0))
+        log(f"resumed from {ckpt_path} at iteration {start} ({spent_before:.0f} s of training so far)")
     log(f"training on {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     writer = tensorboard_writer(out / "tb")
     base_lrs = [g["lr"] for g in opt.param_groups]
     t0 = time.perf_counter()
+    spent = lambda: spent_before + time.perf_counter() - t0  # noqa: E731  (training seconds, resumes included)
     bar = tqdm(range(start, cfg.iters), desc="train", unit="it", disable=not progress, initial=start, total=cfg.iters)
     last_psnr = float("nan")
-    history = []
+    history: list[torch.Tensor] = []
     stopped_at = None
-    for it in bar:
-        frac = it / max(cfg.iters - 1, 1)
-        if cfg.time_budget_s > 0:
-            spent = time.perf_counter() - t0
-            if spent >= cfg.time_budget_s:
-                stopped_at = it
-                save_checkpoint(ckpt_path, model, opt, it, cfg, persons, gens, audio_encoder)
-                log(f"time budget of {cfg.time_budget_s:.0f} s reached at iteration {it}")
-                break
-            frac = max(frac, spent / cfg.time_budget_s)
-        for g, lr0 in zip(opt.param_groups, base_lrs):
-            g["lr"] = lr0 * cfg.lr_decay**frac
-        batch = sample_rays(persons, cfg.batch_rays, gens["rays"], cfg.audio_window)
-        rendered = model(batch, jitter=True, gen=gens["jitter"])
-        loss = losses(rendered, batch, model, cfg)
-        if not torch.isfinite(loss["total"]):
-            raise TrainError(f"the loss became {loss['total'].item()} at iteration {it}; training stopped and "
+    # Host syncs stall a GPU's queue: the loss is checked for NaN/inf on the device and read back only when
+    # logging and before a checkpoint is written (so a checkpoint never holds a state after a bad step).
+    bad = torch.zeros((), dtype=torch.bool, device=dev)
+    first_bad = torch.full((), -1, dtype=torch.long, device=dev)
+
+    def check_finite() -> None:
+        if bool(bad):
+            raise TrainError(f"the loss became NaN or infinite at iteration {int(first_bad)}; training stopped and "
                              f"{ckpt_path} keeps the last good state (try a lower --lr_hash or --lr)")
-        opt.zero_grad(set_to_none=True)
-        loss["total"].backward()
-        opt.step()
-        history.append(loss["total"].item())
-        if it % cfg.log_every == 0 or it + 1 == cfg.iters:
-            last_psnr = psnr_of_mse(loss["photo"].item())
-            bar.set_postfix(psnr=f"{last_psnr:.2f}")
-            if writer:
-                for k, v in loss.items():
-                    writer.add_scalar(f"loss/{k}", v.item(), it)
-                writer.add_scalar("train/psnr", last_psnr, it)
-                writer.add_scalar("lr/mlp", opt.param_groups[0]["lr"], it)
-                writer.add_scalar("lr/hash", opt.param_groups[1]["lr"], it)
-        done = it + 1
-        if done % cfg.ckpt_every == 0 or done == cfg.iters:
-            save_checkpoint(ckpt_path, model, opt, done, cfg, persons, gens, audio_encoder)
-        if done % cfg.val_every == 0 or done == cfg.iters:
-            val = evaluate_psnr(model, persons)
-            for name, v in val.items():
+
+    def checkpoint(iteration: int) -> None:
+        check_finite()
+        save_checkpoint(ckpt_path, model, opt, iteration, cfg, persons, gens, audio_encoder, spent())
+
+    completed = it = start
+    try:
+        for it in bar:
+            at_top = {k: g.get_state() for k, g in gens.items()}
+            frac = it / max(cfg.iters - 1, 1)
+            if cfg.time_budget_s > 0:
+                if spent() >= cfg.time_budget_s:
+                    stopped_at = it
+                    checkpoint(it)
+                    log(f"time budget of {cfg.time_budget_s:.0f} s reached at iteration {it}")
+                    break
+                frac = max(frac, spent() / cfg.time_budget_s)
+            for g, lr0 in zip(opt.param_groups, base_lrs):
+                g["lr"] = lr0 * cfg.lr_decay**frac
+            batch = sample_rays(persons, cfg.batch_rays, gens["rays"], cfg.audio_window)
+            rendered = model(batch, jitter=True, gen=gens["jitter"])
+            loss = losses(rendered, batch, model, cfg)
+            total = loss["total"].detach()
+            newly_bad = ~torch.isfinite(total) & ~bad
+            first_bad.masked_fill_(newly_bad, it)
+            bad |= newly_bad
+            opt.zero_grad(set_to_none=True)
+            loss["total"].backward()
+            opt.step()
+            completed = it + 1
+            history.append(total)
+            if it % cfg.log_every == 0 or it + 1 == cfg.iters:
+                check_finite()
+                last_psnr = psnr_of_mse(loss["photo"].item())
+                bar.set_postfix(psnr=f"{last_psnr:.2f}")
                 if writer:
-                    writer.add_scalar(f"val_psnr/{name}", v, done)
-            _save_val_pictures(model, persons, out, done, writer)
+                    for k, v in loss.items():
+                        writer.add_scalar(f"loss/{k}", v.item(), it)
+                    writer.add_scalar("train/psnr", last_psnr, it)
+                    writer.add_scalar("lr/mlp", opt.param_groups[0]["lr"], it)
+                    writer.add_scalar("lr/hash", opt.param_groups[1]["lr"], it)
+            done = it + 1
+            if done % cfg.ckpt_every == 0 or done == cfg.iters:
+                checkpoint(done)
+            if done % cfg.val_every == 0 or done == cfg.iters:
+                val = evaluate_psnr(model, persons)
+                for name, v in val.items():
+                    if writer:
+                        writer.add_scalar(f"val_psnr/{name}", v, done)
+                _save_val_pictures(model, persons, out, done, writer)
+    except KeyboardInterrupt:
+        # Ctrl-C or SIGTERM (scripts/train.py turns it into this): keep what was trained. A step that did not
+        # finish leaves the weights as they were; the generators go back to its start, so a resume repeats it.
+        bar.close()
+        if completed == it:
+            for k, g in gens.items():
+                g.set_state(at_top[k])
+        if completed > start:
+            checkpoint(completed)
+            log(f"interrupted: {ckpt_path} holds iteration {completed}; --resume continues from it")
+        raise
     bar.close()
     val = evaluate_psnr(model, persons)
     facts = {"iterations": stopped_at if stopped_at is not None else cfg.iters,
-             "seconds": round(time.perf_counter() - t0, 1), "val_psnr": val,
+             "seconds": round(time.perf_counter() - t0, 1), "train_seconds_total": round(spent(), 1), "val_psnr": val,
              "train_psnr_last_batch": last_psnr, "parameters": sum(p.numel() for p in model.parameters()),
-             "first_iteration": start, "device": str(dev), "loss_history": history}
+             "first_iteration": start, "device": str(dev),
+             "loss_history": torch.stack(history).tolist() if history else []}
     if dev.type == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(dev)
         facts["peak_gpu_memory_gib"] = round(torch.cuda.max_memory_allocated(dev) / 2**30, 2)

@@ -78,7 +78,7 @@ import torch
 from data_prep import dataset
 from data_prep.audio_features import check_clock, clean_audio
 from data_prep.roles import RolesError, read_roles
-from data_prep.video_io import AUDIO_SR, fit_audio
+from data_prep.video_io import AUDIO_SR, fit_audio, read_wav
 
 ENCODER_NAME = "resemblyzer-0.1.4-ge2e"
 EMBED_DIM = 256
@@ -468,12 +468,10 @@ def _frame_sample(frame: int, fps: float) -> int:
 
 
 def _read_wav(path: Path) -> np.ndarray:
-    import soundfile as sf
-
-    audio, sr = sf.read(str(path), dtype="float32", always_2d=True)
+    audio, sr = read_wav(path)
     if sr != AUDIO_SR:
         raise VoiceError(f"{path} is {sr} Hz; a prepared dataset's audio.wav is {AUDIO_SR} Hz mono: prepare it again")
-    return audio.mean(1)
+    return audio
 
 
 def enroll(dataset_dirs: list[str | os.PathLike], min_voice_s: float = MIN_VOICE_S) -> VoiceBank:

@@ -24,6 +24,7 @@ the real ones); <out>/checkpoint.pt is rewritten atomically every --ckpt_every i
 """
 
 import dataclasses
+import signal
 import sys
 from pathlib import Path
 
@@ -73,9 +74,13 @@ def _doc(name: str) -> str:
             "hash_backend": "auto (the fused CUDA hash grid on a GPU, else PyTorch), torch, cuda or tcnn",
             "hash_half": "true: the fused hash grid gathers from float16 table copies",
             "log_every": "iterations between TensorBoard scalars",
-            "time_budget_s": "stop after this many seconds (0: none); the lr decay follows iterations or time, "
-                             "whichever runs out first"}.get(
+            "time_budget_s": "stop after this many seconds of training, resumes included (0: none); the lr decay "
+                             "follows iterations or time, whichever runs out first"}.get(
         name, name.replace("_", " "))
+
+
+def _interrupt(signum, frame):
+    raise KeyboardInterrupt
 
 
 def main(argv=None) -> int:
@@ -83,13 +88,14 @@ def main(argv=None) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
+    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's or timeout's stop checkpoints like Ctrl-C
     try:
         facts = train(cfg)
     except (PrepareError, TrainError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; --resume continues from the last checkpoint", file=sys.stderr)
+        print("interrupted; --resume continues from the checkpoint", file=sys.stderr)
         return 130
     print("held-out PSNR: " + ", ".join(f"{k} {v:.2f} dB" for k, v in facts["val_psnr"].items()))
     print(f"run: {cfg.out}")

@@ -68,10 +68,9 @@ def test_one_network_reaches_22_db_on_held_out_frames_of_both_persons(synthetic,
 
 def _small(synthetic, out, iters, **kw):
     base = {**TINY, "batch_rays": 64, "n_coarse": 8, "n_importance": 4, "hidden": 16, "n_levels": 4,
-            "log2_hashmap_size": 10, "audio_pretrain_iters": 1}
+            "log2_hashmap_size": 10, "audio_pretrain_iters": 1, "ckpt_every": 1}
     base.update(kw)
-    return TrainConfig(data=[str(synthetic["dataset"])], out=str(out), iters=iters, val_every=10**9,
-                       ckpt_every=1, **base)
+    return TrainConfig(data=[str(synthetic["dataset"])], out=str(out), iters=iters, val_every=10**9, **base)
 
 
 def test_checkpoint_then_resume_gives_the_same_next_step_loss(synthetic, tmp_path, monkeypatch):
@@ -86,12 +85,16 @@ def test_checkpoint_then_resume_gives_the_same_next_step_loss(synthetic, tmp_pat
         return real_losses(*args)
 
     monkeypatch.setattr(trainer, "losses", interrupted)
-    with pytest.raises(KeyboardInterrupt):
-        train(_small(synthetic, tmp_path / "b", 4), progress=False)
+    with pytest.raises(KeyboardInterrupt):  # no periodic checkpoint: the interrupt itself writes one
+        train(_small(synthetic, tmp_path / "b", 4, ckpt_every=10**9), progress=False)
+    ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    assert ckpt["iteration"] == 3 and ckpt["train_seconds"] > 0
     monkeypatch.setattr(trainer, "losses", real_losses)
     resumed = train(_small(synthetic, tmp_path / "b", 4, resume=True), progress=False)
     assert resumed["first_iteration"] == 3 and len(resumed["loss_history"]) == 1
+    # the interrupted step's random draws were rolled back: the resumed step is the uninterrupted run's
     assert resumed["loss_history"][0] == straight["loss_history"][3]
+    assert resumed["train_seconds_total"] > ckpt["train_seconds"]  # the time budget counts across resumes
 
 
 def test_a_checkpoint_of_another_config_is_refused(synthetic, tmp_path):
@@ -145,6 +148,12 @@ def test_a_time_budget_stops_with_a_checkpoint_and_decays_the_rate_by_time(synth
     # the last step's rate followed the clock (most of the 5 s spent), not the iterations (under 1% done)
     last_lr = ckpt["optimizer"]["param_groups"][0]["lr"]
     assert last_lr < cfg.lr * cfg.lr_decay**0.5
+    # the budget counts training time across resumes: a larger one continues for the difference only
+    before = ckpt["train_seconds"]
+    assert before >= 5.0
+    more = train(_small(synthetic, tmp_path / "t", 1000, time_budget_s=before + 6, resume=True), progress=False)
+    assert more["first_iteration"] == facts["iterations"] < more["iterations"] < facts["iterations"] + 6
+    assert before + 6 <= torch.load(tmp_path / "t" / "checkpoint.pt", weights_only=True)["train_seconds"] < before + 12
 
 
 def test_rendered_frames_scored_elsewhere_give_the_same_table(synthetic, tmp_path):

@@ -1,0 +1,85 @@
+#!/usr/bin/env bash
+# The GPU measurements of the speed, audio and render issues, in stages that each fit one 10-minute
+# call of a lent GPU machine (docs/PERFORMANCE.md records what they measured).
+#
+# Usage (from the project root, after ../shared/gpu/preamble.txt on the GPU machine):
+#   bash scripts/gpu_acceptance.sh STAGE [ARG] OUT_DIR
+#
+#   check              parity tests of the fused hash grid; bench: hash grid, training at 4096 and
+#                      16384 rays, render rows of the untrained model, profiler tables       (~4 min)
+#   lipsync DATASET    audio pre-training + gpu_full training for LIPSYNC_S seconds (default 150) on a
+#                      dataset whose held-out frames hold speech, then evaluate.py --save_rendered
+#                      (score the frames on a CPU machine: evaluate.py --rendered OUT/eval_<name>)
+#   train DATASET      gpu_full training toward a TRAIN_BUDGET_S total (default 600 s), interrupted with
+#                      SIGINT after TRAIN_SLICE_S (default 500) so that it fits a call; run it again
+#                      (it resumes) until it prints "held-out PSNR"
+#   finish DATASET     evaluate.py --save_rendered of that training; bench render rows of the trained
+#                      model (occupancy grid, float16 autocast); render.py --tiles_only of 10 s of the
+#                      dataset's own audio (time per two-person frame)
+#
+# Datasets are prepared on a CPU machine (mediapipe is not on the GPU one), e.g.:
+#   python scripts/compose_conversation.py --clips talk_glasses_512.mp4 talk_map_844.mp4 --out data/devmap.mp4 \
+#       --turn_seconds 2.4 --gap_seconds 0.3
+#   python scripts/prepare.py --config configs/prepare.txt --video data/devmap.mp4 --out data/devmap_512 \
+#       --roles data/devmap.turns.json
+# Runs go to RUNS (default runs/gpu); OUT_DIR receives at most 8 files (the lent machine's limit).
+set -euo pipefail
+
+stage=${1:?usage: bash scripts/gpu_acceptance.sh check|lipsync|train|finish [DATASET] OUT_DIR}
+if [[ $stage == check ]]; then
+    out=${2:?OUT_DIR}
+else
+    data=${2:?DATASET}
+    out=${3:?OUT_DIR}
+    name=$(basename "$data")
+fi
+RUNS=${RUNS:-runs/gpu}
+export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_extensions}
+mkdir -p "$out" "$RUNS"
+py=${PYTHON:-python}
+log() { echo "[$(date -u +%H:%M:%S)] $*"; }
+
+case $stage in
+check)
+    log "parity tests"
+    $py -m pytest -q tests/test_hashgrid_cuda.py 2>&1 | tail -3 | tee "$out/parity.txt"
+    log "bench"
+    $py scripts/bench.py --data "${BENCH_DATA:-data/dev2_512}" --train_iters 30 --render_frames 3 \
+        --batch_rays 4096,16384 --profile "$out/prof" --out "$out/bench_check.json" | tee "$out/bench_check.txt"
+    ;;
+lipsync)
+    log "train $name for ${LIPSYNC_S:-150} s"
+    $py scripts/train.py --config configs/gpu_full.txt --data "$data" --out "$RUNS/$name" --iters 30000 \
+        --time_budget_s "${LIPSYNC_S:-150}" --log_every 100 2>&1 | tail -4 | tee "$out/train_$name.txt"
+    log "evaluate $name"
+    $py scripts/evaluate.py --ckpt "$RUNS/$name/checkpoint.pt" --data "$data" --out "$out/eval_$name" \
+        --save_rendered --max_frames "${MAX_FRAMES:-30}" | tee "$out/eval_$name.txt"
+    cp "$RUNS/$name/summary.json" "$out/summary_$name.json"
+    ;;
+train)
+    log "train $name toward ${TRAIN_BUDGET_S:-600} s of training, this slice at most ${TRAIN_SLICE_S:-500} s"
+    rc=0
+    timeout -s INT "${TRAIN_SLICE_S:-500}" $py scripts/train.py --config configs/gpu_full.txt --data "$data" \
+        --out "$RUNS/$name" --iters 60000 --time_budget_s "${TRAIN_BUDGET_S:-600}" --log_every 100 --resume \
+        2>&1 | tail -6 | tee "$out/train_$name.txt" || rc=$?
+    [[ -f $RUNS/$name/summary.json ]] && cp "$RUNS/$name/summary.json" "$out/summary_$name.json"
+    log "exit $rc (130: interrupted at the slice's end; run this stage again to continue)"
+    ;;
+finish)
+    ckpt="$RUNS/$name/checkpoint.pt"
+    log "evaluate $name"
+    $py scripts/evaluate.py --ckpt "$ckpt" --data "$data" --out "$out/eval_$name" --save_rendered \
+        --max_frames "${MAX_FRAMES:-20}" | tee "$out/eval_$name.txt"
+    log "bench render rows of the trained model"
+    $py scripts/bench.py --data "$data" --ckpt "$ckpt" --train_iters 5 --render_frames 5 \
+        --out "$out/bench_render.json" | tail -12 | tee "$out/bench_render.txt"
+    log "render 10 s of the dataset's own audio, replaying its tracked poses (tiles only: no ffmpeg here)"
+    $py scripts/render.py --ckpt "$ckpt" --data "$data" --audio "$data/audio.wav" --pose_from tracked \
+        --max_seconds 10 --out "$RUNS/$name/render10s.mp4" --tiles_only 2>&1 | tail -3 | tee "$out/render_$name.txt"
+    ;;
+*)
+    echo "unknown stage $stage" >&2
+    exit 2
+    ;;
+esac
+log "done"
