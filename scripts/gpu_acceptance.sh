@@ -22,7 +22,8 @@
 #       --turn_seconds 2.4 --gap_seconds 0.3
 #   python scripts/prepare.py --config configs/prepare.txt --video data/devmap.mp4 --out data/devmap_512 \
 #       --roles data/devmap.turns.json
-# Runs go to RUNS (default runs/gpu); OUT_DIR receives at most 8 files (the lent machine's limit).
+# Runs go to RUNS (default runs/gpu); CONFIG (default configs/gpu_full.txt) is the training preset;
+# OUT_DIR receives at most 8 files (the lent machine's limit).
 set -euo pipefail
 
 stage=${1:?usage: bash scripts/gpu_acceptance.sh check|lipsync|train|finish [DATASET] OUT_DIR}
@@ -44,13 +45,14 @@ check)
     log "parity tests"
     $py -m pytest -q tests/test_hashgrid_cuda.py 2>&1 | tail -3 | tee "$out/parity.txt"
     log "bench"
-    $py scripts/bench.py --data "${BENCH_DATA:-data/dev2_512}" --train_iters 30 --render_frames 3 \
+    $py scripts/bench.py --data "${BENCH_DATA:-data/dev2_512}" --preset "${CONFIG:-configs/gpu_full.txt}" \
+        --train_iters 30 --render_frames 3 \
         --batch_rays 4096,16384 --profile "$out/prof" --out "$out/bench_check.json" | tee "$out/bench_check.txt"
     ;;
 lipsync)
     log "train $name for ${LIPSYNC_S:-150} s"
-    $py scripts/train.py --config configs/gpu_full.txt --data "$data" --out "$RUNS/$name" --iters 30000 \
-        --time_budget_s "${LIPSYNC_S:-150}" --log_every 100 2>&1 | tail -4 | tee "$out/train_$name.txt"
+    $py scripts/train.py --config "${CONFIG:-configs/gpu_full.txt}" --data "$data" --out "$RUNS/$name" --iters 30000 \
+        --time_budget_s "${LIPSYNC_S:-150}" --log_every 100 2>&1 | tr '\r' '\n' | tail -4 | tee "$out/train_$name.txt"
     log "evaluate $name"
     $py scripts/evaluate.py --ckpt "$RUNS/$name/checkpoint.pt" --data "$data" --out "$out/eval_$name" \
         --save_rendered --max_frames "${MAX_FRAMES:-30}" | tee "$out/eval_$name.txt"
@@ -59,11 +61,11 @@ lipsync)
 train)
     log "train $name toward ${TRAIN_BUDGET_S:-600} s of training, this slice at most ${TRAIN_SLICE_S:-500} s"
     rc=0
-    timeout -s INT "${TRAIN_SLICE_S:-500}" $py scripts/train.py --config configs/gpu_full.txt --data "$data" \
+    timeout -s INT "${TRAIN_SLICE_S:-500}" $py scripts/train.py --config "${CONFIG:-configs/gpu_full.txt}" --data "$data" \
         --out "$RUNS/$name" --iters 60000 --time_budget_s "${TRAIN_BUDGET_S:-600}" --log_every 100 --resume \
-        2>&1 | tail -6 | tee "$out/train_$name.txt" || rc=$?
+        2>&1 | tr '\r' '\n' | tail -6 | tee "$out/train_$name.txt" || rc=$?
     [[ -f $RUNS/$name/summary.json ]] && cp "$RUNS/$name/summary.json" "$out/summary_$name.json"
-    log "exit $rc (130: interrupted at the slice's end; run this stage again to continue)"
+    log "exit $rc (124: the slice ended, the run checkpointed; run this stage again to continue)"
     ;;
 finish)
     ckpt="$RUNS/$name/checkpoint.pt"
@@ -71,15 +73,22 @@ finish)
     $py scripts/evaluate.py --ckpt "$ckpt" --data "$data" --out "$out/eval_$name" --save_rendered \
         --max_frames "${MAX_FRAMES:-20}" | tee "$out/eval_$name.txt"
     log "bench render rows of the trained model"
-    $py scripts/bench.py --data "$data" --ckpt "$ckpt" --train_iters 5 --render_frames 5 \
+    $py scripts/bench.py --data "$data" --ckpt "$ckpt" --preset "${CONFIG:-configs/gpu_full.txt}" --train_iters 5 \
+        --render_frames 5 --repeats 10 \
         --out "$out/bench_render.json" | tail -12 | tee "$out/bench_render.txt"
-    log "render 10 s of the dataset's own audio, replaying its tracked poses (tiles only: no ffmpeg here)"
+    log "render ${RENDER_S:-10} s of the dataset's own audio, replaying its tracked poses (tiles only: no ffmpeg here)"
     $py scripts/render.py --ckpt "$ckpt" --data "$data" --audio "$data/audio.wav" --pose_from tracked \
-        --max_seconds 10 --out "$RUNS/$name/render10s.mp4" --tiles_only 2>&1 | tail -3 | tee "$out/render_$name.txt"
+        --max_seconds "${RENDER_S:-10}" --out "$RUNS/$name/render10s.mp4" --tiles_only 2>&1 | tr '\r' '\n' | tail -3 \
+        | tee "$out/render_$name.txt"
     ;;
 *)
     echo "unknown stage $stage" >&2
     exit 2
     ;;
 esac
-log "done"
+# The lent machine returns at most 8 files: one tar of everything small, the rendered frames (.npz) beside it.
+tarball="results_${stage}${name:+_$name}.tar"
+tar -cf "/tmp/$tarball" --exclude='*.npz' --exclude='*.tar' -C "$out" .
+find "$out" -type f ! -name '*.npz' ! -name '*.tar' -delete
+mv "/tmp/$tarball" "$out/$tarball"
+log "done: $out/$tarball$(find "$out" -name '*.npz' -printf ' %P')"
