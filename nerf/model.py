@@ -87,13 +87,37 @@ class AvatarModel(nn.Module):
         return torch.where(batch["speaking"][:, None], a, e)
 
     def ray_hits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[R] bool: whether a ray meets its person's head sphere or torso box (the others show the background)."""
-        row = batch["row"]
-        dirs = rays.pixel_rays(batch["u"], batch["v"], batch["focal"], self.image_size)
-        o_h, d_h = rays.to_head_space(dirs, batch["R"], batch["t"])
-        hit_h = rays.sphere_interval(o_h, d_h, self.head_center[row], self.head_radius[row])[2]
-        hit_t = rays.box_interval(torch.zeros_like(dirs), dirs, self.torso_min[row], self.torso_max[row])[2]
-        return hit_h | hit_t
+        """[R] bool: whether a ray meets its person's head sphere or torso box (with an occupancy grid set:
+        an occupied cell of either); the others show the background."""
+        g = self._geometry(batch)
+        return g["hit_h"] | g["hit_t"]
+
+    def _geometry(self, b: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Each ray in head space and camera space, and its interval through each field's domain.
+
+        With an occupancy grid set (rendering), a ray that crosses no occupied cell of a field misses it
+        (probed at 4 G points along the interval; the grid is already dilated by a cell). Tightening the
+        interval to the occupied span was tried and dropped: at the same sample counts it made more samples
+        live (0.40-0.46 -> 0.67 s per two-person frame on the CPU test model) for the same PSNR (-0.003 dB).
+        """
+        row = b["row"]
+        dirs = rays.pixel_rays(b["u"], b["v"], b["focal"], self.image_size)
+        o_h, d_h = rays.to_head_space(dirs, b["R"], b["t"])
+        center, radius = self.head_center[row], self.head_radius[row]
+        near_h, far_h, hit_h = rays.sphere_interval(o_h, d_h, center, radius)
+        lo, hi = self.torso_min[row], self.torso_max[row]
+        near_t, far_t, hit_t = rays.box_interval(torch.zeros_like(dirs), dirs, lo, hi)
+        far_h, far_t = torch.maximum(far_h, near_h), torch.maximum(far_t, near_t)
+        head_01 = lambda t: (o_h[:, None] + t[..., None] * d_h[:, None] - center[:, None]) \
+            / (2 * radius[:, None, None]) + 0.5  # noqa: E731
+        torso_01 = lambda t: rays.normalize_to_unit(t[..., None] * dirs[:, None], lo[:, None], hi[:, None])  # noqa: E731
+        occ = self.occupancy
+        if occ is not None:  # a ray that crosses no occupied cell of a field cannot see it
+            hit_h = hit_h & _crosses_occupied(occ.head, row, head_01, near_h, far_h)
+            hit_t = hit_t & _crosses_occupied(occ.torso, row, torso_01, near_t, far_t)
+        return {"dirs": dirs, "o_h": o_h, "d_h": d_h, "center": center, "radius": radius, "lo": lo, "hi": hi,
+                "near_h": near_h, "far_h": far_h, "hit_h": hit_h, "near_t": near_t, "far_t": far_t, "hit_t": hit_t,
+                "head_01": head_01, "torso_01": torso_01}
 
     def forward(self, batch: dict[str, torch.Tensor], jitter: bool = True,
                 gen: torch.Generator | None = None) -> dict[str, torch.Tensor]:
@@ -116,16 +140,14 @@ class AvatarModel(nn.Module):
 
     def _render(self, net: int, b: dict[str, torch.Tensor], jitter: bool, gen) -> dict[str, torch.Tensor]:
         row = b["row"]
-        dirs = rays.pixel_rays(b["u"], b["v"], b["focal"], self.image_size)
+        g = self._geometry(b)
+        dirs, d_h, radius = g["dirs"], g["d_h"], g["radius"]
+        hit_h, hit_t = g["hit_h"], g["hit_t"]
         unit = dirs / dirs.norm(dim=-1, keepdim=True)
         z_shape, z_app = self.z_shape(row), self.z_app(row)
         drive = self.drive_code(net, b)
         et = torch.cat([b["euler"], b["t"]], -1)
-
-        # Head: rays in head space through the person's head sphere.
-        o_h, d_h = rays.to_head_space(dirs, b["R"], b["t"])
-        center, radius = self.head_center[row], self.head_radius[row]
-        near_h, far_h, hit_h = rays.sphere_interval(o_h, d_h, center, radius)
+        # Head: rays in head space through the person's head sphere; torso: camera-space rays through its box.
         unit_h = d_h / d_h.norm(dim=-1, keepdim=True)
 
         occ = self.occupancy
@@ -145,26 +167,20 @@ class AvatarModel(nn.Module):
             return values.new_zeros(shape + values.shape[1:]).index_put((ray, k), values)
 
         def head_query(t, hidden=None):
-            x = o_h[:, None] + t[..., None] * d_h[:, None]
-            x01 = (x - center[:, None]) / (2 * radius[:, None, None]) + 0.5
+            x01 = g["head_01"](t)
             ray, k = live_samples(x01, hit_h, occ.head if occ is not None else None, hidden)
             sigma, rgb = self.head[net](x01[ray, k], unit_h, z_shape, z_app, drive, ray)
             return scatter(sigma, ray, k, t.shape), scatter(rgb, ray, k, t.shape), None
 
-        # Torso: camera-space rays through the person's torso box.
-        lo, hi = self.torso_min[row], self.torso_max[row]
-        near_t, far_t, hit_t = rays.box_interval(torch.zeros_like(dirs), dirs, lo, hi)
-
         def torso_query(t, hidden=None):
-            x = t[..., None] * dirs[:, None]
-            x01 = rays.normalize_to_unit(x, lo[:, None], hi[:, None])
+            x01 = g["torso_01"](t)
             ray, k = live_samples(x01, hit_t, occ.torso if occ is not None else None, hidden)
             sigma, rgb, offset = self.torso[net](x01[ray, k], unit, et, z_shape, z_app, ray)
             return scatter(sigma, ray, k, t.shape), scatter(rgb, ray, k, t.shape), scatter(offset, ray, k, t.shape)
 
         head, torso = self._field_samples(
-            [(head_query, near_h, torch.maximum(far_h, near_h), 2 * radius),
-             (torso_query, near_t, torch.maximum(far_t, near_t), torch.full_like(near_t, 2 * TORSO_HALF_DEPTH))],
+            [(head_query, g["near_h"], g["far_h"], 2 * radius),
+             (torso_query, g["near_t"], g["far_t"], torch.full_like(g["near_t"], 2 * TORSO_HALF_DEPTH))],
             jitter, gen)
         t, vals, source = volrend.merge_by_depth(
             head["t"], {"sigma": head["sigma"], "rgb": head["rgb"], "delta": head["delta"]},
@@ -239,3 +255,13 @@ def _by_depth(order: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Te
     """Coarse values a [R, S, ...] and importance values b [R, S', ...] in the sorted order of their samples."""
     both = torch.cat([a, b], 1)
     return both.gather(1, order if both.ndim == 2 else order[..., None].expand(-1, -1, both.shape[-1]))
+
+
+def _crosses_occupied(grid: torch.Tensor, row: torch.Tensor, to_unit, near: torch.Tensor, far: torch.Tensor,
+                      probes_per_cell: int = 4) -> torch.Tensor:
+    """[R] bool: whether each ray's interval [near, far] crosses an occupied cell of ``grid`` [P, G, G, G]
+    (``to_unit``: t [R, M] -> the field's [0, 1]^3 coordinates [R, M, 3]), probed at probes_per_cell x G points."""
+    m = probes_per_cell * grid.shape[1]
+    t = near[:, None] + ((far - near) / m)[:, None] * (torch.arange(m, device=near.device, dtype=near.dtype) + 0.5)
+    x01 = to_unit(t)
+    return (occupancy.lookup(grid, row, x01) & ((x01 >= 0) & (x01 <= 1)).all(-1)).any(1)

@@ -95,6 +95,16 @@ def test_persons_render_together_as_alone_and_rays_missing_both_fields_show_the_
     assert missed[:, :3].all() and not missed.all()
     assert torch.equal(together[1]["rgb"][missed], persons[1].background[missed])
     assert (together[1]["head_acc"][missed] == 0).all() and (together[1]["torso_acc"][missed] == 0).all()
+    # with an occupancy grid, a ray that crosses no occupied cell is culled too: an empty grid shows the plate
+    from nerf.occupancy import OccupancyGrid
+
+    empty = torch.zeros(2, 8, 8, 8, dtype=torch.bool)
+    model.occupancy = OccupancyGrid(head=empty, torso=empty.clone())
+    assert not model.ray_hits(frame_batch(persons[0], 2, model.cfg.audio_window)).any()
+    assert torch.equal(render_frame(model, persons[0], 2)["rgb"], persons[0].background)
+    model.occupancy = OccupancyGrid(head=~empty, torso=~empty)  # everything occupied: the same as no grid
+    torch.testing.assert_close(render_frame(model, persons[0], 2)["rgb"], together[0]["rgb"], atol=1e-6, rtol=0)
+    model.occupancy = None
     # float16 autocast (the GPU's render option) stays close to float32: PSNR between them over 40 dB
     # (a pixel may move more where float16 weights shift an importance sample)
     amp = render_persons(model, [(persons[1], 4)], amp=True)[0]
