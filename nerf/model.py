@@ -251,6 +251,13 @@ class AvatarModel(nn.Module):
         return out
 
 
+def compile_fields(model: AvatarModel) -> None:
+    """torch.compile each head and torso field's forward, with dynamic shapes (the live-sample count changes
+    every call). Parameters and state dict stay as they are; the first calls compile (tens of seconds)."""
+    for field in [*model.head, *model.torso]:
+        field.forward = torch.compile(field.forward, dynamic=True)
+
+
 def _by_depth(order: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     """Coarse values a [R, S, ...] and importance values b [R, S', ...] in the sorted order of their samples."""
     both = torch.cat([a, b], 1)

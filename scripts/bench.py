@@ -112,7 +112,8 @@ def bench_hashgrid(dev: torch.device, sizes: list[int], repeats: int) -> list[di
 
 def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: int, render_frames: int,
                 model_kind: str = "shared", hash_backend: str = "auto", render: bool = True,
-                ckpt: str = "", batch_rays: list[int] | None = None, profile_dir: str = "") -> list[dict]:
+                ckpt: str = "", batch_rays: list[int] | None = None, profile_dir: str = "",
+                compile: bool = False) -> list[dict]:
     """Training iterations/s at the preset (and at each of ``batch_rays``) and two-person render FPS on the
     prepared datasets; with ``profile_dir``, a torch.profiler table of a few training iterations and of
     one rendered frame (``_profile``)."""
@@ -120,6 +121,7 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
 
     from nerf.audio import Wav2LipAudioEncoder
     from nerf.data import load_datasets, sample_rays
+    from nerf.model import compile_fields
     from nerf.occupancy import build as build_occupancy
     from nerf.render import render_persons
     from nerf.trainer import TrainConfig, build, losses
@@ -127,7 +129,7 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
 
     args = build_parser().parse_args(["--config", str(preset), *[x for d in data for x in ("--data", str(d))]])
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    cfg.model, cfg.hash_backend = model_kind, hash_backend
+    cfg.model, cfg.hash_backend, cfg.compile = model_kind, hash_backend, compile
     torch.manual_seed(0)
     # Speed does not depend on the audio encoder's weights: a freshly initialized one codes the frames.
     persons = [p.to(dev) for p in load_datasets(cfg.data, cfg.image_size, Wav2LipAudioEncoder().eval())]
@@ -146,8 +148,12 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
     rows = []
     for n_rays in batch_rays or [cfg.batch_rays]:
         cfg.batch_rays = n_rays
-        for _ in range(3):
+        t0 = time.perf_counter()
+        for _ in range(3):  # warm-up (and, with --compile, the compiling)
             step()
+        if cuda:
+            torch.cuda.synchronize()
+        warm_s = time.perf_counter() - t0
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(dev)
@@ -158,7 +164,8 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / train_iters
         mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
-        what = f"{model_kind}, hash {hash_backend}, {Path(preset).name}, {n_rays} rays, {cfg.image_size} px"
+        what = f"{model_kind}, hash {hash_backend}, {Path(preset).name}, {n_rays} rays, {cfg.image_size} px" + (
+            f", compiled (3 warm-up steps {warm_s:.0f} s)" if compile else "")
         rows.append({"row": f"training ({what})", "iterations_per_s": 1 / dt, "rays_per_s": n_rays / dt,
                      "peak_gpu_gib": mem, "parameters": sum(p.numel() for p in model.parameters())})
         print(f"  training ({what}): {1 / dt:.2f} it/s, {n_rays / dt:.3g} rays/s, peak {mem:.2f} GiB")
@@ -171,6 +178,8 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
 
         del model, opt
         model, persons, _ = load_model(ckpt, list(data), str(dev))
+        if compile:
+            compile_fields(model)
     model.eval()
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
@@ -196,6 +205,7 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
         spf = _timer(lambda amp=amp: render_persons(model, frames_of(next(turn)), amp=amp), render_frames, cuda)
         mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
         what = f"{model_kind}, {len(persons)} persons x {cfg.image_size}^2, batched" + (
+            ", compiled" if compile else "") + (
             f", occupancy grid ({share} occupied, built in {built:.1f} s)" if with_grid else ", every sample") + (
             ", float16 autocast" if amp else "")
         row = {"row": f"render ({what})", "frames_per_s": 1 / spf, "peak_gpu_gib": mem}
@@ -275,6 +285,8 @@ def main(argv=None) -> int:
                    help="comma-separated rays per training batch, one training row each (default: the preset's)")
     p.add_argument("--profile", default="", help="also write torch.profiler tables of training and rendering "
                    "(operators by time, operator calls, kernel launches, host syncs) into this folder")
+    p.add_argument("--compile", action="store_true", help="torch.compile the fields (train.py --compile true); the "
+                   "training row's label gives the warm-up time, which includes the compiling")
     p.add_argument("--out", default="", help="also write the rows as JSON here")
     args = p.parse_args(argv)
     from nerf.device import resolve_device
@@ -307,7 +319,7 @@ def main(argv=None) -> int:
             for backend in args.hash_backends.split(","):
                 its = args.train_iters if backend != "torch" else max(5, args.train_iters // 5)
                 rows += bench_model(dev, args.data, args.preset, its, args.render_frames, kind, backend, render=first,
-                                    ckpt=args.ckpt, batch_rays=rays, profile_dir=args.profile)
+                                    ckpt=args.ckpt, batch_rays=rays, profile_dir=args.profile, compile=args.compile)
                 first = False
     text = table(rows, name)
     print(text)

@@ -73,6 +73,7 @@ def _doc(name: str) -> str:
             "device": "auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N",
             "hash_backend": "auto (the fused CUDA hash grid on a GPU, else PyTorch), torch, cuda or tcnn",
             "hash_half": "true: the fused hash grid gathers from float16 table copies",
+            "compile": "true: torch.compile the fields (tens of seconds of compiling first; see bench.py --compile)",
             "log_every": "iterations between TensorBoard scalars",
             "time_budget_s": "stop after this many seconds of training, resumes included (0: none); the lr decay "
                              "follows iterations or time, whichever runs out first"}.get(

@@ -230,3 +230,18 @@ def test_rays_carry_their_frames_audio_window_and_share_its_drive_code():
                                for r, f in zip(batch["row"], batch["frame"])])
         alone = torch.where(batch["speaking"][:, None], model.audio[0](per_ray), model.expr[0](batch["expr"]))
     torch.testing.assert_close(shared, alone)
+
+
+def test_compiled_fields_render_what_the_eager_ones_do():
+    """train.py --compile true: torch.compile of each field's forward (dynamic shapes), same parameters."""
+    from nerf.model import compile_fields
+    from nerf.render import render_frame
+
+    torch.manual_seed(0)
+    persons = [_person(0), _person(1)]
+    model = AvatarModel(persons, FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4), RenderConfig(8, 8))
+    keys = set(model.state_dict())
+    eager = [render_frame(model, p, 1)["rgb"] for p in persons]
+    compile_fields(model)
+    assert set(model.state_dict()) == keys  # checkpoints are unchanged
+    torch.testing.assert_close(render_frame(model, persons[1], 1)["rgb"], eager[1], atol=1e-5, rtol=0)
