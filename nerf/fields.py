@@ -105,8 +105,9 @@ def _rest(net: nn.Sequential, h: torch.Tensor) -> torch.Tensor:
 
 
 def trunc_exp(x: torch.Tensor) -> torch.Tensor:
-    """exp with its input clamped: density stays finite however far the MLP drifts."""
-    return torch.exp(x.clamp(-15.0, 15.0))
+    """exp with its input clamped, in float32 (also under float16 autocast, where e^15 would overflow):
+    density stays finite however far the MLP drifts."""
+    return torch.exp(x.float().clamp(-15.0, 15.0))
 
 
 class AudioDrive(nn.Module):

@@ -14,6 +14,8 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -134,6 +136,31 @@ def losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], model: 
     return {"total": total, "photo": photo, "parse_head": parse_head, "parse_torso": parse_torso}
 
 
+class _StopRequest:
+    """While training: SIGINT (Ctrl-C) or SIGTERM asks the loop to stop after the step under way, which then
+    writes a checkpoint and raises KeyboardInterrupt; a second signal interrupts at once (no checkpoint
+    beyond the periodic ones). Handlers are installed only from the main thread and restored on exit."""
+
+    def __init__(self):
+        self.requested = False
+        self._previous: dict = {}
+
+    def _handle(self, signum, frame):
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():
+            for sig in (signal.SIGINT, signal.SIGTERM):
+                self._previous[sig] = signal.signal(sig, self._handle)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        for sig, handler in self._previous.items():
+            signal.signal(sig, handler if handler is not None else signal.SIG_DFL)
+
+
 def save_checkpoint(path: Path, model, opt, it: int, cfg: TrainConfig, persons: list[PersonFrames],
                     gens: dict[str, torch.Generator], audio_encoder: Wav2LipAudioEncoder,
                     train_seconds: float = 0.0) -> None:
@@ -188,8 +215,6 @@ def build(cfg: TrainConfig, persons: list[PersonFrames],
     # On a GPU the fused Adam: one kernel per step for all parameters instead of several per tensor list
     opt = torch.optim.Adam([{"params": others, "lr": cfg.lr}, {"params": model.hash_parameters(), "lr": cfg.lr_hash}],
                            betas=(0.9, 0.99), eps=1e-15, fused=torch.device(device).type == "cuda" or None)
-    if cfg.compile:
-        compile_fields(model)
     return model, opt
 
 
@@ -234,6 +259,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
     prepare_device(dev)
     persons = [p.to(dev) for p in load_datasets(cfg.data, cfg.image_size, audio_encoder)]
     model, opt = build(cfg, persons, dev)
+    if cfg.compile:  # this run only: a checkpoint's later users (evaluate, render) do not compile
+        compile_fields(model)
     # Ray choices are drawn on the CPU; the sample jitter where the samples are made.
     gens = {"rays": torch.Generator().manual_seed(cfg.seed),
             "jitter": torch.Generator(device=dev).manual_seed(cfg.seed + 1)}
@@ -275,10 +302,13 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
         check_finite()
         save_checkpoint(ckpt_path, model, opt, iteration, cfg, persons, gens, audio_encoder, spent())
 
-    completed = it = start
-    try:
+    with _StopRequest() as stop:
         for it in bar:
-            at_top = {k: g.get_state() for k, g in gens.items()}
+            if stop.requested:  # Ctrl-C or SIGTERM during the last step: it finished, keep it and stop
+                bar.close()
+                checkpoint(it)
+                log(f"stopped on request: {ckpt_path} holds iteration {it}; --resume continues from it")
+                raise KeyboardInterrupt
             frac = it / max(cfg.iters - 1, 1)
             if cfg.time_budget_s > 0:
                 if spent() >= cfg.time_budget_s:
@@ -299,7 +329,6 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
             opt.zero_grad(set_to_none=True)
             loss["total"].backward()
             opt.step()
-            completed = it + 1
             history.append(total)
             if it % cfg.log_every == 0 or it + 1 == cfg.iters:
                 check_finite()
@@ -320,17 +349,6 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
                     if writer:
                         writer.add_scalar(f"val_psnr/{name}", v, done)
                 _save_val_pictures(model, persons, out, done, writer)
-    except KeyboardInterrupt:
-        # Ctrl-C or SIGTERM (scripts/train.py turns it into this): keep what was trained. A step that did not
-        # finish leaves the weights as they were; the generators go back to its start, so a resume repeats it.
-        bar.close()
-        if completed == it:
-            for k, g in gens.items():
-                g.set_state(at_top[k])
-        if completed > start:
-            checkpoint(completed)
-            log(f"interrupted: {ckpt_path} holds iteration {completed}; --resume continues from it")
-        raise
     bar.close()
     val = evaluate_psnr(model, persons)
     facts = {"iterations": stopped_at if stopped_at is not None else cfg.iters,

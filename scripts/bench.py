@@ -129,11 +129,13 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
 
     args = build_parser().parse_args(["--config", str(preset), *[x for d in data for x in ("--data", str(d))]])
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    cfg.model, cfg.hash_backend, cfg.compile = model_kind, hash_backend, compile
+    cfg.model, cfg.hash_backend = model_kind, hash_backend
     torch.manual_seed(0)
     # Speed does not depend on the audio encoder's weights: a freshly initialized one codes the frames.
     persons = [p.to(dev) for p in load_datasets(cfg.data, cfg.image_size, Wav2LipAudioEncoder().eval())]
     model, opt = build(cfg, persons, dev)
+    if compile:
+        compile_fields(model)
     gen = torch.Generator().manual_seed(0)
     jit = torch.Generator(device=dev).manual_seed(1)
     cuda = dev.type == "cuda"

@@ -11,7 +11,7 @@
 #                      dataset whose held-out frames hold speech, then evaluate.py --save_rendered
 #                      (score the frames on a CPU machine: evaluate.py --rendered OUT/eval_<name>)
 #   train DATASET      gpu_full training toward a TRAIN_BUDGET_S total (default 600 s), interrupted with
-#                      SIGINT after TRAIN_SLICE_S (default 500) so that it fits a call; run it again
+#                      SIGTERM after TRAIN_SLICE_S (default 500) so that it fits a call; run it again
 #                      (it resumes) until it prints "held-out PSNR"
 #   finish DATASET     evaluate.py --save_rendered of that training; bench render rows of the trained
 #                      model (occupancy grid, float16 autocast); render.py --tiles_only of 10 s of the
@@ -61,7 +61,7 @@ lipsync)
 train)
     log "train $name toward ${TRAIN_BUDGET_S:-600} s of training, this slice at most ${TRAIN_SLICE_S:-500} s"
     rc=0
-    timeout -s INT "${TRAIN_SLICE_S:-500}" $py scripts/train.py --config "${CONFIG:-configs/gpu_full.txt}" --data "$data" \
+    timeout -s TERM -k 60 "${TRAIN_SLICE_S:-500}" $py scripts/train.py --config "${CONFIG:-configs/gpu_full.txt}" --data "$data" \
         --out "$RUNS/$name" --iters 60000 --time_budget_s "${TRAIN_BUDGET_S:-600}" --log_every 100 --resume \
         2>&1 | tr '\r' '\n' | tail -6 | tee "$out/train_$name.txt" || rc=$?
     [[ -f $RUNS/$name/summary.json ]] && cp "$RUNS/$name/summary.json" "$out/summary_$name.json"

@@ -74,26 +74,29 @@ def _small(synthetic, out, iters, **kw):
 
 
 def test_checkpoint_then_resume_gives_the_same_next_step_loss(synthetic, tmp_path, monkeypatch):
-    straight = train(_small(synthetic, tmp_path / "a", 4), progress=False)
+    import os
+    import signal
+
+    straight = train(_small(synthetic, tmp_path / "a", 5), progress=False)
     real_losses = trainer.losses
     calls = {"n": 0}
 
     def interrupted(*args):
         calls["n"] += 1
-        if calls["n"] == 4:  # the user presses Ctrl-C during the fourth step
-            raise KeyboardInterrupt
+        if calls["n"] == 4:  # the user presses Ctrl-C during the fourth step: it finishes, then training stops
+            os.kill(os.getpid(), signal.SIGINT)
         return real_losses(*args)
 
     monkeypatch.setattr(trainer, "losses", interrupted)
-    with pytest.raises(KeyboardInterrupt):  # no periodic checkpoint: the interrupt itself writes one
-        train(_small(synthetic, tmp_path / "b", 4, ckpt_every=10**9), progress=False)
+    with pytest.raises(KeyboardInterrupt):  # no periodic checkpoint: the stop itself writes one
+        train(_small(synthetic, tmp_path / "b", 5, ckpt_every=10**9), progress=False)
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
     ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", map_location="cpu", weights_only=True)
-    assert ckpt["iteration"] == 3 and ckpt["train_seconds"] > 0
+    assert ckpt["iteration"] == 4 and ckpt["train_seconds"] > 0
     monkeypatch.setattr(trainer, "losses", real_losses)
-    resumed = train(_small(synthetic, tmp_path / "b", 4, resume=True), progress=False)
-    assert resumed["first_iteration"] == 3 and len(resumed["loss_history"]) == 1
-    # the interrupted step's random draws were rolled back: the resumed step is the uninterrupted run's
-    assert resumed["loss_history"][0] == straight["loss_history"][3]
+    resumed = train(_small(synthetic, tmp_path / "b", 5, resume=True), progress=False)
+    assert resumed["first_iteration"] == 4 and len(resumed["loss_history"]) == 1
+    assert resumed["loss_history"][0] == straight["loss_history"][4]  # step for step the uninterrupted run
     assert resumed["train_seconds_total"] > ckpt["train_seconds"]  # the time budget counts across resumes
 
 
