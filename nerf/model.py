@@ -9,6 +9,7 @@ merge by depth and composite once over the person's background plate.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 
 import torch
@@ -30,10 +31,9 @@ class RenderConfig:
     n_importance: int = 32
     """Importance samples per field, from the coarse weights."""
     stop_depth: float = 20.0
-    """Rendering (no gradient) skips the final queries of a field's samples lying behind coarse intervals
-    whose optical depth sums past this (transmittance e^-20, about 2e-9; 0: never). The merged ray's
-    transmittance is never above one field's own, so such samples cannot show; the margin covers coarse
-    estimates up to several times too dense."""
+    """Rendering (no gradient) skips the importance samples lying behind coarse intervals, of both fields,
+    whose optical depth sums past this (transmittance e^-20, about 2e-9; 0: never): such samples cannot
+    show; the margin covers coarse estimates up to several times too dense."""
 
 
 class AvatarModel(nn.Module):
@@ -98,9 +98,7 @@ class AvatarModel(nn.Module):
         With ``cull`` and an occupancy grid set (rendering), a ray that crosses no occupied cell of a field
         misses it (probed at 4 G points along the interval, at most about 0.43 cell apart; the grid is
         dilated by a cell, which covers a corner the probes step over). Inside ``_render`` this is not
-        needed: a sample in an empty cell is skipped anyway. Tightening the
-        interval to the occupied span was tried and dropped: at the same sample counts it made more samples
-        live (0.40-0.46 -> 0.67 s per two-person frame on the CPU test model) for the same PSNR (-0.003 dB).
+        needed: a sample in an empty cell is skipped anyway.
         """
         row = b["row"]
         dirs = rays.pixel_rays(b["u"], b["v"], b["focal"], self.image_size)
@@ -117,9 +115,8 @@ class AvatarModel(nn.Module):
         if cull and occ is not None:  # a ray that crosses no occupied cell of a field cannot see it
             hit_h = hit_h & _crosses_occupied(occ.head, row, head_01, near_h, far_h)
             hit_t = hit_t & _crosses_occupied(occ.torso, row, torso_01, near_t, far_t)
-        return {"dirs": dirs, "o_h": o_h, "d_h": d_h, "center": center, "radius": radius, "lo": lo, "hi": hi,
-                "near_h": near_h, "far_h": far_h, "hit_h": hit_h, "near_t": near_t, "far_t": far_t, "hit_t": hit_t,
-                "head_01": head_01, "torso_01": torso_01}
+        return {"dirs": dirs, "d_h": d_h, "radius": radius, "near_h": near_h, "far_h": far_h, "hit_h": hit_h,
+                "near_t": near_t, "far_t": far_t, "hit_t": hit_t, "head_01": head_01, "torso_01": torso_01}
 
     def forward(self, batch: dict[str, torch.Tensor], jitter: bool = True,
                 gen: torch.Generator | None = None, amp: bool = False) -> dict[str, torch.Tensor]:
@@ -223,14 +220,12 @@ class AvatarModel(nn.Module):
         coarse = []
         for query, near, far, scale in fields:
             t_c, edges = sampler.stratified(near, far, rc.n_coarse, jitter, gen)
-            with torch.no_grad():
+            # (without importance samples the coarse ones are the final ones: with gradient when training)
+            with torch.no_grad() if rc.n_importance > 0 else contextlib.nullcontext():
                 sigma, rgb, offset = query(t_c)
             coarse.append({"t": t_c, "edges": edges, "sigma": sigma, "rgb": rgb, "offset": offset, "far": far,
                            "delta": sampler.deltas_of(t_c, far) / scale[:, None]})
         if rc.n_importance == 0:
-            if training:
-                for (query, *_), c in zip(fields, coarse):
-                    c["sigma"], c["rgb"], c["offset"] = query(c["t"])
             return [{k: c[k] for k in ("t", "sigma", "rgb", "offset", "delta")} for c in coarse]
         terminate = rc.stop_depth > 0 and not training
         if terminate:

@@ -65,7 +65,7 @@ train)
         --out "$RUNS/$name" --iters 60000 --time_budget_s "${TRAIN_BUDGET_S:-600}" --log_every 100 --resume \
         2>&1 | tr '\r' '\n' | tail -6 | tee "$out/train_$name.txt" || rc=$?
     [[ -f $RUNS/$name/summary.json ]] && cp "$RUNS/$name/summary.json" "$out/summary_$name.json"
-    log "exit $rc (124: the slice ended, the run checkpointed; run this stage again to continue)"
+    log "exit $rc (124: the slice ended; a run already in its training loop checkpointed: run this stage again)"
     ;;
 finish)
     ckpt="$RUNS/$name/checkpoint.pt"

@@ -24,7 +24,6 @@ the real ones); <out>/checkpoint.pt is rewritten atomically every --ckpt_every i
 """
 
 import dataclasses
-import signal
 import sys
 from pathlib import Path
 
@@ -80,16 +79,11 @@ def _doc(name: str) -> str:
         name, name.replace("_", " "))
 
 
-def _interrupt(signum, frame):
-    raise KeyboardInterrupt
-
-
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    signal.signal(signal.SIGTERM, _interrupt)  # a scheduler's or timeout's stop checkpoints like Ctrl-C
     try:
         facts = train(cfg)
     except (PrepareError, TrainError, ValueError) as e:
