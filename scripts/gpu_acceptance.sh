@@ -76,8 +76,9 @@ finish)
     $py scripts/bench.py --data "$data" --ckpt "$ckpt" --preset "${CONFIG:-configs/gpu_full.txt}" --train_iters 5 \
         --render_frames 5 --repeats 10 \
         --out "$out/bench_render.json" | tail -12 | tee "$out/bench_render.txt"
+    # (the dataset's own audio and speaking timeline: the voices and silero models are not on the GPU machine)
     log "render ${RENDER_S:-10} s of the dataset's own audio, replaying its tracked poses (tiles only: no ffmpeg here)"
-    $py scripts/render.py --ckpt "$ckpt" --data "$data" --audio "$data/audio.wav" --pose_from tracked \
+    $py scripts/render.py --ckpt "$ckpt" --data "$data" --pose_from tracked \
         --max_seconds "${RENDER_S:-10}" --out "$RUNS/$name/render10s.mp4" --tiles_only 2>&1 | tr '\r' '\n' | tail -3 \
         | tee "$out/render_$name.txt"
     ;;
