@@ -29,7 +29,6 @@ from __future__ import annotations
 
 import argparse
 import itertools
-import math
 import statistics
 import sys
 import time
@@ -121,6 +120,7 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
 
     from nerf.audio import Wav2LipAudioEncoder
     from nerf.data import load_datasets, sample_rays
+    from nerf.metrics import psnr
     from nerf.model import compile_fields
     from nerf.occupancy import build as build_occupancy
     from nerf.render import render_persons
@@ -155,10 +155,8 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
             step()
         if cuda:
             torch.cuda.synchronize()
-        warm_s = time.perf_counter() - t0
-        if cuda:
-            torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(dev)
+        warm_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(train_iters):
             step()
@@ -189,9 +187,8 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
     turn = itertools.count()
     frames_of = lambda i: [(p, int(p.val[i % len(p.val)])) for p in persons]  # noqa: E731
 
-    def psnr_between(a: list[dict], b: list[dict]) -> float:
-        mse = sum(((x["rgb"] - y["rgb"]).float() ** 2).mean().item() for x, y in zip(a, b)) / len(a)
-        return -10 * math.log10(max(mse, 1e-12))
+    def psnr_between(a: list[dict], b: list[dict]) -> float:  # over all crops of the frame together
+        return psnr(torch.cat([x["rgb"] for x in a]).cpu(), torch.cat([y["rgb"] for y in b]).cpu())
 
     share = built = None
     for with_grid, amp in ((False, False), (True, False), (True, True)):
