@@ -118,7 +118,8 @@ def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr
         mouth_box=torch.from_numpy(mouth).float(), head_box=torch.from_numpy(_label_boxes(labels == 1)).float(),
         train=torch.from_numpy(idx[a:b][valid[a:b]]), val=torch.from_numpy(idx[c:d][valid[c:d]]),
         focal=float(info["focal"]) * scale, size=size,
-        bounds=PersonBounds.from_track(tr["canonical"], tr["t"], float(info["focal"]) * scale, size))
+        bounds=PersonBounds.from_track(tr["canonical"], tr["t"], float(info["focal"]) * scale, size,
+                                       labels=labels, R=tr["R"], valid=valid))
 
 
 def load_datasets(roots: list[str | Path], size: int, audio_encoder: Wav2LipAudioEncoder) -> list[PersonFrames]:

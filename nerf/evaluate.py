@@ -111,6 +111,7 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
                          rgb=(rendered * 255).round().astype(np.uint8))
         real = np.stack([p.images[f].numpy().astype(np.float32) / 255 for f in frames.tolist()])
         speaking = p.speaking[frames].numpy()
+        labels, plate = p.labels[frames].numpy(), p.background.numpy()
         as_u8 = lambda a: (a * 255).round().astype(np.uint8)  # noqa: E731
         lm_rendered, lm_real = landmarks(as_u8(rendered)), landmarks(as_u8(real))
         lips = list(metrics.MOUTH_INDICES)
@@ -121,6 +122,7 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
             row = {"person": p.name, "role": role, "frames": int(sel.sum()),
                    "psnr": float(np.mean([metrics.psnr(a, b) for a, b in zip(rendered[sel], real[sel])])),
                    "ssim": float(np.mean([metrics.ssim(a, b) for a, b in zip(rendered[sel], real[sel])])),
+                   **metrics.region_psnr(rendered[sel], real[sel], labels[sel], plate),
                    "cpbd": float(np.mean([metrics.cpbd(a) for a in rendered[sel]])),
                    "cpbd_real": float(np.mean([metrics.cpbd(b) for b in real[sel]])),
                    "mouth_lmd_px": metrics.lmd(lm_rendered[sel][:, lips, :2], lm_real[sel][:, lips, :2]),

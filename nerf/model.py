@@ -39,7 +39,8 @@ class RenderConfig:
 class AvatarModel(nn.Module):
     """Latent codes and fields for P persons; renders ray batches of ``nerf.data.sample_rays``."""
 
-    def __init__(self, persons: list[PersonFrames], cfg: FieldConfig, render: RenderConfig, mode: str = "shared"):
+    def __init__(self, persons: list[PersonFrames], cfg: FieldConfig, render: RenderConfig, mode: str = "shared",
+                 torso_cull: bool = False):
         super().__init__()
         if mode not in ("shared", "per_person"):
             raise ValueError(f"model mode must be shared or per_person, not {mode!r}")
@@ -65,6 +66,12 @@ class AvatarModel(nn.Module):
         self.register_buffer("head_radius", torch.tensor([x.head_radius for x in b], dtype=torch.float32))
         self.register_buffer("torso_min", torch.tensor([x.torso_min for x in b], dtype=torch.float32))
         self.register_buffer("torso_max", torch.tensor([x.torso_max for x in b], dtype=torch.float32))
+        # With torso_cull, rays of pixels outside this box never meet the torso field. Derived from the
+        # persons' label maps each time the model is built (not in the state dict; the run's config says
+        # whether it was trained so).
+        s = self.image_size - 1
+        self.register_buffer("torso_pixels", torch.tensor([(x.torso_pixels if torso_cull else None) or (0, 0, s, s)
+                                                           for x in b], dtype=torch.float32), persistent=False)
 
     def hash_parameters(self) -> list[nn.Parameter]:
         """The hash tables (trained at a higher learning rate, as instant-ngp does)."""
@@ -107,6 +114,8 @@ class AvatarModel(nn.Module):
         near_h, far_h, hit_h = rays.sphere_interval(o_h, d_h, center, radius)
         lo, hi = self.torso_min[row], self.torso_max[row]
         near_t, far_t, hit_t = rays.box_interval(torch.zeros_like(dirs), dirs, lo, hi)
+        box = self.torso_pixels[row]
+        hit_t = hit_t & (b["u"] >= box[:, 0]) & (b["u"] <= box[:, 2]) & (b["v"] >= box[:, 1]) & (b["v"] <= box[:, 3])
         far_h, far_t = torch.maximum(far_h, near_h), torch.maximum(far_t, near_t)
         head_01 = lambda t: (o_h[:, None] + t[..., None] * d_h[:, None] - center[:, None]) \
             / (2 * radius[:, None, None]) + 0.5  # noqa: E731

@@ -22,7 +22,8 @@
 #       --turn_seconds 2.4 --gap_seconds 0.3
 #   python scripts/prepare.py --config configs/prepare.txt --video data/devmap.mp4 --out data/devmap_512 \
 #       --roles data/devmap.turns.json
-# Runs go to RUNS (default runs/gpu); CONFIG (default configs/gpu_full.txt) is the training preset;
+# Runs go to RUNS (default runs/gpu); CONFIG (default configs/gpu_full.txt) is the training preset; TRAIN_ARGS
+# adds train.py flags (e.g. TRAIN_ARGS='--torso_cull true' RUNS=runs/cull for the A/B of that option);
 # OUT_DIR receives at most 8 files (the lent machine's limit).
 set -euo pipefail
 
@@ -52,7 +53,7 @@ check)
 lipsync)
     log "train $name for ${LIPSYNC_S:-150} s"
     $py scripts/train.py --config "${CONFIG:-configs/gpu_full.txt}" --data "$data" --out "$RUNS/$name" --iters 30000 \
-        --time_budget_s "${LIPSYNC_S:-150}" --log_every 100 2>&1 | tr '\r' '\n' | tail -4 | tee "$out/train_$name.txt"
+        --time_budget_s "${LIPSYNC_S:-150}" --log_every 100 ${TRAIN_ARGS:-} 2>&1 | tr '\r' '\n' | tail -4 | tee "$out/train_$name.txt"
     log "evaluate $name"
     $py scripts/evaluate.py --ckpt "$RUNS/$name/checkpoint.pt" --data "$data" --out "$out/eval_$name" \
         --save_rendered --max_frames "${MAX_FRAMES:-30}" | tee "$out/eval_$name.txt"
@@ -62,7 +63,7 @@ train)
     log "train $name toward ${TRAIN_BUDGET_S:-600} s of training, this slice at most ${TRAIN_SLICE_S:-500} s"
     rc=0
     timeout -s TERM -k 60 "${TRAIN_SLICE_S:-500}" $py scripts/train.py --config "${CONFIG:-configs/gpu_full.txt}" --data "$data" \
-        --out "$RUNS/$name" --iters 60000 --time_budget_s "${TRAIN_BUDGET_S:-600}" --log_every 100 --resume \
+        --out "$RUNS/$name" --iters 60000 --time_budget_s "${TRAIN_BUDGET_S:-600}" --log_every 100 --resume ${TRAIN_ARGS:-} \
         2>&1 | tr '\r' '\n' | tail -6 | tee "$out/train_$name.txt" || rc=$?
     [[ -f $RUNS/$name/summary.json ]] && cp "$RUNS/$name/summary.json" "$out/summary_$name.json"
     log "exit $rc (124: the slice ended; a run already in its training loop checkpointed: run this stage again)"

@@ -75,7 +75,9 @@ def _doc(name: str) -> str:
             "compile": "true: torch.compile the fields (tens of seconds of compiling first; see bench.py --compile)",
             "log_every": "iterations between TensorBoard scalars",
             "time_budget_s": "stop after this many seconds of training, resumes included (0: none); the lr decay "
-                             "follows iterations or time, whichever runs out first"}.get(
+                             "follows iterations or time, whichever runs out first",
+            "torso_cull": "true: only rays of the torso's labelled pixels (+5%% of the crop) query the torso field; "
+                          "faster, quality change unsettled (docs/PERFORMANCE.md)"}.get(
         name, name.replace("_", " "))
 
 

@@ -43,6 +43,24 @@ def test_psnr_mask_ignores_outside_pixels():
         psnr(pred, target, np.zeros((20, 30), bool))
 
 
+def test_region_psnr_splits_the_error_by_label_and_scores_the_plate():
+    target = np.full((2, 8, 8, 3), 0.5)
+    labels = np.zeros((2, 8, 8), np.uint8)
+    labels[:, 2:5] = 1
+    labels[:, 5:] = 2
+    pred = target.copy()
+    pred[labels == 1] += 0.1  # head: MSE 0.01 -> 20 dB
+    pred[labels == 2] += 0.01  # torso: 40 dB
+    pred[0][labels[0] == 0] += 0.001  # background: half the frames 60 dB off -> MSE 5e-7
+    plate = np.full((8, 8, 3), 0.5)
+    plate[0, 0] = 0.6  # one of the 16 background pixels of a frame: MSE 1e-2 / 16
+    r = metrics.region_psnr(pred, target, labels, plate)
+    assert r["psnr_head"] == pytest.approx(20.0, abs=1e-9) and r["psnr_torso"] == pytest.approx(40.0, abs=1e-9)
+    assert r["psnr_bg"] == pytest.approx(-10 * math.log10(5e-7), abs=1e-6)
+    assert r["psnr_bg_plate"] == pytest.approx(-10 * math.log10(0.01 / 16), abs=1e-6)
+    assert math.isnan(metrics.region_psnr(pred, target, np.zeros_like(labels), plate)["psnr_head"])
+
+
 def test_psnr_rejects_uint8_and_shape_mismatch():
     with pytest.raises(ValueError, match="x / 255"):
         psnr(np.zeros((8, 8, 3), np.uint8), np.zeros((8, 8, 3), np.uint8))

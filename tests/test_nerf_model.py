@@ -43,6 +43,46 @@ def test_sphere_and_box_intervals():
     assert hit.tolist() == [True, False] and abs(near[0] - 2.0) < 1e-6 and abs(far[0] - 4.0) < 1e-6
 
 
+def test_the_torso_pixels_are_the_labelled_torso_and_stray_hair_not_the_sky_above_the_head():
+    S, focal, tz = 64, 80.0, 3.0
+    canonical = np.array([[-0.3, -0.3, 0.0], [0.3, 0.3, 0.0]])  # the head sphere: radius 0.6, centre (0, -0.06, 0.21)
+    t_pose = np.tile([0.0, -0.4, tz], (4, 1))
+    R, valid = np.tile(np.eye(3), (4, 1, 1)), np.ones(4, bool)
+    labels = np.zeros((4, S, S), np.uint8)
+    labels[:, 10:30, 22:42] = 1  # the head, inside the head sphere's image
+    labels[:, 40:, 12:52] = 2  # shoulders: rows 40.., columns 12..51
+    labels[2, 50:, 8:12] = 2  # one frame's arm a little further left
+    labels[3, 30:35, 54:58] = 1  # hair outside the head sphere's image (a disc of 16 px radius about
+    # pixel (31.5, 20)): the torso field must draw it
+    box = rays.torso_pixel_box(labels, R, t_pose, valid, (0.0, -0.06, 0.21), 0.6, focal, margin=0.0)
+    assert box == (8, 30, 57, 63)
+    full = PersonBounds.from_track(canonical, t_pose, focal, S)
+    b = PersonBounds.from_track(canonical, t_pose, focal, S, labels=labels, R=R, valid=valid)
+    m = round(rays.TORSO_MARGIN * S)
+    assert full.torso_pixels is None and b.torso_pixels == (8 - m, 30 - m, 57 + m, 63)
+    assert (b.head_center, b.head_radius, b.torso_min, b.torso_max) == \
+        (full.head_center, full.head_radius, full.torso_min, full.torso_max)  # the fields' domains stay
+    # No torso pixel anywhere (a face filling the crop): every pixel's ray may meet the torso, as without labels.
+    none = PersonBounds.from_track(canonical, t_pose, focal, S, labels=np.zeros_like(labels), R=R, valid=valid)
+    assert none == full
+
+
+def test_rays_outside_the_torso_pixels_do_not_query_the_torso():
+    import dataclasses
+
+    p = _person(0)
+    p.bounds = dataclasses.replace(p.bounds, torso_pixels=(3, 9, 12, 15))
+    cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
+    model = AvatarModel([p], cfg, RenderConfig(8, 8), torso_cull=True)
+    hit_t = model._geometry(frame_batch(p, 2, model.cfg.audio_window))["hit_t"].reshape(16, 16)
+    inside = torch.zeros(16, 16, dtype=torch.bool)
+    inside[9:16, 3:13] = True
+    assert torch.equal(hit_t, inside)
+    assert "torso_pixels" not in model.state_dict()  # derived from the labels: older checkpoints load as they are
+    # Without torso_cull (the default) the frustum box alone decides: it meets every ray of this crop.
+    assert AvatarModel([p], cfg, RenderConfig(8, 8))._geometry(frame_batch(p, 2, 4))["hit_t"].all()
+
+
 def test_z_app_cannot_change_density_but_z_shape_can():
     torch.manual_seed(0)
     cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)

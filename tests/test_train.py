@@ -106,6 +106,15 @@ def test_a_checkpoint_of_another_config_is_refused(synthetic, tmp_path):
         train(_small(synthetic, tmp_path / "r", 2, hidden=24, resume=True), progress=False)
 
 
+def test_a_checkpoint_from_before_a_model_key_existed_has_that_key_s_default():
+    import dataclasses
+
+    saved = {k: v for k, v in dataclasses.asdict(TrainConfig()).items() if k != "torso_cull"}
+    trainer.check_config({"config": json.dumps(saved)}, TrainConfig())  # trained without torso culling
+    with pytest.raises(TrainError, match="torso_cull: False vs True"):
+        trainer.check_config({"config": json.dumps(saved)}, TrainConfig(torso_cull=True))
+
+
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic, tmp_path, monkeypatch):
     real_losses = trainer.losses
     calls = {"n": 0}
