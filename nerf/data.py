@@ -119,7 +119,7 @@ def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr
         train=torch.from_numpy(idx[a:b][valid[a:b]]), val=torch.from_numpy(idx[c:d][valid[c:d]]),
         focal=float(info["focal"]) * scale, size=size,
         bounds=PersonBounds.from_track(tr["canonical"], tr["t"], float(info["focal"]) * scale, size,
-                                       labels=labels, R=tr["R"], valid=valid))
+                                       labels=labels, R=tr["R"], valid=valid, frames=idx[a:b]))
 
 
 def load_datasets(roots: list[str | Path], size: int, audio_encoder: Wav2LipAudioEncoder) -> list[PersonFrames]:

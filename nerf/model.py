@@ -137,13 +137,14 @@ class AvatarModel(nn.Module):
 
         Returns:
             rgb [R, 3] composited over the background; head_acc, torso_acc [R] opacities of
-            each field; offset_sq [R] mean squared torso warp over the ray's samples (0 outside the torso box).
+            each field; offset_sq [R] mean squared torso warp over the ray's samples (0 outside the torso box);
+            torso_hit [R] 1.0 where the ray meets the torso field, else 0.0.
         """
         if self.mode == "shared":  # one network renders every ray: no split, no scatter back
             return self._render(0, batch, jitter, gen, amp)
         dev = batch["row"].device
         out = {k: torch.zeros(len(batch["row"]), *s, device=dev) for k, s in
-               (("rgb", (3,)), ("head_acc", ()), ("torso_acc", ()), ("offset_sq", ()))}
+               (("rgb", (3,)), ("head_acc", ()), ("torso_acc", ()), ("offset_sq", ()), ("torso_hit", ()))}
         for net, mask in self._net(batch["row"]):
             part = select_rays(batch, mask)
             for k, v in self._render(net, part, jitter, gen, amp).items():
@@ -207,7 +208,7 @@ class AvatarModel(nn.Module):
         acc = weights.sum(-1)
         return {"rgb": volrend.composite_over(rgb, acc, b["background"]),
                 "head_acc": (weights * (source == 0)).sum(-1), "torso_acc": (weights * (source == 1)).sum(-1),
-                "offset_sq": (torso["offset"] ** 2).sum(-1).mean(-1)}
+                "offset_sq": (torso["offset"] ** 2).sum(-1).mean(-1), "torso_hit": hit_t.float()}
 
     def _field_samples(self, fields, jitter, gen) -> list[dict[str, torch.Tensor]]:
         """Coarse then importance samples of each field; deltas in units of the field's own extent.

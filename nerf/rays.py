@@ -31,7 +31,7 @@ class PersonBounds:
     """Pixel columns u0..u1 and rows v0..v1 (inclusive) whose rays may meet the torso field; None: every pixel."""
 
     @staticmethod
-    def from_track(canonical, t_pose, focal: float, size: int, labels=None, R=None, valid=None,
+    def from_track(canonical, t_pose, focal: float, size: int, labels=None, R=None, valid=None, frames=None,
                    margin: float = TORSO_MARGIN) -> PersonBounds:
         """Bounds from a person's canonical face [478, 3] and translations [T, 3] (numpy, NaN rows allowed).
 
@@ -39,7 +39,8 @@ class PersonBounds:
         (hair and the back of the skull) with a radius of the face's largest extent; the
         torso box spans the crop's frustum at depths of the head's median depth +- 0.35. With the
         person's label maps (``labels`` [T, S, S] at ``size``, poses ``R`` [T, 3, 3] and ``valid`` [T]),
-        ``torso_pixels`` holds the pixels the torso field must draw (``torso_pixel_box``); a model built
+        ``torso_pixels`` holds the pixels the torso field must draw (``torso_pixel_box``) in ``frames``
+        (indices; default all: the training split, so that held-out frames stay unseen); a model built
         with ``torso_cull`` lets only their rays meet the torso field, so the rays above and beside the
         head (often most of the crop) query none. The box itself, the torso hash grid's domain, stays the
         frustum (a box tightened to those pixels gave the torso grid a finer resolution and one person of
@@ -52,7 +53,11 @@ class PersonBounds:
         far = tz + 0.35
         half = (size / 2) / focal * far
         center = (0.0, -0.1 * span, 0.35 * span)
-        pixels = None if labels is None else torso_pixel_box(labels, R, t_pose, valid, center, span, focal, margin)
+        pixels = None
+        if labels is not None:
+            f = slice(None) if frames is None else np.asarray(frames)
+            pixels = torso_pixel_box(labels[f], R[f], t_pose[f], None if valid is None else valid[f], center, span,
+                                     focal, margin)
         return PersonBounds(center, span, (-half, -half, tz - 0.35), (half, half, far), pixels)
 
 

@@ -109,6 +109,8 @@ class TrainConfig:
     # Keys that shape the model: a checkpoint is only valid for a run with the same values.
     MODEL_KEYS = ("image_size", "model", "hidden", "n_levels", "log2_hashmap_size", "base_resolution",
                   "finest_resolution", "audio_window", "wav2lip_ckpt", "audio_pretrain_iters", "torso_cull")
+    # Model keys added after checkpoints were written, with the value those checkpoints were trained with.
+    LATER_KEYS = {"torso_cull": False}
 
     def field_config(self, expr_dim: int) -> FieldConfig:
         grid = HashGridConfig(n_levels=self.n_levels, log2_hashmap_size=self.log2_hashmap_size,
@@ -138,8 +140,10 @@ def losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], model: 
     present = torch.zeros(len(model.z_shape.weight), device=photo.device).index_fill_(0, batch["row"], 1.0)
     norms = (model.z_shape.weight ** 2).sum(-1) + (model.z_app.weight ** 2).sum(-1)
     code = (norms * present).sum() / present.sum()
-    total = photo + cfg.lambda_parse * (parse_head + parse_torso) + cfg.lambda_deform * out["offset_sq"].mean() \
-        + cfg.lambda_code * code
+    # the warp's regularizer over the rays that meet the torso field (all of them unless torso_cull)
+    torso_rays = out["torso_hit"]
+    deform = (out["offset_sq"] * torso_rays).sum() / torso_rays.sum().clamp_min(1.0)
+    total = photo + cfg.lambda_parse * (parse_head + parse_torso) + cfg.lambda_deform * deform + cfg.lambda_code * code
     return {"total": total, "photo": photo, "parse_head": parse_head, "parse_torso": parse_torso}
 
 
@@ -190,9 +194,7 @@ def load_checkpoint(path: Path) -> dict:
 def check_config(ckpt: dict, cfg: TrainConfig) -> None:
     """Refuse a checkpoint made with another model shape or audio encoder."""
     old = json.loads(ckpt["config"])
-    # (a key the checkpoint's run did not know yet had its default then: torso_cull)
-    defaults = {f.name: f.default for f in dataclasses.fields(TrainConfig) if f.default is not dataclasses.MISSING}
-    old = {k: old.get(k, defaults.get(k)) for k in TrainConfig.MODEL_KEYS}
+    old = {k: old.get(k, TrainConfig.LATER_KEYS.get(k)) for k in TrainConfig.MODEL_KEYS}
     diff = [k for k in TrainConfig.MODEL_KEYS if old[k] != getattr(cfg, k)]
     if diff:
         raise TrainError("the checkpoint was made with another config (" +

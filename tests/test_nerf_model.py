@@ -54,6 +54,9 @@ def test_the_torso_pixels_are_the_labelled_torso_and_stray_hair_not_the_sky_abov
     labels[2, 50:, 8:12] = 2  # one frame's arm a little further left
     labels[3, 30:35, 54:58] = 1  # hair outside the head sphere's image (a disc of 16 px radius about
     # pixel (31.5, 20)): the torso field must draw it
+    labels[1, 0:4, 0:4] = 1  # a frame without a pose (the face lost): its head pixels say nothing
+    R, t_pose = R.copy(), t_pose.copy()
+    R[1], t_pose[1], valid[1] = np.nan, np.nan, False
     box = rays.torso_pixel_box(labels, R, t_pose, valid, (0.0, -0.06, 0.21), 0.6, focal, margin=0.0)
     assert box == (8, 30, 57, 63)
     full = PersonBounds.from_track(canonical, t_pose, focal, S)

@@ -106,6 +106,22 @@ def test_a_checkpoint_of_another_config_is_refused(synthetic, tmp_path):
         train(_small(synthetic, tmp_path / "r", 2, hidden=24, resume=True), progress=False)
 
 
+def test_the_torso_pixel_box_reaches_the_model_only_with_torso_cull(synthetic):
+    from nerf.audio import Wav2LipAudioEncoder
+    from nerf.data import load_datasets
+
+    persons = load_datasets([str(synthetic["dataset"])], 32, Wav2LipAudioEncoder().eval())
+    full = torch.tensor([0.0, 0.0, 31.0, 31.0])
+    for p in persons:
+        u0, v0, u1, v1 = p.bounds.torso_pixels  # the shoulders: the lower part of the crop
+        assert v0 > 8 and v1 == 31 and u1 > u0
+    small = dict(image_size=32, hidden=16, n_levels=4, log2_hashmap_size=10, base_resolution=4, finest_resolution=32)
+    culled, _ = trainer.build(TrainConfig(torso_cull=True, **small), persons)
+    assert all(torch.equal(culled.torso_pixels[p.row], torch.tensor(p.bounds.torso_pixels, dtype=torch.float32))
+               for p in persons)
+    assert (trainer.build(TrainConfig(**small), persons)[0].torso_pixels == full).all()
+
+
 def test_a_checkpoint_from_before_a_model_key_existed_has_that_key_s_default():
     import dataclasses
 
