@@ -70,6 +70,7 @@ class AvatarModel(nn.Module):
         # persons' label maps each time the model is built (not in the state dict; the run's config says
         # whether it was trained so).
         s = self.image_size - 1
+        self.torso_cull = torso_cull
         self.register_buffer("torso_pixels", torch.tensor([(x.torso_pixels if torso_cull else None) or (0, 0, s, s)
                                                            for x in b], dtype=torch.float32), persistent=False)
 
@@ -114,8 +115,9 @@ class AvatarModel(nn.Module):
         near_h, far_h, hit_h = rays.sphere_interval(o_h, d_h, center, radius)
         lo, hi = self.torso_min[row], self.torso_max[row]
         near_t, far_t, hit_t = rays.box_interval(torch.zeros_like(dirs), dirs, lo, hi)
-        box = self.torso_pixels[row]
-        hit_t = hit_t & (b["u"] >= box[:, 0]) & (b["u"] <= box[:, 2]) & (b["v"] >= box[:, 1]) & (b["v"] <= box[:, 3])
+        if self.torso_cull:  # (without it the box is the whole crop: no test, no kernel launches)
+            box = self.torso_pixels[row]
+            hit_t = hit_t & (b["u"] >= box[:, 0]) & (b["u"] <= box[:, 2]) & (b["v"] >= box[:, 1]) & (b["v"] <= box[:, 3])
         far_h, far_t = torch.maximum(far_h, near_h), torch.maximum(far_t, near_t)
         head_01 = lambda t: (o_h[:, None] + t[..., None] * d_h[:, None] - center[:, None]) \
             / (2 * radius[:, None, None]) + 0.5  # noqa: E731
