@@ -99,12 +99,11 @@ class TrainConfig:
     continues it, but not step for step (the time-based decay depends on the machine's speed)."""
     resume: bool = False
     torso_cull: bool = False
-    """Only the rays of the torso's pixel box (the torso-labelled pixels of any frame, widened by 5% of the crop)
-    meet the torso field; the others, above and beside the head, show the head and the plate. On the CPU box
-    1.45x the training iterations/s and 1.35-1.8x the render rate (1.1x with the occupancy grid), but on the
-    64-128 px CPU runs a person's
-    held-out PSNR moved by -1.1 to +0.6 dB against the default (seed noise there: 0.4-1.6 dB): off until a
-    full-scale comparison decides (docs/PERFORMANCE.md)."""
+    """Only the rays of the torso's pixel box (the torso-labelled pixels of the training frames, widened by 5% of
+    the crop) meet the torso field; the others, above and beside the head, show the head and the plate. On the
+    CPU box 1.45x the training iterations/s and 1.35-1.8x the render rate (1.1x with the occupancy grid), but on
+    the 64-128 px CPU runs a person's held-out PSNR moved by -1.1 to +0.6 dB against the default (seed noise
+    there: 0.4-1.6 dB): off until a full-scale comparison decides (docs/PERFORMANCE.md)."""
 
     # Keys that shape the model: a checkpoint is only valid for a run with the same values.
     MODEL_KEYS = ("image_size", "model", "hidden", "n_levels", "log2_hashmap_size", "base_resolution",
