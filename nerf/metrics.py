@@ -98,14 +98,15 @@ def region_psnr(pred: np.ndarray, target: np.ndarray, labels: np.ndarray, plate:
         plate [H, W, 3], the crop's background plate.
 
     Returns:
-        psnr_head, psnr_torso, psnr_bg, psnr_bg_plate (dB; NaN for a region with no pixel), each from the
+        psnr_head, psnr_torso, psnr_bg, psnr_bg_plate (dB; NaN for a region with no pixel, inf where exact), each from the
         mean squared error over all the region's pixels of all frames.
     """
-    sq = ((np.asarray(pred, np.float64) - target) ** 2).mean(-1)
-    sq_plate = ((np.asarray(plate, np.float64)[None] - target) ** 2).mean(-1)
-    of = lambda e, m: float(-10 * np.log10(max(e[m].mean(), 1e-20))) if m.any() else float("nan")  # noqa: E731
-    return {"psnr_head": of(sq, labels == 1), "psnr_torso": of(sq, labels == 2), "psnr_bg": of(sq, labels == 0),
-            "psnr_bg_plate": of(sq_plate, labels == 0)}
+    n, h, w = labels.shape
+    stack = lambda a: np.broadcast_to(a, (n, h, w, 3)).reshape(n * h, w, 3)  # noqa: E731  (frames stacked as rows)
+    pred, target, plate = stack(pred), stack(target), stack(plate)
+    of = lambda a, lab: psnr(a, target, (labels == lab).reshape(n * h, w)) if (labels == lab).any() \
+        else float("nan")  # noqa: E731
+    return {"psnr_head": of(pred, 1), "psnr_torso": of(pred, 2), "psnr_bg": of(pred, 0), "psnr_bg_plate": of(plate, 0)}
 
 
 def ssim(pred: np.ndarray | torch.Tensor, target: np.ndarray | torch.Tensor) -> float:
