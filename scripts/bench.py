@@ -288,7 +288,7 @@ def main(argv=None) -> int:
                    "training row's label gives the warm-up time, which includes the compiling")
     p.add_argument("--out", default="", help="also write the rows as JSON here")
     args = p.parse_args(argv)
-    from nerf.device import resolve_device
+    from nerf.device import prepare_device, resolve_device
     from nerf.errors import TrainError
 
     try:
@@ -296,6 +296,7 @@ def main(argv=None) -> int:
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
+    prepare_device(dev)  # the settings train.py, evaluate.py and render.py run with (TF32 matmuls on a GPU)
     for d in args.data:
         if not (Path(d) / "meta.json").is_file():
             print(f"error: {d} is not a prepared dataset (no meta.json)", file=sys.stderr)

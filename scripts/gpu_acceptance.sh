@@ -23,7 +23,9 @@
 #   python scripts/prepare.py --config configs/prepare.txt --video data/devmap.mp4 --out data/devmap_512 \
 #       --roles data/devmap.turns.json
 # Runs go to RUNS (default runs/gpu); CONFIG (default configs/gpu_full.txt) is the training preset; TRAIN_ARGS
-# adds train.py flags (e.g. TRAIN_ARGS='--torso_cull true' RUNS=runs/cull for the A/B of that option);
+# adds train.py flags (e.g. TRAIN_ARGS='--torso_cull true' RUNS=runs/cull for the A/B of that option); finish:
+# EVAL=0 skips its evaluation, RENDER_ARGS replaces its render's '--pose_from tracked' (e.g. '--audio A.wav --roles
+# R.json --pose_from data/other' for a novel-pose replay longer than the dataset's own audio);
 # OUT_DIR receives at most 8 files (the lent machine's limit).
 set -euo pipefail
 
@@ -40,6 +42,26 @@ export TORCH_EXTENSIONS_DIR=${TORCH_EXTENSIONS_DIR:-/tmp/torch_extensions}
 mkdir -p "$out" "$RUNS"
 py=${PYTHON:-python}
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
+# The lent machine returns files of at most 16 MB: a rendered_<row>.npz above 15 MB is split into
+# rendered_<row>.part<k>.npz files (frame halves); join them on the CPU machine before scoring:
+#   python -c "import numpy as np,glob,sys; d=sys.argv[1]; [np.savez_compressed(f'{d}/rendered_{r}.npz', **{k: (np.concatenate([np.load(p)[k] for p in ps]) if k in ('frames','rgb') else np.load(ps[0])[k]) for k in np.load(ps[0]).files}) for r in sorted({p.split('rendered_')[1].split('.part')[0] for p in glob.glob(d+'/*.part*.npz')}) for ps in [sorted(glob.glob(f'{d}/rendered_{r}.part*.npz'))]]" DIR
+split_rendered() {
+    $py - "$1" <<'PY'
+import glob, os, sys
+import numpy as np
+for path in sorted(glob.glob(os.path.join(sys.argv[1], "rendered_*.npz"))):
+    if os.path.getsize(path) <= 15e6:
+        continue
+    z = dict(np.load(path))
+    n = len(z["frames"])
+    k = int(np.ceil(os.path.getsize(path) / 14e6))
+    for i, idx in enumerate(np.array_split(np.arange(n), k)):
+        part = {key: (v[idx] if key in ("frames", "rgb") else v) for key, v in z.items()}
+        np.savez_compressed(path[:-4] + f".part{i}.npz", **part)
+    os.remove(path)
+    print(f"split {path} ({n} frames) into {k} parts")
+PY
+}
 
 case $stage in
 check)
@@ -53,10 +75,12 @@ check)
 lipsync)
     log "train $name for ${LIPSYNC_S:-150} s"
     $py scripts/train.py --config "${CONFIG:-configs/gpu_full.txt}" --data "$data" --out "$RUNS/$name" --iters 30000 \
-        --time_budget_s "${LIPSYNC_S:-150}" --log_every 100 ${TRAIN_ARGS:-} 2>&1 | tr '\r' '\n' | tail -4 | tee "$out/train_$name.txt"
+        --time_budget_s "${LIPSYNC_S:-150}" --log_every 100 ${TRAIN_ARGS:-} 2>&1 | tr '\r' '\n' | grep -v '%|' \
+        | tee "$out/train_$name.txt" | tail -4
     log "evaluate $name"
     $py scripts/evaluate.py --ckpt "$RUNS/$name/checkpoint.pt" --data "$data" --out "$out/eval_$name" \
         --save_rendered --max_frames "${MAX_FRAMES:-30}" | tee "$out/eval_$name.txt"
+    split_rendered "$out/eval_$name"
     cp "$RUNS/$name/summary.json" "$out/summary_$name.json"
     ;;
 train)
@@ -70,18 +94,22 @@ train)
     ;;
 finish)
     ckpt="$RUNS/$name/checkpoint.pt"
-    log "evaluate $name"
-    $py scripts/evaluate.py --ckpt "$ckpt" --data "$data" --out "$out/eval_$name" --save_rendered \
-        --max_frames "${MAX_FRAMES:-20}" | tee "$out/eval_$name.txt"
+    if [[ ${EVAL:-1} != 0 ]]; then
+        log "evaluate $name"
+        $py scripts/evaluate.py --ckpt "$ckpt" --data "$data" --out "$out/eval_$name" --save_rendered \
+            --max_frames "${MAX_FRAMES:-20}" | tee "$out/eval_$name.txt"
+        split_rendered "$out/eval_$name"
+    fi
     log "bench render rows of the trained model"
     $py scripts/bench.py --data "$data" --ckpt "$ckpt" --preset "${CONFIG:-configs/gpu_full.txt}" --train_iters 5 \
         --render_frames 5 --repeats 10 \
         --out "$out/bench_render.json" | tail -12 | tee "$out/bench_render.txt"
     # (the dataset's own audio and speaking timeline: the voices and silero models are not on the GPU machine)
-    log "render ${RENDER_S:-10} s of the dataset's own audio, replaying its tracked poses (tiles only: no ffmpeg here)"
-    $py scripts/render.py --ckpt "$ckpt" --data "$data" --pose_from tracked \
+    log "render ${RENDER_S:-10} s: ${RENDER_ARGS:---pose_from tracked} (tiles only: no ffmpeg here)"
+    # RENDER_TIMEOUT_S (default 0: none) stops a render that would outrun the call; its last progress line stays
+    timeout "${RENDER_TIMEOUT_S:-0}" $py scripts/render.py --ckpt "$ckpt" --data "$data" ${RENDER_ARGS:---pose_from tracked} \
         --max_seconds "${RENDER_S:-10}" --out "$RUNS/$name/render10s.mp4" --tiles_only 2>&1 | tr '\r' '\n' | tail -3 \
-        | tee "$out/render_$name.txt"
+        | tee "$out/render_$name.txt" || log "render stopped (exit $?)"
     ;;
 *)
     echo "unknown stage $stage" >&2

@@ -128,14 +128,15 @@ def _pick_persons(spec: str | None, all_persons, data: list[str], layout: str):
     return chosen
 
 
-def _speaking(args, persons, audio, T, fps) -> np.ndarray:
-    """[T, P] who speaks, from roles.json or from the voices."""
+def _speaking(args, persons, audio, T, fps, T_audio) -> np.ndarray:
+    """[T, P] who speaks, from roles.json or from the voices. A roles file is checked against the whole
+    audio (T_audio frames), so that --max_seconds may cut a conversation whose later turns it names."""
     from render import voices
 
     names = [p.name for p in persons]
     if args.roles:
         try:
-            return voices.roles_from_json(args.roles, names, T, fps)
+            return voices.roles_from_json(args.roles, names, T_audio, fps)[:T]
         except (ValueError, OSError) as e:
             raise RenderError(f"{args.roles}: {e}") from e
     bank = voices.enroll(args.data)
@@ -153,6 +154,7 @@ def make_plan(args, model, all_persons, encoder) -> Plan:
 
         audio = read_audio(Path(args.data[0]) / "audio.wav")
         T = int(meta["n_frames"])
+    T_audio = T
     if args.max_seconds:
         T = min(T, max(1, int(args.max_seconds * fps)))
     audio = audio[: int(round(T / fps * 16000))]
@@ -161,7 +163,7 @@ def make_plan(args, model, all_persons, encoder) -> Plan:
         if not args.audio:
             drives = [from_track(p, np.arange(T) % len(p.euler)) for p in persons]
         else:
-            speaking = _speaking(args, persons, audio, T, fps)
+            speaking = _speaking(args, persons, audio, T, fps, T_audio)
             drives = []
             for i, p in enumerate(persons):
                 d = from_track(p, np.arange(T) % len(p.euler))
@@ -178,7 +180,7 @@ def make_plan(args, model, all_persons, encoder) -> Plan:
             pose, expr, valid = source_motion(src, pid)
         except (PrepareError, ValueError) as e:
             raise RenderError(f"--pose_from {args.pose_from}: {e}") from e
-        speaking = _speaking(args, persons, audio, T, fps) if args.audio else \
+        speaking = _speaking(args, persons, audio, T, fps, T_audio) if args.audio else \
             np.stack([p.speaking[:T].numpy() for p in persons], 1)
         drives = [replay_drive(pose, expr, valid, p, T, speaking[:, i]) for i, p in enumerate(persons)]
         return Plan(fps, audio, persons, [drives], codes)
@@ -194,7 +196,7 @@ def make_plan(args, model, all_persons, encoder) -> Plan:
     if abs(float(pg_ckpt["fps"]) - fps) > 1e-6:
         raise RenderError(f"the posegen checkpoint runs at {pg_ckpt['fps']} fps, the datasets at {fps}")
     feats, _ = posegen_audio_features(audio, T, fps, pg.cfg.mel_bands)
-    speaking = _speaking(args, persons, audio, T, fps)
+    speaking = _speaking(args, persons, audio, T, fps, T_audio)
     names = [p.name for p in persons]
     g = generate(pg, stats, names, feats, speaking, fps, samples=args.samples, seed=args.seed)
     from render.drive import Drive

@@ -192,7 +192,9 @@ def test_render_from_new_audio_with_posegen_roles_and_two_reactions(synthetic, t
                           capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stderr
     roles = tmp_path / "roles.json"
-    roles.write_text(json.dumps([{"person": 0, "start": 0.0, "end": 0.2}, {"person": 1, "start": 0.2, "end": 0.4}]))
+    # (the third turn lies past --max_seconds: the roles file names the whole audio, the render cuts it)
+    roles.write_text(json.dumps([{"person": 0, "start": 0.0, "end": 0.2}, {"person": 1, "start": 0.2, "end": 0.4},
+                                 {"person": 0, "start": 0.6, "end": 0.9}]))
     out = tmp_path / "conf.mp4"
     proc = _render_cli("--ckpt", tiny_run, "--data", synthetic["dataset"], "--posegen", pg / "checkpoint.pt",
                        "--audio", synthetic["video"], "--roles", roles, "--layout", "conference", "--samples", 2,
