@@ -52,6 +52,8 @@ class FieldConfig:
     """Frequencies of the view-direction encoding."""
     pose_freqs: int = 4
     """Frequencies of gamma(et) and of the deformation's gamma(x)."""
+    et_freqs: int | None = None
+    """Frequencies of gamma(et) alone when set (None: pose_freqs); 0 passes the pose as it is."""
     hash_backend: str = "auto"
     """Who computes the hash grids: auto (the fused CUDA kernel on a GPU, else PyTorch), torch, cuda, tcnn."""
     hash_half: bool = False
@@ -183,7 +185,8 @@ class TorsoField(nn.Module):
 
     def __init__(self, cfg: FieldConfig):
         super().__init__()
-        pose_in = 6 * (1 + 2 * cfg.pose_freqs)
+        self.et_freqs = cfg.pose_freqs if cfg.et_freqs is None else cfg.et_freqs
+        pose_in = 6 * (1 + 2 * self.et_freqs)
         self.pose_freqs, self.dir_freqs = cfg.pose_freqs, cfg.dir_freqs
         self.deform = mlp(3 * (1 + 2 * cfg.pose_freqs) + pose_in + cfg.shape_dim, cfg.hidden, 3)
         nn.init.zeros_(self.deform[-1].weight)  # start as the identity warp
@@ -199,7 +202,7 @@ class TorsoField(nn.Module):
 
         Returns: sigma [N], rgb [N, 3], the warp offset [N, 3] (for its regularizer).
         """
-        cond = torch.cat([freq_encode(et, self.pose_freqs), z_shape], -1)  # per ray: gamma(et), z_shape
+        cond = torch.cat([freq_encode(et, self.et_freqs), z_shape], -1)  # per ray: gamma(et), z_shape
         offset = _rest(self.deform, conditioned_linear(self.deform[0], freq_encode(x01, self.pose_freqs), cond, ray))
         warped = (x01 + offset).clamp(0.0, 1.0)
         h = _rest(self.density, conditioned_linear(self.density[0], self.encoding(warped), cond, ray))

@@ -40,10 +40,12 @@ class AvatarModel(nn.Module):
     """Latent codes and fields for P persons; renders ray batches of ``nerf.data.sample_rays``."""
 
     def __init__(self, persons: list[PersonFrames], cfg: FieldConfig, render: RenderConfig, mode: str = "shared",
-                 torso_cull: bool = False):
+                 torso_cull: bool = False, pose_norm: bool = False):
         super().__init__()
         if mode not in ("shared", "per_person"):
             raise ValueError(f"model mode must be shared or per_person, not {mode!r}")
+        if pose_norm and cfg.et_freqs is None:  # a standardized pose enters as it is (see TrainConfig.pose_norm)
+            cfg = dataclasses.replace(cfg, et_freqs=0)
         self.cfg, self.render_cfg, self.mode = cfg, render, mode
         P = len(persons)
         self.image_size = persons[0].size
@@ -73,6 +75,15 @@ class AvatarModel(nn.Module):
         self.torso_cull = torso_cull
         self.register_buffer("torso_pixels", torch.tensor([(x.torso_pixels if torso_cull else None) or (0, 0, s, s)
                                                            for x in b], dtype=torch.float32), persistent=False)
+        # With pose_norm, the torso field reads each person's head pose (Euler angles, translation) standardized by
+        # the mean and spread of that person's training frames: the same scale for every person and pose axis.
+        # Derived from the persons' tracks each time the model is built, like torso_pixels.
+        self.pose_norm = pose_norm
+        et = [torch.cat([p.euler[p.train], p.t[p.train]], -1).double() for p in persons]
+        self.register_buffer("pose_mean", torch.stack([x.mean(0) for x in et]).float(), persistent=False)
+        self.register_buffer("pose_std", torch.stack([x.std(0, unbiased=False).clamp_min(1e-3) if len(x) > 1
+                                                      else torch.ones(6, dtype=x.dtype) for x in et]).float(),
+                             persistent=False)
 
     def hash_parameters(self) -> list[nn.Parameter]:
         """The hash tables (trained at a higher learning rate, as instant-ngp does)."""
@@ -163,6 +174,8 @@ class AvatarModel(nn.Module):
         z_shape, z_app = self.z_shape(row), self.z_app(row)
         drive = self.drive_code(net, b)
         et = torch.cat([b["euler"], b["t"]], -1)
+        if self.pose_norm:
+            et = (et - self.pose_mean[row]) / self.pose_std[row]
         # Head: rays in head space through the person's head sphere; torso: camera-space rays through its box.
         unit_h = d_h / d_h.norm(dim=-1, keepdim=True)
 

@@ -104,12 +104,17 @@ class TrainConfig:
     CPU box 1.45x the training iterations/s and 1.35-1.8x the render rate (1.1x with the occupancy grid), but on
     the 64-128 px CPU runs a person's held-out PSNR moved by -1.1 to +0.6 dB against the default (seed noise
     there: 0.4-1.6 dB): off until a full-scale comparison decides (docs/PERFORMANCE.md)."""
+    pose_norm: bool = False
+    """The torso field reads the head pose standardized per person (mean and spread of the training frames) and
+    as it is, without the sin/cos frequencies the default applies to the raw pose. Experimental: measured in
+    docs/PERFORMANCE.md."""
 
     # Keys that shape the model: a checkpoint is only valid for a run with the same values.
     MODEL_KEYS = ("image_size", "model", "hidden", "n_levels", "log2_hashmap_size", "base_resolution",
-                  "finest_resolution", "audio_window", "wav2lip_ckpt", "audio_pretrain_iters", "torso_cull")
+                  "finest_resolution", "audio_window", "wav2lip_ckpt", "audio_pretrain_iters", "torso_cull",
+                  "pose_norm")
     # Model keys added after checkpoints were written, with the value those checkpoints were trained with.
-    LATER_KEYS = {"torso_cull": False}
+    LATER_KEYS = {"torso_cull": False, "pose_norm": False}
 
     def field_config(self, expr_dim: int) -> FieldConfig:
         grid = HashGridConfig(n_levels=self.n_levels, log2_hashmap_size=self.log2_hashmap_size,
@@ -220,7 +225,8 @@ def build(cfg: TrainConfig, persons: list[PersonFrames],
     """The model (initialized from cfg.seed on the CPU, then moved: the same weights on any device) and its Adam."""
     torch.manual_seed(cfg.seed)
     model = AvatarModel(persons, cfg.field_config(persons[0].expr.shape[1]),
-                        RenderConfig(cfg.n_coarse, cfg.n_importance), mode=cfg.model, torso_cull=cfg.torso_cull).to(device)
+                        RenderConfig(cfg.n_coarse, cfg.n_importance), mode=cfg.model, torso_cull=cfg.torso_cull,
+                        pose_norm=cfg.pose_norm).to(device)
     hash_ids = {id(p) for p in model.hash_parameters()}
     others = [p for p in model.parameters() if id(p) not in hash_ids]
     # On a GPU the fused Adam: one kernel per step for all parameters instead of several per tensor list

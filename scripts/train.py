@@ -77,7 +77,9 @@ def _doc(name: str) -> str:
             "time_budget_s": "stop after this many seconds of training, resumes included (0: none); the lr decay "
                              "follows iterations or time, whichever runs out first",
             "torso_cull": "true: only rays of the torso's labelled pixels (+5%% of the crop) query the torso field; "
-                          "faster, quality change unsettled (docs/PERFORMANCE.md)"}.get(
+                          "faster, quality change unsettled (docs/PERFORMANCE.md)",
+            "pose_norm": "true: the torso field reads the head pose standardized per person, without sin/cos "
+                         "frequencies (experimental; docs/PERFORMANCE.md)"}.get(
         name, name.replace("_", " "))
 
 

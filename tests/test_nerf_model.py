@@ -86,6 +86,31 @@ def test_rays_outside_the_torso_pixels_do_not_query_the_torso():
     assert AvatarModel([p], cfg, RenderConfig(8, 8))._geometry(frame_batch(p, 2, 4))["hit_t"].all()
 
 
+def test_pose_norm_standardizes_the_torso_pose_by_the_persons_training_frames(monkeypatch):
+    torch.manual_seed(0)
+    p = _person(0, T=6)
+    p.euler = torch.randn(6, 3) * 0.1
+    p.t = p.t + torch.randn(6, 3) * 0.02
+    p.R = torch.stack([torch.from_numpy(np.asarray(rotation_from_euler_pyr(np.array(e)))).float() for e in p.euler.tolist()])
+    cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
+    model = AvatarModel([p], cfg, RenderConfig(8, 8), pose_norm=True)
+    seen = torch.cat([p.euler[:5], p.t[:5]], -1)  # the training frames (frame 5 is held out)
+    torch.testing.assert_close(model.pose_mean[0], seen.mean(0))
+    torch.testing.assert_close(model.pose_std[0], seen.std(0, unbiased=False).clamp_min(1e-3))
+    assert "pose_mean" not in model.state_dict()  # derived from the tracks: older checkpoints load as they are
+    got = []
+    forward = model.torso[0].forward
+    monkeypatch.setattr(model.torso[0], "forward", lambda x, d, et, *a: got.append(et) or forward(x, d, et, *a))
+    with torch.no_grad():
+        model(frame_batch(p, 5, model.cfg.audio_window), jitter=False)
+    expected = (torch.cat([p.euler[5], p.t[5]]) - model.pose_mean[0]) / model.pose_std[0]
+    torch.testing.assert_close(got[0][0], expected)
+    # the pose enters as it is (6 numbers), not through sin/cos frequencies
+    assert model.torso[0].deform[0].in_features == 3 * (1 + 2 * cfg.pose_freqs) + 6 + cfg.shape_dim
+    assert AvatarModel([p], cfg, RenderConfig(8, 8)).torso[0].deform[0].in_features == \
+        3 * (1 + 2 * cfg.pose_freqs) + 6 * (1 + 2 * cfg.pose_freqs) + cfg.shape_dim
+
+
 def test_z_app_cannot_change_density_but_z_shape_can():
     torch.manual_seed(0)
     cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)

@@ -125,10 +125,11 @@ def test_the_torso_pixel_box_reaches_the_model_only_with_torso_cull(synthetic):
 def test_a_checkpoint_from_before_a_model_key_existed_has_that_key_s_default():
     import dataclasses
 
-    saved = {k: v for k, v in dataclasses.asdict(TrainConfig()).items() if k != "torso_cull"}
-    trainer.check_config({"config": json.dumps(saved)}, TrainConfig())  # trained without torso culling
-    with pytest.raises(TrainError, match="torso_cull: False vs True"):
-        trainer.check_config({"config": json.dumps(saved)}, TrainConfig(torso_cull=True))
+    for key in ("torso_cull", "pose_norm"):
+        saved = {k: v for k, v in dataclasses.asdict(TrainConfig()).items() if k != key}
+        trainer.check_config({"config": json.dumps(saved)}, TrainConfig())  # trained without it
+        with pytest.raises(TrainError, match=f"{key}: False vs True"):
+            trainer.check_config({"config": json.dumps(saved)}, TrainConfig(**{key: True}))
 
 
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic, tmp_path, monkeypatch):
