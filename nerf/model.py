@@ -79,8 +79,10 @@ class AvatarModel(nn.Module):
         # the mean and spread of that person's training frames: the same scale for every person and pose axis.
         # Derived from the persons' tracks each time the model is built, like torso_pixels.
         self.pose_norm = pose_norm
-        et = [torch.cat([p.euler[p.train], p.t[p.train]], -1).double() for p in persons]
-        self.register_buffer("pose_mean", torch.stack([x.mean(0) for x in et]).float(), persistent=False)
+        # (on the CPU, whichever device the persons' frames live on: the same statistics for every device)
+        et = [torch.cat([p.euler.cpu()[p.train.cpu()], p.t.cpu()[p.train.cpu()]], -1).double() for p in persons]
+        self.register_buffer("pose_mean", torch.stack([x.mean(0) if len(x) else torch.zeros(6, dtype=x.dtype)
+                                                       for x in et]).float(), persistent=False)
         self.register_buffer("pose_std", torch.stack([x.std(0, unbiased=False).clamp_min(1e-3) if len(x) > 1
                                                       else torch.ones(6, dtype=x.dtype) for x in et]).float(),
                              persistent=False)
