@@ -99,7 +99,7 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
         if max_frames and len(frames) > max_frames:
             frames = frames[torch.linspace(0, len(frames) - 1, max_frames).round().long()]
         if model is None:
-            saved = np.load(Path(rendered_dir) / f"rendered_{p.row}.npz")
+            saved = _load_rendered(Path(rendered_dir), p.row)
             frames = torch.from_numpy(saved["frames"]).long()
             rendered = saved["rgb"].astype(np.float32) / 255
         else:
@@ -140,6 +140,20 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
         table += "\n" + "\n".join(f"note: {n}" for n in notes)
     save_json(out / "metrics.json", {"rows": rows, "notes": notes})
     return {"rows": rows, "table": table}
+
+
+def _load_rendered(rendered_dir: Path, row: int) -> dict[str, np.ndarray]:
+    """rendered_<row>.npz, or its parts rendered_<row>.part<k>.npz joined in order (a machine that returns files
+    of limited size splits the frames: scripts/gpu_acceptance.sh)."""
+    whole = rendered_dir / f"rendered_{row}.npz"
+    if whole.is_file():
+        return dict(np.load(whole))
+    parts = sorted(rendered_dir.glob(f"rendered_{row}.part*.npz"), key=lambda q: int(q.stem.rsplit("part", 1)[1]))
+    if not parts:
+        raise TrainError(f"{rendered_dir} holds no rendered_{row}.npz (written by evaluate.py --save_rendered)")
+    loaded = [np.load(q) for q in parts]
+    return {k: (np.concatenate([z[k] for z in loaded]) if k in ("frames", "rgb") else loaded[0][k])
+            for k in loaded[0].files}
 
 
 def _saved_size(rendered_dir: Path) -> int:

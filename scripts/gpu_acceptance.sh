@@ -43,8 +43,7 @@ mkdir -p "$out" "$RUNS"
 py=${PYTHON:-python}
 log() { echo "[$(date -u +%H:%M:%S)] $*"; }
 # The lent machine returns files of at most 16 MB: a rendered_<row>.npz above 15 MB is split into
-# rendered_<row>.part<k>.npz files (frame halves); join them on the CPU machine before scoring:
-#   python -c "import numpy as np,glob,sys; d=sys.argv[1]; [np.savez_compressed(f'{d}/rendered_{r}.npz', **{k: (np.concatenate([np.load(p)[k] for p in ps]) if k in ('frames','rgb') else np.load(ps[0])[k]) for k in np.load(ps[0]).files}) for r in sorted({p.split('rendered_')[1].split('.part')[0] for p in glob.glob(d+'/*.part*.npz')}) for ps in [sorted(glob.glob(f'{d}/rendered_{r}.part*.npz'))]]" DIR
+# rendered_<row>.part<k>.npz files (consecutive frames), which evaluate.py --rendered reads as one.
 split_rendered() {
     $py - "$1" <<'PY'
 import glob, os, sys

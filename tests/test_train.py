@@ -196,6 +196,15 @@ def test_rendered_frames_scored_elsewhere_give_the_same_table(synthetic, tmp_pat
     there = evaluate(None, cfg.data, tmp_path / "ev2", rendered_dir=tmp_path / "ev")
     assert [(r["person"], r["role"], r["psnr"], r["ssim"]) for r in here["rows"]] == \
         [(r["person"], r["role"], r["psnr"], r["ssim"]) for r in there["rows"]]
+    # split into parts of consecutive frames (as gpu_acceptance.sh does for large files): scored as one
+    whole = dict(np.load(tmp_path / "ev" / "rendered_1.npz"))
+    (tmp_path / "ev" / "rendered_1.npz").unlink()
+    for k, idx in enumerate(([0], [1])):
+        np.savez(tmp_path / "ev" / f"rendered_1.part{k}.npz",
+                 **{key: (v[idx] if key in ("frames", "rgb") else v) for key, v in whole.items()})
+    joined = evaluate(None, cfg.data, tmp_path / "ev3", rendered_dir=tmp_path / "ev")
+    assert [(r["person"], r["role"], r["psnr"]) for r in joined["rows"]] == \
+        [(r["person"], r["role"], r["psnr"]) for r in there["rows"]]
 
 
 def test_devices_asked_for_but_absent_or_unknown_are_clear_errors(synthetic, tmp_path):
