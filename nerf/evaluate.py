@@ -30,12 +30,17 @@ from nerf.trainer import TrainConfig, TrainError, build, check_compatible, check
 
 
 def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu", occupancy: bool = False,
-               ckpt: dict | None = None):
+               ckpt: dict | None = None, march_steps: int = 0):
     """Model (on ``device``: auto, cpu, cuda) and persons (on the CPU) of a checkpoint, on the given datasets.
 
-    With ``occupancy`` the model renders with occupancy grids built from these persons (``nerf.occupancy``).
+    With ``occupancy`` the model renders with occupancy grids built from these persons (``nerf.occupancy``);
+    with ``march_steps`` > 0 as well, it renders by marching through them (``RenderConfig.march_steps``).
     ``ckpt``: the checkpoint's contents when the caller has already read them (not read again).
     """
+    if march_steps < 0:
+        raise TrainError(f"march_steps must be 0 (sample as in training) or positive, not {march_steps}")
+    if march_steps and not occupancy:
+        raise TrainError("marching (march_steps) needs the occupancy grid: drop --no_occupancy")
     ckpt = ckpt if ckpt is not None else load_checkpoint(Path(ckpt_path))
     saved = json.loads(ckpt["config"])
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -50,12 +55,13 @@ def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu", occu
     model.eval()
     if occupancy:
         model.occupancy = build_occupancy(model, persons)
+    model.render_cfg.march_steps = march_steps
     return model, persons, cfg
 
 
 def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path, max_frames: int = 0,
              device: str = "cpu", save_rendered: bool = False, rendered_dir: str | Path | None = None,
-             occupancy: bool = False, amp: bool = False) -> dict:
+             occupancy: bool = False, amp: bool = False, march_steps: int = 0) -> dict:
     """Evaluate every person's validation frames; writes metrics.json and grid.png into out_dir.
 
     Args:
@@ -68,6 +74,7 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
             that lacks mediapipe); the datasets give the real frames.
         occupancy: render as render.py does, skipping cells an occupancy grid finds empty.
         amp: render under float16 autocast (``nerf.render``).
+        march_steps: render by marching through the occupancy grid (``RenderConfig.march_steps``; 0: sample).
 
     Returns:
         {"rows": per (person, role) metric dicts, "table": the printed table}.
@@ -79,7 +86,7 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
         persons = load_datasets(list(data), _saved_size(Path(rendered_dir)), Wav2LipAudioEncoder().eval())
         model = None
     else:
-        model, persons, _ = load_model(ckpt_path, data, device, occupancy)
+        model, persons, _ = load_model(ckpt_path, data, device, occupancy, march_steps=march_steps)
     if not any(len(p.val) for p in persons):
         raise TrainError("the datasets have no valid validation frames")
     # The audio envelope of each person's dataset, in load_datasets' order (dataset, then person).

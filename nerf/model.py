@@ -15,7 +15,7 @@ import dataclasses
 import torch
 from torch import nn
 
-from nerf import occupancy, rays, sampler, volrend
+from nerf import march, occupancy, rays, sampler, volrend
 from nerf.data import PersonFrames, select_rays
 from nerf.fields import AudioDrive, ExpressionEncoder, FieldConfig, HeadField, TorsoField
 
@@ -33,7 +33,13 @@ class RenderConfig:
     stop_depth: float = 20.0
     """Rendering (no gradient) skips the importance samples lying behind coarse intervals, of both fields,
     whose optical depth sums past this (transmittance e^-20, about 2e-9; 0: never): such samples cannot
-    show; the margin covers coarse estimates up to several times too dense."""
+    show; the margin covers coarse estimates up to several times too dense. Marching stops a ray there."""
+    march_steps: int = 0
+    """Rendering with an occupancy grid set: 0 samples as training does (stratified + importance); N > 0
+    marches instead (``nerf.march``): a fixed step of (the smaller of the head sphere's diameter and the torso
+    box's depth) / N, only samples in occupied cells queried, each ray stopped once opaque."""
+    march_round: int = 16
+    """Marching: live samples per ray queried per round (fewer: less work behind opaque surfaces, more rounds)."""
 
 
 class AvatarModel(nn.Module):
@@ -139,7 +145,8 @@ class AvatarModel(nn.Module):
         if cull and occ is not None:  # a ray that crosses no occupied cell of a field cannot see it
             hit_h = hit_h & _crosses_occupied(occ.head, row, head_01, near_h, far_h)
             hit_t = hit_t & _crosses_occupied(occ.torso, row, torso_01, near_t, far_t)
-        return {"dirs": dirs, "d_h": d_h, "radius": radius, "near_h": near_h, "far_h": far_h, "hit_h": hit_h,
+        return {"dirs": dirs, "o_h": o_h, "d_h": d_h, "center": center, "radius": radius, "lo": lo, "hi": hi,
+                "near_h": near_h, "far_h": far_h, "hit_h": hit_h,
                 "near_t": near_t, "far_t": far_t, "hit_t": hit_t, "head_01": head_01, "torso_01": torso_01}
 
     def forward(self, batch: dict[str, torch.Tensor], jitter: bool = True,
@@ -153,7 +160,8 @@ class AvatarModel(nn.Module):
         Returns:
             rgb [R, 3] composited over the background; head_acc, torso_acc [R] opacities of
             each field; offset_sq [R] mean squared torso warp over the ray's samples (0 outside the torso box);
-            torso_hit [R] 1.0 where the ray meets the torso field, else 0.0.
+            torso_hit [R] 1.0 where the ray meets the torso field, else 0.0; when marching (rendering with
+            ``render_cfg.march_steps`` and an occupancy grid set), also samples [R], the field queries made.
         """
         if self.mode == "shared":  # one network renders every ray: no split, no scatter back
             return self._render(0, batch, jitter, gen, amp)
@@ -163,23 +171,32 @@ class AvatarModel(nn.Module):
         for net, mask in self._net(batch["row"]):
             part = select_rays(batch, mask)
             for k, v in self._render(net, part, jitter, gen, amp).items():
-                out[k] = out[k].index_put((mask,), v)
+                base = out[k] if k in out else v.new_zeros(len(batch["row"]), *v.shape[1:])
+                out[k] = base.index_put((mask,), v)
         return out
 
-    def _render(self, net: int, b: dict[str, torch.Tensor], jitter: bool, gen,
-                amp: bool = False) -> dict[str, torch.Tensor]:
+    def _conditions(self, net: int, b: dict[str, torch.Tensor], g: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        """Per ray: the view directions of each field (head space, camera space), the latent codes, the drive and
+        the torso's pose input."""
         row = b["row"]
-        g = self._geometry(b)
-        dirs, d_h, radius = g["dirs"], g["d_h"], g["radius"]
-        hit_h, hit_t = g["hit_h"], g["hit_t"]
-        unit = dirs / dirs.norm(dim=-1, keepdim=True)
-        z_shape, z_app = self.z_shape(row), self.z_app(row)
-        drive = self.drive_code(net, b)
         et = torch.cat([b["euler"], b["t"]], -1)
         if self.pose_norm:
             et = (et - self.pose_mean[row]) / self.pose_std[row]
+        return {"unit_h": g["d_h"] / g["d_h"].norm(dim=-1, keepdim=True),
+                "unit": g["dirs"] / g["dirs"].norm(dim=-1, keepdim=True),
+                "z_shape": self.z_shape(row), "z_app": self.z_app(row), "drive": self.drive_code(net, b), "et": et}
+
+    def _render(self, net: int, b: dict[str, torch.Tensor], jitter: bool, gen,
+                amp: bool = False) -> dict[str, torch.Tensor]:
+        if self.render_cfg.march_steps > 0 and self.occupancy is not None and not torch.is_grad_enabled():
+            return self._march(net, b, amp)
+        row = b["row"]
+        g = self._geometry(b)
+        radius = g["radius"]
+        hit_h, hit_t = g["hit_h"], g["hit_t"]
         # Head: rays in head space through the person's head sphere; torso: camera-space rays through its box.
-        unit_h = d_h / d_h.norm(dim=-1, keepdim=True)
+        c = self._conditions(net, b, g)
+        unit, unit_h, z_shape, z_app, drive, et = c["unit"], c["unit_h"], c["z_shape"], c["z_app"], c["drive"], c["et"]
 
         occ = self.occupancy
 
@@ -226,6 +243,50 @@ class AvatarModel(nn.Module):
         return {"rgb": volrend.composite_over(rgb, acc, b["background"]),
                 "head_acc": (weights * (source == 0)).sum(-1), "torso_acc": (weights * (source == 1)).sum(-1),
                 "offset_sq": (torso["offset"] ** 2).sum(-1).mean(-1), "torso_hit": hit_t.float()}
+
+    def _march(self, net: int, b: dict[str, torch.Tensor], amp: bool = False) -> dict[str, torch.Tensor]:
+        """Render (no gradient) by occupancy-grid marching (``nerf.march``): both fields on one fixed step along
+        each ray, only samples in occupied cells queried, each ray stopped once opaque. Densities enter per
+        unit t: the head's divided by the sphere's diameter, the torso's by the box's depth, as the sampler's
+        deltas are measured."""
+        rc, occ, row = self.render_cfg, self.occupancy, b["row"]
+        g = self._geometry(b)
+        c = self._conditions(net, b, g)
+        hit_h, hit_t, radius = g["hit_h"], g["hit_t"], g["radius"]
+        inf = torch.full_like(g["near_h"], float("inf"))
+        t0 = torch.minimum(torch.where(hit_h, g["near_h"], inf), torch.where(hit_t, g["near_t"], inf))
+        t1 = torch.maximum(torch.where(hit_h, g["far_h"], -inf), torch.where(hit_t, g["far_t"], -inf))
+        hit = hit_h | hit_t
+        t0, t1 = torch.where(hit, t0, 0.0), torch.where(hit, t1, 0.0)
+        dt = torch.minimum(2 * radius, torch.full_like(radius, 2 * TORSO_HALF_DEPTH)) / rc.march_steps
+        n_steps = torch.ceil((t1 - t0) / dt).clamp_min(0).long()
+        half = torch.autocast(row.device.type, dtype=torch.float16, enabled=amp)
+
+        def live(to_unit, grid, hit, near, far):
+            def test(t):
+                x01 = to_unit(t)
+                return (((x01 >= 0) & (x01 <= 1)).all(-1) & hit[:, None] & (t >= near[:, None]) & (t <= far[:, None])
+                        & occupancy.lookup(grid, row, x01))
+            return test
+
+        def head(r, t):
+            x01 = (g["o_h"][r] + t[:, None] * g["d_h"][r] - g["center"][r]) / (2 * radius[r, None]) + 0.5
+            with half:
+                sigma, rgb = self.head[net](x01, c["unit_h"], c["z_shape"], c["z_app"], c["drive"], r)
+            return sigma.float() / (2 * radius[r]), rgb
+
+        def torso(r, t):
+            x01 = rays.normalize_to_unit(t[:, None] * g["dirs"][r], g["lo"][r], g["hi"][r])
+            with half:
+                sigma, rgb, _ = self.torso[net](x01, c["unit"], c["et"], c["z_shape"], c["z_app"], r)
+            return sigma.float() / (2 * TORSO_HALF_DEPTH), rgb
+
+        out = march.march([march.MarchField(live(g["head_01"], occ.head, hit_h, g["near_h"], g["far_h"]), head),
+                           march.MarchField(live(g["torso_01"], occ.torso, hit_t, g["near_t"], g["far_t"]), torso)],
+                          t0, dt, n_steps, rc.stop_depth, rc.march_round)
+        return {"rgb": volrend.composite_over(out["rgb"], out["acc"], b["background"]),
+                "head_acc": out["field_acc"][0], "torso_acc": out["field_acc"][1],
+                "offset_sq": torch.zeros_like(t0), "torso_hit": hit_t.float(), "samples": out["samples"]}
 
     def _field_samples(self, fields, jitter, gen) -> list[dict[str, torch.Tensor]]:
         """Coarse then importance samples of each field; deltas in units of the field's own extent.

@@ -10,7 +10,9 @@ Rows:
 - render: frames per second of one frame of every person of --data rendered together (two persons:
   2 x 512^2 rays), querying every sample, then skipping the cells an occupancy grid finds empty
   (render.py's default), then the same under float16 autocast (render.py --amp), with the PSNR
-  between the float16 and float32 renders.
+  between the float16 and float32 renders; with --march_steps N[,M]: marching through that grid
+  (render.py --march_steps), float32 and float16, with field queries per cast ray and the PSNR against
+  the sampled render.
 - peak GPU memory of the training and rendering rows.
 - --batch_rays 4096,16384: a training row per batch size (rays/s shows whether a bigger batch is nearly free);
   --profile DIR: torch.profiler tables of 5 training iterations and one render (operators by device or host
@@ -23,6 +25,7 @@ Examples:
     python scripts/bench.py --data data/talk --out bench.json # + training and render rows
     python scripts/bench.py --data data/talk --ckpt runs/talk/checkpoint.pt  # render rows of a trained model
     python scripts/bench.py --data data/talk --batch_rays 4096,16384 --profile prof  # batch sizes, profiles
+    python scripts/bench.py --data data/talk --ckpt runs/talk/checkpoint.pt --march_steps 64,128  # marching
 """
 
 from __future__ import annotations
@@ -112,7 +115,7 @@ def bench_hashgrid(dev: torch.device, sizes: list[int], repeats: int) -> list[di
 def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: int, render_frames: int,
                 model_kind: str = "shared", hash_backend: str = "auto", render: bool = True,
                 ckpt: str = "", batch_rays: list[int] | None = None, profile_dir: str = "",
-                compile: bool = False) -> list[dict]:
+                compile: bool = False, march_steps: list[int] | None = None) -> list[dict]:
     """Training iterations/s at the preset (and at each of ``batch_rays``) and two-person render FPS on the
     prepared datasets; with ``profile_dir``, a torch.profiler table of a few training iterations and of
     one rendered frame (``_profile``)."""
@@ -214,6 +217,28 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
         rows.append(row)
         print(f"  render ({what}): {1 / spf:.2f} FPS, peak {mem:.2f} GiB"
               + (f", {row['psnr_vs_float32_db']:.1f} dB PSNR against the float32 render" if amp else ""))
+    sampled = render_persons(model, frames_of(0))
+    for steps in march_steps or []:  # marching through the same grid
+        model.render_cfg.march_steps = steps
+        for amp in (False, True):
+            if cuda:
+                torch.cuda.reset_peak_memory_stats(dev)
+            spf = _timer(lambda amp=amp: render_persons(model, frames_of(next(turn)), amp=amp), render_frames, cuda)
+            mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
+            marched = render_persons(model, frames_of(0), amp=amp)
+            cast = torch.cat([x["samples"][x["samples"] > 0] for x in marched])  # queries per ray that met a field
+            what = f"{model_kind}, {len(persons)} persons x {cfg.image_size}^2, occupancy grid, marching {steps} steps" \
+                + (", float16 autocast" if amp else "")
+            row = {"row": f"render ({what})", "frames_per_s": 1 / spf, "peak_gpu_gib": mem,
+                   "queries_per_ray": cast.mean().item() if len(cast) else 0.0,
+                   "psnr_vs_sampled_db": psnr_between(marched, sampled)}
+            rows.append(row)
+            print(f"  render ({what}): {1 / spf:.2f} FPS, peak {mem:.2f} GiB, {row['queries_per_ray']:.1f} field "
+                  f"queries per ray, {row['psnr_vs_sampled_db']:.1f} dB PSNR against the sampled render")
+        if profile_dir:
+            _profile(Path(profile_dir) / f"profile_render_{model_kind}_march{steps}.txt",
+                     lambda: render_persons(model, frames_of(next(turn))), 1, cuda)
+    model.render_cfg.march_steps = 0
     if profile_dir:
         _profile(Path(profile_dir) / f"profile_render_{model_kind}.txt",
                  lambda: render_persons(model, frames_of(next(turn))), 1, cuda)
@@ -253,8 +278,8 @@ def _profile(path: Path, fn, repeats: int, cuda: bool) -> None:
 
 def table(rows: list[dict], device: str) -> str:
     lines = [f"device: {device}",
-             "| row | size | forward /s | fwd+bwd /s | it/s | FPS | dB vs float32 | peak GiB |",
-             "|---|---|---|---|---|---|---|---|"]
+             "| row | size | forward /s | fwd+bwd /s | it/s | FPS | dB vs float32 | queries/ray | dB vs sampled | peak GiB |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
     def g(r: dict, k: str, fmt: str) -> str:
         return fmt.format(r[k]) if k in r and r[k] == r[k] else ""
 
@@ -263,6 +288,7 @@ def table(rows: list[dict], device: str) -> str:
         lines.append(f"| {r['row']} | {size} | {g(r, 'forward_samples_per_s', '{:.3g}')} | "
                      f"{g(r, 'forward_backward_samples_per_s', '{:.3g}')} | {g(r, 'iterations_per_s', '{:.2f}')} | "
                      f"{g(r, 'frames_per_s', '{:.2f}')} | {g(r, 'psnr_vs_float32_db', '{:.1f}')} | "
+                     f"{g(r, 'queries_per_ray', '{:.1f}')} | {g(r, 'psnr_vs_sampled_db', '{:.1f}')} | "
                      f"{g(r, 'peak_gpu_gib', '{:.2f}')} |")
     return "\n".join(lines)
 
@@ -286,6 +312,8 @@ def main(argv=None) -> int:
                    "(operators by time, operator calls, kernel launches, host syncs) into this folder")
     p.add_argument("--compile", action="store_true", help="torch.compile the fields (train.py --compile true); the "
                    "training row's label gives the warm-up time, which includes the compiling")
+    p.add_argument("--march_steps", default="", help="comma-separated step counts: render rows marching through the "
+                   "occupancy grid (render.py --march_steps)")
     p.add_argument("--out", default="", help="also write the rows as JSON here")
     args = p.parse_args(argv)
     from nerf.device import prepare_device, resolve_device
@@ -313,13 +341,22 @@ def main(argv=None) -> int:
         print(f"error: --batch_rays takes positive whole numbers separated by commas, not {args.batch_rays!r}",
               file=sys.stderr)
         return 1
+    try:
+        march = [int(x) for x in args.march_steps.split(",")] if args.march_steps else []
+        if march and min(march) < 1:
+            raise ValueError
+    except ValueError:
+        print(f"error: --march_steps takes positive whole numbers separated by commas, not {args.march_steps!r}",
+              file=sys.stderr)
+        return 1
     if args.data:
         first = True
         for kind in args.models.split(","):
             for backend in args.hash_backends.split(","):
                 its = args.train_iters if backend != "torch" else max(5, args.train_iters // 5)
                 rows += bench_model(dev, args.data, args.preset, its, args.render_frames, kind, backend, render=first,
-                                    ckpt=args.ckpt, batch_rays=rays, profile_dir=args.profile, compile=args.compile)
+                                    ckpt=args.ckpt, batch_rays=rays, profile_dir=args.profile, compile=args.compile,
+                                    march_steps=march)
                 first = False
     text = table(rows, name)
     print(text)

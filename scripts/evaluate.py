@@ -41,6 +41,9 @@ def main(argv=None) -> int:
     p.add_argument("--no_occupancy", action="store_true",
                    help="render without the occupancy grid that render.py uses (every sample queried)")
     p.add_argument("--amp", action="store_true", help="render under float16 autocast (for GPUs; see nerf/render.py)")
+    p.add_argument("--march_steps", type=int, default=0,
+                   help="render by marching through the occupancy grid, N steps per head diameter (render.py "
+                        "--march_steps; default 0: stratified + importance samples, as in training)")
     p.add_argument("--save_rendered", action="store_true",
                    help="also write the rendered frames (rendered_<row>.npz) for scoring elsewhere")
     p.add_argument("--rendered", default=None,
@@ -53,7 +56,8 @@ def main(argv=None) -> int:
     out = args.out or (str(Path(args.ckpt).parent / "eval") if args.ckpt else str(Path(args.rendered) / "eval"))
     try:
         result = evaluate(None if args.rendered else args.ckpt, args.data, out, args.max_frames, args.device,
-                          args.save_rendered, args.rendered, occupancy=not args.no_occupancy, amp=args.amp)
+                          args.save_rendered, args.rendered, occupancy=not args.no_occupancy, amp=args.amp,
+                          march_steps=args.march_steps)
     except (PrepareError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

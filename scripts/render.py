@@ -86,6 +86,10 @@ def build_parser() -> configargparse.ArgumentParser:
                         "training data's expressions, speech and poses, finds empty; nerf/occupancy.py)")
     p.add_argument("--amp", action="store_true",
                    help="float16 autocast for the fields' MLPs (for GPUs; slower on a CPU; see nerf/render.py)")
+    p.add_argument("--march_steps", type=int, default=0,
+                   help="march through the occupancy grid instead of sampling as in training: N fixed steps per head "
+                        "diameter, only occupied cells queried, rays stopped once opaque (nerf/march.py; 0: off; "
+                        "docs/PERFORMANCE.md says when it pays)")
     return p
 
 
@@ -233,7 +237,7 @@ def main(argv=None) -> int:
         ckpt = load_checkpoint(Path(args.ckpt))
         _check_persons(args.persons, ckpt["persons"])  # before the slow loading of every frame
         model, all_persons, cfg = load_model(args.ckpt, args.data, args.device, occupancy=not args.no_occupancy,
-                                             ckpt=ckpt)
+                                             ckpt=ckpt, march_steps=args.march_steps)
         encoder = checkpoint_audio_encoder(ckpt, Path(args.ckpt))
         plan = make_plan(args, model, all_persons, encoder)
         conference = conference_layout(plan.persons, args.tile or cfg.image_size, not args.no_highlight)
@@ -241,6 +245,8 @@ def main(argv=None) -> int:
         outputs = [(layout, out)] + ([(conference, Path(args.conference_out))] if args.conference_out else [])
         # The chunks' key: everything that decides their pixels (the plan, the checkpoint's content, the grid).
         key_extra = {"ckpt_sha256": sha256_of(args.ckpt), "occupancy": not args.no_occupancy}
+        if args.march_steps:
+            key_extra["march_steps"] = args.march_steps
         facts = render_video(model, plan, outputs, chunk=args.chunk, key_extra=key_extra, tiles_only=args.tiles_only,
                              amp=args.amp)
     except (RenderError, TrainError, PrepareError, ValueError) as e:
