@@ -30,17 +30,20 @@ from nerf.trainer import TrainConfig, TrainError, build, check_compatible, check
 
 
 def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu", occupancy: bool = False,
-               ckpt: dict | None = None, march_steps: int = 0):
+               ckpt: dict | None = None, march_steps: int = 0, ray_samples: tuple[int, int] | None = None):
     """Model (on ``device``: auto, cpu, cuda) and persons (on the CPU) of a checkpoint, on the given datasets.
 
     With ``occupancy`` the model renders with occupancy grids built from these persons (``nerf.occupancy``);
     with ``march_steps`` > 0 as well, it renders by marching through them (``RenderConfig.march_steps``).
+    ``ray_samples``: (coarse, importance) samples per field and ray for rendering, instead of the training run's.
     ``ckpt``: the checkpoint's contents when the caller has already read them (not read again).
     """
     if march_steps < 0:
         raise TrainError(f"march_steps must be 0 (sample as in training) or positive, not {march_steps}")
     if march_steps and not occupancy:
         raise TrainError("marching (march_steps) needs the occupancy grid: drop --no_occupancy")
+    if ray_samples is not None and (ray_samples[0] < 1 or ray_samples[1] < 0):
+        raise TrainError(f"ray samples must be at least 1 coarse and 0 importance, not {ray_samples}")
     ckpt = ckpt if ckpt is not None else load_checkpoint(Path(ckpt_path))
     saved = json.loads(ckpt["config"])
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -56,12 +59,28 @@ def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu", occu
     if occupancy:
         model.occupancy = build_occupancy(model, persons)
     model.render_cfg.march_steps = march_steps
+    if ray_samples is not None:
+        model.render_cfg.n_coarse, model.render_cfg.n_importance = ray_samples
     return model, persons, cfg
+
+
+def parse_ray_samples(text: str) -> tuple[int, int] | None:
+    """'C+I' (e.g. '24+16'): coarse and importance samples per field; '' -> None (the training run's)."""
+    if not text:
+        return None
+    try:
+        c, i = (int(x) for x in text.split("+"))
+    except ValueError:
+        raise TrainError(f"ray samples are given as COARSE+IMPORTANCE, e.g. 24+16, not {text!r}") from None
+    if c < 1 or i < 0:
+        raise TrainError(f"ray samples must be at least 1 coarse and 0 importance, not {text!r}")
+    return c, i
 
 
 def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path, max_frames: int = 0,
              device: str = "cpu", save_rendered: bool = False, rendered_dir: str | Path | None = None,
-             occupancy: bool = False, amp: bool = False, march_steps: int = 0) -> dict:
+             occupancy: bool = False, amp: bool = False, march_steps: int = 0,
+             ray_samples: tuple[int, int] | None = None) -> dict:
     """Evaluate every person's validation frames; writes metrics.json and grid.png into out_dir.
 
     Args:
@@ -75,6 +94,7 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
         occupancy: render as render.py does, skipping cells an occupancy grid finds empty.
         amp: render under float16 autocast (``nerf.render``).
         march_steps: render by marching through the occupancy grid (``RenderConfig.march_steps``; 0: sample).
+        ray_samples: (coarse, importance) samples per field for rendering (None: the training run's).
 
     Returns:
         {"rows": per (person, role) metric dicts, "table": the printed table}.
@@ -86,7 +106,8 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
         persons = load_datasets(list(data), _saved_size(Path(rendered_dir)), Wav2LipAudioEncoder().eval())
         model = None
     else:
-        model, persons, _ = load_model(ckpt_path, data, device, occupancy, march_steps=march_steps)
+        model, persons, _ = load_model(ckpt_path, data, device, occupancy, march_steps=march_steps,
+                                       ray_samples=ray_samples)
     if not any(len(p.val) for p in persons):
         raise TrainError("the datasets have no valid validation frames")
     # The audio envelope of each person's dataset, in load_datasets' order (dataset, then person).

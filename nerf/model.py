@@ -160,7 +160,8 @@ class AvatarModel(nn.Module):
         Returns:
             rgb [R, 3] composited over the background; head_acc, torso_acc [R] opacities of
             each field; offset_sq [R] mean squared torso warp over the ray's samples (0 outside the torso box);
-            torso_hit [R] 1.0 where the ray meets the torso field, else 0.0; when marching (rendering with
+            torso_hit [R] 1.0 where the ray meets the torso field, else 0.0; with gradient (training),
+            distortion [R] (``volrend.distortion``: how spread along the ray the weights are); when marching (rendering with
             ``render_cfg.march_steps`` and an occupancy grid set), also samples [R], the field queries made.
         """
         if self.mode == "shared":  # one network renders every ray: no split, no scatter back
@@ -240,9 +241,12 @@ class AvatarModel(nn.Module):
         weights = volrend.render_weights(vals["sigma"], vals["delta"])
         rgb = volrend.accumulate(weights, vals["rgb"])
         acc = weights.sum(-1)
-        return {"rgb": volrend.composite_over(rgb, acc, b["background"]),
-                "head_acc": (weights * (source == 0)).sum(-1), "torso_acc": (weights * (source == 1)).sum(-1),
-                "offset_sq": (torso["offset"] ** 2).sum(-1).mean(-1), "torso_hit": hit_t.float()}
+        out = {"rgb": volrend.composite_over(rgb, acc, b["background"]),
+               "head_acc": (weights * (source == 0)).sum(-1), "torso_acc": (weights * (source == 1)).sum(-1),
+               "offset_sq": (torso["offset"] ** 2).sum(-1).mean(-1), "torso_hit": hit_t.float()}
+        if torch.is_grad_enabled():  # training: positions in head-sphere diameters, intervals in field extents
+            out["distortion"] = volrend.distortion(weights, t / (2 * radius[:, None]), vals["delta"])
+        return out
 
     def _march(self, net: int, b: dict[str, torch.Tensor], amp: bool = False) -> dict[str, torch.Tensor]:
         """Render (no gradient) by occupancy-grid marching (``nerf.march``): both fields on one fixed step along

@@ -63,6 +63,10 @@ class TrainConfig:
     """Weight of the torso warp's squared length."""
     lambda_code: float = 1e-4
     """Weight of the latent codes' squared length."""
+    lambda_dist: float = 0.0
+    """Weight of mip-NeRF 360's distortion loss (``volrend.distortion``; positions in head-sphere diameters): pulls
+    each ray's weight into one short stretch, which leaves fewer samples to query when rendering by marching.
+    Experimental (docs/PERFORMANCE.md)."""
     wav2lip_ckpt: str = ""
     """A checkpoint holding Wav2Lip's audio encoder (wav2lip.pth, wav2lip_gan.pth, or one written by
     scripts/pretrain_audio.py), used frozen; empty: pre-train the encoder on --data first."""
@@ -148,7 +152,11 @@ def losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], model: 
     torso_rays = out["torso_hit"]
     deform = (out["offset_sq"] * torso_rays).sum() / torso_rays.sum().clamp_min(1.0)
     total = photo + cfg.lambda_parse * (parse_head + parse_torso) + cfg.lambda_deform * deform + cfg.lambda_code * code
-    return {"total": total, "photo": photo, "parse_head": parse_head, "parse_torso": parse_torso}
+    parts = {"photo": photo, "parse_head": parse_head, "parse_torso": parse_torso}
+    if cfg.lambda_dist > 0:
+        parts["distortion"] = out["distortion"].mean()
+        total = total + cfg.lambda_dist * parts["distortion"]
+    return {"total": total, **parts}
 
 
 class _StopRequest:

@@ -12,7 +12,8 @@ Rows:
   (render.py's default), then the same under float16 autocast (render.py --amp), with the PSNR
   between the float16 and float32 renders; with --march_steps N[,M]: marching through that grid
   (render.py --march_steps), float32 and float16, with field queries per cast ray and the PSNR against
-  the sampled render.
+  the sampled render; with --ray_samples 24+16[,...]: the sampled render with fewer samples per field
+  (render.py --ray_samples), likewise.
 - peak GPU memory of the training and rendering rows.
 - --batch_rays 4096,16384: a training row per batch size (rays/s shows whether a bigger batch is nearly free);
   --profile DIR: torch.profiler tables of 5 training iterations and one render (operators by device or host
@@ -115,7 +116,8 @@ def bench_hashgrid(dev: torch.device, sizes: list[int], repeats: int) -> list[di
 def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: int, render_frames: int,
                 model_kind: str = "shared", hash_backend: str = "auto", render: bool = True,
                 ckpt: str = "", batch_rays: list[int] | None = None, profile_dir: str = "",
-                compile: bool = False, march_steps: list[int] | None = None) -> list[dict]:
+                compile: bool = False, march_steps: list[int] | None = None,
+                ray_samples: list[tuple[int, int]] | None = None) -> list[dict]:
     """Training iterations/s at the preset (and at each of ``batch_rays``) and two-person render FPS on the
     prepared datasets; with ``profile_dir``, a torch.profiler table of a few training iterations and of
     one rendered frame (``_profile``)."""
@@ -218,27 +220,35 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
         print(f"  render ({what}): {1 / spf:.2f} FPS, peak {mem:.2f} GiB"
               + (f", {row['psnr_vs_float32_db']:.1f} dB PSNR against the float32 render" if amp else ""))
     sampled = render_persons(model, frames_of(0))
-    for steps in march_steps or []:  # marching through the same grid
-        model.render_cfg.march_steps = steps
+    rc = model.render_cfg
+    trained = (rc.n_coarse, rc.n_importance)
+    variants = [(f"marching {n} steps", {"march_steps": n}) for n in march_steps or []] + \
+        [(f"{c}+{i} samples per field", {"n_coarse": c, "n_importance": i}) for c, i in ray_samples or []]
+    for label, settings in variants:  # other ways through the same grid, against the sampled render
+        for k, v in settings.items():
+            setattr(rc, k, v)
         for amp in (False, True):
             if cuda:
                 torch.cuda.reset_peak_memory_stats(dev)
             spf = _timer(lambda amp=amp: render_persons(model, frames_of(next(turn)), amp=amp), render_frames, cuda)
             mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
-            marched = render_persons(model, frames_of(0), amp=amp)
-            cast = torch.cat([x["samples"][x["samples"] > 0] for x in marched])  # queries per ray that met a field
-            what = f"{model_kind}, {len(persons)} persons x {cfg.image_size}^2, occupancy grid, marching {steps} steps" \
+            other = render_persons(model, frames_of(0), amp=amp)
+            what = f"{model_kind}, {len(persons)} persons x {cfg.image_size}^2, occupancy grid, {label}" \
                 + (", float16 autocast" if amp else "")
             row = {"row": f"render ({what})", "frames_per_s": 1 / spf, "peak_gpu_gib": mem,
-                   "queries_per_ray": cast.mean().item() if len(cast) else 0.0,
-                   "psnr_vs_sampled_db": psnr_between(marched, sampled)}
+                   "psnr_vs_sampled_db": psnr_between(other, sampled)}
+            if rc.march_steps:  # field queries per ray that met a field
+                cast = torch.cat([x["samples"][x["samples"] > 0] for x in other])
+                row["queries_per_ray"] = cast.mean().item() if len(cast) else 0.0
             rows.append(row)
-            print(f"  render ({what}): {1 / spf:.2f} FPS, peak {mem:.2f} GiB, {row['queries_per_ray']:.1f} field "
-                  f"queries per ray, {row['psnr_vs_sampled_db']:.1f} dB PSNR against the sampled render")
+            print(f"  render ({what}): {1 / spf:.2f} FPS, peak {mem:.2f} GiB, "
+                  + (f"{row['queries_per_ray']:.1f} field queries per ray, " if "queries_per_ray" in row else "")
+                  + f"{row['psnr_vs_sampled_db']:.1f} dB PSNR against the {trained[0]}+{trained[1]} sampled render")
         if profile_dir:
-            _profile(Path(profile_dir) / f"profile_render_{model_kind}_march{steps}.txt",
+            name = "_".join(f"{k}{v}" for k, v in settings.items())
+            _profile(Path(profile_dir) / f"profile_render_{model_kind}_{name}.txt",
                      lambda: render_persons(model, frames_of(next(turn))), 1, cuda)
-    model.render_cfg.march_steps = 0
+        rc.march_steps, (rc.n_coarse, rc.n_importance) = 0, trained
     if profile_dir:
         _profile(Path(profile_dir) / f"profile_render_{model_kind}.txt",
                  lambda: render_persons(model, frames_of(next(turn))), 1, cuda)
@@ -314,6 +324,8 @@ def main(argv=None) -> int:
                    "training row's label gives the warm-up time, which includes the compiling")
     p.add_argument("--march_steps", default="", help="comma-separated step counts: render rows marching through the "
                    "occupancy grid (render.py --march_steps)")
+    p.add_argument("--ray_samples", default="", help="comma-separated COARSE+IMPORTANCE counts, e.g. 24+16,16+8: "
+                   "render rows with these samples per field (render.py --ray_samples)")
     p.add_argument("--out", default="", help="also write the rows as JSON here")
     args = p.parse_args(argv)
     from nerf.device import prepare_device, resolve_device
@@ -324,15 +336,6 @@ def main(argv=None) -> int:
     except TrainError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
-    prepare_device(dev)  # the settings train.py, evaluate.py and render.py run with (TF32 matmuls on a GPU)
-    for d in args.data:
-        if not (Path(d) / "meta.json").is_file():
-            print(f"error: {d} is not a prepared dataset (no meta.json)", file=sys.stderr)
-            return 1
-    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU (CUDA absent: reference path only)"
-    print(f"bench on {name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
-    sizes = [2**18, 2**20] if dev.type == "cuda" else [2**14, 2**16]
-    rows = bench_hashgrid(dev, sizes, args.repeats)
     try:
         rays = [int(x) for x in args.batch_rays.split(",")] if args.batch_rays else None
         if rays and min(rays) < 1:
@@ -349,6 +352,22 @@ def main(argv=None) -> int:
         print(f"error: --march_steps takes positive whole numbers separated by commas, not {args.march_steps!r}",
               file=sys.stderr)
         return 1
+    try:
+        from nerf.evaluate import parse_ray_samples
+
+        samples = [parse_ray_samples(x) for x in args.ray_samples.split(",")] if args.ray_samples else []
+    except TrainError as e:
+        print(f"error: --ray_samples: {e}", file=sys.stderr)
+        return 1
+    prepare_device(dev)  # the settings train.py, evaluate.py and render.py run with (TF32 matmuls on a GPU)
+    for d in args.data:
+        if not (Path(d) / "meta.json").is_file():
+            print(f"error: {d} is not a prepared dataset (no meta.json)", file=sys.stderr)
+            return 1
+    name = torch.cuda.get_device_name(dev) if dev.type == "cuda" else "CPU (CUDA absent: reference path only)"
+    print(f"bench on {name}, torch {torch.__version__}, {time.strftime('%Y-%m-%d')}")
+    sizes = [2**18, 2**20] if dev.type == "cuda" else [2**14, 2**16]
+    rows = bench_hashgrid(dev, sizes, args.repeats)
     if args.data:
         first = True
         for kind in args.models.split(","):
@@ -356,7 +375,7 @@ def main(argv=None) -> int:
                 its = args.train_iters if backend != "torch" else max(5, args.train_iters // 5)
                 rows += bench_model(dev, args.data, args.preset, its, args.render_frames, kind, backend, render=first,
                                     ckpt=args.ckpt, batch_rays=rays, profile_dir=args.profile, compile=args.compile,
-                                    march_steps=march)
+                                    march_steps=march, ray_samples=samples)
                 first = False
     text = table(rows, name)
     print(text)

@@ -25,7 +25,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configargparse  # noqa: E402
 
 from data_prep.errors import PrepareError  # noqa: E402
-from nerf.evaluate import evaluate  # noqa: E402
+from nerf.evaluate import evaluate, parse_ray_samples  # noqa: E402
 from nerf.trainer import TrainError  # noqa: E402
 
 
@@ -44,6 +44,8 @@ def main(argv=None) -> int:
     p.add_argument("--march_steps", type=int, default=0,
                    help="render by marching through the occupancy grid, N steps per head diameter (render.py "
                         "--march_steps; default 0: stratified + importance samples, as in training)")
+    p.add_argument("--ray_samples", default="", help="COARSE+IMPORTANCE samples per field and ray for rendering, e.g. "
+                   "24+16 (render.py --ray_samples; default: the training run's)")
     p.add_argument("--save_rendered", action="store_true",
                    help="also write the rendered frames (rendered_<row>.npz) for scoring elsewhere")
     p.add_argument("--rendered", default=None,
@@ -57,7 +59,7 @@ def main(argv=None) -> int:
     try:
         result = evaluate(None if args.rendered else args.ckpt, args.data, out, args.max_frames, args.device,
                           args.save_rendered, args.rendered, occupancy=not args.no_occupancy, amp=args.amp,
-                          march_steps=args.march_steps)
+                          march_steps=args.march_steps, ray_samples=parse_ray_samples(args.ray_samples))
     except (PrepareError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -90,6 +90,8 @@ def build_parser() -> configargparse.ArgumentParser:
                    help="march through the occupancy grid instead of sampling as in training: N fixed steps per head "
                         "diameter, only occupied cells queried, rays stopped once opaque (nerf/march.py; 0: off; "
                         "docs/PERFORMANCE.md says when it pays)")
+    p.add_argument("--ray_samples", default="", help="COARSE+IMPORTANCE samples per field and ray, e.g. 24+16: fewer "
+                   "than the training run's renders faster at some cost in detail (default: the training run's)")
     return p
 
 
@@ -230,14 +232,15 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:
-        from nerf.evaluate import load_model
+        from nerf.evaluate import load_model, parse_ray_samples
         from nerf.trainer import checkpoint_audio_encoder, load_checkpoint
 
         _check_args(args)
         ckpt = load_checkpoint(Path(args.ckpt))
         _check_persons(args.persons, ckpt["persons"])  # before the slow loading of every frame
         model, all_persons, cfg = load_model(args.ckpt, args.data, args.device, occupancy=not args.no_occupancy,
-                                             ckpt=ckpt, march_steps=args.march_steps)
+                                             ckpt=ckpt, march_steps=args.march_steps,
+                                             ray_samples=parse_ray_samples(args.ray_samples))
         encoder = checkpoint_audio_encoder(ckpt, Path(args.ckpt))
         plan = make_plan(args, model, all_persons, encoder)
         conference = conference_layout(plan.persons, args.tile or cfg.image_size, not args.no_highlight)
@@ -247,6 +250,8 @@ def main(argv=None) -> int:
         key_extra = {"ckpt_sha256": sha256_of(args.ckpt), "occupancy": not args.no_occupancy}
         if args.march_steps:
             key_extra["march_steps"] = args.march_steps
+        if args.ray_samples:
+            key_extra["ray_samples"] = [model.render_cfg.n_coarse, model.render_cfg.n_importance]
         facts = render_video(model, plan, outputs, chunk=args.chunk, key_extra=key_extra, tiles_only=args.tiles_only,
                              amp=args.amp)
     except (RenderError, TrainError, PrepareError, ValueError) as e:

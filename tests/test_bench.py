@@ -12,7 +12,8 @@ def test_bench_runs_on_cpu_with_training_and_render_rows(synthetic, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "cpu", "--repeats", "2",
                            "--data", str(synthetic["dataset"]), "--preset", str(ROOT / "configs" / "cpu_tiny.txt"),
-                           "--train_iters", "2", "--render_frames", "1", "--march_steps", "16", "--out", str(out)],
+                           "--train_iters", "2", "--render_frames", "1", "--march_steps", "16",
+                           "--ray_samples", "4+2", "--out", str(out)],
                           capture_output=True, text=True, timeout=600, cwd=ROOT)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "CUDA absent" in proc.stdout and "| row |" in proc.stdout
@@ -21,13 +22,22 @@ def test_bench_runs_on_cpu_with_training_and_render_rows(synthetic, tmp_path):
     assert sum(n.startswith("hash grid reference") for n in names) == 2
     assert any(n.startswith("training") and r["iterations_per_s"] > 0 for n, r in zip(names, rows))
     render = [r for r in rows if r["row"].startswith("render")]
-    assert len(render) == 5 and all(r["frames_per_s"] > 0 for r in render)
+    assert len(render) == 7 and all(r["frames_per_s"] > 0 for r in render)
     assert render[2]["psnr_vs_float32_db"] > 30  # float16 autocast against float32, same frame
     assert all("marching 16 steps" in r["row"] and r["queries_per_ray"] > 0 and r["psnr_vs_sampled_db"] > 15
-               for r in render[3:])
+               for r in render[3:5])
+    assert all("4+2 samples per field" in r["row"] and "queries_per_ray" not in r and r["psnr_vs_sampled_db"] > 15
+               for r in render[5:])
 
 
-def test_bench_refuses_a_folder_that_is_no_dataset(tmp_path):
-    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "cpu",
-                           "--data", str(tmp_path)], capture_output=True, text=True, timeout=120, cwd=ROOT)
+def test_bench_refuses_a_folder_that_is_no_dataset_and_bad_row_lists(tmp_path):
+    def bench(*args):
+        return subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "cpu", *args],
+                              capture_output=True, text=True, timeout=120, cwd=ROOT)
+
+    proc = bench("--data", str(tmp_path))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "no meta.json" in proc.stderr
+    for flag, value, said in (("--ray_samples", "24-16", "COARSE+IMPORTANCE"), ("--march_steps", "0", "positive")):
+        proc = bench(flag, value)
+        assert proc.returncode == 1 and "Traceback" not in proc.stderr and said in proc.stderr, proc.stderr
+        assert "hash grid" not in proc.stdout  # refused before any benchmark ran

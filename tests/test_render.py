@@ -143,12 +143,20 @@ def test_render_bad_inputs_exit_with_one_line(synthetic, tiny_run, tmp_path, cap
         [*base, "--audio", synthetic["video"], "--out", tmp_path / "b.mp4"],  # no posegen, no pose_from
         [*base, "--pose_from", "tracked", "--out", tmp_path / "c.avi"],
         [*base, "--pose_from", "tracked", "--out", "/proc/nope/d.mp4"],
+        [*base, "--pose_from", "tracked", "--ray_samples", "24x16", "--out", tmp_path / "e.mp4"],
+        [*base, "--pose_from", "tracked", "--march_steps", 16, "--no_occupancy", "--out", tmp_path / "f.mp4"],
     ]
     for args in cases:
         assert main([str(a) for a in args]) == 1, args
         err = capsys.readouterr().err
         assert err.startswith("error: ") and len(err.strip().splitlines()) == 1, err
-    assert not list(tmp_path.glob("*.mp4"))
+    assert not list(tmp_path.glob("*.mp4")) and not list(tmp_path.glob("*.parts"))
+    # the render-path options themselves: marching, and fewer samples per field
+    for extra in (["--march_steps", 16], ["--ray_samples", "4+2"]):
+        args = [*base, "--pose_from", "tracked", "--max_seconds", 0.08, "--tiles_only", "--out", tmp_path / "g.mp4", *extra]
+        assert main([str(a) for a in args]) == 0
+        assert len(list((tmp_path / "g.mp4.parts").glob("chunk_*.npz"))) == 1
+        shutil.rmtree(tmp_path / "g.mp4.parts")
 
 
 def test_driven_person_renders_frames_it_never_recorded(synthetic, tiny_run):
