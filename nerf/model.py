@@ -15,6 +15,7 @@ import dataclasses
 import torch
 from torch import nn
 
+from data_prep.head_pose import rotation_from_euler_pyr
 from nerf import march, occupancy, rays, sampler, volrend
 from nerf.data import PersonFrames, select_rays
 from nerf.fields import AudioDrive, ExpressionEncoder, FieldConfig, HeadField, TorsoField
@@ -46,7 +47,7 @@ class AvatarModel(nn.Module):
     """Latent codes and fields for P persons; renders ray batches of ``nerf.data.sample_rays``."""
 
     def __init__(self, persons: list[PersonFrames], cfg: FieldConfig, render: RenderConfig, mode: str = "shared",
-                 torso_cull: bool = False, pose_norm: bool = False):
+                 torso_cull: bool = False, pose_norm: bool = False, torso_follow: bool = False):
         super().__init__()
         if mode not in ("shared", "per_person"):
             raise ValueError(f"model mode must be shared or per_person, not {mode!r}")
@@ -92,10 +93,47 @@ class AvatarModel(nn.Module):
         self.register_buffer("pose_std", torch.stack([x.std(0, unbiased=False).clamp_min(1e-3) if len(x) > 1
                                                       else torch.ones(6, dtype=x.dtype) for x in et]).float(),
                              persistent=False)
+        # With torso_follow, the torso's points move with the head by learned shares of its motion away from the
+        # person's mean training pose: follow[p] = (share of the translation, share of the rotation about the
+        # head), both 0 at the start (the torso as without it) and free to grow toward 1 (rigidly with the head).
+        # The mean pose (its rotation from the mean Euler angles) is derived from the tracks, like pose_mean.
+        self.torso_follow = torso_follow
+        if torso_follow:
+            self.follow = nn.Parameter(torch.zeros(P, 2))
+        self.register_buffer("ref_R", torch.from_numpy(rotation_from_euler_pyr(self.pose_mean[:, :3].double().numpy()))
+                             .float(), persistent=False)
 
     def hash_parameters(self) -> list[nn.Parameter]:
         """The hash tables (trained at a higher learning rate, as instant-ngp does)."""
         return [p for f in [*self.head, *self.torso] for p in f.encoding.parameters()]
+
+    def torso_pose(self, et: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
+        """The torso field's pose input from head poses et [R, 6] (Euler angles, translation) of persons row [R]:
+        standardized per person with ``pose_norm``, else as it is."""
+        return (et - self.pose_mean[row]) / self.pose_std[row] if self.pose_norm else et
+
+    def follow_head(self, x01: torch.Tensor, row: torch.Tensor, R: torch.Tensor, t: torch.Tensor,
+                    ray: torch.Tensor | None = None) -> torch.Tensor:
+        """Torso-box coordinates x01 [N, 3] moved back by the shares ``follow`` of the head's motion away from the
+        person's mean pose (as they are without ``torso_follow``).
+
+        With p the camera point, (R, t) the head pose and (R0, t0) the mean one, a share a of the translation and
+        b of the rotation give p' = p + a (t0 - t) + b (R0 R^T - I)(p - t): a = b = 1 is the point that moves
+        rigidly with the head, seen at the mean pose.
+
+        Args: per ray: row [R] persons, R [R, 3, 3], t [R, 3]; ray [N] each point's ray (None: rows align).
+        """
+        if not self.torso_follow:
+            return x01
+        if ray is not None:
+            row, R, t = row[ray], R[ray], t[ray]
+        lo, hi = self.torso_min[row], self.torso_max[row]
+        share = self.follow[row]
+        p = lo + x01 * (hi - lo)
+        rel = p - t
+        turned = (self.ref_R[row] @ (R.transpose(-1, -2) @ rel[..., None]))[..., 0] - rel
+        moved = p + share[:, :1] * (self.pose_mean[row, 3:] - t) + share[:, 1:] * turned
+        return (moved - lo) / (hi - lo)
 
     def _net(self, row: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
         """(network index, ray mask) pairs: one network for all, or each person's own."""
@@ -180,9 +218,7 @@ class AvatarModel(nn.Module):
         """Per ray: the view directions of each field (head space, camera space), the latent codes, the drive and
         the torso's pose input."""
         row = b["row"]
-        et = torch.cat([b["euler"], b["t"]], -1)
-        if self.pose_norm:
-            et = (et - self.pose_mean[row]) / self.pose_std[row]
+        et = self.torso_pose(torch.cat([b["euler"], b["t"]], -1), row)
         return {"unit_h": g["d_h"] / g["d_h"].norm(dim=-1, keepdim=True),
                 "unit": g["dirs"] / g["dirs"].norm(dim=-1, keepdim=True),
                 "z_shape": self.z_shape(row), "z_app": self.z_app(row), "drive": self.drive_code(net, b), "et": et}
@@ -227,8 +263,9 @@ class AvatarModel(nn.Module):
         def torso_query(t, hidden=None):
             x01 = g["torso_01"](t)
             ray, k = live_samples(x01, hit_t, occ.torso if occ is not None else None, hidden)
+            x = self.follow_head(x01[ray, k], row, b["R"], b["t"], ray)
             with half:
-                sigma, rgb, offset = self.torso[net](x01[ray, k], unit, et, z_shape, z_app, ray)
+                sigma, rgb, offset = self.torso[net](x, unit, et, z_shape, z_app, ray)
             return scatter(sigma, ray, k, t.shape), scatter(rgb, ray, k, t.shape), scatter(offset, ray, k, t.shape)
 
         head, torso = self._field_samples(
@@ -280,7 +317,8 @@ class AvatarModel(nn.Module):
             return sigma.float() / (2 * radius[r]), rgb
 
         def torso(r, t):
-            x01 = rays.normalize_to_unit(t[:, None] * g["dirs"][r], g["lo"][r], g["hi"][r])
+            x01 = self.follow_head(rays.normalize_to_unit(t[:, None] * g["dirs"][r], g["lo"][r], g["hi"][r]),
+                                   row, b["R"], b["t"], r)
             with half:
                 sigma, rgb, _ = self.torso[net](x01, c["unit"], c["et"], c["z_shape"], c["z_app"], r)
             return sigma.float() / (2 * TORSO_HALF_DEPTH), rgb

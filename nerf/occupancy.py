@@ -96,7 +96,9 @@ def build(model, persons: list, resolution: int | None = None, n_frames: int = 8
         audio = model.audio[net](code_windows(p.audio, frames.to(p.audio.device), model.cfg.audio_window).to(dev))
         expr = model.expr[net](p.expr[frames.to(p.expr.device)].to(dev))
         drives = torch.cat([audio, expr])
-        pose = torch.cat([p.euler, p.t], 1)[frames.to(p.euler.device)].to(dev)
+        at = frames.to(p.euler.device)
+        pose = model.torso_pose(torch.cat([p.euler, p.t], 1)[at].to(dev), rowt.expand(len(at)))
+        R, t = p.R[at].to(dev), p.t[at].to(dev)
         h_max = torch.zeros(n, device=dev)
         t_max = torch.zeros(n, device=dev)
         for a in range(0, n, chunk):
@@ -105,8 +107,10 @@ def build(model, persons: list, resolution: int | None = None, n_frames: int = 8
             for d in drives:
                 sigma, _ = model.head[net](x, any_dir, z_shape, z_app, d[None])
                 h_max[a:a + m] = torch.maximum(h_max[a:a + m], sigma)
-            for et in pose:
-                sigma, _, _ = model.torso[net](x, any_dir, et[None], z_shape, z_app)
+            one = torch.zeros(m, dtype=torch.long, device=dev)
+            for et, R_f, t_f in zip(pose, R, t):
+                xf = model.follow_head(x, rowt, R_f[None], t_f[None], one)
+                sigma, _, _ = model.torso[net](xf, any_dir, et[None], z_shape, z_app)
                 t_max[a:a + m] = torch.maximum(t_max[a:a + m], sigma)
         for grid, dens in ((head, h_max), (torso, t_max)):
             occupied = (-torch.expm1(-dens / G) > threshold).reshape(1, 1, G, G, G).float()

@@ -113,12 +113,17 @@ class TrainConfig:
     as it is, without the sin/cos frequencies the default applies to the raw pose. Experimental: measured in
     docs/PERFORMANCE.md."""
 
+    torso_follow: bool = False
+    """The torso's points move with the head by two learned shares per person (of the head's translation and of
+    its rotation about the head, away from the person's mean pose; ``AvatarModel.follow_head``), both starting at
+    0: a torso that sways with the head needs no large learned warp. Experimental: measured in docs/PERFORMANCE.md."""
+
     # Keys that shape the model: a checkpoint is only valid for a run with the same values.
     MODEL_KEYS = ("image_size", "model", "hidden", "n_levels", "log2_hashmap_size", "base_resolution",
                   "finest_resolution", "audio_window", "wav2lip_ckpt", "audio_pretrain_iters", "torso_cull",
-                  "pose_norm")
+                  "pose_norm", "torso_follow")
     # Model keys added after checkpoints were written, with the value those checkpoints were trained with.
-    LATER_KEYS = {"torso_cull": False, "pose_norm": False}
+    LATER_KEYS = {"torso_cull": False, "pose_norm": False, "torso_follow": False}
 
     def field_config(self, expr_dim: int) -> FieldConfig:
         grid = HashGridConfig(n_levels=self.n_levels, log2_hashmap_size=self.log2_hashmap_size,
@@ -234,7 +239,7 @@ def build(cfg: TrainConfig, persons: list[PersonFrames],
     torch.manual_seed(cfg.seed)
     model = AvatarModel(persons, cfg.field_config(persons[0].expr.shape[1]),
                         RenderConfig(cfg.n_coarse, cfg.n_importance), mode=cfg.model, torso_cull=cfg.torso_cull,
-                        pose_norm=cfg.pose_norm).to(device)
+                        pose_norm=cfg.pose_norm, torso_follow=cfg.torso_follow).to(device)
     hash_ids = {id(p) for p in model.hash_parameters()}
     others = [p for p in model.parameters() if id(p) not in hash_ids]
     # On a GPU the fused Adam: one kernel per step for all parameters instead of several per tensor list

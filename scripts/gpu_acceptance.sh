@@ -14,8 +14,9 @@
 #                      SIGTERM after TRAIN_SLICE_S (default 500) so that it fits a call; run it again
 #                      (it resumes) until it prints "held-out PSNR"
 #   finish DATASET     evaluate.py --save_rendered of that training; bench render rows of the trained
-#                      model (occupancy grid, float16 autocast); render.py --tiles_only of 10 s of the
-#                      dataset's own audio (time per two-person frame)
+#                      model (occupancy grid, float16 autocast, and BENCH_ARGS: by default marching at 32
+#                      and 64 steps and 24+16 and 16+8 samples per field); render.py --tiles_only of 10 s
+#                      of the dataset's own audio (time per two-person frame)
 #
 # Datasets are prepared on a CPU machine (mediapipe is not on the GPU one), e.g.:
 #   python scripts/compose_conversation.py --clips talk_glasses_512.mp4 talk_map_844.mp4 --out data/devmap.mp4 \
@@ -101,8 +102,8 @@ finish)
     fi
     log "bench render rows of the trained model"
     $py scripts/bench.py --data "$data" --ckpt "$ckpt" --preset "${CONFIG:-configs/gpu_full.txt}" --train_iters 5 \
-        --render_frames 5 --repeats 10 \
-        --out "$out/bench_render.json" | tail -12 | tee "$out/bench_render.txt"
+        --render_frames 5 --repeats 10 ${BENCH_ARGS:---march_steps 32,64 --ray_samples 24+16,16+8} \
+        --out "$out/bench_render.json" | tail -24 | tee "$out/bench_render.txt"
     # (the dataset's own audio and speaking timeline: the voices and silero models are not on the GPU machine)
     log "render ${RENDER_S:-10} s: ${RENDER_ARGS:---pose_from tracked} (tiles only: no ffmpeg here)"
     # RENDER_TIMEOUT_S (default 0: none) stops a render that would outrun the call; its last progress line stays

@@ -105,6 +105,14 @@ def test_pose_norm_standardizes_the_torso_pose_by_the_persons_training_frames(mo
         model(frame_batch(p, 5, model.cfg.audio_window), jitter=False)
     expected = (torch.cat([p.euler[5], p.t[5]]) - model.pose_mean[0]) / model.pose_std[0]
     torch.testing.assert_close(got[0][0], expected)
+    # the occupancy grid is built from the torso field under the same standardized poses
+    from nerf import occupancy
+
+    got.clear()
+    occupancy.build(model, [p], resolution=4, n_frames=2)
+    standardized = (torch.cat([p.euler, p.t], -1) - model.pose_mean[0]) / model.pose_std[0]
+    built = torch.cat(got)  # each a frame's standardized pose (raw, tz would be about 3)
+    assert len(built) and ((built[:, None] - standardized[None]).abs().sum(-1).min(1).values < 1e-4).all()
     # the pose enters as it is (6 numbers), not through sin/cos frequencies
     assert model.torso[0].deform[0].in_features == 3 * (1 + 2 * cfg.pose_freqs) + 6 + cfg.shape_dim
     assert AvatarModel([p], cfg, RenderConfig(8, 8)).torso[0].deform[0].in_features == \
@@ -317,3 +325,34 @@ def test_compiled_fields_render_what_the_eager_ones_do():
     compile_fields(model)
     assert set(model.state_dict()) == keys  # checkpoints are unchanged
     torch.testing.assert_close(render_frame(model, persons[1], 1)["rgb"], eager[1], atol=1e-5, rtol=0)
+
+
+def test_torso_follow_moves_torso_points_back_with_the_heads_motion_by_its_shares():
+    torch.manual_seed(0)
+    p = _person(0, T=6)
+    p.euler = torch.randn(6, 3) * 0.2
+    p.t = p.t + torch.randn(6, 3) * 0.05
+    p.R = torch.stack([torch.from_numpy(np.asarray(rotation_from_euler_pyr(np.array(e)))).float() for e in p.euler.tolist()])
+    cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
+    model = AvatarModel([p], cfg, RenderConfig(8, 8), torso_follow=True)
+    assert model.state_dict()["follow"].shape == (1, 2) and "ref_R" not in model.state_dict()
+    R0, t0 = model.ref_R[0], model.pose_mean[0, 3:]
+    q = torch.rand(5, 3)  # torso-box points at the mean pose ...
+    lo, hi = model.torso_min[0], model.torso_max[0]
+    f = 5
+    cam_q = lo + q * (hi - lo)
+    moved = (p.R[f] @ R0.T @ (cam_q - t0).T).T + p.t[f]  # ... carried rigidly by the head to frame f's pose
+    x01 = (moved - lo) / (hi - lo)
+    row, R, t = torch.zeros(1, dtype=torch.long), p.R[f:f + 1], p.t[f:f + 1]
+    ray = torch.zeros(5, dtype=torch.long)
+    with torch.no_grad():
+        torch.testing.assert_close(model.follow_head(x01, row, R, t, ray), x01)  # shares 0: as without it
+        model.follow.fill_(1.0)
+        torch.testing.assert_close(model.follow_head(x01, row, R, t, ray), q, atol=1e-5, rtol=0)  # rigidly back
+        model.follow.copy_(torch.tensor([[1.0, 0.0]]))
+        torch.testing.assert_close(model.follow_head(x01, row, R, t, ray), (moved + t0 - p.t[f] - lo) / (hi - lo))
+    # and the shares learn: a rendered ray's colour has a gradient in them once the head moves
+    model.follow.data.zero_()
+    batch = frame_batch(p, f, model.cfg.audio_window)
+    model(batch, jitter=False)["rgb"].sum().backward()
+    assert model.follow.grad.abs().sum() > 0
