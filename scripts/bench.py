@@ -219,11 +219,11 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
         rows.append(row)
         print(f"  render ({what}): {1 / spf:.2f} FPS, peak {mem:.2f} GiB"
               + (f", {row['psnr_vs_float32_db']:.1f} dB PSNR against the float32 render" if amp else ""))
-    sampled = render_persons(model, frames_of(0))
     rc = model.render_cfg
     trained = (rc.n_coarse, rc.n_importance)
     variants = [(f"marching {n} steps", {"march_steps": n}) for n in march_steps or []] + \
         [(f"{c}+{i} samples per field", {"n_coarse": c, "n_importance": i}) for c, i in ray_samples or []]
+    sampled = render_persons(model, frames_of(0)) if variants else None
     for label, settings in variants:  # other ways through the same grid, against the sampled render
         for k, v in settings.items():
             setattr(rc, k, v)
