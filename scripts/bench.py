@@ -303,6 +303,17 @@ def table(rows: list[dict], device: str) -> str:
     return "\n".join(lines)
 
 
+def _positive_ints(text: str, flag: str) -> list[int]:
+    """'4096,16384' -> [4096, 16384] ('' -> []); ValueError saying what the flag takes otherwise."""
+    try:
+        values = [int(x) for x in text.split(",")] if text else []
+        if values and min(values) < 1:
+            raise ValueError
+    except ValueError:
+        raise ValueError(f"{flag} takes positive whole numbers separated by commas, not {text!r}") from None
+    return values
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--data", action="append", default=[], help="prepared dataset(s) for the training and render rows")
@@ -337,20 +348,10 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:
-        rays = [int(x) for x in args.batch_rays.split(",")] if args.batch_rays else None
-        if rays and min(rays) < 1:
-            raise ValueError
-    except ValueError:
-        print(f"error: --batch_rays takes positive whole numbers separated by commas, not {args.batch_rays!r}",
-              file=sys.stderr)
-        return 1
-    try:
-        march = [int(x) for x in args.march_steps.split(",")] if args.march_steps else []
-        if march and min(march) < 1:
-            raise ValueError
-    except ValueError:
-        print(f"error: --march_steps takes positive whole numbers separated by commas, not {args.march_steps!r}",
-              file=sys.stderr)
+        rays = _positive_ints(args.batch_rays, "--batch_rays") or None
+        march = _positive_ints(args.march_steps, "--march_steps")
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr)
         return 1
     try:
         from nerf.evaluate import parse_ray_samples

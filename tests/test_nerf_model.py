@@ -86,12 +86,18 @@ def test_rays_outside_the_torso_pixels_do_not_query_the_torso():
     assert AvatarModel([p], cfg, RenderConfig(8, 8))._geometry(frame_batch(p, 2, 4))["hit_t"].all()
 
 
+def _moving_person(angle: float, shift: float, T: int = 6):
+    """``_person(0)`` with random head poses: Euler angles of spread ``angle`` (radians), translations of ``shift``."""
+    p = _person(0, T=T)
+    p.euler = torch.randn(T, 3) * angle
+    p.t = p.t + torch.randn(T, 3) * shift
+    p.R = torch.stack([torch.from_numpy(np.asarray(rotation_from_euler_pyr(np.array(e)))).float() for e in p.euler.tolist()])
+    return p
+
+
 def test_pose_norm_standardizes_the_torso_pose_by_the_persons_training_frames(monkeypatch):
     torch.manual_seed(0)
-    p = _person(0, T=6)
-    p.euler = torch.randn(6, 3) * 0.1
-    p.t = p.t + torch.randn(6, 3) * 0.02
-    p.R = torch.stack([torch.from_numpy(np.asarray(rotation_from_euler_pyr(np.array(e)))).float() for e in p.euler.tolist()])
+    p = _moving_person(angle=0.1, shift=0.02)
     cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
     model = AvatarModel([p], cfg, RenderConfig(8, 8), pose_norm=True)
     seen = torch.cat([p.euler[:5], p.t[:5]], -1)  # the training frames (frame 5 is held out)
@@ -329,10 +335,7 @@ def test_compiled_fields_render_what_the_eager_ones_do():
 
 def test_torso_follow_moves_torso_points_back_with_the_heads_motion_by_its_shares():
     torch.manual_seed(0)
-    p = _person(0, T=6)
-    p.euler = torch.randn(6, 3) * 0.2
-    p.t = p.t + torch.randn(6, 3) * 0.05
-    p.R = torch.stack([torch.from_numpy(np.asarray(rotation_from_euler_pyr(np.array(e)))).float() for e in p.euler.tolist()])
+    p = _moving_person(angle=0.2, shift=0.05)
     cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
     model = AvatarModel([p], cfg, RenderConfig(8, 8), torso_follow=True)
     assert model.state_dict()["follow"].shape == (1, 2) and "ref_R" not in model.state_dict()
