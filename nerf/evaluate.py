@@ -42,8 +42,8 @@ def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu", occu
         raise TrainError(f"march_steps must be 0 (sample as in training) or positive, not {march_steps}")
     if march_steps and not occupancy:
         raise TrainError("marching (march_steps) needs the occupancy grid: drop --no_occupancy")
-    if ray_samples is not None and (ray_samples[0] < 1 or ray_samples[1] < 0):
-        raise TrainError(f"ray samples must be at least 1 coarse and 0 importance, not {ray_samples}")
+    if ray_samples is not None:
+        _check_ray_samples(*ray_samples)
     ckpt = ckpt if ckpt is not None else load_checkpoint(Path(ckpt_path))
     saved = json.loads(ckpt["config"])
     known = {f.name for f in dataclasses.fields(TrainConfig)}
@@ -72,9 +72,13 @@ def parse_ray_samples(text: str) -> tuple[int, int] | None:
         c, i = (int(x) for x in text.split("+"))
     except ValueError:
         raise TrainError(f"ray samples are given as COARSE+IMPORTANCE, e.g. 24+16, not {text!r}") from None
-    if c < 1 or i < 0:
-        raise TrainError(f"ray samples must be at least 1 coarse and 0 importance, not {text!r}")
+    _check_ray_samples(c, i)
     return c, i
+
+
+def _check_ray_samples(coarse: int, importance: int) -> None:
+    if coarse < 1 or importance < 0:
+        raise TrainError(f"ray samples must be at least 1 coarse and 0 importance, not {coarse}+{importance}")
 
 
 def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path, max_frames: int = 0,

@@ -188,28 +188,30 @@ class AvatarModel(nn.Module):
                 "near_t": near_t, "far_t": far_t, "hit_t": hit_t, "head_01": head_01, "torso_01": torso_01}
 
     def forward(self, batch: dict[str, torch.Tensor], jitter: bool = True,
-                gen: torch.Generator | None = None, amp: bool = False) -> dict[str, torch.Tensor]:
+                gen: torch.Generator | None = None, amp: bool = False,
+                distortion: bool = False) -> dict[str, torch.Tensor]:
         """Render a ray batch.
 
         Args:
             amp: the field queries (hash-grid features aside) run under float16 autocast; the ray geometry,
                 sampling and compositing stay float32.
+            distortion: also return each ray's distortion loss (training with ``lambda_dist``).
 
         Returns:
             rgb [R, 3] composited over the background; head_acc, torso_acc [R] opacities of
             each field; offset_sq [R] mean squared torso warp over the ray's samples (0 outside the torso box);
-            torso_hit [R] 1.0 where the ray meets the torso field, else 0.0; with gradient (training),
+            torso_hit [R] 1.0 where the ray meets the torso field, else 0.0; with ``distortion``,
             distortion [R] (``volrend.distortion``: how spread along the ray the weights are); when marching (rendering with
             ``render_cfg.march_steps`` and an occupancy grid set), also samples [R], the field queries made.
         """
         if self.mode == "shared":  # one network renders every ray: no split, no scatter back
-            return self._render(0, batch, jitter, gen, amp)
+            return self._render(0, batch, jitter, gen, amp, distortion)
         dev = batch["row"].device
         out = {k: torch.zeros(len(batch["row"]), *s, device=dev) for k, s in
                (("rgb", (3,)), ("head_acc", ()), ("torso_acc", ()), ("offset_sq", ()), ("torso_hit", ()))}
         for net, mask in self._net(batch["row"]):
             part = select_rays(batch, mask)
-            for k, v in self._render(net, part, jitter, gen, amp).items():
+            for k, v in self._render(net, part, jitter, gen, amp, distortion).items():
                 base = out[k] if k in out else v.new_zeros(len(batch["row"]), *v.shape[1:])
                 out[k] = base.index_put((mask,), v)
         return out
@@ -224,7 +226,7 @@ class AvatarModel(nn.Module):
                 "z_shape": self.z_shape(row), "z_app": self.z_app(row), "drive": self.drive_code(net, b), "et": et}
 
     def _render(self, net: int, b: dict[str, torch.Tensor], jitter: bool, gen,
-                amp: bool = False) -> dict[str, torch.Tensor]:
+                amp: bool = False, distortion: bool = False) -> dict[str, torch.Tensor]:
         if self.render_cfg.march_steps > 0 and self.occupancy is not None and not torch.is_grad_enabled():
             return self._march(net, b, amp)
         row = b["row"]
@@ -281,7 +283,7 @@ class AvatarModel(nn.Module):
         out = {"rgb": volrend.composite_over(rgb, acc, b["background"]),
                "head_acc": (weights * (source == 0)).sum(-1), "torso_acc": (weights * (source == 1)).sum(-1),
                "offset_sq": (torso["offset"] ** 2).sum(-1).mean(-1), "torso_hit": hit_t.float()}
-        if torch.is_grad_enabled():  # training: positions in head-sphere diameters, intervals in field extents
+        if distortion:  # positions in head-sphere diameters, intervals in field extents
             out["distortion"] = volrend.distortion(weights, t / (2 * radius[:, None]), vals["delta"])
         return out
 

@@ -350,7 +350,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
             for g, lr0 in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr0 * cfg.lr_decay**frac
             batch = sample_rays(persons, cfg.batch_rays, gens["rays"], cfg.audio_window)
-            rendered = model(batch, jitter=True, gen=gens["jitter"])
+            rendered = model(batch, jitter=True, gen=gens["jitter"], distortion=cfg.lambda_dist > 0)
             loss = losses(rendered, batch, model, cfg)
             total = loss["total"].detach()
             newly_bad = ~torch.isfinite(total) & ~bad

@@ -108,7 +108,8 @@ def test_training_sees_a_distortion_loss_only_when_weighted():
     persons = [_person(0), _person(1)]
     model = AvatarModel(persons, FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4), RenderConfig(8, 8))
     batch = sample_rays(persons, 64, torch.Generator().manual_seed(0), audio_window=4)
-    out = model(batch)
+    assert "distortion" not in model(batch)  # (not computed unless asked for)
+    out = model(batch, distortion=True)
     assert out["distortion"].shape == (64,) and (out["distortion"] >= 0).all()
     plain = losses(out, batch, model, TrainConfig())
     weighted = losses(out, batch, model, TrainConfig(lambda_dist=0.5))
