@@ -63,9 +63,8 @@ def render_persons(model: AvatarModel, items: list[tuple[PersonFrames, int]], ch
         amp: the field queries under float16 autocast (see the module docstring).
 
     Returns:
-        Per item: rgb [S, S, 3] in [0, 1], head_acc and torso_acc [S, S]; samples [S, S], the field queries
-        per pixel when marching (``RenderConfig.march_steps``; NaN on rays the sampler rendered, 0 where no
-        ray was cast).
+        Per item: rgb [S, S, 3] in [0, 1], head_acc and torso_acc [S, S]; when marching
+        (``RenderConfig.march_steps``), also samples [S, S], the field queries per pixel (0 where no ray was cast).
     """
     dev = model.head_center.device
     chunk = chunk or (4096 if dev.type == "cpu" else 65536)
@@ -85,11 +84,13 @@ def render_persons(model: AvatarModel, items: list[tuple[PersonFrames, int]], ch
         parts.append(part)
     batch = {key: torch.cat([q[key] for q in parts]) for key in parts[0]}
     n = len(batch["row"])
-    outs: dict[str, list[torch.Tensor]] = {"rgb": [], "head_acc": [], "torso_acc": [], "samples": []}
+    outs: dict[str, list[torch.Tensor]] = {"rgb": [], "head_acc": [], "torso_acc": []}
+    if model.render_cfg.march_steps > 0 and model.occupancy is not None:  # (what the model then marches)
+        outs["samples"] = []
     for a in range(0, n, chunk):
         out = model(select_rays(batch, slice(a, a + chunk)), jitter=False, amp=amp)
         for key in outs:
-            outs[key].append(out[key] if key in out else torch.full_like(out["head_acc"], float("nan")))
+            outs[key].append(out[key])
     flat = {key: torch.cat(v) if v else torch.zeros((0, 3) if key == "rgb" else (0,), device=dev)
             for key, v in outs.items()}
     results, at = [], 0
@@ -97,12 +98,14 @@ def render_persons(model: AvatarModel, items: list[tuple[PersonFrames, int]], ch
         m = len(parts[len(results)]["row"])
         s = p.size
         rgb, head, torso = bg.clone(), torch.zeros(s * s, device=dev), torch.zeros(s * s, device=dev)
-        samples = torch.zeros(s * s, device=dev)
         rgb[hit], head[hit], torso[hit] = flat["rgb"][at:at + m], flat["head_acc"][at:at + m], flat["torso_acc"][at:at + m]
-        samples[hit] = flat["samples"][at:at + m]
+        result = {"rgb": rgb.reshape(s, s, 3), "head_acc": head.reshape(s, s), "torso_acc": torso.reshape(s, s)}
+        if "samples" in flat:
+            samples = torch.zeros(s * s, device=dev)
+            samples[hit] = flat["samples"][at:at + m]
+            result["samples"] = samples.reshape(s, s)
         at += m
-        results.append({"rgb": rgb.reshape(s, s, 3), "head_acc": head.reshape(s, s), "torso_acc": torso.reshape(s, s),
-                        "samples": samples.reshape(s, s)})
+        results.append(result)
     return results
 
 

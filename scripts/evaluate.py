@@ -42,7 +42,7 @@ def main(argv=None) -> int:
                    help="render without the occupancy grid that render.py uses (every sample queried)")
     p.add_argument("--amp", action="store_true", help="render under float16 autocast (for GPUs; see nerf/render.py)")
     p.add_argument("--march_steps", type=int, default=0,
-                   help="render by marching through the occupancy grid, N steps per head diameter (render.py "
+                   help="render by marching through the occupancy grid, N steps per head diameter or torso depth (render.py "
                         "--march_steps; default 0: stratified + importance samples, as in training)")
     p.add_argument("--ray_samples", default="", help="COARSE+IMPORTANCE samples per field and ray for rendering, e.g. "
                    "24+16 (render.py --ray_samples; default: the training run's)")
