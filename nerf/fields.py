@@ -11,6 +11,9 @@ about persons beyond the latent codes it is handed (nerfstudio's layering).
   attention), the expression code while it listens (both of width drive_dim).
 - The torso field warps x to x' = x + D(gamma(x), gamma(et), z_shape) first
   (Nerfies-style; D starts at zero), then reads density and colour at x' with gamma(et).
+- Or the torso is a layer (``TorsoLayer``): the same warp, density and colour over the crop's
+  pixels instead of camera space, one query per ray, composited behind the head
+  (RAD-NeRF's and ER-NeRF's 2D torso, seen from the fixed camera).
 """
 
 from __future__ import annotations
@@ -209,3 +212,45 @@ class TorsoField(nn.Module):
         view = torch.cat([freq_encode(dirs, self.dir_freqs), z_app], -1)
         rgb = _rest(self.color, conditioned_linear(self.color[0], h[:, 1:], view, ray))
         return trunc_exp(h[:, 0] - 1.0), torch.sigmoid(rgb), offset
+
+
+class TorsoLayer(nn.Module):
+    """The torso as a layer behind the head: a pose-warped field over the crop's pixel plane.
+
+    From the fixed camera the torso is nearly flat and always behind the head, so RAD-NeRF and ER-NeRF model it
+    in 2D: the torso field's warp, density and colour, read at a pixel (u, v) instead of at points along its
+    ray. The ray then composites the head's samples, this layer (its opacity alpha is the weight left after
+    the head's, times alpha), and the plate: volume rendering with the layer as the ray's last sample. One
+    query per ray instead of a field's coarse and importance samples.
+
+    The hash grid is the 3D one (its fused kernel, tcnn and the parity tests carry over) read on the plane
+    z = 0: every level's z fraction is then 0.5, so each feature is the mean of two vertex planes that learn
+    alike; twice a 2D grid's gathers, on one query per ray.
+    """
+
+    def __init__(self, cfg: FieldConfig):
+        super().__init__()
+        self.et_freqs = cfg.pose_freqs if cfg.et_freqs is None else cfg.et_freqs
+        pose_in = 6 * (1 + 2 * self.et_freqs)
+        self.pose_freqs = cfg.pose_freqs
+        self.deform = mlp(2 * (1 + 2 * cfg.pose_freqs) + pose_in + cfg.shape_dim, cfg.hidden, 2)
+        nn.init.zeros_(self.deform[-1].weight)  # start as the identity warp
+        nn.init.zeros_(self.deform[-1].bias)
+        self.encoding = HashEncoding(cfg.torso_grid, cfg.hash_backend, cfg.hash_half)
+        self.density = mlp(self.encoding.output_dim + pose_in + cfg.shape_dim, cfg.hidden, 1 + cfg.geo_features)
+        self.color = mlp(cfg.geo_features + cfg.app_dim, cfg.hidden, 3)
+
+    def forward(self, uv01: torch.Tensor, et: torch.Tensor, z_shape: torch.Tensor, z_app: torch.Tensor,
+                ray: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Args: uv01 [N, 2] pixel centres over the crop in [0, 1]^2; per ray: et [R, 6] (the torso's pose
+        input), z_shape, z_app; ray [N] long, each query's ray (None: R = N, the rows align, or R = 1).
+
+        Returns: alpha [N] in (0, 1), rgb [N, 3], the warp offset [N, 2] (for its regularizer).
+        """
+        cond = torch.cat([freq_encode(et, self.et_freqs), z_shape], -1)
+        offset = _rest(self.deform, conditioned_linear(self.deform[0], freq_encode(uv01, self.pose_freqs), cond, ray))
+        warped = (uv01 + offset).clamp(0.0, 1.0)
+        h = _rest(self.density, conditioned_linear(self.density[0], self.encoding(F.pad(warped, (0, 1))), cond, ray))
+        rgb = _rest(self.color, conditioned_linear(self.color[0], h[:, 1:], z_app, ray))
+        # (alpha starts near sigmoid(-1) = 0.27, as a ray through the volume torso starts near 1 - e^-0.37 = 0.31)
+        return torch.sigmoid(h[:, 0].float() - 1.0), torch.sigmoid(rgb), offset

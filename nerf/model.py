@@ -4,7 +4,9 @@ One network for every person (``mode="shared"``, the paper's claim) or one per p
 (``mode="per_person"``, the AD-NeRF-style baseline in the same code). Rendering a ray:
 stratified then importance samples through the head field (in head space, moved there
 by the inverse head pose) and through the torso field (camera space); both sample sets
-merge by depth and composite once over the person's background plate.
+merge by depth and composite once over the person's background plate. With ``torso_layer`` the
+torso is a pose-warped layer over the crop's pixels instead (``nerf.fields.TorsoLayer``): one
+query per ray, composited behind the head's samples in the same pass.
 """
 
 from __future__ import annotations
@@ -18,9 +20,12 @@ from torch import nn
 from data_prep.head_pose import rotation_from_euler_pyr
 from nerf import march, occupancy, rays, sampler, volrend
 from nerf.data import PersonFrames, select_rays
-from nerf.fields import AudioDrive, ExpressionEncoder, FieldConfig, HeadField, TorsoField
+from nerf.fields import AudioDrive, ExpressionEncoder, FieldConfig, HeadField, TorsoField, TorsoLayer
 
 TORSO_HALF_DEPTH = 0.35  # the torso box's half depth (head units): its sample spacing is measured in it
+LAYER_HIDDEN = 1e-6
+"""Rendering skips a torso layer's query on rays the head leaves less transmittance than this (what it would add
+is below it)."""
 
 
 @dataclasses.dataclass
@@ -47,10 +52,13 @@ class AvatarModel(nn.Module):
     """Latent codes and fields for P persons; renders ray batches of ``nerf.data.sample_rays``."""
 
     def __init__(self, persons: list[PersonFrames], cfg: FieldConfig, render: RenderConfig, mode: str = "shared",
-                 torso_cull: bool = False, pose_norm: bool = False, torso_follow: bool = False):
+                 torso_cull: bool = False, pose_norm: bool = False, torso_follow: bool = False,
+                 torso_layer: bool = False):
         super().__init__()
         if mode not in ("shared", "per_person"):
             raise ValueError(f"model mode must be shared or per_person, not {mode!r}")
+        if torso_layer and torso_follow:
+            raise ValueError("torso_follow moves the volume torso's 3D points; the torso layer has none")
         if pose_norm and cfg.et_freqs is None:  # a standardized pose enters as it is (see TrainConfig.pose_norm)
             cfg = dataclasses.replace(cfg, et_freqs=0)
         self.cfg, self.render_cfg, self.mode = cfg, render, mode
@@ -64,7 +72,8 @@ class AvatarModel(nn.Module):
         nn.init.normal_(self.z_app.weight, std=0.1)
         n_nets = 1 if mode == "shared" else P
         self.head = nn.ModuleList(HeadField(cfg) for _ in range(n_nets))
-        self.torso = nn.ModuleList(TorsoField(cfg) for _ in range(n_nets))
+        self.torso_layer = torso_layer
+        self.torso = nn.ModuleList((TorsoLayer if torso_layer else TorsoField)(cfg) for _ in range(n_nets))
         self.audio = nn.ModuleList(AudioDrive(cfg.audio_dim, cfg.drive_dim, cfg.hidden, cfg.audio_window)
                                    for _ in range(n_nets))
         self.expr = nn.ModuleList(ExpressionEncoder(cfg.expr_dim, cfg.drive_dim, cfg.hidden) for _ in range(n_nets))
@@ -171,7 +180,11 @@ class AvatarModel(nn.Module):
         center, radius = self.head_center[row], self.head_radius[row]
         near_h, far_h, hit_h = rays.sphere_interval(o_h, d_h, center, radius)
         lo, hi = self.torso_min[row], self.torso_max[row]
-        near_t, far_t, hit_t = rays.box_interval(torch.zeros_like(dirs), dirs, lo, hi)
+        if self.torso_layer:  # every pixel lies on the layer: no interval
+            near_t = far_t = torch.zeros_like(near_h)
+            hit_t = torch.ones_like(hit_h)
+        else:
+            near_t, far_t, hit_t = rays.box_interval(torch.zeros_like(dirs), dirs, lo, hi)
         if self.torso_cull:  # (without it the box is the whole crop: no test, no kernel launches)
             box = self.torso_pixels[row]
             hit_t = hit_t & (b["u"] >= box[:, 0]) & (b["u"] <= box[:, 2]) & (b["v"] >= box[:, 1]) & (b["v"] <= box[:, 3])
@@ -182,7 +195,8 @@ class AvatarModel(nn.Module):
         occ = self.occupancy
         if cull and occ is not None:  # a ray that crosses no occupied cell of a field cannot see it
             hit_h = hit_h & _crosses_occupied(occ.head, row, head_01, near_h, far_h)
-            hit_t = hit_t & _crosses_occupied(occ.torso, row, torso_01, near_t, far_t)
+            if not self.torso_layer:
+                hit_t = hit_t & _crosses_occupied(occ.torso, row, torso_01, near_t, far_t)
         return {"dirs": dirs, "o_h": o_h, "d_h": d_h, "center": center, "radius": radius, "lo": lo, "hi": hi,
                 "near_h": near_h, "far_h": far_h, "hit_h": hit_h,
                 "near_t": near_t, "far_t": far_t, "hit_t": hit_t, "head_01": head_01, "torso_01": torso_01}
@@ -270,6 +284,14 @@ class AvatarModel(nn.Module):
                 sigma, rgb, offset = self.torso[net](x, unit, et, z_shape, z_app, ray)
             return scatter(sigma, ray, k, t.shape), scatter(rgb, ray, k, t.shape), scatter(offset, ray, k, t.shape)
 
+        if self.torso_layer:
+            (head,) = self._field_samples([(head_query, g["near_h"], g["far_h"], 2 * radius)], jitter, gen)
+            weights = volrend.render_weights(head["sigma"], head["delta"])
+            out = self._layer_behind(net, b, c, hit_t, volrend.accumulate(weights, head["rgb"]), weights.sum(-1), amp)
+            del out["layer_queried"]
+            if distortion:
+                out["distortion"] = volrend.distortion(weights, head["t"] / (2 * radius[:, None]), head["delta"])
+            return out
         head, torso = self._field_samples(
             [(head_query, g["near_h"], g["far_h"], 2 * radius),
              (torso_query, g["near_t"], g["far_t"], torch.full_like(g["near_t"], 2 * TORSO_HALF_DEPTH))],
@@ -300,6 +322,8 @@ class AvatarModel(nn.Module):
         t0 = torch.minimum(torch.where(hit_h, g["near_h"], inf), torch.where(hit_t, g["near_t"], inf))
         t1 = torch.maximum(torch.where(hit_h, g["far_h"], -inf), torch.where(hit_t, g["far_t"], -inf))
         hit = hit_h | hit_t
+        if self.torso_layer:  # march the head alone; the layer lies behind it
+            t0, t1, hit = g["near_h"], g["far_h"], hit_h
         t0, t1 = torch.where(hit, t0, 0.0), torch.where(hit, t1, 0.0)
         dt = torch.minimum(2 * radius, torch.full_like(radius, 2 * TORSO_HALF_DEPTH)) / rc.march_steps
         n_steps = torch.ceil((t1 - t0) / dt).clamp_min(0).long()
@@ -325,12 +349,48 @@ class AvatarModel(nn.Module):
                 sigma, rgb, _ = self.torso[net](x01, c["unit"], c["et"], c["z_shape"], c["z_app"], r)
             return sigma.float() / (2 * TORSO_HALF_DEPTH), rgb
 
-        out = march.march([march.MarchField(live(g["head_01"], occ.head, hit_h, g["near_h"], g["far_h"]), head),
-                           march.MarchField(live(g["torso_01"], occ.torso, hit_t, g["near_t"], g["far_t"]), torso)],
-                          t0, dt, n_steps, rc.stop_depth, rc.march_round)
+        fields = [march.MarchField(live(g["head_01"], occ.head, hit_h, g["near_h"], g["far_h"]), head)]
+        if self.torso_layer:
+            out = march.march(fields, t0, dt, n_steps, rc.stop_depth, rc.march_round)
+            res = self._layer_behind(net, b, c, hit_t, out["rgb"], out["acc"], amp)
+            res["samples"] = out["samples"] + res.pop("layer_queried")
+            return res
+        fields.append(march.MarchField(live(g["torso_01"], occ.torso, hit_t, g["near_t"], g["far_t"]), torso))
+        out = march.march(fields, t0, dt, n_steps, rc.stop_depth, rc.march_round)
         return {"rgb": volrend.composite_over(out["rgb"], out["acc"], b["background"]),
                 "head_acc": out["field_acc"][0], "torso_acc": out["field_acc"][1],
                 "offset_sq": torch.zeros_like(t0), "torso_hit": hit_t.float(), "samples": out["samples"]}
+
+    def _layer_behind(self, net: int, b: dict[str, torch.Tensor], c: dict[str, torch.Tensor], hit_t: torch.Tensor,
+                      rgb_h: torch.Tensor, acc_h: torch.Tensor, amp: bool = False) -> dict[str, torch.Tensor]:
+        """The torso layer (``TorsoLayer``) behind the head's accumulated colour rgb_h [R, 3] and opacity acc_h [R],
+        then the plate: the layer is the ray's last sample, its weight the transmittance the head leaves times
+        its alpha. Rays outside hit_t [R] (the torso's pixel box with ``torso_cull``) do not query it, nor, when
+        rendering, rays the head leaves less than ``LAYER_HIDDEN`` of transmittance.
+
+        Returns the ``forward`` outputs (offset_sq: the layer's squared warp) and layer_queried [R] (1.0 where the
+        layer was queried; training: every hit ray).
+        """
+        S = self.image_size
+        uv01 = torch.stack([(b["u"] + 0.5) / S, (b["v"] + 0.5) / S], -1).float()
+        c_et, z_shape, z_app = c["et"], c["z_shape"], c["z_app"]
+        half = torch.autocast(uv01.device.type, dtype=torch.float16, enabled=amp)
+        query = hit_t if torch.is_grad_enabled() else hit_t & (acc_h < 1.0 - LAYER_HIDDEN)
+        if torch.is_grad_enabled() and not self.torso_cull:  # every ray (no index, no sync)
+            with half:
+                alpha, rgb_t, offset = self.torso[net](uv01, c_et, z_shape, z_app)
+            alpha, rgb_t, offset = alpha.float(), rgb_t.float(), offset.float()
+        else:
+            ray = query.nonzero()[:, 0]
+            with half:
+                a, r, o = self.torso[net](uv01[ray], c_et, z_shape, z_app, ray)
+            alpha = acc_h.new_zeros(len(acc_h)).index_put((ray,), a.float())
+            rgb_t = acc_h.new_zeros(len(acc_h), 3).index_put((ray,), r.float())
+            offset = acc_h.new_zeros(len(acc_h), 2).index_put((ray,), o.float())
+        w_t = (1.0 - acc_h) * alpha
+        return {"rgb": volrend.composite_over(rgb_h + w_t[:, None] * rgb_t, acc_h + w_t, b["background"]),
+                "head_acc": acc_h, "torso_acc": w_t, "offset_sq": (offset ** 2).sum(-1), "torso_hit": hit_t.float(),
+                "layer_queried": query.float()}
 
     def _field_samples(self, fields, jitter, gen) -> list[dict[str, torch.Tensor]]:
         """Coarse then importance samples of each field; deltas in units of the field's own extent.

@@ -9,7 +9,7 @@ occupied where any of them gives density above a threshold:
   speech, plus the frames with the most extreme expressions, so a wide-open mouth, raised brows or a
   tongue are not culled;
 - torso: the head poses (the deformation moves the torso with the head) of the same frames plus the
-  most extreme poses.
+  most extreme poses (a torso layer, ``nerf.fields.TorsoLayer``, has no volume: its grid is all occupied).
 
 The grid is then dilated by ``dilate`` cells, a margin for drives and poses between and a little beyond
 the spread. The model's sampler keeps its sample positions and only skips the field queries of samples
@@ -108,7 +108,7 @@ def build(model, persons: list, resolution: int | None = None, n_frames: int = 8
                 sigma, _ = model.head[net](x, any_dir, z_shape, z_app, d[None])
                 h_max[a:a + m] = torch.maximum(h_max[a:a + m], sigma)
             one = torch.zeros(m, dtype=torch.long, device=dev)
-            for et, R_f, t_f in zip(pose, R, t):
+            for et, R_f, t_f in zip(pose if not model.torso_layer else [], R, t):
                 xf = model.follow_head(x, rowt, R_f[None], t_f[None], one)
                 sigma, _, _ = model.torso[net](xf, any_dir, et[None], z_shape, z_app)
                 t_max[a:a + m] = torch.maximum(t_max[a:a + m], sigma)
@@ -117,5 +117,7 @@ def build(model, persons: list, resolution: int | None = None, n_frames: int = 8
             if dilate > 0:
                 occupied = F.max_pool3d(occupied, 2 * dilate + 1, stride=1, padding=dilate)
             grid[p.row] = occupied[0, 0] > 0
+        if model.torso_layer:  # a layer has no volume to skip: its one query per ray is always made
+            torso[p.row] = True
     model.train(was_training)
     return OccupancyGrid(head=head, torso=torso)

@@ -118,12 +118,17 @@ class TrainConfig:
     its rotation about the head, away from the person's mean pose; ``AvatarModel.follow_head``), both starting at
     0: a torso that sways with the head needs no large learned warp. Experimental: measured in docs/PERFORMANCE.md."""
 
+    torso_field: str = "volume"
+    """volume (the torso field in camera space, sampled along each ray like the head) or layer (a pose-warped
+    field over the crop's pixels, composited behind the head: one query per ray; RAD-NeRF's and ER-NeRF's 2D
+    torso; ``nerf.fields.TorsoLayer``). Measured in docs/PERFORMANCE.md."""
+
     # Keys that shape the model: a checkpoint is only valid for a run with the same values.
     MODEL_KEYS = ("image_size", "model", "hidden", "n_levels", "log2_hashmap_size", "base_resolution",
                   "finest_resolution", "audio_window", "wav2lip_ckpt", "audio_pretrain_iters", "torso_cull",
-                  "pose_norm", "torso_follow")
+                  "pose_norm", "torso_follow", "torso_field")
     # Model keys added after checkpoints were written, with the value those checkpoints were trained with.
-    LATER_KEYS = {"torso_cull": False, "pose_norm": False, "torso_follow": False}
+    LATER_KEYS = {"torso_cull": False, "pose_norm": False, "torso_follow": False, "torso_field": "volume"}
 
     def field_config(self, expr_dim: int) -> FieldConfig:
         grid = HashGridConfig(n_levels=self.n_levels, log2_hashmap_size=self.log2_hashmap_size,
@@ -236,10 +241,15 @@ def check_compatible(ckpt: dict, cfg: TrainConfig, persons: list[PersonFrames]) 
 def build(cfg: TrainConfig, persons: list[PersonFrames],
           device: torch.device | str = "cpu") -> tuple[AvatarModel, torch.optim.Optimizer]:
     """The model (initialized from cfg.seed on the CPU, then moved: the same weights on any device) and its Adam."""
+    if cfg.torso_field not in ("volume", "layer"):
+        raise TrainError(f"torso_field must be volume or layer, not {cfg.torso_field!r}")
+    if cfg.torso_field == "layer" and cfg.torso_follow:
+        raise TrainError("torso_follow moves the volume torso's points: it does not apply to --torso_field layer")
     torch.manual_seed(cfg.seed)
     model = AvatarModel(persons, cfg.field_config(persons[0].expr.shape[1]),
                         RenderConfig(cfg.n_coarse, cfg.n_importance), mode=cfg.model, torso_cull=cfg.torso_cull,
-                        pose_norm=cfg.pose_norm, torso_follow=cfg.torso_follow).to(device)
+                        pose_norm=cfg.pose_norm, torso_follow=cfg.torso_follow,
+                        torso_layer=cfg.torso_field == "layer").to(device)
     hash_ids = {id(p) for p in model.hash_parameters()}
     others = [p for p in model.parameters() if id(p) not in hash_ids]
     # On a GPU the fused Adam: one kernel per step for all parameters instead of several per tensor list

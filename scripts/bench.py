@@ -117,7 +117,7 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
                 model_kind: str = "shared", hash_backend: str = "auto", render: bool = True,
                 ckpt: str = "", batch_rays: list[int] | None = None, profile_dir: str = "",
                 compile: bool = False, march_steps: list[int] | None = None,
-                ray_samples: list[tuple[int, int]] | None = None) -> list[dict]:
+                ray_samples: list[tuple[int, int]] | None = None, torso_field: str = "volume") -> list[dict]:
     """Training iterations/s at the preset (and at each of ``batch_rays``) and two-person render FPS on the
     prepared datasets; with ``profile_dir``, a torch.profiler table of a few training iterations and of
     one rendered frame (``_profile``)."""
@@ -134,7 +134,7 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
 
     args = build_parser().parse_args(["--config", str(preset), *[x for d in data for x in ("--data", str(d))]])
     cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    cfg.model, cfg.hash_backend = model_kind, hash_backend
+    cfg.model, cfg.hash_backend, cfg.torso_field = model_kind, hash_backend, torso_field
     torch.manual_seed(0)
     # Speed does not depend on the audio encoder's weights: a freshly initialized one codes the frames.
     persons = [p.to(dev) for p in load_datasets(cfg.data, cfg.image_size, Wav2LipAudioEncoder().eval())]
@@ -169,20 +169,21 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / train_iters
         mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
-        what = f"{model_kind}, hash {hash_backend}, {Path(preset).name}, {n_rays} rays, {cfg.image_size} px" + (
+        what = f"{model_kind}, torso {torso_field}, hash {hash_backend}, {Path(preset).name}, {n_rays} rays, " \
+            f"{cfg.image_size} px" + (
             f", compiled (3 warm-up steps {warm_s:.0f} s)" if compile else "")
         rows.append({"row": f"training ({what})", "iterations_per_s": 1 / dt, "rays_per_s": n_rays / dt,
                      "peak_gpu_gib": mem, "parameters": sum(p.numel() for p in model.parameters())})
         print(f"  training ({what}): {1 / dt:.2f} it/s, {n_rays / dt:.3g} rays/s, peak {mem:.2f} GiB")
     if profile_dir:
-        _profile(Path(profile_dir) / f"profile_train_{model_kind}_{hash_backend}.txt", step, 5, cuda)
+        _profile(Path(profile_dir) / f"profile_train_{model_kind}_{torso_field}_{hash_backend}.txt", step, 5, cuda)
     if not render:
         return rows
     if ckpt:  # render a trained model (an untrained one is dense everywhere: no occupancy grid can help it)
         from nerf.evaluate import load_model
 
         del model, opt
-        model, persons, _ = load_model(ckpt, list(data), str(dev))
+        model, persons, cfg = load_model(ckpt, list(data), str(dev))
         if compile:
             compile_fields(model)
     model.eval()
@@ -208,7 +209,7 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
             torch.cuda.reset_peak_memory_stats(dev)
         spf = _timer(lambda amp=amp: render_persons(model, frames_of(next(turn)), amp=amp), render_frames, cuda)
         mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
-        what = f"{model_kind}, {len(persons)} persons x {cfg.image_size}^2, batched" + (
+        what = f"{model_kind}, torso {cfg.torso_field}, {len(persons)} persons x {cfg.image_size}^2, batched" + (
             ", compiled" if compile else "") + (
             f", occupancy grid ({share} occupied, built in {built:.1f} s)" if with_grid else ", every sample") + (
             ", float16 autocast" if amp else "")
@@ -233,7 +234,8 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
             spf = _timer(lambda amp=amp: render_persons(model, frames_of(next(turn)), amp=amp), render_frames, cuda)
             mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
             other = render_persons(model, frames_of(0), amp=amp)
-            what = f"{model_kind}, {len(persons)} persons x {cfg.image_size}^2, occupancy grid, {label}" \
+            what = f"{model_kind}, torso {cfg.torso_field}, {len(persons)} persons x {cfg.image_size}^2, " \
+                f"occupancy grid, {label}" \
                 + (", float16 autocast" if amp else "")
             row = {"row": f"render ({what})", "frames_per_s": 1 / spf, "peak_gpu_gib": mem,
                    "psnr_vs_sampled_db": psnr_between(other, sampled)}
@@ -246,11 +248,11 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
                   + f"{row['psnr_vs_sampled_db']:.1f} dB PSNR against the {trained[0]}+{trained[1]} sampled render")
         if profile_dir:
             name = "_".join(f"{k}{v}" for k, v in settings.items())
-            _profile(Path(profile_dir) / f"profile_render_{model_kind}_{name}.txt",
+            _profile(Path(profile_dir) / f"profile_render_{model_kind}_{cfg.torso_field}_{name}.txt",
                      lambda: render_persons(model, frames_of(next(turn))), 1, cuda)
         rc.march_steps, (rc.n_coarse, rc.n_importance) = 0, trained
     if profile_dir:
-        _profile(Path(profile_dir) / f"profile_render_{model_kind}.txt",
+        _profile(Path(profile_dir) / f"profile_render_{model_kind}_{cfg.torso_field}.txt",
                  lambda: render_persons(model, frames_of(next(turn))), 1, cuda)
     model.occupancy = None
     return rows
@@ -325,6 +327,9 @@ def main(argv=None) -> int:
     p.add_argument("--ckpt", default="", help="a checkpoint trained on --data for the render rows (default: the "
                    "untrained model, which says nothing about the occupancy grid)")
     p.add_argument("--models", default="shared", help="comma-separated training rows: shared, per_person")
+    p.add_argument("--torso_fields", default="volume",
+                   help="comma-separated torso fields of the training and untrained render rows: volume (sampled "
+                        "along each ray), layer (one query per ray behind the head; train.py --torso_field)")
     p.add_argument("--hash_backends", default="auto",
                    help="comma-separated hash backends of the training rows (auto, torch, cuda, tcnn)")
     p.add_argument("--batch_rays", default="",
@@ -350,6 +355,9 @@ def main(argv=None) -> int:
     try:
         rays = _positive_ints(args.batch_rays, "--batch_rays") or None
         march = _positive_ints(args.march_steps, "--march_steps")
+        torsos = args.torso_fields.split(",")
+        if not set(torsos) <= {"volume", "layer"}:
+            raise ValueError(f"--torso_fields takes volume and layer, not {args.torso_fields!r}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -370,14 +378,15 @@ def main(argv=None) -> int:
     sizes = [2**18, 2**20] if dev.type == "cuda" else [2**14, 2**16]
     rows = bench_hashgrid(dev, sizes, args.repeats)
     if args.data:
-        first = True
-        for kind in args.models.split(","):
-            for backend in args.hash_backends.split(","):
-                its = args.train_iters if backend != "torch" else max(5, args.train_iters // 5)
-                rows += bench_model(dev, args.data, args.preset, its, args.render_frames, kind, backend, render=first,
-                                    ckpt=args.ckpt, batch_rays=rays, profile_dir=args.profile, compile=args.compile,
-                                    march_steps=march, ray_samples=samples)
-                first = False
+        rendered = set()
+        for kind, torso, backend in itertools.product(args.models.split(","), torsos, args.hash_backends.split(",")):
+            its = args.train_iters if backend != "torch" else max(5, args.train_iters // 5)
+            # render rows: once for a checkpoint (its own torso field), else once per torso field (untrained)
+            render = (key := "ckpt" if args.ckpt else torso) not in rendered
+            rendered.add(key)
+            rows += bench_model(dev, args.data, args.preset, its, args.render_frames, kind, backend, render=render,
+                                ckpt=args.ckpt, batch_rays=rays, profile_dir=args.profile, compile=args.compile,
+                                march_steps=march, ray_samples=samples, torso_field=torso)
     text = table(rows, name)
     print(text)
     if args.out:

@@ -359,3 +359,75 @@ def test_torso_follow_moves_torso_points_back_with_the_heads_motion_by_its_share
     batch = frame_batch(p, f, model.cfg.audio_window)
     model(batch, jitter=False)["rgb"].sum().backward()
     assert model.follow.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("mode", ["shared", "per_person"])
+def test_the_torso_layer_is_each_rays_last_sample_behind_the_head(mode, monkeypatch):
+    from nerf import occupancy
+    from nerf.fields import TorsoLayer
+    from nerf.render import render_frame
+
+    torch.manual_seed(0)
+    persons = [_person(0), _person(1)]
+    for p in persons:
+        p.background = torch.rand(16, 16, 3)
+    cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
+    model = AvatarModel(persons, cfg, RenderConfig(8, 8), mode=mode, torso_layer=True)
+    layer = model.torso[-1]
+    assert isinstance(layer, TorsoLayer)
+    calls = []
+    real = TorsoLayer.forward
+    monkeypatch.setattr(TorsoLayer, "forward", lambda self, uv, *a: calls.append(len(uv)) or real(self, uv, *a))
+    out = render_frame(model, persons[1], 3)
+    # The layer read directly at every pixel centre under frame 3's pose, composited behind the head's opacity
+    # and over the plate: the render is exactly that (the head's own colour left aside where it is transparent).
+    v, u = torch.meshgrid(torch.arange(16.0), torch.arange(16.0), indexing="ij")
+    uv01 = torch.stack([(u.flatten() + 0.5) / 16, (v.flatten() + 0.5) / 16], -1)
+    row = torch.ones(1, dtype=torch.long)
+    et = model.torso_pose(torch.cat([persons[1].euler[3], persons[1].t[3]])[None], row)
+    with torch.no_grad():
+        alpha, rgb_t, _ = real(layer, uv01, et, model.z_shape(row), model.z_app(row))
+    head = out["head_acc"].flatten()
+    torch.testing.assert_close(out["torso_acc"].flatten(), (1 - head) * alpha)
+    bare = head == 0  # rays that miss the head sphere: the layer over the plate alone
+    assert bare.sum() > 50 and (~bare).sum() > 50
+    expected = alpha[:, None] * rgb_t + (1 - alpha[:, None]) * persons[1].background.reshape(-1, 3)
+    torch.testing.assert_close(out["rgb"].reshape(-1, 3)[bare], expected[bare])
+    assert calls == [256]  # one query per ray, the head's rays included
+    # An opaque head hides the layer: when rendering, its rays do not query it (training would)
+    with torch.no_grad():
+        for f in model.head:
+            f.density[-1].bias.fill_(30.0)
+    calls.clear()
+    opaque = render_frame(model, persons[1], 3)
+    assert 0 < calls[0] <= int(bare.sum()) and (opaque["torso_acc"].flatten()[~bare] == 0).all()
+    # The occupancy grid leaves the layer whole (nothing to skip), and marching the head gives the same frame
+    model.occupancy = occupancy.build(model, persons, resolution=8)
+    assert model.occupancy.torso.all()
+    model.render_cfg.march_steps = 256
+    marched = render_frame(model, persons[1], 3)
+    assert (marched["rgb"] - opaque["rgb"]).abs().max() < 0.02
+    assert torch.equal(marched["torso_acc"].flatten()[bare], opaque["torso_acc"].flatten()[bare])
+
+
+def test_the_torso_layer_trains_its_warp_and_refuses_torso_follow():
+    from nerf.trainer import TrainConfig, TrainError, build
+
+    torch.manual_seed(0)
+    p = _moving_person(angle=0.1, shift=0.02)
+    cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
+    model = AvatarModel([p], cfg, RenderConfig(8, 8), torso_layer=True)
+    out = model(frame_batch(p, 2, model.cfg.audio_window), distortion=True)
+    assert out["offset_sq"].shape == (256,) and (out["torso_hit"] == 1).all()
+    (out["rgb"].sum() + out["distortion"].sum()).backward()
+    layer = model.torso[0]
+    assert layer.encoding.tables.grad.abs().sum() > 0 and layer.deform[-1].weight.grad.abs().sum() > 0
+    # the warp is 2D, over pixel coordinates; the grid is read on its z = 0 plane
+    assert layer.deform[-1].out_features == 2
+    with pytest.raises(ValueError, match="torso_follow"):
+        AvatarModel([p], cfg, RenderConfig(8, 8), torso_layer=True, torso_follow=True)
+    with pytest.raises(TrainError, match="volume or layer"):
+        build(TrainConfig(torso_field="plane"), [p])
+    with pytest.raises(TrainError, match="torso_follow"):
+        build(TrainConfig(torso_field="layer", torso_follow=True), [p])
+    assert TrainConfig.LATER_KEYS["torso_field"] == "volume"  # checkpoints from before the option load as volume
