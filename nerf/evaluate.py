@@ -11,8 +11,6 @@ offset beside it), and the correlation at that shift.
 
 from __future__ import annotations
 
-import dataclasses
-import json
 from pathlib import Path
 
 import numpy as np
@@ -26,7 +24,7 @@ from nerf.data import load_datasets
 from nerf.device import prepare_device, resolve_device
 from nerf.occupancy import build as build_occupancy
 from nerf.render import render_frame
-from nerf.trainer import TrainConfig, TrainError, build, check_compatible, checkpoint_audio_encoder, load_checkpoint
+from nerf.trainer import TrainError, build, check_compatible, checkpoint_audio_encoder, config_of, load_checkpoint
 
 
 def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu", occupancy: bool = False,
@@ -45,10 +43,7 @@ def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu", occu
     if ray_samples is not None:
         _check_ray_samples(*ray_samples)
     ckpt = ckpt if ckpt is not None else load_checkpoint(Path(ckpt_path))
-    saved = json.loads(ckpt["config"])
-    known = {f.name for f in dataclasses.fields(TrainConfig)}
-    cfg = TrainConfig(**{k: v for k, v in saved.items() if k in known})
-    cfg.data = list(data)
+    cfg = config_of(ckpt, data=list(data))
     persons = load_datasets(cfg.data, cfg.image_size, checkpoint_audio_encoder(ckpt, Path(ckpt_path)))
     dev = resolve_device(device)
     prepare_device(dev)

@@ -287,7 +287,8 @@ class AvatarModel(nn.Module):
         if self.torso_layer:
             (head,) = self._field_samples([(head_query, g["near_h"], g["far_h"], 2 * radius)], jitter, gen)
             weights = volrend.render_weights(head["sigma"], head["delta"])
-            out = self._layer_behind(net, b, c, hit_t, volrend.accumulate(weights, head["rgb"]), weights.sum(-1), amp)
+            out = self._layer_behind(net, b, c, hit_h, hit_t, volrend.accumulate(weights, head["rgb"]), weights.sum(-1),
+                                     amp)
             del out["layer_queried"]
             if distortion:
                 out["distortion"] = volrend.distortion(weights, head["t"] / (2 * radius[:, None]), head["delta"])
@@ -352,7 +353,7 @@ class AvatarModel(nn.Module):
         fields = [march.MarchField(live(g["head_01"], occ.head, hit_h, g["near_h"], g["far_h"]), head)]
         if self.torso_layer:
             out = march.march(fields, t0, dt, n_steps, rc.stop_depth, rc.march_round)
-            res = self._layer_behind(net, b, c, hit_t, out["rgb"], out["acc"], amp)
+            res = self._layer_behind(net, b, c, hit_h, hit_t, out["rgb"], out["acc"], amp)
             res["samples"] = out["samples"] + res.pop("layer_queried")
             return res
         fields.append(march.MarchField(live(g["torso_01"], occ.torso, hit_t, g["near_t"], g["far_t"]), torso))
@@ -361,15 +362,16 @@ class AvatarModel(nn.Module):
                 "head_acc": out["field_acc"][0], "torso_acc": out["field_acc"][1],
                 "offset_sq": torch.zeros_like(t0), "torso_hit": hit_t.float(), "samples": out["samples"]}
 
-    def _layer_behind(self, net: int, b: dict[str, torch.Tensor], c: dict[str, torch.Tensor], hit_t: torch.Tensor,
-                      rgb_h: torch.Tensor, acc_h: torch.Tensor, amp: bool = False) -> dict[str, torch.Tensor]:
+    def _layer_behind(self, net: int, b: dict[str, torch.Tensor], c: dict[str, torch.Tensor], hit_h: torch.Tensor,
+                      hit_t: torch.Tensor, rgb_h: torch.Tensor, acc_h: torch.Tensor,
+                      amp: bool = False) -> dict[str, torch.Tensor]:
         """The torso layer (``TorsoLayer``) behind the head's accumulated colour rgb_h [R, 3] and opacity acc_h [R],
         then the plate: the layer is the ray's last sample, its weight the transmittance the head leaves times
         its alpha. Rays outside hit_t [R] (the torso's pixel box with ``torso_cull``) do not query it, nor, when
         rendering, rays the head leaves less than ``LAYER_HIDDEN`` of transmittance.
 
-        Returns the ``forward`` outputs (offset_sq: the layer's squared warp) and layer_queried [R] (1.0 where the
-        layer was queried; training: every hit ray).
+        Returns the ``forward`` outputs (offset_sq: the layer's squared warp; head_hit: 1.0 where the ray meets the
+        head sphere, hit_h) and layer_queried [R] (1.0 where the layer was queried; training: every hit ray).
         """
         S = self.image_size
         uv01 = torch.stack([(b["u"] + 0.5) / S, (b["v"] + 0.5) / S], -1).float()
@@ -390,6 +392,7 @@ class AvatarModel(nn.Module):
         w_t = (1.0 - acc_h) * alpha
         return {"rgb": volrend.composite_over(rgb_h + w_t[:, None] * rgb_t, acc_h + w_t, b["background"]),
                 "head_acc": acc_h, "torso_acc": w_t, "offset_sq": (offset ** 2).sum(-1), "torso_hit": hit_t.float(),
+                "head_hit": hit_h.float(),
                 "layer_queried": query.float()}
 
     def _field_samples(self, fields, jitter, gen) -> list[dict[str, torch.Tensor]]:

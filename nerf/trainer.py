@@ -108,20 +108,21 @@ class TrainConfig:
     CPU box 1.45x the training iterations/s and 1.35-1.8x the render rate (1.1x with the occupancy grid), but on
     the 64-128 px CPU runs a person's held-out PSNR moved by -1.1 to +0.6 dB against the default (seed noise
     there: 0.4-1.6 dB): off until a full-scale comparison decides (docs/PERFORMANCE.md)."""
-    pose_norm: bool = False
+    pose_norm: bool = True
     """The torso field reads the head pose standardized per person (mean and spread of the training frames) and
-    as it is, without the sin/cos frequencies the default applies to the raw pose. Experimental: measured in
-    docs/PERFORMANCE.md."""
+    as it is; false: the raw pose (Euler angles, translation) through sin/cos frequencies, as before 2026-11-23.
+    On by default since it gained on every 128 px CPU comparison (three datasets, docs/PERFORMANCE.md)."""
 
     torso_follow: bool = False
     """The torso's points move with the head by two learned shares per person (of the head's translation and of
     its rotation about the head, away from the person's mean pose; ``AvatarModel.follow_head``), both starting at
     0: a torso that sways with the head needs no large learned warp. Experimental: measured in docs/PERFORMANCE.md."""
 
-    torso_field: str = "volume"
-    """volume (the torso field in camera space, sampled along each ray like the head) or layer (a pose-warped
-    field over the crop's pixels, composited behind the head: one query per ray; RAD-NeRF's and ER-NeRF's 2D
-    torso; ``nerf.fields.TorsoLayer``). Measured in docs/PERFORMANCE.md."""
+    torso_field: str = "layer"
+    """layer (a pose-warped field over the crop's pixels, composited behind the head: one query per ray; RAD-NeRF's
+    and ER-NeRF's 2D torso; ``nerf.fields.TorsoLayer``) or volume (the torso field in camera space, sampled along
+    each ray like the head; the default before 2026-11-23). The layer trains 1.8x and renders 1.8-2.3x as fast on
+    the CPU box and, at equal training time, scored higher on two of three datasets (docs/PERFORMANCE.md)."""
 
     # Keys that shape the model: a checkpoint is only valid for a run with the same values.
     MODEL_KEYS = ("image_size", "model", "hidden", "n_levels", "log2_hashmap_size", "base_resolution",
@@ -148,12 +149,16 @@ def losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], model: 
     head_target = (batch["label"] == 1).float()
     torso_target = (batch["label"] == 2).float()
     # Head opacity only in the head region; torso opacity in the torso region and never in the
-    # background (behind the head it is unconstrained: the head covers it there).
+    # background (behind the head it is unconstrained: the head covers it there). A torso layer is also held
+    # to no weight on head pixels that the head sphere covers: a layer over the pixels could otherwise draw
+    # the face itself, pose-keyed and deaf to the audio, and leave the head field transparent there.
     parse_head = F.binary_cross_entropy(out["head_acc"].clamp(1e-4, 1 - 1e-4), head_target)
     # (masked means rather than boolean indexing: no host sync on a GPU)
-    not_head = (batch["label"] != 1).float()
+    held = (batch["label"] != 1).float()  # the pixels whose torso opacity is held to the labels
+    if model.torso_layer:
+        held = torch.maximum(held, out["head_hit"])
     bce_torso = F.binary_cross_entropy(out["torso_acc"].clamp(1e-4, 1 - 1e-4), torso_target, reduction="none")
-    parse_torso = (bce_torso * not_head).sum() / not_head.sum().clamp_min(1.0)
+    parse_torso = (bce_torso * held).sum() / held.sum().clamp_min(1.0)
     # the codes of the persons in the batch, each counted once
     present = torch.zeros(len(model.z_shape.weight), device=photo.device).index_fill_(0, batch["row"], 1.0)
     norms = (model.z_shape.weight ** 2).sum(-1) + (model.z_app.weight ** 2).sum(-1)
@@ -211,6 +216,14 @@ def load_checkpoint(path: Path) -> dict:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged or foreign file
         raise TrainError(f"cannot read checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
+
+
+def config_of(ckpt: dict, **changes) -> TrainConfig:
+    """The TrainConfig a checkpoint was trained with: its saved values, and for the model keys added after it was
+    written the values it was trained with (``TrainConfig.LATER_KEYS``), not today's defaults; then ``changes``."""
+    known = {f.name for f in dataclasses.fields(TrainConfig)}
+    saved = {k: v for k, v in json.loads(ckpt["config"]).items() if k in known}
+    return TrainConfig(**{**TrainConfig.LATER_KEYS, **saved, **changes})
 
 
 def check_config(ckpt: dict, cfg: TrainConfig) -> None:

@@ -6,7 +6,8 @@
 #   bash scripts/gpu_acceptance.sh STAGE [ARG] OUT_DIR
 #
 #   check              parity tests of the fused hash grid; bench: hash grid, training at 4096 and
-#                      16384 rays, render rows of the untrained model, profiler tables       (~4 min)
+#                      16384 rays and render rows of the untrained model, each with the volume torso and
+#                      the torso layer (--torso_field layer), profiler tables                (~5 min)
 #   lipsync DATASET    audio pre-training + gpu_full training for LIPSYNC_S seconds (default 150) on a
 #                      dataset whose held-out frames hold speech, then evaluate.py --save_rendered
 #                      (score the frames on a CPU machine: evaluate.py --rendered OUT/eval_<name>)
@@ -24,7 +25,8 @@
 #   python scripts/prepare.py --config configs/prepare.txt --video data/devmap.mp4 --out data/devmap_512 \
 #       --roles data/devmap.turns.json
 # Runs go to RUNS (default runs/gpu); CONFIG (default configs/gpu_full.txt) is the training preset; TRAIN_ARGS
-# adds train.py flags (e.g. TRAIN_ARGS='--torso_cull true' RUNS=runs/cull for the A/B of that option); finish:
+# adds train.py flags (e.g. TRAIN_ARGS='--torso_field layer --pose_norm true' RUNS=runs/layer for the A/B of those
+# options: the same stages with the same RUNS and TRAIN_ARGS, beside a default run); finish:
 # EVAL=0 skips its evaluation, RENDER_ARGS replaces its render's '--pose_from tracked' (e.g. '--audio A.wav --roles
 # R.json --pose_from data/other' for a novel-pose replay longer than the dataset's own audio);
 # OUT_DIR receives at most 8 files (the lent machine's limit).
@@ -70,7 +72,8 @@ check)
     log "bench"
     $py scripts/bench.py --data "${BENCH_DATA:-data/dev2_512}" --preset "${CONFIG:-configs/gpu_full.txt}" \
         --train_iters 30 --render_frames 3 \
-        --batch_rays 4096,16384 --profile "$out/prof" --out "$out/bench_check.json" | tee "$out/bench_check.txt"
+        --batch_rays 4096,16384 --torso_fields volume,layer --profile "$out/prof" --out "$out/bench_check.json" \
+        | tee "$out/bench_check.txt"
     ;;
 lipsync)
     log "train $name for ${LIPSYNC_S:-150} s"

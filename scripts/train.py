@@ -79,11 +79,11 @@ def _doc(name: str) -> str:
             "torso_cull": "true: only rays of the torso's labelled pixels (+5%% of the crop) query the torso field; "
                           "faster, quality change unsettled (docs/PERFORMANCE.md)",
             "pose_norm": "true: the torso field reads the head pose standardized per person, without sin/cos "
-                         "frequencies (experimental; docs/PERFORMANCE.md)",
-            "torso_follow": "true: the torso moves with the head by learned shares of its translation and rotation "
-                            "(experimental; docs/PERFORMANCE.md)",
-            "torso_field": "volume (the torso sampled along each ray, as the head) or layer (a pose-warped field over the "
-                           "crop's pixels behind the head: one query per ray; docs/PERFORMANCE.md)",
+                         "frequencies; false: the raw pose through them (docs/PERFORMANCE.md)",
+            "torso_follow": "true: the volume torso (--torso_field volume) moves with the head by learned shares of "
+                            "its translation and rotation (experimental; docs/PERFORMANCE.md)",
+            "torso_field": "layer (a pose-warped field over the crop's pixels behind the head: one query per ray) or "
+                           "volume (the torso sampled along each ray, as the head; docs/PERFORMANCE.md)",
             "lambda_dist": "weight of mip-NeRF 360's distortion loss (0: off; experimental; docs/PERFORMANCE.md)"}.get(
         name, name.replace("_", " "))
 

@@ -431,3 +431,23 @@ def test_the_torso_layer_trains_its_warp_and_refuses_torso_follow():
     with pytest.raises(TrainError, match="torso_follow"):
         build(TrainConfig(torso_field="layer", torso_follow=True), [p])
     assert TrainConfig.LATER_KEYS["torso_field"] == "volume"  # checkpoints from before the option load as volume
+
+
+def test_a_torso_layer_is_held_off_the_head_pixels_that_the_head_sphere_covers():
+    # Without that, a layer over the pixels drew the synthetic speaker's face itself (pose-keyed, deaf to the
+    # audio) behind a transparent head field: the held-out mouth stopped following the jaw (correlation -0.10
+    # in test_train's run, 0.98 with this term).
+    from nerf.trainer import TrainConfig, losses
+
+    p = _person(0)
+    cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
+    batch = frame_batch(p, 2, 4)
+    n = len(batch["row"])
+    batch["label"] = torch.ones(n, dtype=torch.long)  # every pixel labelled head
+    covered = torch.arange(n) % 2 == 0  # half of them inside the head sphere's image
+    out = {"rgb": batch["rgb"].clone(), "head_acc": torch.full((n,), 0.9), "torso_acc": torch.full((n,), 0.3),
+           "offset_sq": torch.zeros(n), "torso_hit": torch.ones(n), "head_hit": covered.float()}
+    volume = losses(out, batch, AvatarModel([p], cfg, RenderConfig(8, 8)), TrainConfig())
+    layer = losses(out, batch, AvatarModel([p], cfg, RenderConfig(8, 8), torso_layer=True), TrainConfig())
+    assert volume["parse_torso"] == 0  # the volume torso is free behind the head
+    torch.testing.assert_close(layer["parse_torso"], -torch.log(torch.tensor(0.7)))  # BCE toward 0 on the covered

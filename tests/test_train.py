@@ -122,14 +122,17 @@ def test_the_torso_pixel_box_reaches_the_model_only_with_torso_cull(synthetic):
     assert (trainer.build(TrainConfig(**small), persons)[0].torso_pixels == full).all()
 
 
-def test_a_checkpoint_from_before_a_model_key_existed_has_that_key_s_default():
+def test_a_checkpoint_from_before_a_model_key_existed_has_that_key_s_value_then():
     import dataclasses
 
-    for key in ("torso_cull", "pose_norm"):
-        saved = {k: v for k, v in dataclasses.asdict(TrainConfig()).items() if k != key}
-        trainer.check_config({"config": json.dumps(saved)}, TrainConfig())  # trained without it
-        with pytest.raises(TrainError, match=f"{key}: False vs True"):
-            trainer.check_config({"config": json.dumps(saved)}, TrainConfig(**{key: True}))
+    # (pose_norm and torso_field changed their defaults later: such a checkpoint still loads as it was trained)
+    for key, then, other in (("torso_cull", False, True), ("pose_norm", False, True), ("torso_field", "volume", "layer")):
+        saved = {"config": json.dumps({k: v for k, v in dataclasses.asdict(TrainConfig()).items() if k != key})}
+        assert getattr(trainer.config_of(saved), key) == then
+        trainer.check_config(saved, TrainConfig(**{key: then}))  # trained without it
+        with pytest.raises(TrainError, match=f"{key}: {then} vs {other}"):
+            trainer.check_config(saved, TrainConfig(**{key: other}))
+    assert (TrainConfig().pose_norm, TrainConfig().torso_field) == (True, "layer")  # today's defaults
 
 
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic, tmp_path, monkeypatch):
