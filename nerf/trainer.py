@@ -118,11 +118,11 @@ class TrainConfig:
     its rotation about the head, away from the person's mean pose; ``AvatarModel.follow_head``), both starting at
     0: a torso that sways with the head needs no large learned warp. Experimental: measured in docs/PERFORMANCE.md."""
 
-    torso_field: str = "layer"
-    """layer (a pose-warped field over the crop's pixels, composited behind the head: one query per ray; RAD-NeRF's
-    and ER-NeRF's 2D torso; ``nerf.fields.TorsoLayer``) or volume (the torso field in camera space, sampled along
-    each ray like the head; the default before 2026-11-23). The layer trains 1.8x and renders 1.8-2.3x as fast on
-    the CPU box and, at equal training time, scored higher on two of three datasets (docs/PERFORMANCE.md)."""
+    torso_field: str = "volume"
+    """volume (the torso field in camera space, sampled along each ray like the head) or layer (a pose-warped field
+    over the crop's pixels, composited behind the head: one query per ray; RAD-NeRF's and ER-NeRF's 2D torso;
+    ``nerf.fields.TorsoLayer``). The layer trains 1.8x and renders 1.8-2.3x as fast on the CPU box; at equal
+    training time it scored higher on the synthetic conversation and lower on a real clip (docs/PERFORMANCE.md)."""
 
     # Keys that shape the model: a checkpoint is only valid for a run with the same values.
     MODEL_KEYS = ("image_size", "model", "hidden", "n_levels", "log2_hashmap_size", "base_resolution",

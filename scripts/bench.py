@@ -329,7 +329,7 @@ def main(argv=None) -> int:
     p.add_argument("--models", default="shared", help="comma-separated training rows: shared, per_person")
     p.add_argument("--torso_fields", default="volume",
                    help="comma-separated torso fields of the training and untrained render rows: volume (sampled "
-                        "along each ray), layer (one query per ray behind the head; train.py --torso_field)")
+                        "along each ray, train.py's default), layer (one query per ray behind the head); e.g. volume,layer")
     p.add_argument("--hash_backends", default="auto",
                    help="comma-separated hash backends of the training rows (auto, torch, cuda, tcnn)")
     p.add_argument("--batch_rays", default="",

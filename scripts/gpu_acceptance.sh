@@ -25,8 +25,8 @@
 #   python scripts/prepare.py --config configs/prepare.txt --video data/devmap.mp4 --out data/devmap_512 \
 #       --roles data/devmap.turns.json
 # Runs go to RUNS (default runs/gpu); CONFIG (default configs/gpu_full.txt) is the training preset; TRAIN_ARGS
-# adds train.py flags (e.g. TRAIN_ARGS='--torso_field layer --pose_norm true' RUNS=runs/layer for the A/B of those
-# options: the same stages with the same RUNS and TRAIN_ARGS, beside a default run); finish:
+# adds train.py flags (e.g. TRAIN_ARGS='--torso_field layer' RUNS=runs/layer, or '--pose_norm false' for the A/B of
+# those options: the same stages with the same RUNS and TRAIN_ARGS, beside a default run); finish:
 # EVAL=0 skips its evaluation, RENDER_ARGS replaces its render's '--pose_from tracked' (e.g. '--audio A.wav --roles
 # R.json --pose_from data/other' for a novel-pose replay longer than the dataset's own audio);
 # OUT_DIR receives at most 8 files (the lent machine's limit).

@@ -82,8 +82,8 @@ def _doc(name: str) -> str:
                          "frequencies; false: the raw pose through them (docs/PERFORMANCE.md)",
             "torso_follow": "true: the volume torso (--torso_field volume) moves with the head by learned shares of "
                             "its translation and rotation (experimental; docs/PERFORMANCE.md)",
-            "torso_field": "layer (a pose-warped field over the crop's pixels behind the head: one query per ray) or "
-                           "volume (the torso sampled along each ray, as the head; docs/PERFORMANCE.md)",
+            "torso_field": "volume (the torso sampled along each ray, as the head) or layer (a pose-warped field over the "
+                           "crop's pixels behind the head: one query per ray, faster; docs/PERFORMANCE.md)",
             "lambda_dist": "weight of mip-NeRF 360's distortion loss (0: off; experimental; docs/PERFORMANCE.md)"}.get(
         name, name.replace("_", " "))
 
