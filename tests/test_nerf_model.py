@@ -430,7 +430,6 @@ def test_the_torso_layer_trains_its_warp_and_refuses_torso_follow():
         build(TrainConfig(torso_field="plane"), [p])
     with pytest.raises(TrainError, match="torso_follow"):
         build(TrainConfig(torso_field="layer", torso_follow=True), [p])
-    assert TrainConfig.LATER_KEYS["torso_field"] == "volume"  # checkpoints from before the option load as volume
 
 
 def test_a_torso_layer_is_held_off_the_head_pixels_that_the_head_sphere_covers():
