@@ -382,13 +382,11 @@ class AvatarModel(nn.Module):
             with half:
                 alpha, rgb_t, offset = self.torso[net](uv01, c_et, z_shape, z_app)
             alpha, rgb_t, offset = alpha.float(), rgb_t.float(), offset.float()
-        else:
+        else:  # the queried rays only, scattered back (zeros elsewhere: no weight)
             ray = query.nonzero()[:, 0]
             with half:
-                a, r, o = self.torso[net](uv01[ray], c_et, z_shape, z_app, ray)
-            alpha = acc_h.new_zeros(len(acc_h)).index_put((ray,), a.float())
-            rgb_t = acc_h.new_zeros(len(acc_h), 3).index_put((ray,), r.float())
-            offset = acc_h.new_zeros(len(acc_h), 2).index_put((ray,), o.float())
+                part = self.torso[net](uv01[ray], c_et, z_shape, z_app, ray)
+            alpha, rgb_t, offset = (acc_h.new_zeros(len(acc_h), *v.shape[1:]).index_put((ray,), v.float()) for v in part)
         w_t = (1.0 - acc_h) * alpha
         return {"rgb": volrend.composite_over(rgb_h + w_t[:, None] * rgb_t, acc_h + w_t, b["background"]),
                 "head_acc": acc_h, "torso_acc": w_t, "offset_sq": (offset ** 2).sum(-1), "torso_hit": hit_t.float(),

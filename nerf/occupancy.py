@@ -108,16 +108,16 @@ def build(model, persons: list, resolution: int | None = None, n_frames: int = 8
                 sigma, _ = model.head[net](x, any_dir, z_shape, z_app, d[None])
                 h_max[a:a + m] = torch.maximum(h_max[a:a + m], sigma)
             one = torch.zeros(m, dtype=torch.long, device=dev)
-            for et, R_f, t_f in zip(pose if not model.torso_layer else [], R, t):
+            for et, R_f, t_f in zip(pose, R, t) if not model.torso_layer else ():
                 xf = model.follow_head(x, rowt, R_f[None], t_f[None], one)
                 sigma, _, _ = model.torso[net](xf, any_dir, et[None], z_shape, z_app)
                 t_max[a:a + m] = torch.maximum(t_max[a:a + m], sigma)
-        for grid, dens in ((head, h_max), (torso, t_max)):
+        # (a layer has no volume to skip: its grid is all occupied, its one query per ray always made)
+        torso[p.row] = model.torso_layer
+        for grid, dens in ((head, h_max),) if model.torso_layer else ((head, h_max), (torso, t_max)):
             occupied = (-torch.expm1(-dens / G) > threshold).reshape(1, 1, G, G, G).float()
             if dilate > 0:
                 occupied = F.max_pool3d(occupied, 2 * dilate + 1, stride=1, padding=dilate)
             grid[p.row] = occupied[0, 0] > 0
-        if model.torso_layer:  # a layer has no volume to skip: its one query per ray is always made
-            torso[p.row] = True
     model.train(was_training)
     return OccupancyGrid(head=head, torso=torso)
