@@ -11,6 +11,9 @@ $(STAMP): requirements.txt
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
 	$(PY) -m pip install --quiet -r requirements.txt
+	# triton: CUDA builds of torch bring their own; on a CPU box its interpreter runs the fused kernels' tests
+	# (3.6.0, the version of the lent H100 machine's torch 2.11)
+	$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install --quiet triton==3.6.0
 	touch $(STAMP)
 
 install: $(STAMP)

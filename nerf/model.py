@@ -46,6 +46,9 @@ class RenderConfig:
     box's depth) / N, only samples in occupied cells queried, each ray stopped once opaque."""
     march_round: int = 16
     """Marching: live samples per ray queried per round (fewer: less work behind opaque surfaces, more rounds)."""
+    fused: bool = True
+    """Marching a model whose torso is a layer: march the head with the fused Triton kernel (``nerf.fused_march``)
+    where it can run (a CUDA device with triton), else with ``nerf.march``."""
 
 
 class AvatarModel(nn.Module):
@@ -352,7 +355,9 @@ class AvatarModel(nn.Module):
 
         fields = [march.MarchField(live(g["head_01"], occ.head, hit_h, g["near_h"], g["far_h"]), head)]
         if self.torso_layer:
-            out = march.march(fields, t0, dt, n_steps, rc.stop_depth, rc.march_round)
+            out = self._march_head_fused(net, g, c, t0, dt, n_steps, row, amp) if rc.fused else None
+            if out is None:
+                out = march.march(fields, t0, dt, n_steps, rc.stop_depth, rc.march_round)
             res = self._layer_behind(net, b, c, hit_h, hit_t, out["rgb"], out["acc"], amp)
             res["samples"] = out["samples"] + res.pop("layer_queried")
             return res
@@ -361,6 +366,24 @@ class AvatarModel(nn.Module):
         return {"rgb": volrend.composite_over(out["rgb"], out["acc"], b["background"]),
                 "head_acc": out["field_acc"][0], "torso_acc": out["field_acc"][1],
                 "offset_sq": torch.zeros_like(t0), "torso_hit": hit_t.float(), "samples": out["samples"]}
+
+    def _march_head_fused(self, net: int, g: dict[str, torch.Tensor], c: dict[str, torch.Tensor], t0: torch.Tensor,
+                          dt: torch.Tensor, n_steps: torch.Tensor, row: torch.Tensor, amp: bool) -> dict | None:
+        """The head marched by ``nerf.fused_march`` (rgb, acc, samples), or None where it cannot run (the caller
+        then marches with ``nerf.march``: the CPU without Triton's interpreter silently, otherwise with a warning)."""
+        from nerf import fused_march
+
+        field = self.head[net]
+        ok, why = fused_march.available(t0.device)
+        if ok:
+            ok, why = fused_march.supports(field)
+        if not ok:
+            if t0.device.type == "cuda" or fused_march.interpreting():
+                fused_march.warn_once(why)
+            return None
+        return fused_march.run_or_none(
+            field, g["o_h"], g["d_h"], g["center"], g["radius"], t0, dt, n_steps, g["near_h"], g["far_h"], row,
+            self.occupancy.head, c["unit_h"], c["z_shape"], c["z_app"], c["drive"], self.render_cfg.stop_depth, amp)
 
     def _layer_behind(self, net: int, b: dict[str, torch.Tensor], c: dict[str, torch.Tensor], hit_h: torch.Tensor,
                       hit_t: torch.Tensor, rgb_h: torch.Tensor, acc_h: torch.Tensor,
