@@ -3,6 +3,9 @@
 ``triton.jit`` decides when it decorates whether a kernel is compiled or run by Triton's CPU interpreter
 (``TRITON_INTERPRET=1``, read when triton is first imported). The hash primes are ``nerf.encoding.HASH_PRIMES``
 written out (a kernel reads no Python globals); the parity tests, which hash, hold them equal.
+
+Weights are [in, out] row-major; the last layers are padded to 16 outputs. Under HALF every layer's output is
+rounded to float16 as autocast's Linear rounds it, and the block matrix products take float16 inputs (float32 sums).
 """
 
 import triton
@@ -10,19 +13,131 @@ import triton.language as tl
 
 
 @triton.jit
-def march_head_kernel(
-        o_ptr, d_ptr, c_ptr, rad_ptr, t0_ptr, dt_ptr, n_ptr, near_ptr, far_ptr, row_ptr, pre_d_ptr, pre_c_ptr,
-        occ_ptr, tab_ptr, scale_ptr, res_ptr, size_ptr,
-        w1_ptr, w2_ptr, b2_ptr, w3_ptr, b3_ptr, wc1_ptr, wc2_ptr, bc2_ptr, wc3_ptr, bc3_ptr,
-        rgb_ptr, acc_ptr, cnt_ptr,
-        R, G, stop_depth,
-        L: tl.constexpr, N_DENSE: tl.constexpr, T: tl.constexpr, H: tl.constexpr, BLOCK_R: tl.constexpr,
-        HALF: tl.constexpr, PRECISION: tl.constexpr):
+def _dense(h, w_ptr, b_ptr, K: tl.constexpr, N: tl.constexpr, HALF: tl.constexpr, PRECISION: tl.constexpr):
+    """h [B, K] @ W [K, N] + b [N], float32 out (float16-rounded under HALF)."""
+    rk = tl.arange(0, K)
+    rn = tl.arange(0, N)
+    w = tl.load(w_ptr + rk[:, None] * N + rn[None, :])
+    if HALF:
+        h = h.to(tl.float16)
+    out = tl.dot(h, w, input_precision=PRECISION) + tl.load(b_ptr + rn)[None, :]
+    if HALF:
+        out = out.to(tl.float16).to(tl.float32)
+    return out
+
+
+@triton.jit
+def _column(h, j: tl.constexpr):
+    """Column j of h [B, 16]."""
+    c16 = tl.arange(0, 16)
+    return tl.sum(tl.where(c16[None, :] == j, h, 0.0), 1)
+
+
+@triton.jit
+def _grid_first_layer(h, x, y, z, live, tab_ptr, scale_ptr, res_ptr, size_ptr, w_ptr,
+                      L: tl.constexpr, N_DENSE: tl.constexpr, T: tl.constexpr, H: tl.constexpr):
+    """h + enc(x, y, z) @ W [2 L, H]: the hash grid (``nerf.encoding``, 2 features per level, points clamped to
+    the cube) applied to the first layer level by level as rank-one updates, so the encoding stays in registers."""
+    cols = tl.arange(0, H)
+    xc = tl.minimum(tl.maximum(x, 0.0), 1.0)
+    yc = tl.minimum(tl.maximum(y, 0.0), 1.0)
+    zc = tl.minimum(tl.maximum(z, 0.0), 1.0)
+    for lv in tl.static_range(L):
+        scale = tl.load(scale_ptr + lv)
+        size = tl.load(size_ptr + lv)
+        px = xc * scale + 0.5
+        py = yc * scale + 0.5
+        pz = zc * scale + 0.5
+        gx = tl.floor(px)
+        gy = tl.floor(py)
+        gz = tl.floor(pz)
+        fx = px - gx
+        fy = py - gy
+        fz = pz - gz
+        ix = gx.to(tl.int64)
+        iy = gy.to(tl.int64)
+        iz = gz.to(tl.int64)
+        f0 = tl.zeros(x.shape, dtype=tl.float32)
+        f1 = tl.zeros(x.shape, dtype=tl.float32)
+        base = tab_ptr + lv * T * 2
+        for corner in tl.static_range(8):
+            bx = corner & 1
+            by = (corner >> 1) & 1
+            bz = (corner >> 2) & 1
+            wx = fx if bx else 1.0 - fx
+            wy = fy if by else 1.0 - fy
+            wz = fz if bz else 1.0 - fz
+            w = (wz * wy) * wx
+            if lv < N_DENSE:
+                res = tl.load(res_ptr + lv).to(tl.int64)
+                idx = ((ix + bx) + (iy + by) * res + (iz + bz) * res * res) % size
+            else:
+                hy = ((iy + by) * 2654435761) & 0xFFFFFFFF
+                hz = ((iz + bz) * 805459861) & 0xFFFFFFFF
+                idx = ((ix + bx) ^ hy ^ hz) % size
+            f0 += w * tl.load(base + idx * 2, mask=live, other=0.0).to(tl.float32)
+            f1 += w * tl.load(base + idx * 2 + 1, mask=live, other=0.0).to(tl.float32)
+        h += f0[:, None] * tl.load(w_ptr + (2 * lv) * H + cols)[None, :]
+        h += f1[:, None] * tl.load(w_ptr + (2 * lv + 1) * H + cols)[None, :]
+    return h
+
+
+@triton.jit
+def _freq_first_layer(h, v, d: tl.constexpr, w_ptr, NF: tl.constexpr, H: tl.constexpr):
+    """h + the terms of axis d's value v in ``freq_encode(x, NF) @ W``: v itself (row d), sin(2^k pi v) (row
+    3 + d NF + k) and cos(2^k pi v) (row 3 + 3 NF + d NF + k)."""
+    cols = tl.arange(0, H)
+    h += v[:, None] * tl.load(w_ptr + d * H + cols)[None, :]
+    a = v * 3.141592653589793  # doubling is exact: a = v * float32(2^k pi), as freq_encode computes it
+    for k in tl.static_range(NF):
+        h += tl.sin(a)[:, None] * tl.load(w_ptr + (3 + d * NF + k) * H + cols)[None, :]
+        h += tl.cos(a)[:, None] * tl.load(w_ptr + (3 + 3 * NF + d * NF + k) * H + cols)[None, :]
+        a = a * 2.0
+    return h
+
+
+@triton.jit
+def _density_colour(h1, pre_d_ptr, pre_c_ptr, rays, rm, w2_ptr, b2_ptr, w3_ptr, b3_ptr, wc1_ptr, zero_ptr,
+                    wc2_ptr, bc2_ptr, wc3_ptr, bc3_ptr, H: tl.constexpr, HALF: tl.constexpr,
+                    PRECISION: tl.constexpr):
+    """A field's MLPs after the first layer's per-sample part h1: density (raw, before trunc_exp) and colour."""
+    cols = tl.arange(0, H)
+    h1 += tl.load(pre_d_ptr + rays[:, None] * H + cols[None, :], mask=rm[:, None], other=0.0)
+    if HALF:
+        h1 = h1.to(tl.float16).to(tl.float32)
+    h2 = tl.maximum(_dense(tl.maximum(h1, 0.0), w2_ptr, b2_ptr, H, H, HALF, PRECISION), 0.0)
+    h3 = _dense(h2, w3_ptr, b3_ptr, H, 16, HALF, PRECISION)
+    g1 = _dense(h3, wc1_ptr, zero_ptr, 16, H, HALF, PRECISION)  # row 0 of wc1 is zero: it reads h3[:, 1:]
+    g1 += tl.load(pre_c_ptr + rays[:, None] * H + cols[None, :], mask=rm[:, None], other=0.0)
+    if HALF:
+        g1 = g1.to(tl.float16).to(tl.float32)
+    g2 = tl.maximum(_dense(tl.maximum(g1, 0.0), wc2_ptr, bc2_ptr, H, H, HALF, PRECISION), 0.0)
+    g3 = _dense(g2, wc3_ptr, bc3_ptr, H, 16, HALF, PRECISION)
+    return _column(h3, 0), 1.0 / (1.0 + tl.exp(-g3))
+
+
+@triton.jit
+def march_kernel(
+        # per ray: head space, camera space, the step, the person
+        o_ptr, d_ptr, c_ptr, rad_ptr, cam_ptr, lo_ptr, hi_ptr, t0_ptr, dt_ptr, n_ptr,
+        near_h_ptr, far_h_ptr, near_t_ptr, far_t_ptr, hit_h_ptr, hit_t_ptr, row_ptr,
+        occ_h_ptr, occ_t_ptr, zero_ptr,
+        # head field: per-ray first-layer parts, grid, layers
+        hpre_d_ptr, hpre_c_ptr, htab_ptr, hscale_ptr, hres_ptr, hsize_ptr,
+        hw1_ptr, hw2_ptr, hb2_ptr, hw3_ptr, hb3_ptr, hwc1_ptr, hwc2_ptr, hbc2_ptr, hwc3_ptr, hbc3_ptr,
+        # torso field: warp, grid, layers
+        tpre_w_ptr, tww1_ptr, tww2_ptr, twb2_ptr, tww3_ptr, twb3_ptr,
+        tpre_d_ptr, tpre_c_ptr, ttab_ptr, tscale_ptr, tres_ptr, tsize_ptr,
+        tw1_ptr, tw2_ptr, tb2_ptr, tw3_ptr, tb3_ptr, twc1_ptr, twc2_ptr, tbc2_ptr, twc3_ptr, tbc3_ptr,
+        # out
+        rgb_ptr, acc_h_ptr, acc_t_ptr, cnt_ptr,
+        R, G, stop_depth, torso_depth,
+        L: tl.constexpr, N_DENSE: tl.constexpr, T: tl.constexpr,
+        TORSO: tl.constexpr, TL: tl.constexpr, TN_DENSE: tl.constexpr, TT: tl.constexpr, NF: tl.constexpr,
+        H: tl.constexpr, BLOCK_R: tl.constexpr, HALF: tl.constexpr, PRECISION: tl.constexpr):
     pid = tl.program_id(0)
     rays = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     rm = rays < R
-    cols = tl.arange(0, H)
-    c16 = tl.arange(0, 16)
     ox = tl.load(o_ptr + rays * 3 + 0, mask=rm, other=0.0)
     oy = tl.load(o_ptr + rays * 3 + 1, mask=rm, other=0.0)
     oz = tl.load(o_ptr + rays * 3 + 2, mask=rm, other=0.0)
@@ -36,12 +151,27 @@ def march_head_kernel(
     t0 = tl.load(t0_ptr + rays, mask=rm, other=0.0)
     dt = tl.load(dt_ptr + rays, mask=rm, other=0.0)
     n = tl.load(n_ptr + rays, mask=rm, other=0)
-    near = tl.load(near_ptr + rays, mask=rm, other=0.0)
-    far = tl.load(far_ptr + rays, mask=rm, other=0.0)
+    near_h = tl.load(near_h_ptr + rays, mask=rm, other=0.0)
+    far_h = tl.load(far_h_ptr + rays, mask=rm, other=0.0)
+    hit_h = tl.load(hit_h_ptr + rays, mask=rm, other=0) != 0
     row = tl.load(row_ptr + rays, mask=rm, other=0)
+    if TORSO:
+        ux = tl.load(cam_ptr + rays * 3 + 0, mask=rm, other=0.0)
+        uy = tl.load(cam_ptr + rays * 3 + 1, mask=rm, other=0.0)
+        uz = tl.load(cam_ptr + rays * 3 + 2, mask=rm, other=1.0)
+        lx = tl.load(lo_ptr + rays * 3 + 0, mask=rm, other=0.0)
+        ly = tl.load(lo_ptr + rays * 3 + 1, mask=rm, other=0.0)
+        lz = tl.load(lo_ptr + rays * 3 + 2, mask=rm, other=0.0)
+        ex = tl.load(hi_ptr + rays * 3 + 0, mask=rm, other=1.0) - lx
+        ey = tl.load(hi_ptr + rays * 3 + 1, mask=rm, other=1.0) - ly
+        ez = tl.load(hi_ptr + rays * 3 + 2, mask=rm, other=1.0) - lz
+        near_t = tl.load(near_t_ptr + rays, mask=rm, other=0.0)
+        far_t = tl.load(far_t_ptr + rays, mask=rm, other=0.0)
+        hit_t = tl.load(hit_t_ptr + rays, mask=rm, other=0) != 0
 
     depth = tl.zeros([BLOCK_R], dtype=tl.float32)
-    acc = tl.zeros([BLOCK_R], dtype=tl.float32)
+    acc_h = tl.zeros([BLOCK_R], dtype=tl.float32)
+    acc_t = tl.zeros([BLOCK_R], dtype=tl.float32)
     cnt = tl.zeros([BLOCK_R], dtype=tl.float32)
     rgb = tl.zeros([BLOCK_R, 16], dtype=tl.float32)
     kmax = tl.max(n, 0)
@@ -49,96 +179,71 @@ def march_head_kernel(
     go = kmax > 0
     while go:
         t = t0 + (k + 0.5) * dt
+        going = (k < n) & (depth <= stop_depth)
+        # the head: head space, then the sphere's [0, 1]^3 (AvatarModel._march's arithmetic, in its order)
         x = (ox + t * dx - cx) / diam + 0.5
         y = (oy + t * dy - cy) / diam + 0.5
         z = (oz + t * dz - cz) / diam + 0.5
-        live = (k < n) & (depth <= stop_depth) & (t >= near) & (t <= far)
-        live = live & (x >= 0.0) & (x <= 1.0) & (y >= 0.0) & (y <= 1.0) & (z >= 0.0) & (z <= 1.0)
-        gx = tl.minimum((x * G).to(tl.int32), G - 1)
-        gy = tl.minimum((y * G).to(tl.int32), G - 1)
-        gz = tl.minimum((z * G).to(tl.int32), G - 1)
-        cell = ((row * G + gx) * G + gy) * G + gz
-        live = live & (tl.load(occ_ptr + cell, mask=live, other=0) != 0)
-        if tl.max(live.to(tl.int32), 0) > 0:
-            xc = tl.minimum(tl.maximum(x, 0.0), 1.0)
-            yc = tl.minimum(tl.maximum(y, 0.0), 1.0)
-            zc = tl.minimum(tl.maximum(z, 0.0), 1.0)
-            h1 = tl.zeros([BLOCK_R, H], dtype=tl.float32)
-            for lv in tl.static_range(L):
-                scale = tl.load(scale_ptr + lv)
-                size = tl.load(size_ptr + lv)
-                px = xc * scale + 0.5
-                py = yc * scale + 0.5
-                pz = zc * scale + 0.5
-                fx0 = tl.floor(px)
-                fy0 = tl.floor(py)
-                fz0 = tl.floor(pz)
-                fx = px - fx0
-                fy = py - fy0
-                fz = pz - fz0
-                ix = fx0.to(tl.int64)
-                iy = fy0.to(tl.int64)
-                iz = fz0.to(tl.int64)
-                f0 = tl.zeros([BLOCK_R], dtype=tl.float32)
-                f1 = tl.zeros([BLOCK_R], dtype=tl.float32)
-                base = tab_ptr + lv * T * 2
-                for corner in tl.static_range(8):
-                    bx = corner & 1
-                    by = (corner >> 1) & 1
-                    bz = (corner >> 2) & 1
-                    wx = fx if bx else 1.0 - fx
-                    wy = fy if by else 1.0 - fy
-                    wz = fz if bz else 1.0 - fz
-                    w = (wz * wy) * wx
-                    if lv < N_DENSE:
-                        res = tl.load(res_ptr + lv).to(tl.int64)
-                        idx = ((ix + bx) + (iy + by) * res + (iz + bz) * res * res) % size
-                    else:
-                        hy = ((iy + by) * 2654435761) & 0xFFFFFFFF
-                        hz = ((iz + bz) * 805459861) & 0xFFFFFFFF
-                        idx = ((ix + bx) ^ hy ^ hz) % size
-                    f0 += w * tl.load(base + idx * 2, mask=live, other=0.0).to(tl.float32)
-                    f1 += w * tl.load(base + idx * 2 + 1, mask=live, other=0.0).to(tl.float32)
-                h1 += f0[:, None] * tl.load(w1_ptr + (2 * lv) * H + cols)[None, :]
-                h1 += f1[:, None] * tl.load(w1_ptr + (2 * lv + 1) * H + cols)[None, :]
-            h1 += tl.load(pre_d_ptr + rays[:, None] * H + cols[None, :], mask=rm[:, None], other=0.0)
-            h1 = tl.maximum(h1, 0.0)
-            if HALF:
-                h1 = h1.to(tl.float16)
-            w2 = tl.load(w2_ptr + cols[:, None] * H + cols[None, :])
-            h2 = tl.dot(h1, w2, input_precision=PRECISION) + tl.load(b2_ptr + cols)[None, :]
-            h2 = tl.maximum(h2, 0.0)
-            if HALF:
-                h2 = h2.to(tl.float16)
-            w3 = tl.load(w3_ptr + cols[:, None] * 16 + c16[None, :])
-            h3 = tl.dot(h2, w3, input_precision=PRECISION) + tl.load(b3_ptr + c16)[None, :]
-            if HALF:
-                h3 = h3.to(tl.float16)
-            raw = tl.sum(tl.where(c16[None, :] == 0, h3.to(tl.float32), 0.0), 1)
-            sigma = tl.exp(tl.minimum(tl.maximum(raw - 1.0, -15.0), 15.0)) / diam
-            wc1 = tl.load(wc1_ptr + c16[:, None] * H + cols[None, :])
-            g1 = tl.dot(h3, wc1, input_precision=PRECISION)
-            g1 += tl.load(pre_c_ptr + rays[:, None] * H + cols[None, :], mask=rm[:, None], other=0.0)
-            g1 = tl.maximum(g1, 0.0)
-            if HALF:
-                g1 = g1.to(tl.float16)
-            wc2 = tl.load(wc2_ptr + cols[:, None] * H + cols[None, :])
-            g2 = tl.dot(g1, wc2, input_precision=PRECISION) + tl.load(bc2_ptr + cols)[None, :]
-            g2 = tl.maximum(g2, 0.0)
-            if HALF:
-                g2 = g2.to(tl.float16)
-            wc3 = tl.load(wc3_ptr + cols[:, None] * 16 + c16[None, :])
-            g3 = tl.dot(g2, wc3, input_precision=PRECISION) + tl.load(bc3_ptr + c16)[None, :]
-            colour = 1.0 / (1.0 + tl.exp(-g3.to(tl.float32)))
-            tau = tl.where(live, sigma * dt, 0.0)
-            wgt = tl.exp(-depth) * (1.0 - tl.exp(-tau))
-            rgb += wgt[:, None] * colour
-            acc += wgt
-            depth += tau
-            cnt += live.to(tl.float32)
+        live_h = going & hit_h & (t >= near_h) & (t <= far_h)
+        live_h = live_h & (x >= 0.0) & (x <= 1.0) & (y >= 0.0) & (y <= 1.0) & (z >= 0.0) & (z <= 1.0)
+        cell = ((row * G + tl.minimum((x * G).to(tl.int32), G - 1)) * G
+                + tl.minimum((y * G).to(tl.int32), G - 1)) * G + tl.minimum((z * G).to(tl.int32), G - 1)
+        live_h = live_h & (tl.load(occ_h_ptr + cell, mask=live_h, other=0) != 0)
+        sig_h = tl.zeros([BLOCK_R], dtype=tl.float32)
+        col_h = tl.zeros([BLOCK_R, 16], dtype=tl.float32)
+        if tl.max(live_h.to(tl.int32), 0) > 0:
+            h1 = _grid_first_layer(tl.zeros([BLOCK_R, H], dtype=tl.float32), x, y, z, live_h, htab_ptr, hscale_ptr,
+                                   hres_ptr, hsize_ptr, hw1_ptr, L, N_DENSE, T, H)
+            raw, col_h = _density_colour(h1, hpre_d_ptr, hpre_c_ptr, rays, rm, hw2_ptr, hb2_ptr, hw3_ptr, hb3_ptr,
+                                         hwc1_ptr, zero_ptr, hwc2_ptr, hbc2_ptr, hwc3_ptr, hbc3_ptr, H, HALF,
+                                         PRECISION)
+            sig_h = tl.where(live_h, tl.exp(tl.minimum(tl.maximum(raw - 1.0, -15.0), 15.0)) / diam, 0.0)
+        sig_t = tl.zeros([BLOCK_R], dtype=tl.float32)
+        col_t = tl.zeros([BLOCK_R, 16], dtype=tl.float32)
+        live_t = tl.zeros([BLOCK_R], dtype=tl.int1)
+        if TORSO:
+            # the torso: the camera-space point in the torso box's [0, 1]^3 (rays.normalize_to_unit)
+            xt = (t * ux - lx) / ex
+            yt = (t * uy - ly) / ey
+            zt = (t * uz - lz) / ez
+            live_t = going & hit_t & (t >= near_t) & (t <= far_t)
+            live_t = live_t & (xt >= 0.0) & (xt <= 1.0) & (yt >= 0.0) & (yt <= 1.0) & (zt >= 0.0) & (zt <= 1.0)
+            cell = ((row * G + tl.minimum((xt * G).to(tl.int32), G - 1)) * G
+                    + tl.minimum((yt * G).to(tl.int32), G - 1)) * G + tl.minimum((zt * G).to(tl.int32), G - 1)
+            live_t = live_t & (tl.load(occ_t_ptr + cell, mask=live_t, other=0) != 0)
+            if tl.max(live_t.to(tl.int32), 0) > 0:
+                # the warp x' = clamp(x + D(gamma(x), gamma(et), z_shape)) (TorsoField), then its field at x'
+                cols = tl.arange(0, H)
+                w1 = tl.load(tpre_w_ptr + rays[:, None] * H + cols[None, :], mask=rm[:, None], other=0.0)
+                w1 = _freq_first_layer(w1, xt, 0, tww1_ptr, NF, H)
+                w1 = _freq_first_layer(w1, yt, 1, tww1_ptr, NF, H)
+                w1 = _freq_first_layer(w1, zt, 2, tww1_ptr, NF, H)
+                if HALF:
+                    w1 = w1.to(tl.float16).to(tl.float32)
+                w2 = tl.maximum(_dense(tl.maximum(w1, 0.0), tww2_ptr, twb2_ptr, H, H, HALF, PRECISION), 0.0)
+                off = _dense(w2, tww3_ptr, twb3_ptr, H, 16, HALF, PRECISION)
+                wx = tl.minimum(tl.maximum(xt + _column(off, 0), 0.0), 1.0)
+                wy = tl.minimum(tl.maximum(yt + _column(off, 1), 0.0), 1.0)
+                wz = tl.minimum(tl.maximum(zt + _column(off, 2), 0.0), 1.0)
+                h1 = _grid_first_layer(tl.zeros([BLOCK_R, H], dtype=tl.float32), wx, wy, wz, live_t, ttab_ptr,
+                                       tscale_ptr, tres_ptr, tsize_ptr, tw1_ptr, TL, TN_DENSE, TT, H)
+                raw_t, col_t = _density_colour(h1, tpre_d_ptr, tpre_c_ptr, rays, rm, tw2_ptr, tb2_ptr, tw3_ptr,
+                                               tb3_ptr, twc1_ptr, zero_ptr, twc2_ptr, tbc2_ptr, twc3_ptr, tbc3_ptr,
+                                               H, HALF, PRECISION)
+                sig_t = tl.where(live_t, tl.exp(tl.minimum(tl.maximum(raw_t - 1.0, -15.0), 15.0)) / torso_depth, 0.0)
+        # NeRF's quadrature on the fixed step; where both fields hold density each takes its share (nerf.march)
+        sig = sig_h + sig_t
+        tau = sig * dt
+        share = tl.exp(-depth) * (1.0 - tl.exp(-tau)) / tl.maximum(sig, 1e-30)
+        rgb += (share * sig_h)[:, None] * col_h + (share * sig_t)[:, None] * col_t
+        acc_h += share * sig_h
+        acc_t += share * sig_t
+        depth += tau
+        cnt += live_h.to(tl.float32) + live_t.to(tl.float32)
         k += 1
         go = (k < kmax) & (tl.max(((k < n) & (depth <= stop_depth)).to(tl.int32), 0) > 0)
+    c16 = tl.arange(0, 16)
     tl.store(rgb_ptr + rays[:, None] * 3 + c16[None, :], rgb, mask=rm[:, None] & (c16[None, :] < 3))
-    tl.store(acc_ptr + rays, acc, mask=rm)
+    tl.store(acc_h_ptr + rays, acc_h, mask=rm)
+    tl.store(acc_t_ptr + rays, acc_t, mask=rm)
     tl.store(cnt_ptr + rays, cnt, mask=rm)
-

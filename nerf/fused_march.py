@@ -1,37 +1,36 @@
-"""Fused marching of the head field: one Triton kernel marches, queries and composites a block of rays.
+"""Fused marching: one Triton kernel marches a block of rays, queries the head and torso fields and composites.
 
 ``nerf.march`` marches in plain PyTorch: a liveness pass, a packed (ray, step) list, then rounds of field
-queries, each query a hash grid and two MLPs of about ten kernels, every activation a round trip through
-GPU memory. The H100's render profile (docs/PERFORMANCE.md, "Second H100 lease") put most of a frame's
-time there: MLP matrix products, ReLUs, gathers and copies, 8,193 kernel launches per two-person frame.
+queries, each query a hash grid and two or three MLPs of about ten kernels, every activation a round trip
+through GPU memory. The H100's render profile (docs/PERFORMANCE.md, "Second H100 lease") put most of a
+frame's time there: MLP matrix products, ReLUs, gathers and copies, 8,193 kernel launches per two-person frame.
 
-This kernel does the same marching for the head field in one launch. A program owns ``BLOCK`` neighbouring
-rays (the renderer passes them in raster order) and steps them together:
+This kernel (``nerf/_fused_march_kernel.py``) does the same marching in one launch per chunk of rays. A program
+owns ``BLOCK`` neighbouring rays (the renderer passes them in raster order) and steps them together:
 
-1. sample k of every ray at t0 + (k + 0.5) dt, in head space and then in the head grid's [0, 1]^3
-   (the same arithmetic, in the same order, as ``AvatarModel._march``);
-2. live: before the ray's last step, inside the grid's cube and the head sphere's interval, in an occupied
-   cell of the person's occupancy grid, on a ray whose optical depth is still under ``stop_depth``;
-3. if any ray of the block is live: the hash grid (all levels, the first layer applied level by level as
-   rank-one updates, so the encoding never leaves registers), the density MLP's other layers and the colour
-   MLP as block matrix products (tensor cores under ``half``), NeRF's quadrature into the ray's colour,
-   opacity and optical depth; a block whose rays are all dead or empty at step k skips the network;
-4. the program ends when every ray of the block has passed its last step or become opaque.
+1. sample k of every ray at t0 + (k + 0.5) dt, in head space and the head grid's [0, 1]^3, and in camera space
+   and the torso box's [0, 1]^3 (the same arithmetic, in the same order, as ``AvatarModel._march``);
+2. live in a field: before the ray's last step, inside the field's cube and the ray's interval through it,
+   in an occupied cell of the person's occupancy grid, on a ray whose optical depth is under ``stop_depth``;
+3. for each field with a live sample in the block: its hash grid (all levels; the first layer applied level
+   by level as rank-one updates, so the encoding never leaves registers), its MLPs as block matrix products
+   (tensor cores under ``half``); for the torso first its warp (``TorsoField``); a field no ray of the block
+   needs at step k is skipped;
+4. NeRF's quadrature on the fixed step, the fields' densities added and each taking its share of the weight
+   (``nerf.march``); the program ends when every ray of the block has passed its last step or become opaque.
 
-What it equals: ``nerf.march.march`` over the head field alone, the head's samples composited front to
-back with NeRF's quadrature (``tests/test_fused_march.py`` holds the two together under Triton's CPU
-interpreter, and on a GPU when there is one). One difference, by design: ``march`` stops a ray after the
-round (``RenderConfig.march_round`` live samples) in which its optical depth passed ``stop_depth``, the
-kernel at the sample, so it skips samples whose light is below e^-stop_depth (2e-9 at the default 20).
-Under ``half`` the network's layers run in float16 with float32 sums, like ``--amp``'s autocast; the
-positions, the hash grid's interpolation and the compositing stay float32.
+What it equals: ``nerf.march.march`` over the same fields (``tests/test_fused_march.py`` holds the two
+together under Triton's CPU interpreter, and on a GPU when there is one). One difference, by design: ``march``
+stops a ray after the round (``RenderConfig.march_round`` live samples) in which its optical depth passed
+``stop_depth``, the kernel at the sample, so it skips samples whose light is below e^-stop_depth (2e-9 at the
+default 20). Under ``half`` the network's layers run in float16 with float32 sums, like ``--amp``'s autocast;
+the positions, the hash grids' interpolation and the compositing stay float32.
 
-Used by ``AvatarModel._march`` for a model whose torso is a layer (``--torso_field layer``: the head is
-then the only field marched) when Triton can run: on a CUDA device with the ``triton`` package (it comes
-with CUDA builds of torch), or anywhere with ``TRITON_INTERPRET=1`` (Triton's interpreter, set before triton is
-first imported; slow, for tests). Otherwise, or if the kernel fails to build, the PyTorch marcher renders the same picture, with
-one warning. Shapes the kernel does not take (hash grids with other than 2 features per level, hidden
-widths not a power of two from 16 to 128, geo_features other than 15) use the PyTorch marcher too.
+Used by ``AvatarModel._march`` (rendering with ``--march_steps``) when Triton can run: on a CUDA device with the
+``triton`` package (CUDA builds of torch bring it), or anywhere with ``TRITON_INTERPRET=1`` set before triton is
+first imported (Triton's interpreter: slow, for tests). Otherwise, or if the kernel fails to build, the PyTorch
+marcher renders the same picture (with one warning, except on a CPU without the interpreter, where that is the
+plain path). So do shapes the kernel does not take (``supports``) and ``--torso_follow`` models.
 """
 
 from __future__ import annotations
@@ -53,8 +52,8 @@ _broken: list[str] = []  # why the kernel failed to build or run in this process
 def warn_once(why: str) -> None:
     if why not in _warned:
         _warned.add(why)
-        warnings.warn(f"fused head marching unavailable ({why}); marching with PyTorch instead (same picture, "
-                      f"slower)", stacklevel=3)
+        warnings.warn(f"fused marching unavailable ({why}); marching with PyTorch instead (same picture, slower)",
+                      stacklevel=3)
 
 
 def interpreting() -> bool:
@@ -70,19 +69,25 @@ def available(device: torch.device) -> tuple[bool, str]:
         import triton  # noqa: F401
     except ImportError:
         return False, "the triton package is not installed"
+    if _broken:
+        return False, f"the kernel failed earlier: {_broken[0]}"
     return True, ""
 
 
-def supports(field) -> tuple[bool, str]:
-    """Whether the kernel takes this ``HeadField``'s shapes."""
-    cfg = field.encoding.cfg
-    hidden = field.density[0].out_features
-    if cfg.n_features_per_level != 2:
-        return False, f"hash grid with {cfg.n_features_per_level} features per level (the kernel takes 2)"
-    if hidden not in (16, 32, 64, 128):
-        return False, f"hidden width {hidden} (the kernel takes 16, 32, 64 or 128)"
-    if field.density[-1].out_features != 16:
-        return False, f"geo_features {field.density[-1].out_features - 1} (the kernel takes 15)"
+def supports(head, torso=None) -> tuple[bool, str]:
+    """Whether the kernel takes these fields' shapes (a ``HeadField`` and a ``TorsoField`` or None)."""
+    hidden = head.density[0].out_features
+    for name, field in (("head", head), ("torso", torso)):
+        if field is None:
+            continue
+        cfg = field.encoding.cfg
+        if cfg.n_features_per_level != 2:
+            return False, f"{name} hash grid with {cfg.n_features_per_level} features per level (the kernel takes 2)"
+        if field.density[0].out_features != hidden or hidden not in (16, 32, 64, 128):
+            return False, f"hidden width {field.density[0].out_features} (the kernel takes 16, 32, 64 or 128, " \
+                "the same in both fields)"
+        if field.density[-1].out_features != 16:
+            return False, f"geo_features {field.density[-1].out_features - 1} (the kernel takes 15)"
     return True, ""
 
 
@@ -90,97 +95,119 @@ def _kernel():
     """The Triton kernel (its module, and triton, imported on first use)."""
     from nerf import _fused_march_kernel
 
-    return _fused_march_kernel.march_head_kernel
+    return _fused_march_kernel.march_kernel
 
 
-def _weights(field, half: bool) -> dict[str, Tensor]:
-    """The head field's layers as the kernel reads them: [in, out] row-major, the last layers padded to 16
-    outputs, the colour MLP's first layer given a zero row for the density column (it reads h[:, 1:])."""
+def _pad16(layer, dtype) -> tuple[Tensor, Tensor]:
+    """A last layer's weight [in, 16] and bias [16], zero-padded from its outputs."""
+    w = torch.zeros(layer.in_features, 16, device=layer.weight.device)
+    w[:, :layer.out_features] = layer.weight.t()
+    b = torch.zeros(16, device=layer.weight.device)
+    b[:layer.out_features] = layer.bias
+    return w.to(dtype).contiguous(), b
+
+
+def _field_tensors(field, k_in: int, cond: Tensor, view: Tensor, half: bool) -> list:
+    """A field's per-ray first-layer parts, its grid and its layers, in the kernel's argument order:
+    pre_d, pre_c, tables, scales, resolutions, sizes, w1, w2, b2, w3, b3, wc1, wc2, bc2, wc3, bc3."""
     dtype = torch.float16 if half else torch.float32
     d0, d1, d2 = field.density[0], field.density[2], field.density[4]
     c0, c1, c2 = field.color[0], field.color[2], field.color[4]
-    k = field.encoding.output_dim
-    hidden = d0.out_features
     geo = d2.out_features - 1
-    wc1 = torch.zeros(16, hidden, device=d0.weight.device)
-    wc1[1:] = c0.weight[:, :geo].t()
-    wc3 = torch.zeros(hidden, 16, device=d0.weight.device)
-    wc3[:, :3] = c2.weight.t()
-    bc3 = torch.zeros(16, device=d0.weight.device)
-    bc3[:3] = c2.bias
-    return {"w1": d0.weight[:, :k].t().float().contiguous(),  # the rank-one updates stay float32
-            "w2": d1.weight.t().to(dtype).contiguous(), "b2": d1.bias.float().contiguous(),
-            "w3": d2.weight.t().to(dtype).contiguous(), "b3": d2.bias.float().contiguous(),
-            "wc1": wc1.to(dtype).contiguous(), "wc2": c1.weight.t().to(dtype).contiguous(),
-            "bc2": c1.bias.float().contiguous(), "wc3": wc3.to(dtype).contiguous(), "bc3": bc3}
+    dev = d0.weight.device
+    pre_d = F.linear(cond.float(), d0.weight[:, k_in:], d0.bias)
+    pre_c = F.linear(view.float(), c0.weight[:, geo:], c0.bias)
+    if half:  # as autocast would: the first layers' per-ray parts in float16
+        pre_d, pre_c = pre_d.half().float(), pre_c.half().float()
+    wc1 = torch.zeros(16, d0.out_features, device=dev)
+    wc1[1:] = c0.weight[:, :geo].t()  # row 0 (the density column) stays zero
+    cfg = field.encoding.cfg
+    tables = field.encoding.tables.detach()
+    tables = (tables.half() if field.encoding.half else tables.float()).contiguous()
+    w3, b3 = _pad16(d2, dtype)
+    wc3, bc3 = _pad16(c2, dtype)
+    return [pre_d.contiguous(), pre_c.contiguous(), tables, cfg.level_scales().to(dev),
+            torch.tensor(cfg.level_resolutions(), dtype=torch.int32, device=dev),
+            torch.tensor(cfg.level_sizes(), dtype=torch.int64, device=dev),
+            d0.weight[:, :k_in].t().float().contiguous(),  # the rank-one updates stay float32
+            d1.weight.t().to(dtype).contiguous(), d1.bias.float().contiguous(), w3, b3,
+            wc1.to(dtype).contiguous(), c1.weight.t().to(dtype).contiguous(), c1.bias.float().contiguous(), wc3, bc3]
 
 
 @torch.no_grad()
-def march_head(field, o_h: Tensor, d_h: Tensor, center: Tensor, radius: Tensor, t0: Tensor, dt: Tensor,
-               n_steps: Tensor, near: Tensor, far: Tensor, row: Tensor, grid: Tensor, unit_h: Tensor,
-               z_shape: Tensor, z_app: Tensor, drive: Tensor, stop_depth: float = 20.0,
-               half: bool = False) -> dict[str, Tensor]:
-    """March rays through one ``HeadField`` with the fused kernel.
+def march_fused(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Tensor, dt: Tensor, n_steps: Tensor,
+                row: Tensor, occ_head: Tensor, occ_torso: Tensor | None, stop_depth: float = 20.0,
+                torso_depth: float = 0.7, half: bool = False) -> dict[str, Tensor]:
+    """March rays through a ``HeadField`` and, unless ``torso`` is None, a ``TorsoField`` with the fused kernel.
 
     Args:
-        field: the head field (``nerf.fields.HeadField``).
-        o_h, d_h: [R, 3] the rays in head space; center [R, 3], radius [R]: each ray's head sphere.
-        t0, dt: [R] where the samples begin and the step; n_steps: [R] samples of each ray (0: none; a ray
-            that misses the sphere must have 0); near, far: [R] the ray's interval through the sphere.
-        row: [R] each ray's person; grid: [P, G, G, G] bool, the head occupancy grid.
-        unit_h: [R, 3] unit view directions in head space; z_shape, z_app, drive: [R, D] per-ray codes.
+        g: per ray (``AvatarModel._geometry``): o_h, d_h [R, 3] the ray in head space, center [R, 3] and radius [R]
+            its head sphere, near_h, far_h [R] its interval through it, hit_h [R] bool; with a torso also dirs
+            [R, 3] the camera-space direction, lo, hi [R, 3] the torso box, near_t, far_t, hit_t.
+        c: per ray (``AvatarModel._conditions``): unit_h [R, 3] the unit view direction in head space, z_shape,
+            z_app, drive; with a torso also unit [R, 3] (camera space) and et [R, 6] the torso's pose input.
+        t0, dt: [R] where the samples begin and the step; n_steps: [R] samples per ray (0: none).
+        row: [R] each ray's person; occ_head, occ_torso: [P, G, G, G] bool occupancy grids.
         stop_depth: a ray stops once its optical depth passes this (0: never).
-        half: the network's layers in float16 with float32 sums (``--amp``).
+        torso_depth: the torso box's depth, the unit of its density (``2 * TORSO_HALF_DEPTH``).
+        half: the networks' layers in float16 with float32 sums (``--amp``).
 
     Returns:
-        rgb [R, 3] (not over the background), acc [R] opacity, samples [R] live samples composited.
+        rgb [R, 3] (not over the background), head_acc and torso_acc [R] each field's share of the opacity,
+        samples [R] field queries composited (a sample live in both fields counts twice).
     """
     from nerf.fields import freq_encode
 
-    dev, R = o_h.device, len(o_h)
-    out = {"rgb": torch.zeros(R, 3, device=dev), "acc": torch.zeros(R, device=dev),
-           "samples": torch.zeros(R, device=dev)}
+    dev, R = t0.device, len(t0)
+    out = {"rgb": torch.zeros(R, 3, device=dev), "head_acc": torch.zeros(R, device=dev),
+           "torso_acc": torch.zeros(R, device=dev), "samples": torch.zeros(R, device=dev)}
     if R == 0:
         return out
-    cfg = field.encoding.cfg
-    d0, c0 = field.density[0], field.color[0]
-    k, geo = field.encoding.output_dim, field.density[-1].out_features - 1
     f32 = lambda x: x.float().contiguous()  # noqa: E731
-    pre_d = F.linear(torch.cat([z_shape, drive], -1).float(), d0.weight[:, k:], d0.bias)
-    view = torch.cat([freq_encode(unit_h.float(), field.dir_freqs), z_app.float()], -1)
-    pre_c = F.linear(view, c0.weight[:, geo:], c0.bias)
-    if half:  # as autocast would: the first layers' per-ray parts in float16
-        pre_d, pre_c = pre_d.half().float(), pre_c.half().float()
-    w = _weights(field, half)
-    tables = field.encoding.tables.detach()
-    tables = (tables.half() if field.encoding.half else tables.float()).contiguous()
-    scales = cfg.level_scales().to(dev)
-    res = torch.tensor(cfg.level_resolutions(), dtype=torch.int32, device=dev)
-    sizes = torch.tensor(cfg.level_sizes(), dtype=torch.int64, device=dev)
+    u8 = lambda x: x.to(torch.uint8).contiguous()  # noqa: E731
+    zero = torch.zeros(head.density[0].out_features, device=dev)
+    hview = torch.cat([freq_encode(c["unit_h"].float(), head.dir_freqs), c["z_app"].float()], -1)
+    hargs = _field_tensors(head, head.encoding.output_dim, torch.cat([c["z_shape"], c["drive"]], -1), hview, half)
+    hcfg = head.encoding.cfg
+    if torso is not None:
+        tcond = torch.cat([freq_encode(c["et"].float(), torso.et_freqs), c["z_shape"].float()], -1)
+        tview = torch.cat([freq_encode(c["unit"].float(), torso.dir_freqs), c["z_app"].float()], -1)
+        targs = _field_tensors(torso, torso.encoding.output_dim, tcond, tview, half)
+        w0, w1, w2 = torso.deform[0], torso.deform[2], torso.deform[4]
+        k_warp = 3 * (1 + 2 * torso.pose_freqs)
+        pre_w = F.linear(tcond, w0.weight[:, k_warp:], w0.bias)
+        if half:
+            pre_w = pre_w.half().float()
+        dtype = torch.float16 if half else torch.float32
+        wargs = [pre_w.contiguous(), w0.weight[:, :k_warp].t().float().contiguous(), w1.weight.t().to(dtype).contiguous(),
+                 w1.bias.float().contiguous(), *_pad16(w2, dtype)]
+        tcfg, nf = torso.encoding.cfg, torso.pose_freqs
+        cam, lo, hi = f32(g["dirs"]), f32(g["lo"]), f32(g["hi"])
+        near_t, far_t, hit_t, occ_t = f32(g["near_t"]), f32(g["far_t"]), u8(g["hit_t"]), u8(occ_torso)
+    else:  # (the torso's arguments are never read: any tensor stands in)
+        targs, wargs, tcfg, nf = [zero] * 16, [zero] * 6, hcfg, 1
+        cam = lo = hi = near_t = far_t = zero
+        hit_t = occ_t = zero.to(torch.uint8)
     interpret = interpreting()
-    kernel = _kernel()
-    kernel[(triton_cdiv(R, BLOCK),)](
-        f32(o_h), f32(d_h), f32(center), f32(radius), f32(t0), f32(dt), n_steps.to(torch.int32).contiguous(),
-        f32(near), f32(far), row.to(torch.int32).contiguous(), f32(pre_d), f32(pre_c),
-        grid.to(torch.uint8).contiguous(), tables, scales, res, sizes,
-        w["w1"], w["w2"], w["b2"], w["w3"], w["b3"], w["wc1"], w["wc2"], w["bc2"], w["wc3"], w["bc3"],
-        out["rgb"], out["acc"], out["samples"],
-        R, grid.shape[1], float(stop_depth) if stop_depth > 0 else float("inf"),
-        L=cfg.n_levels, N_DENSE=cfg.level_hashed().count(False), T=cfg.table_size, H=d0.out_features,
-        BLOCK_R=BLOCK, HALF=half, PRECISION="ieee" if interpret else "tf32")
+    _kernel()[(-(-R // BLOCK),)](
+        f32(g["o_h"]), f32(g["d_h"]), f32(g["center"]), f32(g["radius"]), cam, lo, hi, f32(t0), f32(dt),
+        n_steps.to(torch.int32).contiguous(), f32(g["near_h"]), f32(g["far_h"]), near_t, far_t, u8(g["hit_h"]), hit_t,
+        row.to(torch.int32).contiguous(), u8(occ_head), occ_t, zero,
+        *hargs, *wargs, *targs,
+        out["rgb"], out["head_acc"], out["torso_acc"], out["samples"],
+        R, occ_head.shape[1], float(stop_depth) if stop_depth > 0 else float("inf"), float(torso_depth),
+        L=hcfg.n_levels, N_DENSE=hcfg.level_hashed().count(False), T=hcfg.table_size,
+        TORSO=torso is not None, TL=tcfg.n_levels, TN_DENSE=tcfg.level_hashed().count(False), TT=tcfg.table_size,
+        NF=nf, H=head.density[0].out_features, BLOCK_R=BLOCK, HALF=half, PRECISION="ieee" if interpret else "tf32")
     return out
 
 
-def triton_cdiv(a: int, b: int) -> int:
-    return (a + b - 1) // b
-
-
-def run_or_none(field, *args, **kwargs) -> dict[str, Tensor] | None:
-    """``march_head``, or None (with one warning) when the kernel fails to build or launch on this machine."""
+def run_or_none(*args, **kwargs) -> dict[str, Tensor] | None:
+    """``march_fused``, or None (with one warning) when the kernel fails to build or launch on this machine."""
     if _broken:
         return None
     try:
-        return march_head(field, *args, **kwargs)
+        return march_fused(*args, **kwargs)
     except Exception as err:  # a compiler or driver failure: the PyTorch marcher renders the same picture
         _broken.append(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
         warn_once(f"the kernel failed: {_broken[0]}")

@@ -47,8 +47,8 @@ class RenderConfig:
     march_round: int = 16
     """Marching: live samples per ray queried per round (fewer: less work behind opaque surfaces, more rounds)."""
     fused: bool = True
-    """Marching a model whose torso is a layer: march the head with the fused Triton kernel (``nerf.fused_march``)
-    where it can run (a CUDA device with triton), else with ``nerf.march``."""
+    """Marching: with the fused Triton kernel (``nerf.fused_march``) where it can run (a CUDA device with triton),
+    else with ``nerf.march`` (the same picture)."""
 
 
 class AvatarModel(nn.Module):
@@ -353,37 +353,42 @@ class AvatarModel(nn.Module):
                 sigma, rgb, _ = self.torso[net](x01, c["unit"], c["et"], c["z_shape"], c["z_app"], r)
             return sigma.float() / (2 * TORSO_HALF_DEPTH), rgb
 
-        fields = [march.MarchField(live(g["head_01"], occ.head, hit_h, g["near_h"], g["far_h"]), head)]
+        out = self._march_fused(net, g, c, t0, dt, n_steps, row, amp) if rc.fused else None
+        if out is None:
+            fields = [march.MarchField(live(g["head_01"], occ.head, hit_h, g["near_h"], g["far_h"]), head)]
+            if not self.torso_layer:
+                fields.append(march.MarchField(live(g["torso_01"], occ.torso, hit_t, g["near_t"], g["far_t"]), torso))
+            out = march.march(fields, t0, dt, n_steps, rc.stop_depth, rc.march_round)
+            out["head_acc"] = out["field_acc"][0]
+            out["torso_acc"] = out["field_acc"][1] if not self.torso_layer else None
         if self.torso_layer:
-            out = self._march_head_fused(net, g, c, t0, dt, n_steps, row, amp) if rc.fused else None
-            if out is None:
-                out = march.march(fields, t0, dt, n_steps, rc.stop_depth, rc.march_round)
-            res = self._layer_behind(net, b, c, hit_h, hit_t, out["rgb"], out["acc"], amp)
+            res = self._layer_behind(net, b, c, hit_h, hit_t, out["rgb"], out["head_acc"], amp)
             res["samples"] = out["samples"] + res.pop("layer_queried")
             return res
-        fields.append(march.MarchField(live(g["torso_01"], occ.torso, hit_t, g["near_t"], g["far_t"]), torso))
-        out = march.march(fields, t0, dt, n_steps, rc.stop_depth, rc.march_round)
-        return {"rgb": volrend.composite_over(out["rgb"], out["acc"], b["background"]),
-                "head_acc": out["field_acc"][0], "torso_acc": out["field_acc"][1],
+        return {"rgb": volrend.composite_over(out["rgb"], out["head_acc"] + out["torso_acc"], b["background"]),
+                "head_acc": out["head_acc"], "torso_acc": out["torso_acc"],
                 "offset_sq": torch.zeros_like(t0), "torso_hit": hit_t.float(), "samples": out["samples"]}
 
-    def _march_head_fused(self, net: int, g: dict[str, torch.Tensor], c: dict[str, torch.Tensor], t0: torch.Tensor,
-                          dt: torch.Tensor, n_steps: torch.Tensor, row: torch.Tensor, amp: bool) -> dict | None:
-        """The head marched by ``nerf.fused_march`` (rgb, acc, samples), or None where it cannot run (the caller
-        then marches with ``nerf.march``: the CPU without Triton's interpreter silently, otherwise with a warning)."""
+    def _march_fused(self, net: int, g: dict[str, torch.Tensor], c: dict[str, torch.Tensor], t0: torch.Tensor,
+                     dt: torch.Tensor, n_steps: torch.Tensor, row: torch.Tensor, amp: bool) -> dict | None:
+        """The fields marched by ``nerf.fused_march`` (rgb, head_acc, torso_acc, samples; the head alone for a torso
+        layer), or None where it cannot run: the caller then marches with ``nerf.march`` (on a CPU without Triton's
+        interpreter silently, that being the plain CPU path; elsewhere after one warning)."""
         from nerf import fused_march
 
-        field = self.head[net]
+        head, torso = self.head[net], None if self.torso_layer else self.torso[net]
         ok, why = fused_march.available(t0.device)
         if ok:
-            ok, why = fused_march.supports(field)
+            ok, why = fused_march.supports(head, torso)
+        if ok and self.torso_follow:
+            ok, why = False, "--torso_follow moves the torso's points with the head: not in the kernel"
         if not ok:
             if t0.device.type == "cuda" or fused_march.interpreting():
                 fused_march.warn_once(why)
             return None
-        return fused_march.run_or_none(
-            field, g["o_h"], g["d_h"], g["center"], g["radius"], t0, dt, n_steps, g["near_h"], g["far_h"], row,
-            self.occupancy.head, c["unit_h"], c["z_shape"], c["z_app"], c["drive"], self.render_cfg.stop_depth, amp)
+        return fused_march.run_or_none(head, torso, g, c, t0, dt, n_steps, row, self.occupancy.head,
+                                       None if torso is None else self.occupancy.torso, self.render_cfg.stop_depth,
+                                       2 * TORSO_HALF_DEPTH, amp)
 
     def _layer_behind(self, net: int, b: dict[str, torch.Tensor], c: dict[str, torch.Tensor], hit_h: torch.Tensor,
                       hit_t: torch.Tensor, rgb_h: torch.Tensor, acc_h: torch.Tensor,

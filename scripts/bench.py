@@ -12,7 +12,9 @@ Rows:
   (render.py's default), then the same under float16 autocast (render.py --amp), with the PSNR
   between the float16 and float32 renders; with --march_steps N[,M]: marching through that grid
   (render.py --march_steps), float32 and float16, with field queries per cast ray and the PSNR against
-  the sampled render; with --ray_samples 24+16[,...]: the sampled render with fewer samples per field
+  the sampled render (a --torso_fields layer model marches its head with the fused Triton kernel,
+  nerf/fused_march.py, where it runs: then also rows with the PyTorch marcher); with --ray_samples
+  24+16[,...]: the sampled render with fewer samples per field
   (render.py --ray_samples), likewise.
 - peak GPU memory of the training and rendering rows.
 - --batch_rays 4096,16384: a training row per batch size (rays/s shows whether a bigger batch is nearly free);
@@ -222,8 +224,15 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
               + (f", {row['psnr_vs_float32_db']:.1f} dB PSNR against the float32 render" if amp else ""))
     rc = model.render_cfg
     trained = (rc.n_coarse, rc.n_importance)
-    variants = [(f"marching {n} steps", {"march_steps": n}) for n in march_steps or []] + \
-        [(f"{c}+{i} samples per field", {"n_coarse": c, "n_importance": i}) for c, i in ray_samples or []]
+    from nerf import fused_march
+
+    # a layer model marches its head with the fused kernel where it runs: a row with the PyTorch marcher beside it
+    fused = model.torso_layer and fused_march.available(dev)[0] and fused_march.supports(model.head[0])[0]
+    variants = [(f"marching {n} steps" + (", fused kernel" if fused else ""), {"march_steps": n})
+                for n in march_steps or []] \
+        + [(f"marching {n} steps, PyTorch marcher", {"march_steps": n, "fused": False})
+           for n in (march_steps or []) if fused] \
+        + [(f"{c}+{i} samples per field", {"n_coarse": c, "n_importance": i}) for c, i in ray_samples or []]
     sampled = render_persons(model, frames_of(0)) if variants else None
     for label, settings in variants:  # other ways through the same grid, against the sampled render
         for k, v in settings.items():
@@ -250,7 +259,7 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
             name = "_".join(f"{k}{v}" for k, v in settings.items())
             _profile(Path(profile_dir) / f"profile_render_{model_kind}_{cfg.torso_field}_{name}.txt",
                      lambda: render_persons(model, frames_of(next(turn))), 1, cuda)
-        rc.march_steps, (rc.n_coarse, rc.n_importance) = 0, trained
+        rc.march_steps, (rc.n_coarse, rc.n_importance), rc.fused = 0, trained, True
     if profile_dir:
         _profile(Path(profile_dir) / f"profile_render_{model_kind}_{cfg.torso_field}.txt",
                  lambda: render_persons(model, frames_of(next(turn))), 1, cuda)

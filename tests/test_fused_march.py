@@ -2,8 +2,9 @@
 
 On a GPU the kernel is compiled; on the CPU box Triton's interpreter runs the same kernel source
 (``TRITON_INTERPRET=1``), so CI checks the arithmetic without a GPU. Skipped where triton is absent.
-Triton reads that setting when it is imported (its own library functions are decorated then), so this module
-sets it at collection, before anything imports triton.
+Triton reads that setting when it decorates a kernel (its own library functions are decorated when it is
+imported), so this module imports triton and the kernel with it set, at collection, and then unsets it: the
+other tests' renders keep the plain PyTorch path, and the tests here set it again to let the model use the kernel.
 """
 
 import os
@@ -14,31 +15,45 @@ import torch
 
 if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
+    try:
+        import nerf._fused_march_kernel  # noqa: F401  (imports triton)
+    except ImportError:
+        pass
+    finally:
+        del os.environ["TRITON_INTERPRET"]
 pytest.importorskip("triton")
 
 from nerf import fused_march, march, occupancy, rays  # noqa: E402
 from nerf.encoding import HashGridConfig  # noqa: E402
-from nerf.fields import FieldConfig, HeadField  # noqa: E402
+from nerf.fields import FieldConfig, HeadField, TorsoField  # noqa: E402
 
 # dense levels (res 4, 7) and hashed ones (res 13, 23 > 10 = 2^10 ** (1/3)), wrap-around at the top face included
 GRID = HashGridConfig(n_levels=4, log2_hashmap_size=10, base_resolution=4, finest_resolution=23)
 
 
 @pytest.fixture
-def dev():
-    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+def dev(monkeypatch):
+    if torch.cuda.is_available():
+        return torch.device("cuda")
+    monkeypatch.setenv("TRITON_INTERPRET", "1")  # the kernel was built for the interpreter at collection
+    return torch.device("cpu")
 
 
-def _scene(dev, R=150, hidden=16, bias=0.0, seed=0):
-    """A head field with lively random weights, R rays of two persons through their head spheres (some miss),
-    an occupancy grid with empty cells, per-ray codes."""
+def _scene(dev, R=100, hidden=16, bias=0.0, seed=0, torso=False):
+    """A head field (and a torso field) with lively random weights; R rays of two persons through their head
+    spheres (some miss) and torso boxes, the two overlapping along the rays; occupancy grids with empty cells;
+    per-ray codes, in the layout of ``AvatarModel._geometry`` and ``_conditions``."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    field = HeadField(FieldConfig(head_grid=GRID, hidden=hidden, hash_backend="torch"))
+    cfg = FieldConfig(head_grid=GRID, torso_grid=GRID, hidden=hidden, hash_backend="torch")
+    fields = [HeadField(cfg)] + ([TorsoField(cfg)] if torso else [])
     with torch.no_grad():
-        field.encoding.tables.uniform_(-1.0, 1.0, generator=g)
-        field.density[-1].bias[0] += bias
-    field = field.to(dev).eval()
+        for f in fields:
+            f.encoding.tables.uniform_(-1.0, 1.0, generator=g)
+            f.density[-1].bias[0] += bias
+        if torso:  # a warp that moves points (it starts at zero)
+            fields[1].deform[-1].weight.normal_(0.0, 0.05, generator=g)
+    fields = [f.to(dev).eval() for f in fields]
     row = torch.randint(0, 2, (R,), generator=g)
     center = torch.tensor([[0.0, 0.02, 0.0], [0.01, -0.03, 0.02]])[row]
     radius = torch.tensor([0.2, 0.25])[row]
@@ -46,80 +61,123 @@ def _scene(dev, R=150, hidden=16, bias=0.0, seed=0):
     aim = center + radius[:, None] * 1.3 * (2 * torch.rand(R, 3, generator=g) - 1)  # some rays miss
     d_h = aim - o_h
     d_h = d_h / d_h.norm(dim=-1, keepdim=True) * (1 + 0.1 * torch.rand(R, 1, generator=g))  # not unit: as R^T dirs
-    near, far, hit = rays.sphere_interval(o_h, d_h, center, radius)
-    far = torch.maximum(far, near)
-    dt = 2 * radius / 24
-    t0 = torch.where(hit, near, 0.0)
-    n_steps = torch.where(hit, torch.ceil((far - t0) / dt), 0).long()
-    grid = torch.rand(2, 8, 8, 8, generator=g) < 0.7
-    codes = {"unit_h": d_h / d_h.norm(dim=-1, keepdim=True), "z_shape": torch.randn(R, 16, generator=g),
-             "z_app": torch.randn(R, 16, generator=g), "drive": torch.randn(R, 32, generator=g)}
-    scene = {"o_h": o_h, "d_h": d_h, "center": center, "radius": radius, "t0": t0, "dt": dt, "n_steps": n_steps,
-             "near": near, "far": far, "hit": hit, "row": row, "grid": grid, **codes}
-    return field, {k: v.to(dev) for k, v in scene.items()}
+    near_h, far_h, hit_h = rays.sphere_interval(o_h, d_h, center, radius)
+    dirs = torch.cat([0.1 * (2 * torch.rand(R, 2, generator=g) - 1), torch.ones(R, 1)], -1)  # camera space, z = 1
+    lo = torch.tensor([[-0.3, -0.1, 2.85], [-0.35, -0.05, 2.9]])[row]
+    hi = lo + torch.tensor([0.6, 0.5, 0.7])
+    near_t, far_t, hit_t = rays.box_interval(torch.zeros_like(dirs), dirs, lo, hi)
+    hit_t &= torch.rand(R, generator=g) < 0.8
+    far_h, far_t = torch.maximum(far_h, near_h), torch.maximum(far_t, near_t)
+    inf = torch.full((R,), float("inf"))
+    if torso:
+        t0 = torch.minimum(torch.where(hit_h, near_h, inf), torch.where(hit_t, near_t, inf))
+        t1 = torch.maximum(torch.where(hit_h, far_h, -inf), torch.where(hit_t, far_t, -inf))
+        hit = hit_h | hit_t
+    else:
+        t0, t1, hit = near_h, far_h, hit_h
+    t0, t1 = torch.where(hit, t0, 0.0), torch.where(hit, t1, 0.0)
+    dt = torch.minimum(2 * radius, torch.full_like(radius, 0.7)) / 16
+    n_steps = torch.ceil((t1 - t0) / dt).clamp_min(0).long()
+    occ = torch.rand(2, 2, 8, 8, 8, generator=g) < 0.7
+    geo = {"o_h": o_h, "d_h": d_h, "center": center, "radius": radius, "near_h": near_h, "far_h": far_h,
+           "hit_h": hit_h, "dirs": dirs, "lo": lo, "hi": hi, "near_t": near_t, "far_t": far_t, "hit_t": hit_t}
+    cond = {"unit_h": d_h / d_h.norm(dim=-1, keepdim=True), "unit": dirs / dirs.norm(dim=-1, keepdim=True),
+            "z_shape": torch.randn(R, 16, generator=g), "z_app": torch.randn(R, 16, generator=g),
+            "drive": torch.randn(R, 32, generator=g), "et": torch.randn(R, 6, generator=g)}
+    to = lambda d: {k: v.to(dev) for k, v in d.items()}  # noqa: E731
+    march_args = {"t0": t0, "dt": dt, "n_steps": n_steps, "row": row, "occ_head": occ[0], "occ_torso": occ[1]}
+    return fields, to(geo), to(cond), to(march_args)
 
 
-def _reference(field, s, stop_depth, amp=False):
-    """What ``AvatarModel._march`` does for the head field, with ``nerf.march``."""
-    def live(t):
-        x01 = (s["o_h"][:, None] + t[..., None] * s["d_h"][:, None] - s["center"][:, None]) \
-            / (2 * s["radius"][:, None, None]) + 0.5
-        return (((x01 >= 0) & (x01 <= 1)).all(-1) & s["hit"][:, None] & (t >= s["near"][:, None])
-                & (t <= s["far"][:, None]) & occupancy.lookup(s["grid"], s["row"], x01))
+def _reference(fields, g, c, m, stop_depth, amp=False):
+    """What ``AvatarModel._march`` does, with ``nerf.march``."""
+    half = torch.autocast(g["o_h"].device.type, dtype=torch.float16, enabled=amp)
+    row = m["row"]
 
-    def query(r, t):
-        x01 = (s["o_h"][r] + t[:, None] * s["d_h"][r] - s["center"][r]) / (2 * s["radius"][r, None]) + 0.5
-        with torch.autocast(x01.device.type, dtype=torch.float16, enabled=amp):
-            sigma, rgb = field(x01, s["unit_h"], s["z_shape"], s["z_app"], s["drive"], r)
-        return sigma.float() / (2 * s["radius"][r]), rgb
+    def head_live(t):
+        x01 = (g["o_h"][:, None] + t[..., None] * g["d_h"][:, None] - g["center"][:, None]) \
+            / (2 * g["radius"][:, None, None]) + 0.5
+        return (((x01 >= 0) & (x01 <= 1)).all(-1) & g["hit_h"][:, None] & (t >= g["near_h"][:, None])
+                & (t <= g["far_h"][:, None]) & occupancy.lookup(m["occ_head"], row, x01))
 
+    def head_query(r, t):
+        x01 = (g["o_h"][r] + t[:, None] * g["d_h"][r] - g["center"][r]) / (2 * g["radius"][r, None]) + 0.5
+        with half:
+            sigma, rgb = fields[0](x01, c["unit_h"], c["z_shape"], c["z_app"], c["drive"], r)
+        return sigma.float() / (2 * g["radius"][r]), rgb
+
+    def torso_live(t):
+        x01 = rays.normalize_to_unit(t[..., None] * g["dirs"][:, None], g["lo"][:, None], g["hi"][:, None])
+        return (((x01 >= 0) & (x01 <= 1)).all(-1) & g["hit_t"][:, None] & (t >= g["near_t"][:, None])
+                & (t <= g["far_t"][:, None]) & occupancy.lookup(m["occ_torso"], row, x01))
+
+    def torso_query(r, t):
+        x01 = rays.normalize_to_unit(t[:, None] * g["dirs"][r], g["lo"][r], g["hi"][r])
+        with half:
+            sigma, rgb, _ = fields[1](x01, c["unit"], c["et"], c["z_shape"], c["z_app"], r)
+        return sigma.float() / 0.7, rgb
+
+    fs = [march.MarchField(head_live, head_query)] + ([march.MarchField(torso_live, torso_query)]
+                                                      if len(fields) > 1 else [])
     with torch.no_grad():
-        return march.march([march.MarchField(live, query)], s["t0"], s["dt"], s["n_steps"], stop_depth)
+        out = march.march(fs, m["t0"], m["dt"], m["n_steps"], stop_depth)
+    out["head_acc"] = out["field_acc"][0]
+    out["torso_acc"] = out["field_acc"][1] if len(fields) > 1 else torch.zeros_like(out["acc"])
+    return out
 
 
-def _fused(field, s, stop_depth, half=False):
-    return fused_march.march_head(field, s["o_h"], s["d_h"], s["center"], s["radius"], s["t0"], s["dt"],
-                                  s["n_steps"], s["near"], s["far"], s["row"], s["grid"], s["unit_h"], s["z_shape"],
-                                  s["z_app"], s["drive"], stop_depth=stop_depth, half=half)
+def _fused(fields, g, c, m, stop_depth, half=False):
+    return fused_march.march_fused(fields[0], fields[1] if len(fields) > 1 else None, g, c, m["t0"], m["dt"],
+                                   m["n_steps"], m["row"], m["occ_head"], m["occ_torso"], stop_depth, 0.7, half)
+
+
+def _close(out, ref, tol):
+    for k in ("rgb", "head_acc", "torso_acc"):
+        torch.testing.assert_close(out[k], ref[k], atol=tol, rtol=0)
 
 
 def test_the_fused_kernel_marches_the_head_as_the_pytorch_marcher_does(dev):
-    field, s = _scene(dev)
-    ref, out = _reference(field, s, 0.0), _fused(field, s, 0.0)
-    hit = s["hit"]
+    fields, g, c, m = _scene(dev)
+    ref, out = _reference(fields, g, c, m, 0.0), _fused(fields, g, c, m, 0.0)
+    hit = g["hit_h"]
     assert 20 < int(hit.sum()) < len(hit) and (ref["samples"][hit] > 0).float().mean() > 0.8
     assert 0.05 < ref["acc"][hit].mean() < 0.95  # translucent: every sample counts
     # float32 throughout (TF32 matrix products on a GPU); on the CPU the same operations in the same order
-    tol = 2e-3 if dev.type == "cuda" else 2e-5
-    torch.testing.assert_close(out["rgb"], ref["rgb"][:, :3], atol=tol, rtol=0)
-    torch.testing.assert_close(out["acc"], ref["acc"], atol=tol, rtol=0)
+    _close(out, ref, 2e-3 if dev.type == "cuda" else 2e-5)
     # the same samples: live where the marcher's are (a GPU may round a sample on a cell's edge the other way)
     assert (out["samples"] != ref["samples"]).float().mean() <= (0.02 if dev.type == "cuda" else 0.0)
-    assert (out["samples"][~hit] == 0).all() and (out["acc"][~hit] == 0).all()
+    assert (out["samples"][~hit] == 0).all() and (out["head_acc"][~hit] == 0).all()
+
+
+def test_the_fused_kernel_marches_head_and_torso_together_as_the_pytorch_marcher_does(dev):
+    fields, g, c, m = _scene(dev, seed=3, torso=True)
+    ref, out = _reference(fields, g, c, m, 0.0), _fused(fields, g, c, m, 0.0)
+    both = g["hit_h"] & g["hit_t"]
+    assert both.sum() > 12 and ref["head_acc"][both].mean() > 0.05 and ref["torso_acc"][both].mean() > 0.05
+    _close(out, ref, 2e-3 if dev.type == "cuda" else 2e-5)
+    assert (out["samples"] != ref["samples"]).float().mean() <= (0.02 if dev.type == "cuda" else 0.0)
 
 
 def test_the_fused_kernel_stops_opaque_rays_and_keeps_their_colour(dev):
-    field, s = _scene(dev, bias=6.0, seed=1)  # dense: rays turn opaque a few samples in
-    ref, out = _reference(field, s, 20.0), _fused(field, s, 20.0)
-    full = _reference(field, s, 0.0)
-    hit = s["hit"]
+    fields, g, c, m = _scene(dev, bias=6.0, seed=1, torso=True)  # dense: rays turn opaque a few samples in
+    ref, out = _reference(fields, g, c, m, 20.0), _fused(fields, g, c, m, 20.0)
+    full = _reference(fields, g, c, m, 0.0)
+    hit = g["hit_h"] | g["hit_t"]
     assert (ref["acc"][hit] > 0.999).float().mean() > 0.5
     # it stops at the sample (the marcher at the end of its round of 16), so it queries no more than the marcher
     assert (out["samples"] <= ref["samples"]).all() and out["samples"].sum() < 0.8 * full["samples"].sum()
-    tol = 2e-3 if dev.type == "cuda" else 2e-5
-    torch.testing.assert_close(out["rgb"], full["rgb"], atol=tol, rtol=0)
-    torch.testing.assert_close(out["acc"], full["acc"], atol=tol, rtol=0)
+    _close(out, full, 2e-3 if dev.type == "cuda" else 2e-5)
 
 
 def test_the_fused_kernel_in_float16_is_the_autocast_march(dev):
-    field, s = _scene(dev, hidden=32, seed=2)
-    ref, out = _reference(field, s, 20.0, amp=True), _fused(field, s, 20.0, half=True)
+    fields, g, c, m = _scene(dev, hidden=32, seed=2, torso=True)
+    ref, out = _reference(fields, g, c, m, 20.0, amp=True), _fused(fields, g, c, m, 20.0, half=True)
     # float16 layers on both sides, rounded at different points: colours agree to a few float16 ulps
-    torch.testing.assert_close(out["rgb"], ref["rgb"], atol=4e-3, rtol=0)
-    torch.testing.assert_close(out["acc"], ref["acc"], atol=4e-3, rtol=0)
+    _close(out, ref, 4e-3)
 
 
-def test_a_layer_models_marched_render_is_the_same_with_the_fused_kernel(dev):
+@pytest.mark.parametrize("mode,layer", [("per_person", True), ("shared", False)])
+def test_a_models_marched_render_is_the_same_with_the_fused_kernel(dev, mode, layer):
     from test_nerf_model import TINY, _person
 
     from nerf.model import AvatarModel, RenderConfig
@@ -130,26 +188,26 @@ def test_a_layer_models_marched_render_is_the_same_with_the_fused_kernel(dev):
     for p in persons:
         p.background = torch.rand(16, 16, 3)
     model = AvatarModel(persons, FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4),
-                        RenderConfig(8, 8, march_steps=24), mode="per_person", torso_layer=True).to(dev)
+                        RenderConfig(8, 8, march_steps=24 if layer else 12), mode=mode, torso_layer=layer).to(dev)
     with torch.no_grad():
-        for f in model.head:
+        for f in [*model.head, *model.torso]:
             f.encoding.tables.uniform_(-1.0, 1.0)
     model.occupancy = occupancy.build(model, persons, resolution=8)
     calls = []
-    real = fused_march.march_head
-    fused_march.march_head = lambda *a, **k: calls.append(1) or real(*a, **k)
+    real = fused_march.march_fused
+    fused_march.march_fused = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no fallback
-            fused = [render_frame(model, p, 2) for p in persons]
+            fused = [render_frame(model, p, 2) for p in persons[-2 if layer else -1:]]  # (the interpreter is slow)
         model.render_cfg.fused = False
-        plain = [render_frame(model, p, 2) for p in persons]
+        plain = [render_frame(model, p, 2) for p in persons[-2 if layer else -1:]]
     finally:
-        fused_march.march_head = real
-    assert len(calls) == 2  # one kernel launch per person's frame (the model is per_person: one per net)
+        fused_march.march_fused = real
+    assert len(calls) == len(plain)  # one kernel launch per person's frame (one chunk of rays)
     tol = 2e-3 if dev.type == "cuda" else 2e-5
     for a, b in zip(fused, plain):
-        assert b["head_acc"].max() > 0.2
+        assert b["head_acc"].max() > 0.2 and b["torso_acc"].max() > 0.2
         for k in ("rgb", "head_acc", "torso_acc"):
             torch.testing.assert_close(a[k], b[k], atol=tol, rtol=0)
 
@@ -162,3 +220,5 @@ def test_without_a_gpu_or_the_interpreter_or_for_other_shapes_the_model_marches_
                                                            log2_hashmap_size=8, base_resolution=4), hidden=16))
     ok, why = fused_march.supports(field)
     assert not ok and "4 features" in why
+    ok, why = fused_march.supports(HeadField(FieldConfig(hidden=48)))
+    assert not ok and "hidden width 48" in why
