@@ -369,6 +369,19 @@ class AvatarModel(nn.Module):
                 "head_acc": out["head_acc"], "torso_acc": out["torso_acc"],
                 "offset_sq": torch.zeros_like(t0), "torso_hit": hit_t.float(), "samples": out["samples"]}
 
+    def fused_marching(self, device: torch.device, net: int = 0) -> tuple[bool, str]:
+        """Whether marching runs the fused kernel (``nerf.fused_march``) on ``device``, and why not."""
+        from nerf import fused_march
+
+        if not self.render_cfg.fused:
+            return False, "RenderConfig.fused is off"
+        ok, why = fused_march.available(device)
+        if ok:
+            ok, why = fused_march.supports(self.head[net], None if self.torso_layer else self.torso[net])
+        if ok and self.torso_follow:
+            ok, why = False, "--torso_follow moves the torso's points with the head: not in the kernel"
+        return ok, why
+
     def _march_fused(self, net: int, g: dict[str, torch.Tensor], c: dict[str, torch.Tensor], t0: torch.Tensor,
                      dt: torch.Tensor, n_steps: torch.Tensor, row: torch.Tensor, amp: bool) -> dict | None:
         """The fields marched by ``nerf.fused_march`` (rgb, head_acc, torso_acc, samples; the head alone for a torso
@@ -377,11 +390,7 @@ class AvatarModel(nn.Module):
         from nerf import fused_march
 
         head, torso = self.head[net], None if self.torso_layer else self.torso[net]
-        ok, why = fused_march.available(t0.device)
-        if ok:
-            ok, why = fused_march.supports(head, torso)
-        if ok and self.torso_follow:
-            ok, why = False, "--torso_follow moves the torso's points with the head: not in the kernel"
+        ok, why = self.fused_marching(t0.device, net)
         if not ok:
             if t0.device.type == "cuda" or fused_march.interpreting():
                 fused_march.warn_once(why)

@@ -59,7 +59,9 @@ def render_persons(model: AvatarModel, items: list[tuple[PersonFrames, int]], ch
 
     Args:
         items: (person, frame) pairs, e.g. every person of one output frame.
-        chunk: rays per model call (default: 4096 on the CPU, 65536 on a GPU).
+        chunk: rays per model call (default: 4096 on the CPU, 65536 on a GPU, and all of them when marching
+            with the fused kernel on a GPU: its per-call work, about 700 small operations for the rays' geometry,
+            codes and the torso layer, is then paid once per frame).
         amp: the field queries under float16 autocast (see the module docstring).
 
     Returns:
@@ -67,14 +69,19 @@ def render_persons(model: AvatarModel, items: list[tuple[PersonFrames, int]], ch
         (``RenderConfig.march_steps``), also samples [S, S], the field queries per pixel (0 where no ray was cast).
     """
     dev = model.head_center.device
+    probe = 4096 // 4 if dev.type == "cpu" else 65536 // 4
+    rc = model.render_cfg
+    if chunk is None and dev.type == "cuda" and rc.march_steps > 0 and model.occupancy is not None \
+            and model.fused_marching(dev)[0]:
+        chunk = 1 << 22  # fused marching keeps no [rays, samples] tensors: the whole frame in one launch
     chunk = chunk or (4096 if dev.type == "cpu" else 65536)
     keep = ("row", "u", "v", "focal", "R", "t", "euler", "expr", "speaking")
     parts, hits, backgrounds = [], [], []
     for k, (p, frame) in enumerate(items):
         b = frame_batch(p, frame, model.cfg.audio_window, device=dev)
         # (in slices: the occupancy probes of a whole 512 px crop at once would take gigabytes)
-        hit = torch.cat([model.ray_hits(select_rays(b, slice(a, a + chunk // 4)))
-                         for a in range(0, len(b["u"]), chunk // 4)])
+        hit = torch.cat([model.ray_hits(select_rays(b, slice(a, a + probe)))
+                         for a in range(0, len(b["u"]), probe)])
         hits.append(hit)
         backgrounds.append(b["background"])
         ray = hit.nonzero()[:, 0]

@@ -12,8 +12,8 @@ Rows:
   (render.py's default), then the same under float16 autocast (render.py --amp), with the PSNR
   between the float16 and float32 renders; with --march_steps N[,M]: marching through that grid
   (render.py --march_steps), float32 and float16, with field queries per cast ray and the PSNR against
-  the sampled render (a --torso_fields layer model marches its head with the fused Triton kernel,
-  nerf/fused_march.py, where it runs: then also rows with the PyTorch marcher); with --ray_samples
+  the sampled render (marching runs the fused Triton kernel, nerf/fused_march.py, where it can: then
+  also rows with the PyTorch marcher); with --ray_samples
   24+16[,...]: the sampled render with fewer samples per field
   (render.py --ray_samples), likewise.
 - peak GPU memory of the training and rendering rows.
@@ -224,10 +224,8 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
               + (f", {row['psnr_vs_float32_db']:.1f} dB PSNR against the float32 render" if amp else ""))
     rc = model.render_cfg
     trained = (rc.n_coarse, rc.n_importance)
-    from nerf import fused_march
-
-    # a layer model marches its head with the fused kernel where it runs: a row with the PyTorch marcher beside it
-    fused = model.torso_layer and fused_march.available(dev)[0] and fused_march.supports(model.head[0])[0]
+    # marching goes through the fused kernel where it runs: then rows with the PyTorch marcher beside those
+    fused = model.fused_marching(dev)[0]
     variants = [(f"marching {n} steps" + (", fused kernel" if fused else ""), {"march_steps": n})
                 for n in march_steps or []] \
         + [(f"marching {n} steps, PyTorch marcher", {"march_steps": n, "fused": False})

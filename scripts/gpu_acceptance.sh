@@ -5,9 +5,10 @@
 # Usage (from the project root, after ../shared/gpu/preamble.txt on the GPU machine):
 #   bash scripts/gpu_acceptance.sh STAGE [ARG] OUT_DIR
 #
-#   check              parity tests of the fused hash grid; bench: hash grid, training at 4096 and
-#                      16384 rays and render rows of the untrained model, each with the volume torso and
-#                      the torso layer (--torso_field layer), profiler tables                (~5 min)
+#   check              parity tests of the fused hash grid and the fused marcher; bench: hash grid,
+#                      training at 4096 and 16384 rays and render rows of the untrained model (marching
+#                      at 32 steps fused and in PyTorch included), each with the volume torso and the
+#                      torso layer (--torso_field layer), profiler tables                     (~6 min)
 #   lipsync DATASET    audio pre-training + gpu_full training for LIPSYNC_S seconds (default 150) on a
 #                      dataset whose held-out frames hold speech, then evaluate.py --save_rendered
 #                      (score the frames on a CPU machine: evaluate.py --rendered OUT/eval_<name>)
@@ -68,11 +69,12 @@ PY
 case $stage in
 check)
     log "parity tests"
-    $py -m pytest -q tests/test_hashgrid_cuda.py 2>&1 | tail -3 | tee "$out/parity.txt"
+    $py -m pytest -q tests/test_hashgrid_cuda.py tests/test_fused_march.py 2>&1 | tail -3 | tee "$out/parity.txt"
     log "bench"
     $py scripts/bench.py --data "${BENCH_DATA:-data/dev2_512}" --preset "${CONFIG:-configs/gpu_full.txt}" \
         --train_iters 30 --render_frames 3 \
-        --batch_rays 4096,16384 --torso_fields volume,layer --profile "$out/prof" --out "$out/bench_check.json" \
+        --batch_rays 4096,16384 --torso_fields volume,layer --march_steps 32 --profile "$out/prof" \
+        --out "$out/bench_check.json" \
         | tee "$out/bench_check.txt"
     ;;
 lipsync)

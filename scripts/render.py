@@ -89,8 +89,8 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--march_steps", type=int, default=0,
                    help="march through the occupancy grid instead of sampling as in training: a fixed step of the "
                         "smaller of the head's diameter and the torso box's depth over N, only occupied cells "
-                        "queried, rays stopped once opaque (nerf/march.py; 0: off; docs/PERFORMANCE.md says when "
-                        "it pays)")
+                        "queried, rays stopped once opaque (nerf/march.py; on a GPU one fused Triton kernel, "
+                        "nerf/fused_march.py; 0: off; docs/PERFORMANCE.md says when it pays)")
     p.add_argument("--ray_samples", default="", help="COARSE+IMPORTANCE samples per field and ray, e.g. 24+16: fewer "
                    "than the training run's renders faster at some cost in detail (default: the training run's)")
     return p
