@@ -27,6 +27,13 @@ def _dense(h, w_ptr, b_ptr, K: tl.constexpr, N: tl.constexpr, HALF: tl.constexpr
 
 
 @triton.jit
+def _load3(ptr, rays, rm, other: tl.constexpr):
+    """The three components of per-ray vectors [R, 3]."""
+    return (tl.load(ptr + rays * 3 + 0, mask=rm, other=other), tl.load(ptr + rays * 3 + 1, mask=rm, other=other),
+            tl.load(ptr + rays * 3 + 2, mask=rm, other=other))
+
+
+@triton.jit
 def _column(h, j: tl.constexpr):
     """Column j of h [B, 16]."""
     c16 = tl.arange(0, 16)
@@ -138,15 +145,9 @@ def march_kernel(
     pid = tl.program_id(0)
     rays = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     rm = rays < R
-    ox = tl.load(o_ptr + rays * 3 + 0, mask=rm, other=0.0)
-    oy = tl.load(o_ptr + rays * 3 + 1, mask=rm, other=0.0)
-    oz = tl.load(o_ptr + rays * 3 + 2, mask=rm, other=0.0)
-    dx = tl.load(d_ptr + rays * 3 + 0, mask=rm, other=0.0)
-    dy = tl.load(d_ptr + rays * 3 + 1, mask=rm, other=0.0)
-    dz = tl.load(d_ptr + rays * 3 + 2, mask=rm, other=0.0)
-    cx = tl.load(c_ptr + rays * 3 + 0, mask=rm, other=0.0)
-    cy = tl.load(c_ptr + rays * 3 + 1, mask=rm, other=0.0)
-    cz = tl.load(c_ptr + rays * 3 + 2, mask=rm, other=0.0)
+    ox, oy, oz = _load3(o_ptr, rays, rm, 0.0)
+    dx, dy, dz = _load3(d_ptr, rays, rm, 0.0)
+    cx, cy, cz = _load3(c_ptr, rays, rm, 0.0)
     diam = 2.0 * tl.load(rad_ptr + rays, mask=rm, other=0.5)
     t0 = tl.load(t0_ptr + rays, mask=rm, other=0.0)
     dt = tl.load(dt_ptr + rays, mask=rm, other=0.0)
@@ -156,15 +157,12 @@ def march_kernel(
     hit_h = tl.load(hit_h_ptr + rays, mask=rm, other=0) != 0
     row = tl.load(row_ptr + rays, mask=rm, other=0)
     if TORSO:
-        ux = tl.load(cam_ptr + rays * 3 + 0, mask=rm, other=0.0)
-        uy = tl.load(cam_ptr + rays * 3 + 1, mask=rm, other=0.0)
-        uz = tl.load(cam_ptr + rays * 3 + 2, mask=rm, other=1.0)
-        lx = tl.load(lo_ptr + rays * 3 + 0, mask=rm, other=0.0)
-        ly = tl.load(lo_ptr + rays * 3 + 1, mask=rm, other=0.0)
-        lz = tl.load(lo_ptr + rays * 3 + 2, mask=rm, other=0.0)
-        ex = tl.load(hi_ptr + rays * 3 + 0, mask=rm, other=1.0) - lx
-        ey = tl.load(hi_ptr + rays * 3 + 1, mask=rm, other=1.0) - ly
-        ez = tl.load(hi_ptr + rays * 3 + 2, mask=rm, other=1.0) - lz
+        ux, uy, uz = _load3(cam_ptr, rays, rm, 1.0)
+        lx, ly, lz = _load3(lo_ptr, rays, rm, 0.0)
+        hx, hy, hz = _load3(hi_ptr, rays, rm, 1.0)
+        ex = hx - lx
+        ey = hy - ly
+        ez = hz - lz
         near_t = tl.load(near_t_ptr + rays, mask=rm, other=0.0)
         far_t = tl.load(far_t_ptr + rays, mask=rm, other=0.0)
         hit_t = tl.load(hit_t_ptr + rays, mask=rm, other=0) != 0

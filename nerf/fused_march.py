@@ -156,6 +156,22 @@ def march_fused(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Ten
         rgb [R, 3] (not over the background), head_acc and torso_acc [R] each field's share of the opacity,
         samples [R] field queries composited (a sample live in both fields counts twice).
     """
+    R = len(t0)
+    cast = n_steps > 0
+    if bool(cast.all()):
+        return _launch(head, torso, g, c, t0, dt, n_steps, row, occ_head, occ_torso, stop_depth, torso_depth, half)
+    # only the rays with samples go to the kernel: a block's lanes are its rays
+    keep = cast.nonzero()[:, 0]
+    sub = lambda d: {k: v[keep] for k, v in d.items() if torch.is_tensor(v)}  # noqa: E731
+    part = _launch(head, torso, sub(g), sub(c), t0[keep], dt[keep], n_steps[keep], row[keep], occ_head, occ_torso,
+                   stop_depth, torso_depth, half)
+    return {k: v.new_zeros(R, *v.shape[1:]).index_put((keep,), v) for k, v in part.items()}
+
+
+def _launch(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Tensor, dt: Tensor, n_steps: Tensor,
+            row: Tensor, occ_head: Tensor, occ_torso: Tensor | None, stop_depth: float, torso_depth: float,
+            half: bool) -> dict[str, Tensor]:
+    """``march_fused`` on rays in the order given (the kernel's launch)."""
     from nerf.fields import freq_encode
 
     dev, R = t0.device, len(t0)

@@ -353,7 +353,7 @@ class AvatarModel(nn.Module):
                 sigma, rgb, _ = self.torso[net](x01, c["unit"], c["et"], c["z_shape"], c["z_app"], r)
             return sigma.float() / (2 * TORSO_HALF_DEPTH), rgb
 
-        out = self._march_fused(net, g, c, t0, dt, n_steps, row, amp) if rc.fused else None
+        out = self._march_fused(net, g, c, t0, dt, n_steps, row, amp)
         if out is None:
             fields = [march.MarchField(live(g["head_01"], occ.head, hit_h, g["near_h"], g["far_h"]), head)]
             if not self.torso_layer:
