@@ -389,6 +389,8 @@ class AvatarModel(nn.Module):
         interpreter silently, that being the plain CPU path; elsewhere after one warning)."""
         from nerf import fused_march
 
+        if not self.render_cfg.fused:
+            return None
         head, torso = self.head[net], None if self.torso_layer else self.torso[net]
         ok, why = self.fused_marching(t0.device, net)
         if not ok:

@@ -39,7 +39,7 @@ def dev(monkeypatch):
     return torch.device("cpu")
 
 
-def _scene(dev, R=100, hidden=16, bias=0.0, seed=0, torso=False):
+def _scene(dev, R=64, hidden=16, bias=0.0, seed=0, torso=False):
     """A head field (and a torso field) with lively random weights; R rays of two persons through their head
     spheres (some miss) and torso boxes, the two overlapping along the rays; occupancy grids with empty cells;
     per-ray codes, in the layout of ``AvatarModel._geometry`` and ``_conditions``."""
@@ -188,7 +188,7 @@ def test_a_models_marched_render_is_the_same_with_the_fused_kernel(dev, mode, la
     for p in persons:
         p.background = torch.rand(16, 16, 3)
     model = AvatarModel(persons, FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4),
-                        RenderConfig(8, 8, march_steps=24 if layer else 12), mode=mode, torso_layer=layer).to(dev)
+                        RenderConfig(8, 8, march_steps=24 if layer else 8), mode=mode, torso_layer=layer).to(dev)
     with torch.no_grad():
         for f in [*model.head, *model.torso]:
             f.encoding.tables.uniform_(-1.0, 1.0)
@@ -198,10 +198,10 @@ def test_a_models_marched_render_is_the_same_with_the_fused_kernel(dev, mode, la
     fused_march.march_fused = lambda *a, **k: calls.append(1) or real(*a, **k)
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("error")  # no fallback
+            warnings.simplefilter("error")  # no fallback, and no warning when the kernel is turned off
             fused = [render_frame(model, p, 2) for p in persons[-2 if layer else -1:]]  # (the interpreter is slow)
-        model.render_cfg.fused = False
-        plain = [render_frame(model, p, 2) for p in persons[-2 if layer else -1:]]
+            model.render_cfg.fused = False
+            plain = [render_frame(model, p, 2) for p in persons[-2 if layer else -1:]]
     finally:
         fused_march.march_fused = real
     assert len(calls) == len(plain)  # one kernel launch per person's frame (one chunk of rays)
@@ -222,3 +222,20 @@ def test_without_a_gpu_or_the_interpreter_or_for_other_shapes_the_model_marches_
     assert not ok and "4 features" in why
     ok, why = fused_march.supports(HeadField(FieldConfig(hidden=48)))
     assert not ok and "hidden width 48" in why
+
+
+def test_the_renderer_passes_rays_in_8x8_squares():
+    from nerf.render import tile_order
+
+    S = 20  # 2.5 squares per side: the last column and row of squares are partial
+    v, u = torch.meshgrid(torch.arange(S), torch.arange(S), indexing="ij")
+    order = tile_order(u.flatten(), v.flatten(), S)
+    assert torch.equal(order.sort().values, torch.arange(S * S))  # a permutation
+    uo, vo = u.flatten()[order], v.flatten()[order]
+    assert (uo[:64] < 8).all() and (vo[:64] < 8).all()  # the first block of rays is the first square
+    assert ((uo[64:128] >= 8) & (uo[64:128] < 16) & (vo[64:128] < 8)).all()
+    assert ((uo[128:160] >= 16) & (vo[128:160] < 8)).all()  # the partial square closes the first row of squares
+    # a masked subset (the rays that meet a field) keeps the squares' order
+    keep = (u + v).flatten() % 3 != 0
+    sub = tile_order(u.flatten()[keep], v.flatten()[keep], S)
+    assert torch.equal(keep.nonzero()[:, 0][sub], order[keep[order]])
