@@ -126,7 +126,7 @@ def _density_colour(h1, pre_d_ptr, pre_c_ptr, rays, rm, w2_ptr, b2_ptr, w3_ptr, 
 @triton.jit
 def march_kernel(
         # per ray: head space, camera space, the step, the person
-        o_ptr, d_ptr, c_ptr, rad_ptr, cam_ptr, lo_ptr, hi_ptr, t0_ptr, dt_ptr, n_ptr,
+        o_ptr, d_ptr, c_ptr, rad_ptr, cam_ptr, lo_ptr, hi_ptr, t0_ptr, dt_ptr, n_ptr, m_ptr,
         near_h_ptr, far_h_ptr, near_t_ptr, far_t_ptr, hit_h_ptr, hit_t_ptr, row_ptr,
         occ_h_ptr, occ_t_ptr, zero_ptr,
         # head field: per-ray first-layer parts, grid, layers
@@ -163,6 +163,7 @@ def march_kernel(
         ex = hx - lx
         ey = hy - ly
         ez = hz - lz
+        m = tl.load(m_ptr + rays, mask=rm, other=1)
         near_t = tl.load(near_t_ptr + rays, mask=rm, other=0.0)
         far_t = tl.load(far_t_ptr + rays, mask=rm, other=0.0)
         hit_t = tl.load(hit_t_ptr + rays, mask=rm, other=0) != 0
@@ -172,6 +173,10 @@ def march_kernel(
     acc_t = tl.zeros([BLOCK_R], dtype=tl.float32)
     cnt = tl.zeros([BLOCK_R], dtype=tl.float32)
     rgb = tl.zeros([BLOCK_R, 16], dtype=tl.float32)
+    # the torso's values, queried once per m steps at the interval's midpoint and held over its fine samples
+    held_live = tl.zeros([BLOCK_R], dtype=tl.int1)
+    held_sig = tl.zeros([BLOCK_R], dtype=tl.float32)
+    held_col = tl.zeros([BLOCK_R, 16], dtype=tl.float32)
     kmax = tl.max(n, 0)
     k = 0
     go = kmax > 0
@@ -199,17 +204,21 @@ def march_kernel(
         sig_t = tl.zeros([BLOCK_R], dtype=tl.float32)
         col_t = tl.zeros([BLOCK_R, 16], dtype=tl.float32)
         live_t = tl.zeros([BLOCK_R], dtype=tl.int1)
+        query_t = tl.zeros([BLOCK_R], dtype=tl.int1)
         if TORSO:
-            # the torso: the camera-space point in the torso box's [0, 1]^3 (rays.normalize_to_unit)
-            xt = (t * ux - lx) / ex
-            yt = (t * uy - ly) / ey
-            zt = (t * uz - lz) / ez
-            live_t = going & hit_t & (t >= near_t) & (t <= far_t)
-            live_t = live_t & (xt >= 0.0) & (xt <= 1.0) & (yt >= 0.0) & (yt <= 1.0) & (zt >= 0.0) & (zt <= 1.0)
+            # the torso: its step's midpoint tc (nerf.march.coarse_t), in the torso box's [0, 1]^3
+            first = (k % m) == 0
+            tc = t0 + ((k - k % m) + m * 0.5) * dt
+            xt = (tc * ux - lx) / ex
+            yt = (tc * uy - ly) / ey
+            zt = (tc * uz - lz) / ez
+            query_t = first & going & hit_t & (tc >= near_t) & (tc <= far_t)
+            query_t = query_t & (xt >= 0.0) & (xt <= 1.0) & (yt >= 0.0) & (yt <= 1.0) & (zt >= 0.0) & (zt <= 1.0)
             cell = ((row * G + tl.minimum((xt * G).to(tl.int32), G - 1)) * G
                     + tl.minimum((yt * G).to(tl.int32), G - 1)) * G + tl.minimum((zt * G).to(tl.int32), G - 1)
-            live_t = live_t & (tl.load(occ_t_ptr + cell, mask=live_t, other=0) != 0)
-            if tl.max(live_t.to(tl.int32), 0) > 0:
+            query_t = query_t & (tl.load(occ_t_ptr + cell, mask=query_t, other=0) != 0)
+            held_live = tl.where(first, query_t, held_live)
+            if tl.max(query_t.to(tl.int32), 0) > 0:
                 # the warp x' = clamp(x + D(gamma(x), gamma(et), z_shape)) (TorsoField), then its field at x'
                 cols = tl.arange(0, H)
                 w1 = tl.load(tpre_w_ptr + rays[:, None] * H + cols[None, :], mask=rm[:, None], other=0.0)
@@ -223,12 +232,17 @@ def march_kernel(
                 wx = tl.minimum(tl.maximum(xt + _column(off, 0), 0.0), 1.0)
                 wy = tl.minimum(tl.maximum(yt + _column(off, 1), 0.0), 1.0)
                 wz = tl.minimum(tl.maximum(zt + _column(off, 2), 0.0), 1.0)
-                h1 = _grid_first_layer(tl.zeros([BLOCK_R, H], dtype=tl.float32), wx, wy, wz, live_t, ttab_ptr,
+                h1 = _grid_first_layer(tl.zeros([BLOCK_R, H], dtype=tl.float32), wx, wy, wz, query_t, ttab_ptr,
                                        tscale_ptr, tres_ptr, tsize_ptr, tw1_ptr, TL, TN_DENSE, TT, H)
                 raw_t, col_t = _density_colour(h1, tpre_d_ptr, tpre_c_ptr, rays, rm, tw2_ptr, tb2_ptr, tw3_ptr,
                                                tb3_ptr, twc1_ptr, zero_ptr, twc2_ptr, tbc2_ptr, twc3_ptr, tbc3_ptr,
                                                H, HALF, PRECISION)
-                sig_t = tl.where(live_t, tl.exp(tl.minimum(tl.maximum(raw_t - 1.0, -15.0), 15.0)) / torso_depth, 0.0)
+                new_sig = tl.exp(tl.minimum(tl.maximum(raw_t - 1.0, -15.0), 15.0)) / torso_depth
+                held_sig = tl.where(query_t, new_sig, held_sig)
+                held_col = tl.where(query_t[:, None], col_t, held_col)
+            live_t = going & held_live
+            sig_t = tl.where(live_t, held_sig, 0.0)
+            col_t = held_col
         # NeRF's quadrature on the fixed step; where both fields hold density each takes its share (nerf.march)
         sig = sig_h + sig_t
         tau = sig * dt
@@ -237,7 +251,7 @@ def march_kernel(
         acc_h += share * sig_h
         acc_t += share * sig_t
         depth += tau
-        cnt += live_h.to(tl.float32) + live_t.to(tl.float32)
+        cnt += live_h.to(tl.float32) + query_t.to(tl.float32)
         k += 1
         go = (k < kmax) & (tl.max(((k < n) & (depth <= stop_depth)).to(tl.int32), 0) > 0)
     c16 = tl.arange(0, 16)

@@ -137,7 +137,7 @@ def _field_tensors(field, k_in: int, cond: Tensor, view: Tensor, half: bool) -> 
 @torch.no_grad()
 def march_fused(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Tensor, dt: Tensor, n_steps: Tensor,
                 row: Tensor, occ_head: Tensor, occ_torso: Tensor | None, stop_depth: float = 20.0,
-                torso_depth: float = 0.7, half: bool = False) -> dict[str, Tensor]:
+                torso_depth: float = 0.7, half: bool = False, stride: Tensor | None = None) -> dict[str, Tensor]:
     """March rays through a ``HeadField`` and, unless ``torso`` is None, a ``TorsoField`` with the fused kernel.
 
     Args:
@@ -151,25 +151,29 @@ def march_fused(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Ten
         stop_depth: a ray stops once its optical depth passes this (0: never).
         torso_depth: the torso box's depth, the unit of its density (``2 * TORSO_HALF_DEPTH``).
         half: the networks' layers in float16 with float32 sums (``--amp``).
+        stride: [R] whole numbers >= 1 (default 1): the torso is queried once per ``stride`` steps, at the interval's
+            midpoint, and held over its fine samples (``nerf.march.coarse_t``).
 
     Returns:
         rgb [R, 3] (not over the background), head_acc and torso_acc [R] each field's share of the opacity,
         samples [R] field queries composited (a sample live in both fields counts twice).
     """
     R = len(t0)
+    stride = torch.ones_like(t0) if stride is None else stride
     cast = n_steps > 0
     if bool(cast.all()):
-        return _launch(head, torso, g, c, t0, dt, n_steps, row, occ_head, occ_torso, stop_depth, torso_depth, half)
+        return _launch(head, torso, g, c, t0, dt, n_steps, stride, row, occ_head, occ_torso, stop_depth, torso_depth,
+                       half)
     # only the rays with samples go to the kernel: a block's lanes are its rays
     keep = cast.nonzero()[:, 0]
     sub = lambda d: {k: v[keep] for k, v in d.items() if torch.is_tensor(v)}  # noqa: E731
-    part = _launch(head, torso, sub(g), sub(c), t0[keep], dt[keep], n_steps[keep], row[keep], occ_head, occ_torso,
-                   stop_depth, torso_depth, half)
+    part = _launch(head, torso, sub(g), sub(c), t0[keep], dt[keep], n_steps[keep], stride[keep], row[keep], occ_head,
+                   occ_torso, stop_depth, torso_depth, half)
     return {k: v.new_zeros(R, *v.shape[1:]).index_put((keep,), v) for k, v in part.items()}
 
 
 def _launch(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Tensor, dt: Tensor, n_steps: Tensor,
-            row: Tensor, occ_head: Tensor, occ_torso: Tensor | None, stop_depth: float, torso_depth: float,
+            stride: Tensor, row: Tensor, occ_head: Tensor, occ_torso: Tensor | None, stop_depth: float, torso_depth: float,
             half: bool) -> dict[str, Tensor]:
     """``march_fused`` on rays in the order given (the kernel's launch)."""
     from nerf.fields import freq_encode
@@ -207,7 +211,8 @@ def _launch(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Tensor,
     interpret = interpreting()
     _kernel()[(-(-R // BLOCK),)](
         f32(g["o_h"]), f32(g["d_h"]), f32(g["center"]), f32(g["radius"]), cam, lo, hi, f32(t0), f32(dt),
-        n_steps.to(torch.int32).contiguous(), f32(g["near_h"]), f32(g["far_h"]), near_t, far_t, u8(g["hit_h"]), hit_t,
+        n_steps.to(torch.int32).contiguous(), stride.round().to(torch.int32).contiguous(),
+        f32(g["near_h"]), f32(g["far_h"]), near_t, far_t, u8(g["hit_h"]), hit_t,
         row.to(torch.int32).contiguous(), u8(occ_head), occ_t, zero,
         *hargs, *wargs, *targs,
         out["rgb"], out["head_acc"], out["torso_acc"], out["samples"],

@@ -41,6 +41,17 @@ class MarchField:
     query: Callable[[Tensor, Tensor], tuple[Tensor, Tensor]]
 
 
+def coarse_t(t: Tensor, t0: Tensor, dt: Tensor, stride: Tensor) -> Tensor:
+    """Where a field marched at ``stride`` times the step samples for the fine sample at t: the midpoint of the
+    interval of ``stride`` steps that holds it (stride 1: t itself). Such a field's density and colour are held over
+    its interval's fine samples: the quadrature of the field at its own, coarser step, in the same compositing pass.
+
+    Args (broadcast together): t, the fine samples t0 + (k + 0.5) dt; t0, dt; stride, whole numbers >= 1 (float).
+    """
+    k = torch.round((t - t0) / dt - 0.5)
+    return t0 + (torch.div(k, stride, rounding_mode="floor") * stride + stride * 0.5) * dt
+
+
 def march(fields: list[MarchField], t0: Tensor, dt: Tensor, n_steps: Tensor, stop_depth: float = 20.0,
           round_size: int = 16, block: int = 64) -> dict[str, Tensor]:
     """Composite rays through several fields by marching (no gradient).

@@ -43,7 +43,8 @@ class RenderConfig:
     march_steps: int = 0
     """Rendering with an occupancy grid set: 0 samples as training does (stratified + importance); N > 0
     marches instead (``nerf.march``): a fixed step of (the smaller of the head sphere's diameter and the torso
-    box's depth) / N, only samples in occupied cells queried, each ray stopped once opaque."""
+    box's depth) / N, the torso held over the whole multiple of that step nearest its depth / N
+    (``march.coarse_t``), only samples in occupied cells queried, each ray stopped once opaque."""
     march_round: int = 16
     """Marching: live samples per ray queried per round (fewer: less work behind opaque surfaces, more rounds)."""
     fused: bool = True
@@ -331,6 +332,8 @@ class AvatarModel(nn.Module):
         t0, t1 = torch.where(hit, t0, 0.0), torch.where(hit, t1, 0.0)
         dt = torch.minimum(2 * radius, torch.full_like(radius, 2 * TORSO_HALF_DEPTH)) / rc.march_steps
         n_steps = torch.ceil((t1 - t0) / dt).clamp_min(0).long()
+        # the torso's own step: the whole multiple of dt nearest its depth / N (about 2 for a head 0.35 deep)
+        stride = torch.round(2 * TORSO_HALF_DEPTH / (dt * rc.march_steps)).clamp_min(1.0)
         half = torch.autocast(row.device.type, dtype=torch.float16, enabled=amp)
 
         def live(to_unit, grid, hit, near, far):
@@ -346,18 +349,23 @@ class AvatarModel(nn.Module):
                 sigma, rgb = self.head[net](x01, c["unit_h"], c["z_shape"], c["z_app"], c["drive"], r)
             return sigma.float() / (2 * radius[r]), rgb
 
+        def torso_live(t):  # at the midpoint of its coarser step, held over its fine samples
+            t = march.coarse_t(t, t0[:, None], dt[:, None], stride[:, None])
+            return live(g["torso_01"], occ.torso, hit_t, g["near_t"], g["far_t"])(t)
+
         def torso(r, t):
+            t = march.coarse_t(t, t0[r], dt[r], stride[r])
             x01 = self.follow_head(rays.normalize_to_unit(t[:, None] * g["dirs"][r], g["lo"][r], g["hi"][r]),
                                    row, b["R"], b["t"], r)
             with half:
                 sigma, rgb, _ = self.torso[net](x01, c["unit"], c["et"], c["z_shape"], c["z_app"], r)
             return sigma.float() / (2 * TORSO_HALF_DEPTH), rgb
 
-        out = self._march_fused(net, g, c, t0, dt, n_steps, row, amp)
-        if out is None:
+        out = self._march_fused(net, g, c, t0, dt, n_steps, stride, row, amp)
+        if out is None:  # (the PyTorch marcher queries the torso at every fine sample, at its interval's midpoint)
             fields = [march.MarchField(live(g["head_01"], occ.head, hit_h, g["near_h"], g["far_h"]), head)]
             if not self.torso_layer:
-                fields.append(march.MarchField(live(g["torso_01"], occ.torso, hit_t, g["near_t"], g["far_t"]), torso))
+                fields.append(march.MarchField(torso_live, torso))
             out = march.march(fields, t0, dt, n_steps, rc.stop_depth, rc.march_round)
             out["head_acc"] = out["field_acc"][0]
             out["torso_acc"] = out["field_acc"][1] if not self.torso_layer else None
@@ -383,7 +391,8 @@ class AvatarModel(nn.Module):
         return ok, why
 
     def _march_fused(self, net: int, g: dict[str, torch.Tensor], c: dict[str, torch.Tensor], t0: torch.Tensor,
-                     dt: torch.Tensor, n_steps: torch.Tensor, row: torch.Tensor, amp: bool) -> dict | None:
+                     dt: torch.Tensor, n_steps: torch.Tensor, stride: torch.Tensor, row: torch.Tensor,
+                     amp: bool) -> dict | None:
         """The fields marched by ``nerf.fused_march`` (rgb, head_acc, torso_acc, samples; the head alone for a torso
         layer), or None where it cannot run: the caller then marches with ``nerf.march`` (on a CPU without Triton's
         interpreter silently, that being the plain CPU path; elsewhere after one warning)."""
@@ -399,7 +408,7 @@ class AvatarModel(nn.Module):
             return None
         return fused_march.run_or_none(head, torso, g, c, t0, dt, n_steps, row, self.occupancy.head,
                                        None if torso is None else self.occupancy.torso, self.render_cfg.stop_depth,
-                                       2 * TORSO_HALF_DEPTH, amp)
+                                       2 * TORSO_HALF_DEPTH, amp, stride)
 
     def _layer_behind(self, net: int, b: dict[str, torch.Tensor], c: dict[str, torch.Tensor], hit_h: torch.Tensor,
                       hit_t: torch.Tensor, rgb_h: torch.Tensor, acc_h: torch.Tensor,

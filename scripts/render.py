@@ -87,8 +87,8 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--amp", action="store_true",
                    help="float16 autocast for the fields' MLPs (for GPUs; slower on a CPU; see nerf/render.py)")
     p.add_argument("--march_steps", type=int, default=0,
-                   help="march through the occupancy grid instead of sampling as in training: a fixed step of the "
-                        "smaller of the head's diameter and the torso box's depth over N, only occupied cells "
+                   help="march through the occupancy grid instead of sampling as in training: N steps across the "
+                        "head's diameter and N across the torso box's depth, only occupied cells "
                         "queried, rays stopped once opaque (nerf/march.py; on a GPU one fused Triton kernel, "
                         "nerf/fused_march.py; 0: off; docs/PERFORMANCE.md says when it pays)")
     p.add_argument("--ray_samples", default="", help="COARSE+IMPORTANCE samples per field and ray, e.g. 24+16: fewer "

@@ -117,3 +117,15 @@ def test_training_sees_a_distortion_loss_only_when_weighted():
     torch.testing.assert_close(weighted["total"], plain["total"] + 0.5 * weighted["distortion"])
     weighted["total"].backward()  # and it has a gradient path into the fields
     assert model.head[0].density[-1].bias.grad.abs().sum() > 0
+
+
+def test_a_field_at_a_coarser_step_is_sampled_at_its_intervals_midpoints():
+    from nerf.march import coarse_t
+
+    t0, dt = torch.tensor([1.0, 2.0]), torch.tensor([0.1, 0.05])
+    k = torch.arange(6.0)
+    t = t0[:, None] + (k + 0.5) * dt[:, None]
+    torch.testing.assert_close(coarse_t(t, t0[:, None], dt[:, None], torch.ones(2, 1)), t, rtol=0, atol=0)
+    two = coarse_t(t, t0[:, None], dt[:, None], torch.full((2, 1), 2.0))
+    # fine samples 0,1 -> the midpoint of [t0, t0 + 2 dt); 2,3 -> of [t0 + 2 dt, t0 + 4 dt); ...
+    torch.testing.assert_close(two, t0[:, None] + torch.tensor([1.0, 1, 3, 3, 5, 5]) * dt[:, None])
