@@ -8,8 +8,10 @@ frame's time there: MLP matrix products, ReLUs, gathers and copies, 8,193 kernel
 This kernel (``nerf/_fused_march_kernel.py``) does the same marching in one launch per chunk of rays. A program
 owns ``BLOCK`` neighbouring rays (the renderer passes them in raster order) and steps them together:
 
-1. sample k of every ray at t0 + (k + 0.5) dt, in head space and the head grid's [0, 1]^3, and in camera space
-   and the torso box's [0, 1]^3 (the same arithmetic, in the same order, as ``AvatarModel._march``);
+1. sample k of every ray at t0 + (k + 0.5) dt, in head space and the head grid's [0, 1]^3 (the same arithmetic,
+   in the same order, as ``AvatarModel._march``); the torso once per ``stride`` steps, at that interval's midpoint
+   in camera space and the torso box's [0, 1]^3, its density and colour held over the interval's samples
+   (``nerf.march.coarse_t``);
 2. live in a field: before the ray's last step, inside the field's cube and the ray's interval through it,
    in an occupied cell of the person's occupancy grid, on a ray whose optical depth is under ``stop_depth``;
 3. for each field with a live sample in the block: its hash grid (all levels; the first layer applied level

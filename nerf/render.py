@@ -87,7 +87,7 @@ def render_persons(model: AvatarModel, items: list[tuple[PersonFrames, int]], ch
         chunk = 1 << 22  # fused marching keeps no [rays, samples] tensors: the whole frame in one launch
     chunk = chunk or (4096 if dev.type == "cpu" else 65536)
     keep = ("row", "u", "v", "focal", "R", "t", "euler", "expr", "speaking")
-    parts, hits, backgrounds = [], [], []
+    parts, casts, backgrounds = [], [], []
     for k, (p, frame) in enumerate(items):
         b = frame_batch(p, frame, model.cfg.audio_window, device=dev)
         # (in slices: the occupancy probes of a whole 512 px crop at once would take gigabytes)
@@ -95,7 +95,7 @@ def render_persons(model: AvatarModel, items: list[tuple[PersonFrames, int]], ch
                          for a in range(0, len(b["u"]), probe)])
         ray = hit.nonzero()[:, 0]
         ray = ray[tile_order(b["u"][ray], b["v"][ray], p.size)]
-        hits.append(ray)
+        casts.append(ray)  # the rays cast, in the order they are rendered
         backgrounds.append(b["background"])
         part = {key: b[key][ray] for key in (*keep, "background")}
         part["pair"] = torch.full((len(ray),), k, dtype=torch.long, device=dev)
@@ -113,7 +113,7 @@ def render_persons(model: AvatarModel, items: list[tuple[PersonFrames, int]], ch
     flat = {key: torch.cat(v) if v else torch.zeros((0, 3) if key == "rgb" else (0,), device=dev)
             for key, v in outs.items()}
     results, at = [], 0
-    for (p, _), ray, bg in zip(items, hits, backgrounds):
+    for (p, _), ray, bg in zip(items, casts, backgrounds):
         m = len(ray)
         s = p.size
         rgb, head, torso = bg.clone(), torch.zeros(s * s, device=dev), torch.zeros(s * s, device=dev)

@@ -13,9 +13,8 @@ Rows:
   between the float16 and float32 renders; with --march_steps N[,M]: marching through that grid
   (render.py --march_steps), float32 and float16, with field queries per cast ray and the PSNR against
   the sampled render (marching runs the fused Triton kernel, nerf/fused_march.py, where it can: then
-  also rows with the PyTorch marcher); with --ray_samples
-  24+16[,...]: the sampled render with fewer samples per field
-  (render.py --ray_samples), likewise.
+  also rows with the PyTorch marcher); with --ray_samples 24+16[,...]: the sampled render with fewer
+  samples per field (render.py --ray_samples), likewise.
 - peak GPU memory of the training and rendering rows.
 - --batch_rays 4096,16384: a training row per batch size (rays/s shows whether a bigger batch is nearly free);
   --profile DIR: torch.profiler tables of 5 training iterations and one render (operators by device or host

@@ -31,6 +31,11 @@ from nerf.fields import FieldConfig, HeadField, TorsoField  # noqa: E402
 GRID = HashGridConfig(n_levels=4, log2_hashmap_size=10, base_resolution=4, finest_resolution=23)
 
 
+# float32 layers: on the CPU the kernel does the reference's operations in the same order; on a GPU its block
+# products run in TF32 (10-bit mantissas, as train.py and evaluate.py set torch's), the reference in full float32
+TOL = 5e-3 if torch.cuda.is_available() else 2e-5
+
+
 @pytest.fixture
 def dev(monkeypatch):
     if torch.cuda.is_available():
@@ -147,8 +152,7 @@ def test_the_fused_kernel_marches_the_head_as_the_pytorch_marcher_does(dev):
     hit = g["hit_h"]
     assert 20 < int(hit.sum()) < len(hit) and (ref["samples"][hit] > 0).float().mean() > 0.8
     assert 0.05 < ref["acc"][hit].mean() < 0.95  # translucent: every sample counts
-    # float32 throughout (TF32 matrix products on a GPU); on the CPU the same operations in the same order
-    _close(out, ref, 2e-3 if dev.type == "cuda" else 2e-5)
+    _close(out, ref, TOL)
     # the same samples: live where the marcher's are (a GPU may round a sample on a cell's edge the other way)
     assert (out["samples"] != ref["samples"]).float().mean() <= (0.02 if dev.type == "cuda" else 0.0)
     assert (out["samples"][~hit] == 0).all() and (out["head_acc"][~hit] == 0).all()
@@ -159,7 +163,7 @@ def test_the_fused_kernel_marches_head_and_torso_together_as_the_pytorch_marcher
     ref, out = _reference(fields, g, c, m, 0.0), _fused(fields, g, c, m, 0.0)
     both = g["hit_h"] & g["hit_t"]
     assert both.sum() > 12 and ref["head_acc"][both].mean() > 0.05 and ref["torso_acc"][both].mean() > 0.05
-    _close(out, ref, 2e-3 if dev.type == "cuda" else 2e-5)
+    _close(out, ref, TOL)
     # the kernel queries the torso once per stride (the marcher at every fine sample, at the same point)
     two = (m["stride"] == 2) & g["hit_t"]
     assert two.sum() > 5 and (out["samples"] <= ref["samples"]).all()
@@ -174,7 +178,7 @@ def test_the_fused_kernel_stops_opaque_rays_and_keeps_their_colour(dev):
     assert (ref["acc"][hit] > 0.999).float().mean() > 0.5
     # it stops at the sample (the marcher at the end of its round of 16), so it queries no more than the marcher
     assert (out["samples"] <= ref["samples"]).all() and out["samples"].sum() < 0.8 * full["samples"].sum()
-    _close(out, full, 2e-3 if dev.type == "cuda" else 2e-5)
+    _close(out, full, TOL)
 
 
 def test_the_fused_kernel_in_float16_is_the_autocast_march(dev):
@@ -213,11 +217,10 @@ def test_a_models_marched_render_is_the_same_with_the_fused_kernel(dev, mode, la
     finally:
         fused_march.march_fused = real
     assert len(calls) == len(plain)  # one kernel launch per person's frame (one chunk of rays)
-    tol = 2e-3 if dev.type == "cuda" else 2e-5
     for a, b in zip(fused, plain):
         assert b["head_acc"].max() > 0.2 and b["torso_acc"].max() > 0.2
         for k in ("rgb", "head_acc", "torso_acc"):
-            torch.testing.assert_close(a[k], b[k], atol=tol, rtol=0)
+            torch.testing.assert_close(a[k], b[k], atol=TOL, rtol=0)
 
 
 def test_without_a_gpu_or_the_interpreter_or_for_other_shapes_the_model_marches_with_pytorch(monkeypatch):
