@@ -44,7 +44,7 @@ def dev(monkeypatch):
     return torch.device("cpu")
 
 
-def _scene(dev, R=64, hidden=16, bias=0.0, seed=0, torso=False):
+def _scene(dev, R=64, hidden=16, bias=0.0, seed=0, torso=False, steps=16):
     """A head field (and a torso field) with lively random weights; R rays of two persons through their head
     spheres (some miss) and torso boxes, the two overlapping along the rays; occupancy grids with empty cells;
     per-ray codes, in the layout of ``AvatarModel._geometry`` and ``_conditions``."""
@@ -81,7 +81,7 @@ def _scene(dev, R=64, hidden=16, bias=0.0, seed=0, torso=False):
     else:
         t0, t1, hit = near_h, far_h, hit_h
     t0, t1 = torch.where(hit, t0, 0.0), torch.where(hit, t1, 0.0)
-    dt = torch.minimum(2 * radius, torch.full_like(radius, 0.7)) / 16
+    dt = torch.minimum(2 * radius, torch.full_like(radius, 0.7)) / steps
     n_steps = torch.ceil((t1 - t0) / dt).clamp_min(0).long()
     occ = torch.rand(2, 2, 8, 8, 8, generator=g) < 0.7
     geo = {"o_h": o_h, "d_h": d_h, "center": center, "radius": radius, "near_h": near_h, "far_h": far_h,
@@ -90,7 +90,7 @@ def _scene(dev, R=64, hidden=16, bias=0.0, seed=0, torso=False):
             "z_shape": torch.randn(R, 16, generator=g), "z_app": torch.randn(R, 16, generator=g),
             "drive": torch.randn(R, 32, generator=g), "et": torch.randn(R, 6, generator=g)}
     to = lambda d: {k: v.to(dev) for k, v in d.items()}  # noqa: E731
-    stride = torch.round(0.7 / (dt * 16)).clamp_min(1.0)  # 2 for person 0 (head 0.4 deep), 1 for person 1 (0.5)
+    stride = torch.round(0.7 / (dt * steps)).clamp_min(1.0)  # 2 for person 0 (head 0.4 deep), 1 for person 1 (0.5)
     march_args = {"t0": t0, "dt": dt, "n_steps": n_steps, "row": row, "occ_head": occ[0], "occ_torso": occ[1],
                   "stride": stride}
     return fields, to(geo), to(cond), to(march_args)
@@ -182,7 +182,7 @@ def test_the_fused_kernel_stops_opaque_rays_and_keeps_their_colour(dev):
 
 
 def test_the_fused_kernel_in_float16_is_the_autocast_march(dev):
-    fields, g, c, m = _scene(dev, hidden=32, seed=2, torso=True)
+    fields, g, c, m = _scene(dev, hidden=32, seed=2, torso=True, steps=8)
     ref, out = _reference(fields, g, c, m, 20.0, amp=True), _fused(fields, g, c, m, 20.0, half=True)
     # float16 layers on both sides, rounded at different points: colours agree to a few float16 ulps
     _close(out, ref, 4e-3)
