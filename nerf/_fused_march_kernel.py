@@ -67,6 +67,7 @@ def _grid_first_layer(h, x, y, z, live, tab_ptr, scale_ptr, res_ptr, size_ptr, w
         f0 = tl.zeros(x.shape, dtype=tl.float32)
         f1 = tl.zeros(x.shape, dtype=tl.float32)
         base = tab_ptr + lv * T * 2
+        res = tl.load(res_ptr + lv).to(tl.int64)  # (read by the dense levels only)
         for corner in tl.static_range(8):
             bx = corner & 1
             by = (corner >> 1) & 1
@@ -76,7 +77,6 @@ def _grid_first_layer(h, x, y, z, live, tab_ptr, scale_ptr, res_ptr, size_ptr, w
             wz = fz if bz else 1.0 - fz
             w = (wz * wy) * wx
             if lv < N_DENSE:
-                res = tl.load(res_ptr + lv).to(tl.int64)
                 idx = ((ix + bx) + (iy + by) * res + (iz + bz) * res * res) % size
             else:
                 hy = ((iy + by) * 2654435761) & 0xFFFFFFFF

@@ -6,7 +6,8 @@ through GPU memory. The H100's render profile (docs/PERFORMANCE.md, "Second H100
 frame's time there: MLP matrix products, ReLUs, gathers and copies, 8,193 kernel launches per two-person frame.
 
 This kernel (``nerf/_fused_march_kernel.py``) does the same marching in one launch per chunk of rays. A program
-owns ``BLOCK`` neighbouring rays (the renderer passes them in raster order) and steps them together:
+owns ``BLOCK`` neighbouring rays (the renderer passes them in 8 x 8 pixel squares, ``nerf.render.tile_order``)
+and steps them together:
 
 1. sample k of every ray at t0 + (k + 0.5) dt, in head space and the head grid's [0, 1]^3 (the same arithmetic,
    in the same order, as ``AvatarModel._march``); the torso once per ``stride`` steps, at that interval's midpoint

@@ -398,12 +398,10 @@ class AvatarModel(nn.Module):
         interpreter silently, that being the plain CPU path; elsewhere after one warning)."""
         from nerf import fused_march
 
-        if not self.render_cfg.fused:
-            return None
         head, torso = self.head[net], None if self.torso_layer else self.torso[net]
         ok, why = self.fused_marching(t0.device, net)
-        if not ok:
-            if t0.device.type == "cuda" or fused_march.interpreting():
+        if not ok:  # (turned off: no warning)
+            if self.render_cfg.fused and (t0.device.type == "cuda" or fused_march.interpreting()):
                 fused_march.warn_once(why)
             return None
         return fused_march.run_or_none(head, torso, g, c, t0, dt, n_steps, row, self.occupancy.head,
