@@ -44,6 +44,7 @@ class PersonFrames:
     speaking: torch.Tensor  # [T] bool
     mouth_box: torch.Tensor  # [T, 4] x0, y0, x1, y1 pixels
     head_box: torch.Tensor  # [T, 4] x0, y0, x1, y1 pixels of the head label (whole crop where none)
+    torso_box: torch.Tensor  # [T, 4] x0, y0, x1, y1 pixels of the torso label (whole crop where none)
     train: torch.Tensor  # [N_train] frame indices (valid frames of the train split)
     val: torch.Tensor  # [N_val] frame indices (valid frames of the val split)
     focal: float
@@ -116,6 +117,7 @@ def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr
         audio=audio_codes,
         speaking=torch.from_numpy(af["speaking"][:, person].astype(bool)),
         mouth_box=torch.from_numpy(mouth).float(), head_box=torch.from_numpy(_label_boxes(labels == 1)).float(),
+        torso_box=torch.from_numpy(_label_boxes(labels == 2)).float(),
         train=torch.from_numpy(idx[a:b][valid[a:b]]), val=torch.from_numpy(idx[c:d][valid[c:d]]),
         focal=float(info["focal"]) * scale, size=size,
         bounds=PersonBounds.from_track(tr["canonical"], tr["t"], float(info["focal"]) * scale, size,
@@ -142,12 +144,26 @@ def load_datasets(roots: list[str | Path], size: int, audio_encoder: Wav2LipAudi
     return persons
 
 
+def _in_box(box: torch.Tensor, gen: torch.Generator, last: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """Uniform pixel coordinates (u, v), floats of whole pixels, in boxes [n, 4] x0, y0, x1, y1; ``last`` 1: the
+    boxes hold their x1, y1 pixels (label boxes), 0: they end there (the landmarks' float mouth box)."""
+    r = torch.rand(len(box), 2, generator=gen)
+    u = (box[:, 0] + r[:, 0] * (box[:, 2] + last - box[:, 0])).floor()
+    v = (box[:, 1] + r[:, 1] * (box[:, 3] + last - box[:, 1])).floor()
+    return u, v
+
+
 def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, audio_window: int,
-                split: str = "train", head_share: float = 0.4, mouth_share: float = 0.15) -> dict[str, torch.Tensor]:
-    """A random ray batch over persons, frames and pixels, biased toward the head and the mouth.
+                split: str = "train", head_share: float = 0.4, mouth_share: float = 0.15,
+                torso_share: float = 0.0) -> dict[str, torch.Tensor]:
+    """A random ray batch over persons, frames and pixels, biased toward the head, the mouth and the torso.
+
+    Each ray falls in its frame's mouth box, head-label box or torso-label box with these shares, and anywhere
+    in the crop otherwise (the boxes overlap, so a box's pixels get more than its share).
 
     Args:
         audio_window: each ray carries the audio codes of frames f - audio_window .. f + audio_window.
+        head_share, mouth_share, torso_share: the batch's shares drawn from the boxes (sum at most 1).
 
     Returns:
         dict of per-ray tensors: row, frame [R] long; u, v [R] float pixel coordinates; rgb [R, 3];
@@ -155,6 +171,9 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
         speaking [R] bool; focal [R]; pair [R] long, the ray's (person, frame) pair; and per pair
         (``PAIR_KEYS``): audio [Q, 2 audio_window + 1, 512], the pair's audio code window.
     """
+    if min(head_share, mouth_share, torso_share) < 0 or head_share + mouth_share + torso_share > 1 + 1e-6:
+        raise ValueError(f"ray shares must be >= 0 and sum to at most 1: head {head_share}, mouth {mouth_share}, "
+                         f"torso {torso_share}")
     P = len(persons)
     who = torch.randint(0, P, (n_rays,), generator=gen)
     out: dict[str, list] = {}
@@ -170,16 +189,15 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
         s = p.size
         u = torch.randint(0, s, (n,), generator=gen).float()
         v = torch.randint(0, s, (n,), generator=gen).float()
-        box = p.mouth_box[frame]
-        mouth = kind < mouth_share
-        r = torch.rand(n, 2, generator=gen)
-        u = torch.where(mouth, box[:, 0] + r[:, 0] * (box[:, 2] - box[:, 0]), u).floor()
-        v = torch.where(mouth, box[:, 1] + r[:, 1] * (box[:, 3] - box[:, 1]), v).floor()
-        head = (kind >= mouth_share) & (kind < mouth_share + head_share)
-        hb = p.head_box[frame]
-        r = torch.rand(n, 2, generator=gen)
-        u = torch.where(head, hb[:, 0] + r[:, 0] * (hb[:, 2] + 1 - hb[:, 0]), u).floor().clamp(0, s - 1)
-        v = torch.where(head, hb[:, 1] + r[:, 1] * (hb[:, 3] + 1 - hb[:, 1]), v).floor().clamp(0, s - 1)
+        edges = (mouth_share, mouth_share + head_share, mouth_share + head_share + torso_share)
+        for lo, hi, box, last in ((0.0, edges[0], p.mouth_box, 0.0), (edges[0], edges[1], p.head_box, 1.0),
+                                  (edges[1], edges[2], p.torso_box, 1.0)):
+            if hi <= lo and box is p.torso_box:  # no torso share: the random stream stays as it was before it
+                continue
+            inside = (kind >= lo) & (kind < hi)
+            bu, bv = _in_box(box[frame], gen, last)
+            u = torch.where(inside, bu, u).clamp(0, s - 1)
+            v = torch.where(inside, bv, v).clamp(0, s - 1)
         # The random choices above are drawn on the CPU (one generator, reproducible on any device);
         # the gathers below run where the frames live.
         # The (person, frame) pairs, found on the CPU (no device sync): their audio windows are gathered once.

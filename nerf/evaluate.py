@@ -79,8 +79,8 @@ def _check_ray_samples(coarse: int, importance: int) -> None:
 def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path, max_frames: int = 0,
              device: str = "cpu", save_rendered: bool = False, rendered_dir: str | Path | None = None,
              occupancy: bool = False, amp: bool = False, march_steps: int = 0,
-             ray_samples: tuple[int, int] | None = None) -> dict:
-    """Evaluate every person's validation frames; writes metrics.json and grid.png into out_dir.
+             ray_samples: tuple[int, int] | None = None, split: str = "val") -> dict:
+    """Evaluate every person's validation (or training) frames; writes metrics.json and grid.png into out_dir.
 
     Args:
         ckpt_path: the checkpoint to render with (None with ``rendered_dir``).
@@ -94,10 +94,14 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
         amp: render under float16 autocast (``nerf.render``).
         march_steps: render by marching through the occupancy grid (``RenderConfig.march_steps``; 0: sample).
         ray_samples: (coarse, importance) samples per field for rendering (None: the training run's).
+        split: val (the held-out frames) or train (the frames trained on: what the model fits, against what it
+            generalizes to).
 
     Returns:
         {"rows": per (person, role) metric dicts, "table": the printed table}.
     """
+    if split not in ("val", "train"):
+        raise TrainError(f"split must be val or train, not {split!r}")
     if rendered_dir is not None:
         from nerf.audio import Wav2LipAudioEncoder
 
@@ -107,8 +111,8 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
     else:
         model, persons, _ = load_model(ckpt_path, data, device, occupancy, march_steps=march_steps,
                                        ray_samples=ray_samples)
-    if not any(len(p.val) for p in persons):
-        raise TrainError("the datasets have no valid validation frames")
+    if not any(len(getattr(p, split)) for p in persons):
+        raise TrainError(f"the datasets have no valid {'validation' if split == 'val' else 'training'} frames")
     # The audio envelope of each person's dataset, in load_datasets' order (dataset, then person).
     envelopes = [dataset.load_npz(Path(r) / "audio_features.npz")["rms"]
                  for r in data for _ in dataset.read_meta(r)["persons"]]
@@ -122,7 +126,7 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
                      "(score the saved frames on a machine with it: --rendered)")
         landmarks = lambda frames: np.full((len(frames), 478, 3), np.nan)  # noqa: E731
     for p, envelope in zip(persons, envelopes):
-        frames = p.val
+        frames = getattr(p, split)
         if max_frames and len(frames) > max_frames:
             frames = frames[torch.linspace(0, len(frames) - 1, max_frames).round().long()]
         if model is None:
@@ -165,7 +169,7 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
     table = metrics.summarize([{k: v for k, v in r.items() if k != "frames"} for r in rows])
     if notes:
         table += "\n" + "\n".join(f"note: {n}" for n in notes)
-    save_json(out / "metrics.json", {"rows": rows, "notes": notes})
+    save_json(out / "metrics.json", {"split": split, "rows": rows, "notes": notes})
     return {"rows": rows, "table": table}
 
 

@@ -57,6 +57,9 @@ class FieldConfig:
     """Frequencies of gamma(et) and of the deformation's gamma(x)."""
     et_freqs: int | None = None
     """Frequencies of gamma(et) alone when set (None: pose_freqs); 0 passes the pose as it is."""
+    torso_density_pose: bool = True
+    """The torso's density MLP reads the pose (gamma(et)) beside the warped point and z_shape; false: the pose
+    reaches the torso through its warp alone, one canonical torso warped per frame (DialogueNeRF's deformation)."""
     hash_backend: str = "auto"
     """Who computes the hash grids: auto (the fused CUDA kernel on a GPU, else PyTorch), torch, cuda, tcnn."""
     hash_half: bool = False
@@ -195,7 +198,9 @@ class TorsoField(nn.Module):
         nn.init.zeros_(self.deform[-1].weight)  # start as the identity warp
         nn.init.zeros_(self.deform[-1].bias)
         self.encoding = HashEncoding(cfg.torso_grid, cfg.hash_backend, cfg.hash_half)
-        self.density = mlp(self.encoding.output_dim + pose_in + cfg.shape_dim, cfg.hidden, 1 + cfg.geo_features)
+        self.density_pose = cfg.torso_density_pose
+        self.density = mlp(self.encoding.output_dim + pose_in * self.density_pose + cfg.shape_dim, cfg.hidden,
+                           1 + cfg.geo_features)
         self.color = mlp(cfg.geo_features + 3 * (1 + 2 * cfg.dir_freqs) + cfg.app_dim, cfg.hidden, 3)
 
     def forward(self, x01: torch.Tensor, dirs: torch.Tensor, et: torch.Tensor, z_shape: torch.Tensor,
@@ -208,10 +213,16 @@ class TorsoField(nn.Module):
         cond = torch.cat([freq_encode(et, self.et_freqs), z_shape], -1)  # per ray: gamma(et), z_shape
         offset = _rest(self.deform, conditioned_linear(self.deform[0], freq_encode(x01, self.pose_freqs), cond, ray))
         warped = (x01 + offset).clamp(0.0, 1.0)
-        h = _rest(self.density, conditioned_linear(self.density[0], self.encoding(warped), cond, ray))
+        h = _rest(self.density, conditioned_linear(self.density[0], self.encoding(warped), self.density_cond(cond, z_shape),
+                                                   ray))
         view = torch.cat([freq_encode(dirs, self.dir_freqs), z_app], -1)
         rgb = _rest(self.color, conditioned_linear(self.color[0], h[:, 1:], view, ray))
         return trunc_exp(h[:, 0] - 1.0), torch.sigmoid(rgb), offset
+
+    def density_cond(self, cond: torch.Tensor, z_shape: torch.Tensor) -> torch.Tensor:
+        """The per-ray input of the density MLP beside the hash features: the warp's (gamma(et), z_shape), or z_shape
+        alone without ``torso_density_pose``."""
+        return cond if self.density_pose else z_shape
 
 
 class TorsoLayer(nn.Module):
@@ -228,6 +239,8 @@ class TorsoLayer(nn.Module):
     alike; twice a 2D grid's gathers, on one query per ray.
     """
 
+    density_cond = TorsoField.density_cond
+
     def __init__(self, cfg: FieldConfig):
         super().__init__()
         self.et_freqs = cfg.pose_freqs if cfg.et_freqs is None else cfg.et_freqs
@@ -237,7 +250,9 @@ class TorsoLayer(nn.Module):
         nn.init.zeros_(self.deform[-1].weight)  # start as the identity warp
         nn.init.zeros_(self.deform[-1].bias)
         self.encoding = HashEncoding(cfg.torso_grid, cfg.hash_backend, cfg.hash_half)
-        self.density = mlp(self.encoding.output_dim + pose_in + cfg.shape_dim, cfg.hidden, 1 + cfg.geo_features)
+        self.density_pose = cfg.torso_density_pose
+        self.density = mlp(self.encoding.output_dim + pose_in * self.density_pose + cfg.shape_dim, cfg.hidden,
+                           1 + cfg.geo_features)
         self.color = mlp(cfg.geo_features + cfg.app_dim, cfg.hidden, 3)
 
     def forward(self, uv01: torch.Tensor, et: torch.Tensor, z_shape: torch.Tensor, z_app: torch.Tensor,
@@ -250,7 +265,8 @@ class TorsoLayer(nn.Module):
         cond = torch.cat([freq_encode(et, self.et_freqs), z_shape], -1)
         offset = _rest(self.deform, conditioned_linear(self.deform[0], freq_encode(uv01, self.pose_freqs), cond, ray))
         warped = (uv01 + offset).clamp(0.0, 1.0)
-        h = _rest(self.density, conditioned_linear(self.density[0], self.encoding(F.pad(warped, (0, 1))), cond, ray))
+        h = _rest(self.density, conditioned_linear(self.density[0], self.encoding(F.pad(warped, (0, 1))),
+                                                   self.density_cond(cond, z_shape), ray))
         rgb = _rest(self.color, conditioned_linear(self.color[0], h[:, 1:], z_app, ray))
         # (alpha starts near sigmoid(-1) = 0.27, as a ray through the volume torso starts near 1 - e^-0.37 = 0.31)
         return torch.sigmoid(h[:, 0].float() - 1.0), torch.sigmoid(rgb), offset

@@ -195,7 +195,8 @@ def _launch(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Tensor,
     if torso is not None:
         tcond = torch.cat([freq_encode(c["et"].float(), torso.et_freqs), c["z_shape"].float()], -1)
         tview = torch.cat([freq_encode(c["unit"].float(), torso.dir_freqs), c["z_app"].float()], -1)
-        targs = _field_tensors(torso, torso.encoding.output_dim, tcond, tview, half)
+        targs = _field_tensors(torso, torso.encoding.output_dim, torso.density_cond(tcond, c["z_shape"].float()), tview,
+                               half)
         w0, w1, w2 = torso.deform[0], torso.deform[2], torso.deform[4]
         k_warp = 3 * (1 + 2 * torso.pose_freqs)
         pre_w = F.linear(tcond, w0.weight[:, k_warp:], w0.bias)

@@ -57,6 +57,12 @@ class TrainConfig:
     """Adam learning rate of the hash tables (instant-ngp's)."""
     lr_decay: float = 0.1
     """Learning rates fall exponentially to this fraction at the last iteration."""
+    mouth_share: float = 0.15
+    """Share of each ray batch drawn inside the frame's mouth box (the lips' landmarks, padded)."""
+    head_share: float = 0.4
+    """Share drawn inside the box of the frame's head-labelled pixels."""
+    torso_share: float = 0.0
+    """Share drawn inside the box of the frame's torso-labelled pixels; the rest fall anywhere in the crop."""
     lambda_parse: float = 0.05
     """Weight of the parsing losses (head opacity in the head region, torso opacity in the torso region)."""
     lambda_deform: float = 0.01
@@ -124,18 +130,25 @@ class TrainConfig:
     ``nerf.fields.TorsoLayer``). The layer trains 1.8x and renders 1.8-2.3x as fast on the CPU box; at equal
     training time it scored higher on the synthetic conversation and lower on a real clip (docs/PERFORMANCE.md)."""
 
+    torso_density_pose: bool = True
+    """The torso's density reads the head pose beside the warped point; false: the pose acts through the torso's
+    warp alone (one canonical torso, warped per frame, as DialogueNeRF's torso deformation). Measured in
+    docs/PERFORMANCE.md."""
+
     # Keys that shape the model: a checkpoint is only valid for a run with the same values.
     MODEL_KEYS = ("image_size", "model", "hidden", "n_levels", "log2_hashmap_size", "base_resolution",
                   "finest_resolution", "audio_window", "wav2lip_ckpt", "audio_pretrain_iters", "torso_cull",
-                  "pose_norm", "torso_follow", "torso_field")
+                  "pose_norm", "torso_follow", "torso_field", "torso_density_pose")
     # Model keys added after checkpoints were written, with the value those checkpoints were trained with.
-    LATER_KEYS = {"torso_cull": False, "pose_norm": False, "torso_follow": False, "torso_field": "volume"}
+    LATER_KEYS = {"torso_cull": False, "pose_norm": False, "torso_follow": False, "torso_field": "volume",
+                  "torso_density_pose": True}
 
     def field_config(self, expr_dim: int) -> FieldConfig:
         grid = HashGridConfig(n_levels=self.n_levels, log2_hashmap_size=self.log2_hashmap_size,
                               base_resolution=self.base_resolution, finest_resolution=self.finest_resolution)
         return FieldConfig(head_grid=grid, torso_grid=grid, hidden=self.hidden, expr_dim=expr_dim,
-                           audio_window=self.audio_window, hash_backend=self.hash_backend, hash_half=self.hash_half)
+                           audio_window=self.audio_window, hash_backend=self.hash_backend, hash_half=self.hash_half,
+                           torso_density_pose=self.torso_density_pose)
 
 
 def psnr_of_mse(mse: float) -> float:
@@ -258,6 +271,9 @@ def build(cfg: TrainConfig, persons: list[PersonFrames],
         raise TrainError(f"torso_field must be volume or layer, not {cfg.torso_field!r}")
     if cfg.torso_field == "layer" and cfg.torso_follow:
         raise TrainError("torso_follow moves the volume torso's points: it does not apply to --torso_field layer")
+    shares = (cfg.mouth_share, cfg.head_share, cfg.torso_share)
+    if min(shares) < 0 or sum(shares) > 1 + 1e-6:
+        raise TrainError(f"mouth_share, head_share and torso_share must be >= 0 and sum to at most 1, not {shares}")
     torch.manual_seed(cfg.seed)
     model = AvatarModel(persons, cfg.field_config(persons[0].expr.shape[1]),
                         RenderConfig(cfg.n_coarse, cfg.n_importance), mode=cfg.model, torso_cull=cfg.torso_cull,
@@ -372,7 +388,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
                 frac = max(frac, spent() / cfg.time_budget_s)
             for g, lr0 in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr0 * cfg.lr_decay**frac
-            batch = sample_rays(persons, cfg.batch_rays, gens["rays"], cfg.audio_window)
+            batch = sample_rays(persons, cfg.batch_rays, gens["rays"], cfg.audio_window,
+                                head_share=cfg.head_share, mouth_share=cfg.mouth_share, torso_share=cfg.torso_share)
             rendered = model(batch, jitter=True, gen=gens["jitter"], distortion=cfg.lambda_dist > 0)
             loss = losses(rendered, batch, model, cfg)
             total = loss["total"].detach()

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Evaluate a trained avatar checkpoint on the held-out frames (the last 10%) of its datasets.
+"""Evaluate a trained avatar checkpoint on the held-out frames (the last 10%) of its datasets, or on its training frames.
 
 Renders every validation frame with its tracked pose and driving features and prints a table per
 person and role (speaking / listening): PSNR, SSIM, CPBD of rendered (and real) frames, mouth LMD
@@ -35,7 +35,11 @@ def main(argv=None) -> int:
     p.add_argument("--ckpt", help="checkpoint.pt written by scripts/train.py")
     p.add_argument("--data", action="append", required=True, help="the dataset(s) the checkpoint was trained on")
     p.add_argument("--out", default=None, help="where metrics.json and grid.png go (default: beside the checkpoint)")
-    p.add_argument("--max_frames", type=int, default=0, help="at most this many validation frames per person (0: all)")
+    p.add_argument("--max_frames", type=int, default=0,
+                   help="at most this many frames per person, evenly spread (0: all)")
+    p.add_argument("--split", choices=("val", "train"), default="val",
+                   help="score the held-out frames (val, default) or the frames trained on (train): a region that "
+                        "scores as low on train as on val underfits, one that scores low only on val does not generalize")
     p.add_argument("--device", default="auto", help="where frames are rendered: auto (a GPU if torch sees one), cpu, "
                    "cuda (default auto); the landmark metrics always run on the CPU")
     p.add_argument("--no_occupancy", action="store_true",
@@ -59,7 +63,8 @@ def main(argv=None) -> int:
     try:
         result = evaluate(None if args.rendered else args.ckpt, args.data, out, args.max_frames, args.device,
                           args.save_rendered, args.rendered, occupancy=not args.no_occupancy, amp=args.amp,
-                          march_steps=args.march_steps, ray_samples=parse_ray_samples(args.ray_samples))
+                          march_steps=args.march_steps, ray_samples=parse_ray_samples(args.ray_samples),
+                          split=args.split)
     except (PrepareError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

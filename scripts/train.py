@@ -84,6 +84,11 @@ def _doc(name: str) -> str:
                             "its translation and rotation (experimental; docs/PERFORMANCE.md)",
             "torso_field": "volume (the torso sampled along each ray, as the head) or layer (a pose-warped field over the "
                            "crop's pixels behind the head: one query per ray, faster; docs/PERFORMANCE.md)",
+            "torso_density_pose": "true: the torso's density reads the head pose beside the warped point; false: the pose "
+                                  "acts through the torso's warp alone (docs/PERFORMANCE.md)",
+            "mouth_share": "share of each ray batch drawn in the frame's mouth box",
+            "head_share": "share drawn in the box of the frame's head-labelled pixels",
+            "torso_share": "share drawn in the box of its torso-labelled pixels (the rest fall anywhere in the crop)",
             "lambda_dist": "weight of mip-NeRF 360's distortion loss (0: off; experimental; docs/PERFORMANCE.md)"}.get(
         name, name.replace("_", " "))
 

@@ -44,13 +44,14 @@ def dev(monkeypatch):
     return torch.device("cpu")
 
 
-def _scene(dev, R=64, hidden=16, bias=0.0, seed=0, torso=False, steps=16):
+def _scene(dev, R=64, hidden=16, bias=0.0, seed=0, torso=False, steps=16, density_pose=True):
     """A head field (and a torso field) with lively random weights; R rays of two persons through their head
     spheres (some miss) and torso boxes, the two overlapping along the rays; occupancy grids with empty cells;
     per-ray codes, in the layout of ``AvatarModel._geometry`` and ``_conditions``."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    cfg = FieldConfig(head_grid=GRID, torso_grid=GRID, hidden=hidden, hash_backend="torch")
+    cfg = FieldConfig(head_grid=GRID, torso_grid=GRID, hidden=hidden, hash_backend="torch",
+                      torso_density_pose=density_pose)
     fields = [HeadField(cfg)] + ([TorsoField(cfg)] if torso else [])
     with torch.no_grad():
         for f in fields:
@@ -158,8 +159,9 @@ def test_the_fused_kernel_marches_the_head_as_the_pytorch_marcher_does(dev):
     assert (out["samples"][~hit] == 0).all() and (out["head_acc"][~hit] == 0).all()
 
 
-def test_the_fused_kernel_marches_head_and_torso_together_as_the_pytorch_marcher_does(dev):
-    fields, g, c, m = _scene(dev, seed=3, torso=True)
+@pytest.mark.parametrize("density_pose", [True, False])
+def test_the_fused_kernel_marches_head_and_torso_together_as_the_pytorch_marcher_does(dev, density_pose):
+    fields, g, c, m = _scene(dev, seed=3, torso=True, density_pose=density_pose)
     ref, out = _reference(fields, g, c, m, 0.0), _fused(fields, g, c, m, 0.0)
     both = g["hit_h"] & g["hit_t"]
     assert both.sum() > 12 and ref["head_acc"][both].mean() > 0.05 and ref["torso_acc"][both].mean() > 0.05

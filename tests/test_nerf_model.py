@@ -125,6 +125,35 @@ def test_pose_norm_standardizes_the_torso_pose_by_the_persons_training_frames(mo
         3 * (1 + 2 * cfg.pose_freqs) + 6 * (1 + 2 * cfg.pose_freqs) + cfg.shape_dim
 
 
+@pytest.mark.parametrize("layer", [False, True])
+def test_without_torso_density_pose_the_pose_moves_the_torso_only_through_its_warp(layer):
+    from nerf.fields import TorsoField, TorsoLayer
+
+    torch.manual_seed(0)
+    n = 64
+    x, dirs = torch.rand(n, 3), torch.nn.functional.normalize(torch.randn(n, 3), dim=-1)
+    zs, za, et, et2 = torch.randn(n, 16), torch.randn(n, 16), torch.randn(n, 6), torch.randn(n, 6)
+    for density_pose in (True, False):
+        cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4, torso_density_pose=density_pose)
+        field = TorsoLayer(cfg) if layer else TorsoField(cfg)
+        with torch.no_grad():
+            field.encoding.tables.uniform_(-1.0, 1.0)  # features that vary over space (they start near 0)
+
+        def run(e, field=field):
+            return field(x[:, :2], e, zs, za) if layer else field(x, dirs, e, zs, za)
+
+        (a, rgb_a, off_a), (b, rgb_b, _) = run(et), run(et2)
+        assert (off_a == 0).all()  # the warp starts as the identity: the pose can act only through the density
+        if density_pose:
+            assert (a - b).abs().max() > 1e-4
+        else:
+            torch.testing.assert_close(a, b)
+            torch.testing.assert_close(rgb_a, rgb_b)
+            with torch.no_grad():  # a warp that moves points: now the pose changes the torso
+                field.deform[-1].weight.normal_(0.0, 0.1)
+            assert (run(et)[0] - run(et2)[0]).abs().max() > 1e-4
+
+
 def test_z_app_cannot_change_density_but_z_shape_can():
     torch.manual_seed(0)
     cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
@@ -150,7 +179,8 @@ def _person(row, size=16, T=6, tz=3.0, focal=60.0):
         R=torch.eye(3).expand(T, 3, 3).clone(), t=torch.tensor([0.0, 0.0, tz]).expand(T, 3).clone(),
         euler=torch.zeros(T, 3), expr=torch.zeros(T, 4), audio=torch.zeros(T, 512),
         speaking=torch.zeros(T, dtype=torch.bool), mouth_box=torch.tensor([[4.0, 4.0, 8.0, 8.0]]).expand(T, 4),
-        head_box=torch.tensor([[2.0, 2.0, 10.0, 10.0]]).expand(T, 4), train=torch.arange(T - 1),
+        head_box=torch.tensor([[2.0, 2.0, 10.0, 10.0]]).expand(T, 4),
+        torso_box=torch.tensor([[0.0, 10.0, 15.0, 15.0]]).expand(T, 4), train=torch.arange(T - 1),
         val=torch.tensor([T - 1]), focal=focal, size=size, bounds=bounds)
 
 
@@ -316,6 +346,44 @@ def test_rays_carry_their_frames_audio_window_and_share_its_drive_code():
                                for r, f in zip(batch["row"], batch["frame"])])
         alone = torch.where(batch["speaking"][:, None], model.audio[0](per_ray), model.expr[0](batch["expr"]))
     torch.testing.assert_close(shared, alone)
+
+
+def test_ray_shares_land_in_their_boxes():
+    """sample_rays' mouth, head and torso shares: each share's rays fall in its box, the rest anywhere."""
+    from nerf.data import sample_rays
+
+    persons = [_person(0, size=32)]
+    p = persons[0]
+    p.mouth_box = torch.tensor([[4.0, 4.0, 8.0, 8.0]]).expand(6, 4)
+    p.head_box = torch.tensor([[2.0, 2.0, 12.0, 12.0]]).expand(6, 4)
+    p.torso_box = torch.tensor([[20.0, 24.0, 31.0, 31.0]]).expand(6, 4)
+    gen = torch.Generator().manual_seed(0)
+
+    def share_in(box, **shares):
+        b = sample_rays(persons, 4000, gen, audio_window=1, **shares)
+        inside = (b["u"] >= box[0]) & (b["u"] <= box[2]) & (b["v"] >= box[1]) & (b["v"] <= box[3])
+        return inside.float().mean().item()
+
+    torso = p.torso_box[0].tolist()
+    assert share_in(torso, head_share=0.0, mouth_share=0.0, torso_share=1.0) == 1.0
+    # uniform rays land in the torso box by its area (12 x 8 of 32 x 32 pixels = 9.4%)
+    assert abs(share_in(torso, head_share=0.0, mouth_share=0.0) - 96 / 1024) < 0.02
+    # a quarter of the batch in the torso box, the uniform rest adds its area's share of 60%
+    assert abs(share_in(torso, torso_share=0.25) - (0.25 + 0.6 * 96 / 1024)) < 0.03
+    assert share_in(p.head_box[0].tolist(), head_share=1.0, mouth_share=0.0) == 1.0
+    assert share_in([4, 4, 7, 7], head_share=0.0, mouth_share=1.0) == 1.0  # the float mouth box ends at x1, y1
+    # without a torso share the generator draws what it drew before the share existed (persons, frames, kinds,
+    # pixels, mouth and head offsets), so the batches after the first stay those of older runs
+    g, ref = torch.Generator().manual_seed(1), torch.Generator().manual_seed(1)
+    sample_rays(persons, 64, g, audio_window=1)
+    torch.randint(0, 1, (64,), generator=ref)
+    torch.randint(0, len(p.train), (64,), generator=ref)
+    torch.rand(64, generator=ref)
+    torch.randint(0, 32, (64,), generator=ref), torch.randint(0, 32, (64,), generator=ref)
+    torch.rand(64, 2, generator=ref), torch.rand(64, 2, generator=ref)
+    assert torch.equal(g.get_state(), ref.get_state())
+    with pytest.raises(ValueError, match="sum to at most 1"):
+        sample_rays(persons, 8, gen, audio_window=1, torso_share=0.5)
 
 
 def test_compiled_fields_render_what_the_eager_ones_do():

@@ -208,6 +208,20 @@ def test_rendered_frames_scored_elsewhere_give_the_same_table(synthetic, tmp_pat
     joined = evaluate(None, cfg.data, tmp_path / "ev3", rendered_dir=tmp_path / "ev")
     assert [(r["person"], r["role"], r["psnr"]) for r in joined["rows"]] == \
         [(r["person"], r["role"], r["psnr"]) for r in there["rows"]]
+    # --split train scores frames the run trained on (underfitting shows there as on held-out frames)
+    from nerf.audio import Wav2LipAudioEncoder
+    from nerf.data import load_datasets
+
+    fitted = evaluate(tmp_path / "e" / "checkpoint.pt", cfg.data, tmp_path / "ev4", max_frames=2, save_rendered=True,
+                      split="train")
+    persons = load_datasets(cfg.data, cfg.image_size, Wav2LipAudioEncoder().eval())
+    for p in persons:
+        frames = np.load(tmp_path / "ev4" / f"rendered_{p.row}.npz")["frames"]
+        assert len(frames) == 2 and set(frames.tolist()) <= set(p.train.tolist())
+    assert json.loads((tmp_path / "ev4" / "metrics.json").read_text())["split"] == "train"
+    assert sum(r["frames"] for r in fitted["rows"]) == 2 * len(persons)
+    with pytest.raises(TrainError, match="split must be"):
+        evaluate(tmp_path / "e" / "checkpoint.pt", cfg.data, tmp_path / "ev5", split="test")
 
 
 def test_devices_asked_for_but_absent_or_unknown_are_clear_errors(synthetic, tmp_path):
