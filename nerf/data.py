@@ -144,6 +144,72 @@ def load_datasets(roots: list[str | Path], size: int, audio_encoder: Wav2LipAudi
     return persons
 
 
+class ErrorMap:
+    """Where each person's rendering error lies, over a G x G grid of crop cells: the ray sampler's error share is
+    drawn in proportion to it (instant-ngp's error map, over the crop only: frames stay uniform).
+
+    Each cell holds a running mean of the squared colour error of the training rays that fell in it (every ray of
+    every batch, the uniform ones included, so it keeps up with the whole crop); a cell's first rays set it.
+    Unvisited cells start at 1 (the largest squared error), so they are drawn until seen. The map lives on the
+    training device and is updated every step without a host sync; the sampler draws from a CPU copy refreshed
+    every ``refresh`` steps.
+    """
+
+    def __init__(self, n_rows: int, size: int, grid: int = 32, momentum: float = 0.1, refresh: int = 16,
+                 device: torch.device | str = "cpu"):
+        if not 1 <= grid <= size:
+            raise ValueError(f"error map grid {grid} must be between 1 and the crop size {size}")
+        self.size, self.grid, self.momentum, self.refresh = size, grid, momentum, refresh
+        self.err = torch.ones(n_rows, grid * grid, device=device)
+        self.seen = torch.zeros(n_rows, grid * grid, dtype=torch.bool, device=device)
+        self.snapshot = self.err.to("cpu", copy=True)
+
+    def cells(self, row: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """Flat indices (row * G^2 + cell) of pixels (u, v) of the persons of rows ``row``."""
+        g = self.grid
+        cx = (u * g / self.size).long().clamp(0, g - 1)
+        cy = (v * g / self.size).long().clamp(0, g - 1)
+        return row.long() * g * g + cy * g + cx
+
+    def update(self, row: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sq_err: torch.Tensor) -> None:
+        """Fold a batch's per-ray squared errors [R] into the cells its rays fell in."""
+        idx = self.cells(row, u, v)
+        flat = self.err.view(-1)
+        total = torch.zeros_like(flat).index_add_(0, idx, sq_err.detach().float())
+        count = torch.zeros_like(flat).index_add_(0, idx, torch.ones(len(idx), device=flat.device))
+        hit = count > 0
+        mean = total / count.clamp(min=1)
+        seen = self.seen.view(-1)
+        blended = torch.where(seen, (1 - self.momentum) * flat + self.momentum * mean, mean)
+        flat.copy_(torch.where(hit, blended, flat))
+        seen |= hit
+
+    def step(self, iteration: int) -> None:
+        """Refresh the sampler's CPU copy every ``refresh`` iterations (one host sync)."""
+        if iteration % self.refresh == 0:
+            self.snapshot = self.err.to("cpu", copy=True)  # a copy on the CPU too, where .cpu() would alias
+
+    def draw(self, row: int, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """n pixel coordinates (u, v) of the person of ``row``, floats of whole pixels, cells drawn by the copy's error."""
+        g = self.grid
+        cell = torch.multinomial(self.snapshot[row].clamp(min=1e-12), n, replacement=True, generator=gen)
+        r = torch.rand(n, 2, generator=gen)
+        u = ((cell % g).float() + r[:, 0]) * self.size / g
+        v = ((cell // g).float() + r[:, 1]) * self.size / g
+        return u.floor().clamp(0, self.size - 1), v.floor().clamp(0, self.size - 1)
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {"err": self.err.to("cpu", copy=True), "seen": self.seen.to("cpu", copy=True),
+                "snapshot": self.snapshot.clone()}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        if state["err"].shape != self.err.shape:
+            raise ValueError(f"error map of shape {tuple(state['err'].shape)}, expected {tuple(self.err.shape)}")
+        self.err.copy_(state["err"])
+        self.seen.copy_(state["seen"])
+        self.snapshot = state["snapshot"].clone()
+
+
 def _in_box(box: torch.Tensor, gen: torch.Generator, last: float) -> tuple[torch.Tensor, torch.Tensor]:
     """Uniform pixel coordinates (u, v), floats of whole pixels, in boxes [n, 4] x0, y0, x1, y1; ``last`` 1: the
     boxes hold their x1, y1 pixels (label boxes), 0: they end there (the landmarks' float mouth box)."""
@@ -155,15 +221,18 @@ def _in_box(box: torch.Tensor, gen: torch.Generator, last: float) -> tuple[torch
 
 def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, audio_window: int,
                 split: str = "train", head_share: float = 0.4, mouth_share: float = 0.15,
-                torso_share: float = 0.0) -> dict[str, torch.Tensor]:
-    """A random ray batch over persons, frames and pixels, biased toward the head, the mouth and the torso.
+                torso_share: float = 0.0, error_share: float = 0.0,
+                error_map: ErrorMap | None = None) -> dict[str, torch.Tensor]:
+    """A random ray batch over persons, frames and pixels, biased toward the head, the mouth, the torso and the error.
 
-    Each ray falls in its frame's mouth box, head-label box or torso-label box with these shares, and anywhere
-    in the crop otherwise (the boxes overlap, so a box's pixels get more than its share).
+    Each ray falls in its frame's mouth box, head-label box or torso-label box, or in a cell drawn by the error
+    map, with these shares, and anywhere in the crop otherwise (the boxes overlap, so a box's pixels get more
+    than its share).
 
     Args:
         audio_window: each ray carries the audio codes of frames f - audio_window .. f + audio_window.
-        head_share, mouth_share, torso_share: the batch's shares drawn from the boxes (sum at most 1).
+        head_share, mouth_share, torso_share, error_share: the batch's shares drawn from the boxes and the error
+            map (sum at most 1; an error share needs ``error_map``, indexed by the persons' rows).
 
     Returns:
         dict of per-ray tensors: row, frame [R] long; u, v [R] float pixel coordinates; rgb [R, 3];
@@ -171,9 +240,12 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
         speaking [R] bool; focal [R]; pair [R] long, the ray's (person, frame) pair; and per pair
         (``PAIR_KEYS``): audio [Q, 2 audio_window + 1, 512], the pair's audio code window.
     """
-    if min(head_share, mouth_share, torso_share) < 0 or head_share + mouth_share + torso_share > 1 + 1e-6:
+    shares = (head_share, mouth_share, torso_share, error_share)
+    if min(shares) < 0 or sum(shares) > 1 + 1e-6:
         raise ValueError(f"ray shares must be >= 0 and sum to at most 1: head {head_share}, mouth {mouth_share}, "
-                         f"torso {torso_share}")
+                         f"torso {torso_share}, error {error_share}")
+    if error_share > 0 and error_map is None:
+        raise ValueError("an error share needs an error map")
     P = len(persons)
     who = torch.randint(0, P, (n_rays,), generator=gen)
     out: dict[str, list] = {}
@@ -198,6 +270,10 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
             bu, bv = _in_box(box[frame], gen, last)
             u = torch.where(inside, bu, u).clamp(0, s - 1)
             v = torch.where(inside, bv, v).clamp(0, s - 1)
+        if error_share > 0:
+            inside = (kind >= edges[2]) & (kind < edges[2] + error_share)
+            eu, ev = error_map.draw(p.row, n, gen)
+            u, v = torch.where(inside, eu, u), torch.where(inside, ev, v)
         # The random choices above are drawn on the CPU (one generator, reproducible on any device);
         # the gathers below run where the frames live.
         # The (person, frame) pairs, found on the CPU (no device sync): their audio windows are gathered once.

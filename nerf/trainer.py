@@ -28,7 +28,7 @@ from data_prep.atomic_io import atomic_path, save_image
 from data_prep.tb import tensorboard_writer
 from nerf.audio import Wav2LipAudioEncoder, encoder_from_state, load_audio_encoder
 from nerf.audio_pretrain import AudioPretrainConfig, pretrain_audio
-from nerf.data import PersonFrames, load_datasets, sample_rays
+from nerf.data import ErrorMap, PersonFrames, load_datasets, sample_rays
 from nerf.device import prepare_device, resolve_device
 from nerf.encoding import HashGridConfig
 from nerf.errors import TrainError
@@ -63,6 +63,13 @@ class TrainConfig:
     """Share drawn inside the box of the frame's head-labelled pixels."""
     torso_share: float = 0.0
     """Share drawn inside the box of the frame's torso-labelled pixels; the rest fall anywhere in the crop."""
+    error_share: float = 0.0
+    """Share drawn where the person's rendering error lies: cells of an error map (``nerf.data.ErrorMap``) that
+    every batch's per-ray errors update, drawn in proportion to their running mean squared error."""
+    error_grid: int = 32
+    """Cells per side of that error map."""
+    error_refresh: int = 16
+    """Iterations between the sampler's copies of the error map (each a host sync on a GPU)."""
     lambda_parse: float = 0.05
     """Weight of the parsing losses (head opacity in the head region, torso opacity in the torso region)."""
     lambda_deform: float = 0.01
@@ -214,12 +221,14 @@ class _StopRequest:
 
 def save_checkpoint(path: Path, model, opt, it: int, cfg: TrainConfig, persons: list[PersonFrames],
                     gens: dict[str, torch.Generator], audio_encoder: Wav2LipAudioEncoder,
-                    train_seconds: float = 0.0) -> None:
+                    train_seconds: float = 0.0, error_map: ErrorMap | None = None) -> None:
     """Everything a resume needs, written atomically; ``train_seconds``: training time so far (resumes included)."""
     state = {"model": model.state_dict(), "audio_encoder": audio_encoder.state_dict(), "optimizer": opt.state_dict(),
              "iteration": it, "config": json.dumps(dataclasses.asdict(cfg)), "persons": [p.name for p in persons],
              "generators": {k: g.get_state() for k, g in gens.items()},
              "generator_devices": {k: g.device.type for k, g in gens.items()}, "train_seconds": train_seconds}
+    if error_map is not None:
+        state["error_map"] = error_map.state_dict()
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -271,9 +280,14 @@ def build(cfg: TrainConfig, persons: list[PersonFrames],
         raise TrainError(f"torso_field must be volume or layer, not {cfg.torso_field!r}")
     if cfg.torso_field == "layer" and cfg.torso_follow:
         raise TrainError("torso_follow moves the volume torso's points: it does not apply to --torso_field layer")
-    shares = (cfg.mouth_share, cfg.head_share, cfg.torso_share)
+    shares = (cfg.mouth_share, cfg.head_share, cfg.torso_share, cfg.error_share)
     if min(shares) < 0 or sum(shares) > 1 + 1e-6:
-        raise TrainError(f"mouth_share, head_share and torso_share must be >= 0 and sum to at most 1, not {shares}")
+        raise TrainError(f"mouth_share, head_share, torso_share and error_share must be >= 0 and sum to at most 1, "
+                         f"not {shares}")
+    if cfg.error_share > 0 and not 1 <= cfg.error_grid <= cfg.image_size:
+        raise TrainError(f"error_grid must be between 1 and image_size ({cfg.image_size}), not {cfg.error_grid}")
+    if cfg.error_share > 0 and cfg.error_refresh < 1:
+        raise TrainError(f"error_refresh must be at least 1, not {cfg.error_refresh}")
     torch.manual_seed(cfg.seed)
     model = AvatarModel(persons, cfg.field_config(persons[0].expr.shape[1]),
                         RenderConfig(cfg.n_coarse, cfg.n_importance), mode=cfg.model, torso_cull=cfg.torso_cull,
@@ -333,6 +347,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
     # Ray choices are drawn on the CPU; the sample jitter where the samples are made.
     gens = {"rays": torch.Generator().manual_seed(cfg.seed),
             "jitter": torch.Generator(device=dev).manual_seed(cfg.seed + 1)}
+    error_map = (ErrorMap(len(persons), cfg.image_size, cfg.error_grid, refresh=cfg.error_refresh, device=dev)
+                 if cfg.error_share > 0 else None)
     start, spent_before = 0, 0.0
     if ckpt is not None:
         check_compatible(ckpt, cfg, persons)
@@ -344,6 +360,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
         opt.load_state_dict(ckpt["optimizer"])
         for k, g in gens.items():
             g.set_state(ckpt["generators"][k])
+        if error_map is not None and "error_map" in ckpt:
+            error_map.load_state_dict(ckpt["error_map"])
         start = ckpt["iteration"]
         spent_before = float(ckpt.get("train_seconds", 0.0))
         log(f"resumed from {ckpt_path} at iteration {start} ({spent_before:.0f} s of training so far)")
@@ -369,7 +387,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
 
     def checkpoint(iteration: int) -> None:
         check_finite()
-        save_checkpoint(ckpt_path, model, opt, iteration, cfg, persons, gens, audio_encoder, spent())
+        save_checkpoint(ckpt_path, model, opt, iteration, cfg, persons, gens, audio_encoder, spent(), error_map)
 
     with _StopRequest() as stop:
         for it in bar:
@@ -388,9 +406,14 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
                 frac = max(frac, spent() / cfg.time_budget_s)
             for g, lr0 in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr0 * cfg.lr_decay**frac
+            if error_map is not None:
+                error_map.step(it)
             batch = sample_rays(persons, cfg.batch_rays, gens["rays"], cfg.audio_window,
-                                head_share=cfg.head_share, mouth_share=cfg.mouth_share, torso_share=cfg.torso_share)
+                                head_share=cfg.head_share, mouth_share=cfg.mouth_share, torso_share=cfg.torso_share,
+                                error_share=cfg.error_share, error_map=error_map)
             rendered = model(batch, jitter=True, gen=gens["jitter"], distortion=cfg.lambda_dist > 0)
+            if error_map is not None:
+                error_map.update(batch["row"], batch["u"], batch["v"], (rendered["rgb"] - batch["rgb"]).square().mean(-1))
             loss = losses(rendered, batch, model, cfg)
             total = loss["total"].detach()
             newly_bad = ~torch.isfinite(total) & ~bad

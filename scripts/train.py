@@ -89,6 +89,9 @@ def _doc(name: str) -> str:
             "mouth_share": "share of each ray batch drawn in the frame's mouth box",
             "head_share": "share drawn in the box of the frame's head-labelled pixels",
             "torso_share": "share drawn in the box of its torso-labelled pixels (the rest fall anywhere in the crop)",
+            "error_share": "share drawn where the rendering error lies (an error map over the crop, updated every step)",
+            "error_grid": "cells per side of that error map",
+            "error_refresh": "iterations between the sampler's copies of the error map (a host sync each on a GPU)",
             "lambda_dist": "weight of mip-NeRF 360's distortion loss (0: off; experimental; docs/PERFORMANCE.md)"}.get(
         name, name.replace("_", " "))
 

@@ -386,6 +386,45 @@ def test_ray_shares_land_in_their_boxes():
         sample_rays(persons, 8, gen, audio_window=1, torso_share=0.5)
 
 
+def test_the_error_map_follows_the_error_and_draws_rays_where_it_lies():
+    from nerf.data import ErrorMap, sample_rays
+
+    m = ErrorMap(2, size=32, grid=4, momentum=0.5, refresh=2)  # cells of 8 x 8 pixels
+    gen = torch.Generator().manual_seed(0)
+    # before any update every cell is unvisited (error 1): the draws spread over the whole crop
+    u, v = m.draw(1, 4000, gen)
+    counts = torch.bincount((v // 8 * 4 + u // 8).long(), minlength=16)
+    assert counts.min() > 150 and u.max() == 31 and v.max() == 31
+    # every pixel of person 1 seen once, error 0.01 everywhere but cell (row 2, column 3), where it is 0.25
+    uu, vv = torch.meshgrid(torch.arange(32.0), torch.arange(32.0), indexing="xy")
+    uu, vv = uu.flatten(), vv.flatten()
+    err = torch.where((uu >= 24) & (vv >= 16) & (vv < 24), 0.25, 0.01)
+    m.update(torch.ones_like(uu, dtype=torch.long), uu, vv, err)
+    expected = torch.full((4, 4), 0.01)
+    expected[2, 3] = 0.25
+    torch.testing.assert_close(m.err[1].view(4, 4), expected)  # first visits set the cells
+    assert (m.err[0] == 1).all() and not m.seen[0].any()  # person 0 untouched
+    m.update(torch.tensor([1]), torch.tensor([25.0]), torch.tensor([17.0]), torch.tensor([0.05]))
+    assert torch.isclose(m.err[1].view(4, 4)[2, 3], torch.tensor(0.15))  # then a running mean (momentum 0.5)
+    m.step(1)
+    assert (m.snapshot[1] == 1).all()  # the sampler's copy waits for the refresh
+    m.step(2)
+    u, v = m.draw(1, 3000, gen)
+    hot = ((u >= 24) & (v >= 16) & (v < 24)).float().mean()
+    assert abs(hot - 0.15 / (0.15 + 15 * 0.01)) < 0.03  # in proportion to the cells' errors
+    # the sampler's error share comes from the map; the resumed state is the same map
+    persons = [_person(0, size=32), _person(1, size=32)]
+    b = sample_rays(persons, 2000, gen, audio_window=1, head_share=0.0, mouth_share=0.0, error_share=1.0,
+                    error_map=m)
+    one = b["row"] == 1
+    assert abs(((b["u"] >= 24) & (b["v"] >= 16) & (b["v"] < 24))[one].float().mean() - 0.5) < 0.05
+    copy = ErrorMap(2, size=32, grid=4)
+    copy.load_state_dict(m.state_dict())
+    assert torch.equal(copy.err, m.err) and torch.equal(copy.snapshot, m.snapshot)
+    with pytest.raises(ValueError, match="needs an error map"):
+        sample_rays(persons, 8, gen, audio_window=1, error_share=0.2)
+
+
 def test_compiled_fields_render_what_the_eager_ones_do():
     """train.py --compile true: torch.compile of each field's forward (dynamic shapes), same parameters."""
     from nerf.model import compile_fields

@@ -73,11 +73,13 @@ def _small(synthetic, out, iters, **kw):
     return TrainConfig(data=[str(synthetic["dataset"])], out=str(out), iters=iters, val_every=10**9, **base)
 
 
-def test_checkpoint_then_resume_gives_the_same_next_step_loss(synthetic, tmp_path, monkeypatch):
+@pytest.mark.parametrize("sampler", [{}, {"error_share": 0.3, "error_grid": 4, "error_refresh": 2}])
+def test_checkpoint_then_resume_gives_the_same_next_step_loss(synthetic, tmp_path, monkeypatch, sampler):
+    """Also with the error map (its state in the checkpoint; its copy refreshed at the resumed step)."""
     import os
     import signal
 
-    straight = train(_small(synthetic, tmp_path / "a", 5), progress=False)
+    straight = train(_small(synthetic, tmp_path / "a", 5, **sampler), progress=False)
     real_losses = trainer.losses
     calls = {"n": 0}
 
@@ -89,12 +91,13 @@ def test_checkpoint_then_resume_gives_the_same_next_step_loss(synthetic, tmp_pat
 
     monkeypatch.setattr(trainer, "losses", interrupted)
     with pytest.raises(KeyboardInterrupt):  # no periodic checkpoint: the stop itself writes one
-        train(_small(synthetic, tmp_path / "b", 5, ckpt_every=10**9), progress=False)
+        train(_small(synthetic, tmp_path / "b", 5, ckpt_every=10**9, **sampler), progress=False)
     assert signal.getsignal(signal.SIGINT) is signal.default_int_handler  # the handler is given back
     ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert ckpt["iteration"] == 4 and ckpt["train_seconds"] > 0
     monkeypatch.setattr(trainer, "losses", real_losses)
-    resumed = train(_small(synthetic, tmp_path / "b", 5, resume=True), progress=False)
+    assert ("error_map" in ckpt) == bool(sampler)
+    resumed = train(_small(synthetic, tmp_path / "b", 5, resume=True, **sampler), progress=False)
     assert resumed["first_iteration"] == 4 and len(resumed["loss_history"]) == 1
     assert resumed["loss_history"][0] == straight["loss_history"][4]  # step for step the uninterrupted run
     assert resumed["train_seconds_total"] > ckpt["train_seconds"]  # the time budget counts across resumes
