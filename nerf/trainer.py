@@ -273,13 +273,8 @@ def check_compatible(ckpt: dict, cfg: TrainConfig, persons: list[PersonFrames]) 
         raise TrainError(f"the checkpoint's persons {ckpt['persons']} differ from the data's {names}")
 
 
-def build(cfg: TrainConfig, persons: list[PersonFrames],
-          device: torch.device | str = "cpu") -> tuple[AvatarModel, torch.optim.Optimizer]:
-    """The model (initialized from cfg.seed on the CPU, then moved: the same weights on any device) and its Adam."""
-    if cfg.torso_field not in ("volume", "layer"):
-        raise TrainError(f"torso_field must be volume or layer, not {cfg.torso_field!r}")
-    if cfg.torso_field == "layer" and cfg.torso_follow:
-        raise TrainError("torso_follow moves the volume torso's points: it does not apply to --torso_field layer")
+def check_sampler(cfg: TrainConfig) -> None:
+    """The ray sampler's settings, checked before a run writes anything."""
     shares = (cfg.mouth_share, cfg.head_share, cfg.torso_share, cfg.error_share)
     if min(shares) < 0 or sum(shares) > 1 + 1e-6:
         raise TrainError(f"mouth_share, head_share, torso_share and error_share must be >= 0 and sum to at most 1, "
@@ -288,6 +283,15 @@ def build(cfg: TrainConfig, persons: list[PersonFrames],
         raise TrainError(f"error_grid must be between 1 and image_size ({cfg.image_size}), not {cfg.error_grid}")
     if cfg.error_share > 0 and cfg.error_refresh < 1:
         raise TrainError(f"error_refresh must be at least 1, not {cfg.error_refresh}")
+
+
+def build(cfg: TrainConfig, persons: list[PersonFrames],
+          device: torch.device | str = "cpu") -> tuple[AvatarModel, torch.optim.Optimizer]:
+    """The model (initialized from cfg.seed on the CPU, then moved: the same weights on any device) and its Adam."""
+    if cfg.torso_field not in ("volume", "layer"):
+        raise TrainError(f"torso_field must be volume or layer, not {cfg.torso_field!r}")
+    if cfg.torso_field == "layer" and cfg.torso_follow:
+        raise TrainError("torso_follow moves the volume torso's points: it does not apply to --torso_field layer")
     torch.manual_seed(cfg.seed)
     model = AvatarModel(persons, cfg.field_config(persons[0].expr.shape[1]),
                         RenderConfig(cfg.n_coarse, cfg.n_importance), mode=cfg.model, torso_cull=cfg.torso_cull,
@@ -328,6 +332,7 @@ def audio_encoder_of(cfg: TrainConfig, out: Path, log=print, progress: bool = Tr
 
 def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
     """Train (or resume) a run; returns the final held-out PSNR per person and the run's facts."""
+    check_sampler(cfg)
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"

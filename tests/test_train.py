@@ -103,6 +103,14 @@ def test_checkpoint_then_resume_gives_the_same_next_step_loss(synthetic, tmp_pat
     assert resumed["train_seconds_total"] > ckpt["train_seconds"]  # the time budget counts across resumes
 
 
+@pytest.mark.parametrize("bad", [{"torso_share": 0.6}, {"head_share": -0.1}, {"error_share": 0.2, "error_grid": 0},
+                                 {"error_share": 0.2, "error_refresh": 0}])
+def test_ray_sampler_settings_out_of_range_are_refused_before_anything_is_written(synthetic, tmp_path, bad):
+    with pytest.raises(TrainError, match="share|error_grid|error_refresh"):
+        train(_small(synthetic, tmp_path / "r", 2, **bad), progress=False)
+    assert not (tmp_path / "r").exists()
+
+
 def test_a_checkpoint_of_another_config_is_refused(synthetic, tmp_path):
     train(_small(synthetic, tmp_path / "r", 1), progress=False)
     with pytest.raises(TrainError, match="another config"):
