@@ -219,6 +219,14 @@ def _in_box(box: torch.Tensor, gen: torch.Generator, last: float) -> tuple[torch
     return u, v
 
 
+def check_shares(head_share: float, mouth_share: float, torso_share: float, error_share: float) -> None:
+    """ValueError unless the ray sampler's shares are >= 0 and sum to at most 1."""
+    shares = (head_share, mouth_share, torso_share, error_share)
+    if min(shares) < 0 or sum(shares) > 1 + 1e-6:
+        raise ValueError(f"ray shares (head_share, mouth_share, torso_share, error_share) must be >= 0 and sum to at "
+                         f"most 1, not {shares}")
+
+
 def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, audio_window: int,
                 split: str = "train", head_share: float = 0.4, mouth_share: float = 0.15,
                 torso_share: float = 0.0, error_share: float = 0.0,
@@ -240,10 +248,7 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
         speaking [R] bool; focal [R]; pair [R] long, the ray's (person, frame) pair; and per pair
         (``PAIR_KEYS``): audio [Q, 2 audio_window + 1, 512], the pair's audio code window.
     """
-    shares = (head_share, mouth_share, torso_share, error_share)
-    if min(shares) < 0 or sum(shares) > 1 + 1e-6:
-        raise ValueError(f"ray shares must be >= 0 and sum to at most 1: head {head_share}, mouth {mouth_share}, "
-                         f"torso {torso_share}, error {error_share}")
+    check_shares(head_share, mouth_share, torso_share, error_share)
     if error_share > 0 and error_map is None:
         raise ValueError("an error share needs an error map")
     P = len(persons)

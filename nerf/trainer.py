@@ -28,7 +28,7 @@ from data_prep.atomic_io import atomic_path, save_image
 from data_prep.tb import tensorboard_writer
 from nerf.audio import Wav2LipAudioEncoder, encoder_from_state, load_audio_encoder
 from nerf.audio_pretrain import AudioPretrainConfig, pretrain_audio
-from nerf.data import ErrorMap, PersonFrames, load_datasets, sample_rays
+from nerf.data import ErrorMap, PersonFrames, check_shares, load_datasets, sample_rays
 from nerf.device import prepare_device, resolve_device
 from nerf.encoding import HashGridConfig
 from nerf.errors import TrainError
@@ -275,10 +275,10 @@ def check_compatible(ckpt: dict, cfg: TrainConfig, persons: list[PersonFrames]) 
 
 def check_sampler(cfg: TrainConfig) -> None:
     """The ray sampler's settings, checked before a run writes anything."""
-    shares = (cfg.mouth_share, cfg.head_share, cfg.torso_share, cfg.error_share)
-    if min(shares) < 0 or sum(shares) > 1 + 1e-6:
-        raise TrainError(f"mouth_share, head_share, torso_share and error_share must be >= 0 and sum to at most 1, "
-                         f"not {shares}")
+    try:
+        check_shares(cfg.head_share, cfg.mouth_share, cfg.torso_share, cfg.error_share)
+    except ValueError as e:
+        raise TrainError(str(e)) from None
     if cfg.error_share > 0 and not 1 <= cfg.error_grid <= cfg.image_size:
         raise TrainError(f"error_grid must be between 1 and image_size ({cfg.image_size}), not {cfg.error_grid}")
     if cfg.error_share > 0 and cfg.error_refresh < 1:
@@ -418,7 +418,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
                                 error_share=cfg.error_share, error_map=error_map)
             rendered = model(batch, jitter=True, gen=gens["jitter"], distortion=cfg.lambda_dist > 0)
             if error_map is not None:
-                error_map.update(batch["row"], batch["u"], batch["v"], (rendered["rgb"] - batch["rgb"]).square().mean(-1))
+                error_map.update(batch["row"], batch["u"], batch["v"],
+                                 (rendered["rgb"].detach() - batch["rgb"]).square().mean(-1))
             loss = losses(rendered, batch, model, cfg)
             total = loss["total"].detach()
             newly_bad = ~torch.isfinite(total) & ~bad
