@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from data_prep import dataset
+from data_prep import torso_track as torso_track_mod
 from data_prep.audio_features import mel_windows
 from data_prep.errors import PrepareError
 from nerf.audio import Wav2LipAudioEncoder, code_windows, frame_codes
@@ -50,10 +51,14 @@ class PersonFrames:
     focal: float
     size: int
     bounds: PersonBounds
+    torso_motion: torch.Tensor | None = None
+    """[T, 6] with ``torso_track``: each frame's tracked torso motion onto the reference frame's
+    (``data_prep.torso_track``: a 2 x 3 affine on crop fractions, row-major), NaN where the tracking failed (the
+    model then predicts it from the head pose); None: not tracked (a driven person: always predicted)."""
 
     # What rays and frames gather from: these live on the training device; the boxes and the
     # split indices stay on the CPU, where the ray sampler draws its random choices.
-    DEVICE_FIELDS = ("images", "labels", "background", "R", "t", "euler", "expr", "audio", "speaking")
+    DEVICE_FIELDS = ("images", "labels", "background", "R", "t", "euler", "expr", "audio", "speaking", "torso_motion")
 
     @property
     def device(self) -> torch.device:
@@ -61,7 +66,8 @@ class PersonFrames:
 
     def to(self, device: torch.device | str) -> PersonFrames:
         """This person with its frames, poses and features on ``device`` (a new object; self unchanged)."""
-        return dataclasses.replace(self, **{k: getattr(self, k).to(device) for k in self.DEVICE_FIELDS})
+        return dataclasses.replace(self, **{k: getattr(self, k).to(device) for k in self.DEVICE_FIELDS
+                                            if getattr(self, k) is not None})
 
 
 def _resize(img: np.ndarray, size: int, nearest: bool = False) -> np.ndarray:
@@ -82,8 +88,12 @@ def _label_boxes(mask: np.ndarray) -> np.ndarray:
 
 
 def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr: int,
-                audio_codes: torch.Tensor) -> PersonFrames:
-    """Load one person of a prepared dataset at ``size`` px; ``audio_codes`` [T, 512] are the dataset's."""
+                audio_codes: torch.Tensor, torso_track: bool = False) -> PersonFrames:
+    """Load one person of a prepared dataset at ``size`` px; ``audio_codes`` [T, 512] are the dataset's.
+
+    With ``torso_track`` the torso's motion is tracked on the loaded frames (``PersonFrames.torso_motion``;
+    about 3 s per 500 frames at 128 px, 12 s at 256 px and above), onto the training frame nearest the mean pose.
+    """
     import imageio.v3 as iio
 
     tr = dataset.load_track(root, person)
@@ -109,6 +119,12 @@ def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr
     idx = np.arange(T)
     R = np.where(valid[:, None, None], tr["R"], np.eye(3, dtype=np.float32))
     t = np.where(valid[:, None], tr["t"], np.nanmedian(tr["t"], 0))
+    motion = None
+    if torso_track:
+        train = idx[a:b][valid[a:b]]
+        ref = torso_track_mod.reference_frame(tr["euler"], tr["t"], train if len(train) else idx[a:b])
+        m, ok, _ = torso_track_mod.track_torso(images, labels, ref)
+        motion = torch.from_numpy(np.where(ok[:, None], m, np.nan).astype(np.float32))
     return PersonFrames(
         row=row, name=f"{root.name}:{person}", images=torch.from_numpy(images), labels=torch.from_numpy(labels),
         background=torch.from_numpy(bg).float() / 255.0,
@@ -121,16 +137,19 @@ def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr
         train=torch.from_numpy(idx[a:b][valid[a:b]]), val=torch.from_numpy(idx[c:d][valid[c:d]]),
         focal=float(info["focal"]) * scale, size=size,
         bounds=PersonBounds.from_track(tr["canonical"], tr["t"], float(info["focal"]) * scale, size,
-                                       labels=labels, R=tr["R"], valid=valid, frames=idx[a:b]))
+                                       labels=labels, R=tr["R"], valid=valid, frames=idx[a:b]),
+        torso_motion=motion)
 
 
-def load_datasets(roots: list[str | Path], size: int, audio_encoder: Wav2LipAudioEncoder) -> list[PersonFrames]:
+def load_datasets(roots: list[str | Path], size: int, audio_encoder: Wav2LipAudioEncoder,
+                  torso_track: bool = False) -> list[PersonFrames]:
     """Every person of every dataset, rows numbered in order (dataset, then person).
 
     Args:
         roots: prepared dataset directories.
         size: crop side to load at.
         audio_encoder: codes every frame's mel window once (persons of a dataset share its audio).
+        torso_track: track each person's torso motion (``PersonFrames.torso_motion``).
     """
     metas = [(Path(r), dataset.read_meta(r)) for r in roots]
     k_expr = max(dataset.load_npz(r / "expression_basis.npz")["exp_basis"].shape[1] for r, _ in metas)
@@ -139,7 +158,7 @@ def load_datasets(roots: list[str | Path], size: int, audio_encoder: Wav2LipAudi
         mel = dataset.load_npz(root / "audio_features.npz")["mel"]
         codes = frame_codes(audio_encoder, torch.from_numpy(mel_windows(mel, meta["n_frames"], meta["fps"])))
         for p in meta["persons"]:
-            persons.append(load_person(root, meta, p["id"], row, size, k_expr, codes))
+            persons.append(load_person(root, meta, p["id"], row, size, k_expr, codes, torso_track))
             row += 1
     return persons
 
@@ -245,7 +264,8 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
     Returns:
         dict of per-ray tensors: row, frame [R] long; u, v [R] float pixel coordinates; rgb [R, 3];
         label [R] long; background [R, 3]; R [R, 3, 3]; t [R, 3]; euler [R, 3]; expr [R, K];
-        speaking [R] bool; focal [R]; pair [R] long, the ray's (person, frame) pair; and per pair
+        speaking [R] bool; focal [R]; torso_motion [R, 6] (persons with a tracked torso only);
+        pair [R] long, the ray's (person, frame) pair; and per pair
         (``PAIR_KEYS``): audio [Q, 2 audio_window + 1, 512], the pair's audio code window.
     """
     check_shares(head_share, mouth_share, torso_share, error_share)
@@ -293,6 +313,8 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
             "expr": p.expr[frame], "speaking": p.speaking[frame], "focal": torch.full((n,), p.focal, device=dev),
             "pair": (pair + n_pairs).to(dev), "audio": code_windows(p.audio, frames_of_pairs.to(dev), audio_window),
         }
+        if p.torso_motion is not None:
+            batch["torso_motion"] = p.torso_motion[frame]
         n_pairs += len(frames_of_pairs)
         for k, val in batch.items():
             out.setdefault(k, []).append(val)

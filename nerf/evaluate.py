@@ -11,6 +11,7 @@ offset beside it), and the correlation at that shift.
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import numpy as np
@@ -44,7 +45,7 @@ def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu", occu
         _check_ray_samples(*ray_samples)
     ckpt = ckpt if ckpt is not None else load_checkpoint(Path(ckpt_path))
     cfg = config_of(ckpt, data=list(data))
-    persons = load_datasets(cfg.data, cfg.image_size, checkpoint_audio_encoder(ckpt, Path(ckpt_path)))
+    persons = load_datasets(cfg.data, cfg.image_size, checkpoint_audio_encoder(ckpt, Path(ckpt_path)), cfg.torso_track)
     dev = resolve_device(device)
     prepare_device(dev)
     model, _ = build(cfg, persons, dev)
@@ -79,7 +80,7 @@ def _check_ray_samples(coarse: int, importance: int) -> None:
 def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path, max_frames: int = 0,
              device: str = "cpu", save_rendered: bool = False, rendered_dir: str | Path | None = None,
              occupancy: bool = False, amp: bool = False, march_steps: int = 0,
-             ray_samples: tuple[int, int] | None = None, split: str = "val") -> dict:
+             ray_samples: tuple[int, int] | None = None, split: str = "val", torso_motion: str = "tracked") -> dict:
     """Evaluate every person's validation (or training) frames; writes metrics.json and grid.png into out_dir.
 
     Args:
@@ -96,12 +97,16 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
         ray_samples: (coarse, importance) samples per field for rendering (None: the training run's).
         split: val (the held-out frames) or train (the frames trained on: what the model fits, against what it
             generalizes to).
+        torso_motion: for a ``torso_track`` model, tracked (each frame's torso motion tracked on it, as its head
+            pose is) or predicted (from the head pose alone, as in a driven conversation).
 
     Returns:
         {"rows": per (person, role) metric dicts, "table": the printed table}.
     """
     if split not in ("val", "train"):
         raise TrainError(f"split must be val or train, not {split!r}")
+    if torso_motion not in ("tracked", "predicted"):
+        raise TrainError(f"torso_motion must be tracked or predicted, not {torso_motion!r}")
     if rendered_dir is not None:
         from nerf.audio import Wav2LipAudioEncoder
 
@@ -111,6 +116,8 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
     else:
         model, persons, _ = load_model(ckpt_path, data, device, occupancy, march_steps=march_steps,
                                        ray_samples=ray_samples)
+        if torso_motion == "predicted":  # (the model's motion_W was fitted to the tracked motions when it was built)
+            persons = [dataclasses.replace(p, torso_motion=None) for p in persons]
     if not any(len(getattr(p, split)) for p in persons):
         raise TrainError(f"the datasets have no valid {'validation' if split == 'val' else 'training'} frames")
     # The audio envelope of each person's dataset, in load_datasets' order (dataset, then person).
@@ -169,7 +176,8 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
     table = metrics.summarize([{k: v for k, v in r.items() if k != "frames"} for r in rows])
     if notes:
         table += "\n" + "\n".join(f"note: {n}" for n in notes)
-    save_json(out / "metrics.json", {"split": split, "rows": rows, "notes": notes})
+    save_json(out / "metrics.json", {"split": split, "torso_motion": torso_motion if model is not None and
+                                     model.torso_track else None, "rows": rows, "notes": notes})
     return {"rows": rows, "table": table}
 
 

@@ -57,12 +57,15 @@ class AvatarModel(nn.Module):
 
     def __init__(self, persons: list[PersonFrames], cfg: FieldConfig, render: RenderConfig, mode: str = "shared",
                  torso_cull: bool = False, pose_norm: bool = False, torso_follow: bool = False,
-                 torso_layer: bool = False):
+                 torso_layer: bool = False, torso_track: bool = False):
         super().__init__()
         if mode not in ("shared", "per_person"):
             raise ValueError(f"model mode must be shared or per_person, not {mode!r}")
         if torso_layer and torso_follow:
             raise ValueError("torso_follow moves the volume torso's 3D points; the torso layer has none")
+        if torso_track and torso_follow:
+            raise ValueError("torso_track moves the torso's points by its tracked motion; torso_follow by the head's: "
+                             "choose one")
         if pose_norm and cfg.et_freqs is None:  # a standardized pose enters as it is (see TrainConfig.pose_norm)
             cfg = dataclasses.replace(cfg, et_freqs=0)
         self.cfg, self.render_cfg, self.mode = cfg, render, mode
@@ -115,6 +118,61 @@ class AvatarModel(nn.Module):
             self.follow = nn.Parameter(torch.zeros(P, 2))
         self.register_buffer("ref_R", torch.from_numpy(rotation_from_euler_pyr(self.pose_mean[:, :3].double().numpy()))
                              .float(), persistent=False)
+        # With torso_track, the torso's points are read through its tracked image motion onto a reference frame
+        # (PersonFrames.torso_motion, data_prep.torso_track). Where a frame has none (tracking failed, or a driven
+        # person), the motion is predicted from the head pose: motion_W[p] is the least-squares linear map from
+        # [standardized pose, 1] to the motion's 6 numbers over the person's tracked training frames, derived from
+        # the tracks each time the model is built, like pose_mean.
+        self.torso_track = torso_track
+        self.register_buffer("motion_W", torch.stack([self._motion_regression(p, i) for i, p in enumerate(persons)]),
+                             persistent=False)
+
+    def _motion_regression(self, p: PersonFrames, row: int) -> torch.Tensor:
+        """[7, 6]: the linear map from [standardized head pose (6), 1] to person p's torso motion (identity if untracked)."""
+        W = torch.zeros(7, 6, dtype=torch.float64)
+        W[6] = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64)
+        if p.torso_motion is None:
+            return W.float()
+        train = p.train.cpu()
+        y = p.torso_motion.cpu()[train].double()
+        ok = torch.isfinite(y).all(1)
+        if int(ok.sum()) < 8:  # too few tracked frames to fit 7 numbers per output: the mean motion, or identity
+            if ok.any():
+                W[6] = y[ok].mean(0)
+            return W.float()
+        pose = torch.cat([p.euler.cpu()[train], p.t.cpu()[train]], -1).double()[ok]
+        x = torch.cat([(pose - self.pose_mean[row].double()) / self.pose_std[row].double(),
+                       torch.ones(len(pose), 1, dtype=torch.float64)], -1)
+        ridge = 1e-3 * torch.eye(7, dtype=torch.float64)
+        ridge[6, 6] = 0.0  # (the intercept is not shrunk)
+        return torch.linalg.solve(x.T @ x + ridge * len(x), x.T @ y[ok]).float()
+
+    def torso_motion(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
+        """[R, 2, 3] each ray's torso motion (crop fractions of its frame -> of the reference frame): the tracked one
+        where the batch has it (``torso_motion``, finite), else the one predicted from the head pose."""
+        row = b["row"]
+        z = (torch.cat([b["euler"], b["t"]], -1) - self.pose_mean[row]) / self.pose_std[row]
+        pred = torch.einsum("ri,rio->ro", torch.cat([z, torch.ones_like(z[:, :1])], -1), self.motion_W[row])
+        if "torso_motion" in b:
+            tracked = b["torso_motion"]
+            pred = torch.where(torch.isfinite(tracked).all(-1, keepdim=True), tracked, pred)
+        return pred.reshape(-1, 2, 3)
+
+    def track_points(self, x01: torch.Tensor, row: torch.Tensor, motion: torch.Tensor, focal: torch.Tensor,
+                     ray: torch.Tensor | None = None) -> torch.Tensor:
+        """Torso-box coordinates x01 [N, 3] moved by the torso motion [R, 2, 3] of their rays: each point's image
+        position (crop fractions) goes through the motion at its own depth, so a ray maps to the ray of the
+        reference frame's pixel. focal [R]; ray [N] each point's ray (None: rows align)."""
+        if ray is not None:
+            row, motion, focal = row[ray], motion[ray], focal[ray]
+        lo, hi = self.torso_min[row], self.torso_max[row]
+        S = self.image_size
+        p = lo + x01 * (hi - lo)
+        z = p[:, 2:]
+        uv = (p[:, :2] / z * focal[:, None] + S / 2) / S
+        uv = (motion[:, :, :2] @ uv[:, :, None])[..., 0] + motion[:, :, 2]
+        xy = (uv * S - S / 2) * z / focal[:, None]
+        return (torch.cat([xy, z], -1) - lo) / (hi - lo)
 
     def hash_parameters(self) -> list[nn.Parameter]:
         """The hash tables (trained at a higher learning rate, as instant-ngp does)."""
@@ -241,7 +299,8 @@ class AvatarModel(nn.Module):
         et = self.torso_pose(torch.cat([b["euler"], b["t"]], -1), row)
         return {"unit_h": g["d_h"] / g["d_h"].norm(dim=-1, keepdim=True),
                 "unit": g["dirs"] / g["dirs"].norm(dim=-1, keepdim=True),
-                "z_shape": self.z_shape(row), "z_app": self.z_app(row), "drive": self.drive_code(net, b), "et": et}
+                "z_shape": self.z_shape(row), "z_app": self.z_app(row), "drive": self.drive_code(net, b), "et": et,
+                "motion": self.torso_motion(b) if self.torso_track else None}
 
     def _render(self, net: int, b: dict[str, torch.Tensor], jitter: bool, gen,
                 amp: bool = False, distortion: bool = False) -> dict[str, torch.Tensor]:
@@ -284,6 +343,8 @@ class AvatarModel(nn.Module):
             x01 = g["torso_01"](t)
             ray, k = live_samples(x01, hit_t, occ.torso if occ is not None else None, hidden)
             x = self.follow_head(x01[ray, k], row, b["R"], b["t"], ray)
+            if self.torso_track:
+                x = self.track_points(x, row, c["motion"], b["focal"], ray)
             with half:
                 sigma, rgb, offset = self.torso[net](x, unit, et, z_shape, z_app, ray)
             return scatter(sigma, ray, k, t.shape), scatter(rgb, ray, k, t.shape), scatter(offset, ray, k, t.shape)
@@ -357,6 +418,8 @@ class AvatarModel(nn.Module):
             t = march.coarse_t(t, t0[r], dt[r], stride[r])
             x01 = self.follow_head(rays.normalize_to_unit(t[:, None] * g["dirs"][r], g["lo"][r], g["hi"][r]),
                                    row, b["R"], b["t"], r)
+            if self.torso_track:
+                x01 = self.track_points(x01, row, c["motion"], b["focal"], r)
             with half:
                 sigma, rgb, _ = self.torso[net](x01, c["unit"], c["et"], c["z_shape"], c["z_app"], r)
             return sigma.float() / (2 * TORSO_HALF_DEPTH), rgb
@@ -388,6 +451,8 @@ class AvatarModel(nn.Module):
             ok, why = fused_march.supports(self.head[net], None if self.torso_layer else self.torso[net])
         if ok and self.torso_follow:
             ok, why = False, "--torso_follow moves the torso's points with the head: not in the kernel"
+        if ok and self.torso_track:
+            ok, why = False, "--torso_track moves the torso's points by its tracked motion: not in the kernel"
         return ok, why
 
     def _march_fused(self, net: int, g: dict[str, torch.Tensor], c: dict[str, torch.Tensor], t0: torch.Tensor,
@@ -421,6 +486,9 @@ class AvatarModel(nn.Module):
         """
         S = self.image_size
         uv01 = torch.stack([(b["u"] + 0.5) / S, (b["v"] + 0.5) / S], -1).float()
+        if self.torso_track:  # the pixel as seen in the reference frame
+            m = c["motion"]
+            uv01 = (m[:, :, :2] @ uv01[:, :, None])[..., 0] + m[:, :, 2]
         c_et, z_shape, z_app = c["et"], c["z_shape"], c["z_app"]
         half = torch.autocast(uv01.device.type, dtype=torch.float16, enabled=amp)
         query = hit_t if torch.is_grad_enabled() else hit_t & (acc_h < 1.0 - LAYER_HIDDEN)

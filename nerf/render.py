@@ -46,6 +46,8 @@ def frame_batch(p: PersonFrames, frame: int, audio_window: int,
              "euler": rep(p.euler[frame]), "expr": rep(p.expr[frame]), "audio": here(audio),
              "pair": torch.zeros(n, dtype=torch.long, device=dev),
              "speaking": here(p.speaking[frame]).expand(n), "focal": torch.full((n,), p.focal, device=dev)}
+    if p.torso_motion is not None:
+        batch["torso_motion"] = rep(p.torso_motion[frame])
     if frame < len(p.images):  # a recorded frame (a driven person has none: render/drive.py)
         batch["rgb"] = here(p.images[frame]).reshape(n, 3).float() / 255.0
         batch["label"] = here(p.labels[frame]).reshape(n).long()
@@ -87,6 +89,8 @@ def render_persons(model: AvatarModel, items: list[tuple[PersonFrames, int]], ch
         chunk = 1 << 22  # fused marching keeps no [rays, samples] tensors: the whole frame in one launch
     chunk = chunk or (4096 if dev.type == "cpu" else 65536)
     keep = ("row", "u", "v", "focal", "R", "t", "euler", "expr", "speaking")
+    if all(p.torso_motion is not None for p, _ in items):
+        keep += ("torso_motion",)
     parts, casts, backgrounds = [], [], []
     for k, (p, frame) in enumerate(items):
         b = frame_batch(p, frame, model.cfg.audio_window, device=dev)

@@ -142,13 +142,19 @@ class TrainConfig:
     warp alone (one canonical torso, warped per frame, as DialogueNeRF's torso deformation). Measured in
     docs/PERFORMANCE.md."""
 
+    torso_track: bool = False
+    """The torso's points are read through its tracked image motion onto a reference frame (an affine per frame,
+    ``data_prep.torso_track``, computed when the data are loaded), the learned warp then adds what that leaves;
+    frames without a tracked motion (tracking failed, or a driven conversation) get the motion predicted from the
+    head pose (``AvatarModel.torso_motion``). Measured in docs/PERFORMANCE.md, "Tracking the torso"."""
+
     # Keys that shape the model: a checkpoint is only valid for a run with the same values.
     MODEL_KEYS = ("image_size", "model", "hidden", "n_levels", "log2_hashmap_size", "base_resolution",
                   "finest_resolution", "audio_window", "wav2lip_ckpt", "audio_pretrain_iters", "torso_cull",
-                  "pose_norm", "torso_follow", "torso_field", "torso_density_pose")
+                  "pose_norm", "torso_follow", "torso_field", "torso_density_pose", "torso_track")
     # Model keys added after checkpoints were written, with the value those checkpoints were trained with.
     LATER_KEYS = {"torso_cull": False, "pose_norm": False, "torso_follow": False, "torso_field": "volume",
-                  "torso_density_pose": True}
+                  "torso_density_pose": True, "torso_track": False}
 
     def field_config(self, expr_dim: int) -> FieldConfig:
         grid = HashGridConfig(n_levels=self.n_levels, log2_hashmap_size=self.log2_hashmap_size,
@@ -292,11 +298,14 @@ def build(cfg: TrainConfig, persons: list[PersonFrames],
         raise TrainError(f"torso_field must be volume or layer, not {cfg.torso_field!r}")
     if cfg.torso_field == "layer" and cfg.torso_follow:
         raise TrainError("torso_follow moves the volume torso's points: it does not apply to --torso_field layer")
+    if cfg.torso_track and cfg.torso_follow:
+        raise TrainError("--torso_track and --torso_follow both move the torso's points (by its tracked motion, by "
+                         "the head's): choose one")
     torch.manual_seed(cfg.seed)
     model = AvatarModel(persons, cfg.field_config(persons[0].expr.shape[1]),
                         RenderConfig(cfg.n_coarse, cfg.n_importance), mode=cfg.model, torso_cull=cfg.torso_cull,
                         pose_norm=cfg.pose_norm, torso_follow=cfg.torso_follow,
-                        torso_layer=cfg.torso_field == "layer").to(device)
+                        torso_layer=cfg.torso_field == "layer", torso_track=cfg.torso_track).to(device)
     hash_ids = {id(p) for p in model.hash_parameters()}
     others = [p for p in model.parameters() if id(p) not in hash_ids]
     # On a GPU the fused Adam: one kernel per step for all parameters instead of several per tensor list
@@ -345,7 +354,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
         audio_encoder = audio_encoder_of(cfg, out, log, progress)
     dev = resolve_device(cfg.device)
     prepare_device(dev)
-    persons = [p.to(dev) for p in load_datasets(cfg.data, cfg.image_size, audio_encoder)]
+    persons = [p.to(dev) for p in load_datasets(cfg.data, cfg.image_size, audio_encoder, cfg.torso_track)]
     model, opt = build(cfg, persons, dev)
     if cfg.compile:  # this run only: a checkpoint's later users (evaluate, render) do not compile
         compile_fields(model)

@@ -94,4 +94,5 @@ def driven_person(p: PersonFrames, drive: Drive, audio_codes: torch.Tensor) -> P
     return dataclasses.replace(
         p, images=p.images[:0], labels=p.labels[:0], R=torch.from_numpy(R), t=torch.from_numpy(drive.t.astype(np.float32)),
         euler=torch.from_numpy(euler), expr=torch.from_numpy(expr), audio=audio_codes.float(),
-        speaking=torch.from_numpy(drive.speaking.astype(bool)), train=idx[:0], val=idx)
+        speaking=torch.from_numpy(drive.speaking.astype(bool)), train=idx[:0], val=idx,
+        torso_motion=None)  # (a driven torso's motion is predicted from its head pose)

@@ -40,6 +40,9 @@ def main(argv=None) -> int:
     p.add_argument("--split", choices=("val", "train"), default="val",
                    help="score the held-out frames (val, default) or the frames trained on (train): a region that "
                         "scores as low on train as on val underfits, one that scores low only on val does not generalize")
+    p.add_argument("--torso_motion", choices=("tracked", "predicted"), default="tracked",
+                   help="for a --torso_track model: each frame's torso motion tracked on it, as its head pose is "
+                        "(default), or predicted from the head pose alone, as a driven conversation gets it")
     p.add_argument("--device", default="auto", help="where frames are rendered: auto (a GPU if torch sees one), cpu, "
                    "cuda (default auto); the landmark metrics always run on the CPU")
     p.add_argument("--no_occupancy", action="store_true",
@@ -64,7 +67,7 @@ def main(argv=None) -> int:
         result = evaluate(None if args.rendered else args.ckpt, args.data, out, args.max_frames, args.device,
                           args.save_rendered, args.rendered, occupancy=not args.no_occupancy, amp=args.amp,
                           march_steps=args.march_steps, ray_samples=parse_ray_samples(args.ray_samples),
-                          split=args.split)
+                          split=args.split, torso_motion=args.torso_motion)
     except (PrepareError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -84,6 +84,9 @@ def _doc(name: str) -> str:
                             "its translation and rotation (experimental; docs/PERFORMANCE.md)",
             "torso_field": "volume (the torso sampled along each ray, as the head) or layer (a pose-warped field over the "
                            "crop's pixels behind the head: one query per ray, faster; docs/PERFORMANCE.md)",
+            "torso_track": "true: track the torso's image motion per frame (an affine onto a reference frame, when the "
+                           "data load) and read the torso through it; driven frames get it predicted from the head "
+                           "pose (docs/PERFORMANCE.md)",
             "torso_density_pose": "true: the torso's density reads the head pose beside the warped point; false: the pose "
                                   "acts through the torso's warp alone (docs/PERFORMANCE.md)",
             "mouth_share": "share of each ray batch drawn in the frame's mouth box",

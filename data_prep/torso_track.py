@@ -1,0 +1,103 @@
+"""Tracking the torso's image motion: a 2D affine per frame that maps the frame's torso onto a reference frame's.
+
+A volume or layer torso field keyed by the head pose cannot align the torso across frames to a pixel: the
+head pose says little about a real torso's shifts, and tracking noise on the head's angles moves points a
+head's length below it by pixels. On the synthetic conversation, whose torso moves rigidly, a torso blurred by
+a misalignment of a few pixels is what held it at 21-23 dB, while one 2D field fitted to every training frame
+under the exact motion reaches 31-34 dB (docs/PERFORMANCE.md, "Tracking the torso"). So the torso gets its own
+tracking, as the head does: enhanced-correlation (ECC) image alignment (Evangelidis & Psarakis 2008, OpenCV's
+``findTransformECC``) of each frame's torso to the reference frame's torso pixels, an affine motion, started from
+the neighbouring frame's result. The torso field then reads its points through that motion (``nerf.model``).
+
+Coordinates: a motion is [6] = the row-major 2 x 3 affine from the frame's pixel coordinates to the
+reference's, both in crop fractions u01 = (u + 0.5) / S, v01 = (v + 0.5) / S (u, v pixel indices).
+"""
+from __future__ import annotations
+
+import cv2
+import numpy as np
+
+IDENTITY = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], np.float32)
+MIN_CORRELATION = 0.8
+"""ECC's correlation coefficient below which a frame's motion is not trusted (the model predicts it instead)."""
+WORK_SIZE = 256
+"""Frames are aligned at most at this size (larger crops are downscaled: a pixel here is then 2 of 512)."""
+
+
+def _to_fractions(W: np.ndarray, size: int) -> np.ndarray:
+    """[2, 3] affine on pixel indices -> [6] affine on crop fractions."""
+    D = np.array([[size, 0.0, -0.5], [0.0, size, -0.5], [0.0, 0.0, 1.0]])  # fractions -> indices
+    M = np.linalg.inv(D) @ np.vstack([W, [0.0, 0.0, 1.0]]) @ D
+    return M[:2].reshape(6).astype(np.float32)
+
+
+def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: int = 2, head: int = 1,
+                min_correlation: float = MIN_CORRELATION) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Each frame's torso motion onto the reference frame's torso.
+
+    Args:
+        images: [T, S, S, 3] uint8 crops; labels: [T, S, S] uint8 label maps (``torso`` and ``head`` values).
+        reference: the frame whose torso is the canonical one (a training frame near the mean pose).
+        min_correlation: frames whose aligned torso correlates less than this with the reference's are not valid.
+
+    Returns:
+        motion [T, 6] float32 (frame -> reference, crop fractions; identity where not valid), valid [T] bool,
+        correlation [T] float32 (ECC's coefficient; 0 where the alignment failed).
+    """
+    T, S = images.shape[:2]
+    n = min(S, WORK_SIZE)
+    scale = n / S
+
+    def gray(i: int) -> np.ndarray:
+        g = cv2.cvtColor(images[i], cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+        return cv2.resize(g, (n, n), interpolation=cv2.INTER_AREA) if n != S else g
+
+    lab = cv2.resize(labels[reference], (n, n), interpolation=cv2.INTER_NEAREST) if n != S else labels[reference]
+    k = max(3, n // 32) | 1
+    # the torso's interior, away from the head (the neck and collar move with the jaw and the head's turns)
+    near_head = cv2.dilate((lab == head).astype(np.uint8), np.ones((2 * k + 1, 2 * k + 1), np.uint8)) > 0
+    mask = (cv2.erode((lab == torso).astype(np.uint8), np.ones((k, k), np.uint8)) > 0) & ~near_head
+    motion = np.tile(IDENTITY, (T, 1))
+    valid = np.zeros(T, bool)
+    corr = np.zeros(T, np.float32)
+    if mask.sum() < 64:  # too little torso to align (a head-only crop)
+        return motion, valid, corr
+    template = gray(reference)
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 60, 1e-5)
+    to_work = np.diag([scale, scale, 1.0])
+    # outward from the reference, each frame started from its neighbour's alignment (motion is smooth)
+    order = [*range(reference, T), *range(reference - 1, -1, -1)]
+    last = {reference: np.eye(2, 3, dtype=np.float32)}
+    for i in order:
+        start = last.get(i - 1 if i > reference else i + 1, np.eye(2, 3, dtype=np.float32))
+        W = None
+        for init in (start, np.eye(2, 3, dtype=np.float32)):  # from the neighbour, then from rest
+            try:
+                cc, found = cv2.findTransformECC(template, gray(i), init.copy(), cv2.MOTION_AFFINE, criteria,
+                                                 mask.astype(np.uint8) * 255, 5)
+            except cv2.error:  # ECC did not converge
+                continue
+            if cc >= min_correlation:
+                W, corr[i] = found, cc
+                break
+            corr[i] = max(corr[i], cc)
+        last[i] = W if W is not None else start
+        if W is None:
+            continue
+        # W maps the reference's (working) pixels to the frame's; the field needs the frame's to the reference's
+        A = np.linalg.inv(to_work) @ np.vstack([W, [0.0, 0.0, 1.0]]) @ to_work
+        motion[i] = _to_fractions(np.linalg.inv(A)[:2], S)
+        valid[i] = True
+    return motion, valid, corr
+
+
+def reference_frame(euler: np.ndarray, t: np.ndarray, frames: np.ndarray) -> int:
+    """The frame of ``frames`` whose head pose (Euler angles [T, 3], translations [T, 3]) is nearest the mean one,
+    each axis scaled by its spread."""
+    pose = np.concatenate([euler, t], 1)[frames].astype(np.float64)
+    ok = np.isfinite(pose).all(1)
+    if not ok.any():
+        return int(frames[0])
+    z = (pose - pose[ok].mean(0)) / np.maximum(pose[ok].std(0), 1e-6)
+    d = np.where(ok, (z ** 2).sum(1), np.inf)
+    return int(frames[int(np.argmin(d))])

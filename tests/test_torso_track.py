@@ -1,0 +1,188 @@
+"""Tracking the torso's image motion (data_prep.torso_track) and reading the torso through it (nerf.model)."""
+
+import dataclasses
+
+import cv2
+import numpy as np
+import pytest
+import torch
+from skimage import data as skdata
+from test_nerf_model import TINY, _moving_person, _person
+
+from data_prep import torso_track
+from nerf.fields import FieldConfig
+from nerf.model import AvatarModel, RenderConfig
+from nerf.render import frame_batch
+
+
+def _frames(T=8, S=128, seed=0):
+    """A textured torso (the astronaut photo's suit) under known small affine motions, over a flat plate, with its
+    label map; the head's label sits on top. Returns images, labels and the true frame -> frame-0 motions [T, 6]
+    on crop fractions."""
+    rng = np.random.default_rng(seed)
+    suit = cv2.resize(skdata.astronaut()[260:512, 100:420], (S, S), interpolation=cv2.INTER_AREA)
+    shape = np.zeros((S, S), np.uint8)
+    shape[S // 3:, S // 8:S - S // 8] = 1
+    images, labels, motions = [], [], []
+    D = np.array([[S, 0.0, -0.5], [0.0, S, -0.5], [0.0, 0.0, 1.0]])  # crop fractions -> pixel indices
+    for i in range(T):
+        a, s = (0.0, 1.0) if i == 0 else (rng.uniform(-0.05, 0.05), rng.uniform(0.97, 1.03))
+        shift = np.zeros(2) if i == 0 else rng.uniform(-3, 3, 2)
+        c = np.array([S / 2, S / 2])
+        Rm = s * np.array([[np.cos(a), -np.sin(a)], [np.sin(a), np.cos(a)]])
+        W = np.vstack([np.hstack([Rm, (c + shift - Rm @ c)[:, None]]), [0, 0, 1]])  # frame 0 pixels -> frame i's
+        img = cv2.warpAffine(suit, W[:2], (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+        lab = cv2.warpAffine(shape, W[:2], (S, S), flags=cv2.INTER_NEAREST) * 2
+        lab[: S // 4, S // 3: 2 * S // 3] = 1  # the head, still
+        plate = np.full_like(img, 90)
+        images.append(np.where(lab[..., None] == 2, img, plate))
+        labels.append(lab)
+        motions.append((np.linalg.inv(D) @ np.linalg.inv(W) @ D)[:2].reshape(6))
+    return np.stack(images), np.stack(labels), np.stack(motions).astype(np.float32)
+
+
+def test_the_tracker_recovers_known_torso_motions_and_refuses_an_unrelated_frame():
+    images, labels, truth = _frames()
+    motion, valid, corr = torso_track.track_torso(images, labels, reference=0)
+    assert valid.all() and (corr > 0.95).all()
+    np.testing.assert_allclose(motion[0], torso_track.IDENTITY, atol=1e-4)
+    # where the motions put the torso's pixels, in pixels of the 128 px crop
+    pts = np.stack(np.meshgrid(np.linspace(0.2, 0.8, 5), np.linspace(0.4, 0.9, 5)), -1).reshape(-1, 2)
+    hom = np.concatenate([pts, np.ones((len(pts), 1))], 1)
+    err = np.abs(np.einsum("tij,nj->tni", motion.reshape(-1, 2, 3) - truth.reshape(-1, 2, 3), hom)) * 128
+    assert err.max() < 0.25, err.max()
+    # a frame whose torso is something else altogether is not trusted: identity, not valid
+    images[3] = np.random.default_rng(1).integers(0, 255, images[3].shape, dtype=np.uint8)
+    motion, valid, corr = torso_track.track_torso(images, labels, reference=0)
+    assert not valid[3] and valid[[0, 1, 2, 4, 5, 6, 7]].all() and corr[3] < torso_track.MIN_CORRELATION
+    np.testing.assert_array_equal(motion[3], torso_track.IDENTITY)
+    # no torso at all (a face filling the crop): nothing is tracked
+    _, valid, _ = torso_track.track_torso(images, np.ones_like(labels), reference=0)
+    assert not valid.any()
+
+
+def test_the_reference_frame_is_the_pose_nearest_the_mean():
+    euler = np.array([[0.1, 0, 0], [0.0, 0, 0], [-0.1, 0, 0], [0.3, 0, 0]])
+    t = np.zeros((4, 3))
+    euler[1] = [0.07, 0, 0]  # the mean of frames 0..3 is 0.0925: frame 0 (0.1) is nearest
+    assert torso_track.reference_frame(euler, t, np.arange(4)) == 0
+    assert torso_track.reference_frame(euler, t, np.array([2, 3])) in (2, 3)
+
+
+def _tracked_person(T=6, motions=None):
+    torch.manual_seed(0)
+    p = _moving_person(angle=0.1, shift=0.02, T=T)
+    if motions is None:  # a motion linear in the head pose: a shift with the yaw, a turn with the roll
+        z = p.euler
+        motions = torch.stack([1 + 0 * z[:, 0], -0.2 * z[:, 2], 0.1 * z[:, 1], 0.2 * z[:, 2], 1 + 0 * z[:, 0],
+                               0.05 * z[:, 0]], -1)
+    return dataclasses.replace(p, torso_motion=motions.float())
+
+
+def test_a_tracked_motion_moves_the_volume_torsos_points_along_its_pixels_ray():
+    p = _tracked_person()
+    model = AvatarModel([p], FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4), RenderConfig(8, 8),
+                        torso_track=True)
+    S, f = p.size, torch.tensor([p.focal])
+    M = torch.tensor([[[1.02, -0.05, 0.01], [0.04, 0.99, -0.02]]])
+    uv = torch.tensor([[0.3, 0.7]])
+    for z in (2.8, 3.0, 3.3):  # a point on the ray of pixel uv, at depth z
+        xy = (uv * S - S / 2) * z / f
+        lo, hi = model.torso_min[0], model.torso_max[0]
+        x01 = (torch.cat([xy, torch.tensor([[z]])], -1) - lo) / (hi - lo)
+        moved = model.track_points(x01, torch.tensor([0]), M, f) * (hi - lo) + lo
+        # ... goes to the point at the same depth on the ray of the pixel M(uv)
+        target = M[0, :, :2] @ uv[0] + M[0, :, 2]
+        torch.testing.assert_close(moved[0, 2], torch.tensor(z))
+        torch.testing.assert_close((moved[0, :2] / z * f + S / 2) / S, target, atol=1e-5, rtol=0)
+    # the identity motion leaves every point where it is
+    x = torch.rand(10, 3)
+    eye = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]]).expand(10, 2, 3)
+    torch.testing.assert_close(model.track_points(x, torch.zeros(10, dtype=torch.long), eye, f.expand(10)), x)
+
+
+def test_untracked_frames_get_the_motion_predicted_from_the_head_pose():
+    T = 12
+    p = _tracked_person(T=T)
+    model = AvatarModel([p], FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4), RenderConfig(8, 8),
+                        torso_track=True)
+    assert "motion_W" not in model.state_dict()  # derived from the tracks, like pose_mean
+    b = frame_batch(p, T - 1, 4)  # the held-out frame, tracked
+    torch.testing.assert_close(model.torso_motion(b)[0].reshape(6), p.torso_motion[T - 1])
+    # a driven person (no tracks) or a failed track (NaN) gets the prediction: here the motion is linear in the
+    # pose, so the prediction from the training frames gives the held-out frame's motion
+    for q in (dataclasses.replace(p, torso_motion=None),
+              dataclasses.replace(p, torso_motion=torch.full_like(p.torso_motion, float("nan")))):
+        got = model.torso_motion(frame_batch(q, T - 1, 4))[0].reshape(6)
+        torch.testing.assert_close(got, p.torso_motion[T - 1], atol=2e-3, rtol=0)
+    # an untracked person's prediction is the identity
+    plain = AvatarModel([_person(0)], FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4),
+                        RenderConfig(8, 8), torso_track=True)
+    torch.testing.assert_close(plain.motion_W[0, 6], torch.tensor(torso_track.IDENTITY))
+
+
+def test_the_torso_layer_reads_the_pixel_the_motion_names_and_the_volume_renders_through_it():
+    p = _tracked_person()
+    cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
+    torch.manual_seed(1)
+    layer = AvatarModel([p], cfg, RenderConfig(8, 8), torso_layer=True, torso_track=True)
+    got = []
+    forward = layer.torso[0].forward
+    layer.torso[0].forward = lambda uv, *a, **k: got.append(uv) or forward(uv, *a, **k)
+    b = frame_batch(p, 2, 4)
+    with torch.no_grad():
+        layer(b, jitter=False)
+    S = p.size
+    uv = torch.stack([(b["u"] + 0.5) / S, (b["v"] + 0.5) / S], -1)
+    M = p.torso_motion[2].reshape(2, 3)
+    torch.testing.assert_close(got[0], uv @ M[:, :2].T + M[:, 2])
+    # the volume torso: the motion changes the picture, the identity motion does not
+    vol = AvatarModel([p], cfg, RenderConfig(8, 8), torso_track=True)
+    with torch.no_grad():  # a torso whose content varies over its box (fresh tables are near zero)
+        vol.torso[0].encoding.tables.normal_(0.0, 1.0)
+        vol.torso[0].density[-1].bias[0] += 4.0  # and an opaque one, so that its colour shows
+        vol.torso[0].color[-1].weight *= 300.0  # (a fresh colour MLP hardly varies)
+    plain = AvatarModel([p], cfg, RenderConfig(8, 8))
+    plain.load_state_dict(vol.state_dict())
+    shifted = dict(b, torso_motion=torch.tensor([1.0, 0.0, 0.25, 0.0, 1.0, -0.1]).expand(len(b["row"]), 6))
+    with torch.no_grad():
+        moved = vol(shifted, jitter=False)["rgb"]
+        still = plain(b, jitter=False)["rgb"]
+        eye = dict(b, torso_motion=torch.tensor(torso_track.IDENTITY).expand(len(b["row"]), 6))
+        torch.testing.assert_close(vol(eye, jitter=False)["rgb"], still)
+    assert (moved - still).abs().max() > 1e-2
+    with pytest.raises(ValueError, match="torso_follow"):
+        AvatarModel([p], cfg, RenderConfig(8, 8), torso_track=True, torso_follow=True)
+
+
+def test_a_tracked_torso_trains_evaluates_both_ways_and_drives(synthetic, tmp_path):
+    import json
+
+    from nerf.evaluate import evaluate, load_model
+    from nerf.render import render_frame
+    from nerf.trainer import TrainConfig, TrainError, build, train
+    from render.drive import driven_person, from_track
+
+    cfg = dict(data=[str(synthetic["dataset"])], image_size=64, batch_rays=64, n_coarse=8, n_importance=4, hidden=16,
+               n_levels=4, log2_hashmap_size=10, audio_pretrain_iters=1, ckpt_every=1, val_every=10**9,
+               torso_track=True)
+    run = train(TrainConfig(out=str(tmp_path / "a"), iters=3, **cfg), progress=False)
+    assert np.isfinite(run["loss_history"]).all()
+    model, persons, _ = load_model(tmp_path / "a" / "checkpoint.pt", cfg["data"])
+    assert model.torso_track
+    for p in persons:  # the synthetic torsos move rigidly: nearly every frame tracks
+        assert p.torso_motion.shape == (len(p.euler), 6) and torch.isfinite(p.torso_motion).all(1).float().mean() > 0.9
+    rows = {}
+    for how in ("tracked", "predicted"):
+        evaluate(tmp_path / "a" / "checkpoint.pt", cfg["data"], tmp_path / how, max_frames=2, torso_motion=how)
+        got = json.loads((tmp_path / how / "metrics.json").read_text())
+        assert got["torso_motion"] == how
+        rows[how] = [r["psnr"] for r in got["rows"]]
+    assert rows["tracked"] != rows["predicted"]  # the held-out torsos were read through other motions
+    with pytest.raises(TrainError, match="torso_motion"):
+        evaluate(tmp_path / "a" / "checkpoint.pt", cfg["data"], tmp_path / "x", torso_motion="guessed")
+    p = persons[0]  # a driven person has no tracks: its torso moves as its head pose predicts
+    q = driven_person(p, from_track(p, np.arange(4)), torch.zeros(4, p.audio.shape[1]))
+    assert q.torso_motion is None and torch.isfinite(render_frame(model, q, 3)["rgb"]).all()
+    with pytest.raises(TrainError, match="choose one"):
+        build(TrainConfig(torso_track=True, torso_follow=True), persons)
