@@ -20,6 +20,10 @@ import numpy as np
 IDENTITY = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], np.float32)
 MIN_CORRELATION = 0.8
 """ECC's correlation coefficient below which a frame's motion is not trusted (the model predicts it instead)."""
+MAX_STRETCH = 1.3
+"""A motion that scales the torso by more than this (or less than its inverse) along any axis is not trusted."""
+MAX_SHIFT = 0.2
+"""Nor one that moves the torso's centroid by more than this share of the crop."""
 WORK_SIZE = 256
 """Frames are aligned at most at this size (larger crops are downscaled: a pixel here is then 2 of 512)."""
 
@@ -38,7 +42,8 @@ def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: i
     Args:
         images: [T, S, S, 3] uint8 crops; labels: [T, S, S] uint8 label maps (``torso`` and ``head`` values).
         reference: the frame whose torso is the canonical one (a training frame near the mean pose).
-        min_correlation: frames whose aligned torso correlates less than this with the reference's are not valid.
+        min_correlation: frames whose aligned torso correlates less than this with the reference's are not valid,
+            nor those whose motion stretches the torso beyond ``MAX_STRETCH`` or moves it beyond ``MAX_SHIFT``.
 
     Returns:
         motion [T, 6] float32 (frame -> reference, crop fractions; identity where not valid), valid [T] bool,
@@ -62,6 +67,14 @@ def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: i
     corr = np.zeros(T, np.float32)
     if mask.sum() < 64:  # too little torso to align (a head-only crop)
         return motion, valid, corr
+    centroid = np.array([*np.argwhere(mask).mean(0)[::-1], 1.0])  # (x, y, 1) in working pixels
+
+    def plausible(W: np.ndarray) -> bool:
+        """ECC can also converge to a collapsed warp that maps the torso onto a flat patch (correlation stays high)."""
+        sv = np.linalg.svd(W[:, :2].astype(np.float64), compute_uv=False)
+        shift = np.linalg.norm(W @ centroid - centroid[:2])
+        return bool(sv.min() >= 1 / MAX_STRETCH and sv.max() <= MAX_STRETCH and shift <= MAX_SHIFT * n)
+
     template = gray(reference)
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 60, 1e-5)
     to_work = np.diag([scale, scale, 1.0])
@@ -77,7 +90,7 @@ def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: i
                                                  mask.astype(np.uint8) * 255, 5)
             except cv2.error:  # ECC did not converge
                 continue
-            if cc >= min_correlation:
+            if cc >= min_correlation and plausible(found):
                 W, corr[i] = found, cc
                 break
             corr[i] = max(corr[i], cc)

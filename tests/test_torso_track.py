@@ -61,6 +61,21 @@ def test_the_tracker_recovers_known_torso_motions_and_refuses_an_unrelated_frame
     assert not valid.any()
 
 
+def test_a_motion_that_stretches_the_torso_beyond_belief_is_not_trusted(monkeypatch):
+    # (ECC can converge to a collapsed warp that maps the torso onto a flat patch with a high correlation: seen on a
+    # dev clip's small, plain torso. A real torso does not grow by half between frames of one clip.)
+    images, labels, _ = _frames(T=2)
+    S = images.shape[1]
+    W = np.array([[1.45, 0.0, -0.45 * S / 2], [0.0, 1.45, -0.45 * S / 2]])  # frame 0's torso, 1.45 times as large
+    images[1] = cv2.warpAffine(images[0], W, (S, S), flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_REFLECT)
+    monkeypatch.setattr(torso_track, "MAX_STRETCH", 10.0)
+    motion, valid, _ = torso_track.track_torso(images, labels, reference=0)
+    assert valid[1] and abs(np.linalg.det(motion[1].reshape(2, 3)[:, :2]) - 1 / 1.45**2) < 0.02  # ECC follows it
+    monkeypatch.setattr(torso_track, "MAX_STRETCH", 1.3)
+    motion, valid, _ = torso_track.track_torso(images, labels, reference=0)
+    assert not valid[1]
+
+
 def test_the_reference_frame_is_the_pose_nearest_the_mean():
     euler = np.array([[0.1, 0, 0], [0.0, 0, 0], [-0.1, 0, 0], [0.3, 0, 0]])
     t = np.zeros((4, 3))
