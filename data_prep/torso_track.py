@@ -20,6 +20,10 @@ import numpy as np
 IDENTITY = np.array([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], np.float32)
 MIN_CORRELATION = 0.8
 """ECC's correlation coefficient below which a frame's motion is not trusted (the model predicts it instead)."""
+MIN_TORSO_SHARE = 0.05
+"""A torso whose trackable interior covers less of the crop than this is not tracked at all: on a thin band of plain
+shirt under the chin (a dev clip's person, 4% of the crop) ECC's affine is ill-determined, and extrapolated from the
+band over the crop it moved that person's hair, which the torso field draws, by pixels (docs/PERFORMANCE.md)."""
 MAX_STRETCH = 1.3
 """A motion that scales the torso by more than this (or less than its inverse) along any axis is not trusted."""
 MAX_SHIFT = 0.2
@@ -65,7 +69,7 @@ def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: i
     motion = np.tile(IDENTITY, (T, 1))
     valid = np.zeros(T, bool)
     corr = np.zeros(T, np.float32)
-    if mask.sum() < 64:  # too little torso to align (a head-only crop)
+    if mask.sum() < max(64, MIN_TORSO_SHARE * n * n):  # too little torso to align (a head-only crop, a thin band)
         return motion, valid, corr
     centroid = np.array([*np.argwhere(mask).mean(0)[::-1], 1.0])  # (x, y, 1) in working pixels
 

@@ -126,7 +126,7 @@ def _density_colour(h1, pre_d_ptr, pre_c_ptr, rays, rm, w2_ptr, b2_ptr, w3_ptr, 
 @triton.jit
 def march_kernel(
         # per ray: head space, camera space, the step, the person
-        o_ptr, d_ptr, c_ptr, rad_ptr, cam_ptr, lo_ptr, hi_ptr, t0_ptr, dt_ptr, n_ptr, m_ptr,
+        o_ptr, d_ptr, c_ptr, rad_ptr, cam_ptr, camw_ptr, lo_ptr, hi_ptr, t0_ptr, dt_ptr, n_ptr, m_ptr,
         near_h_ptr, far_h_ptr, near_t_ptr, far_t_ptr, hit_h_ptr, hit_t_ptr, row_ptr,
         occ_h_ptr, occ_t_ptr, zero_ptr,
         # head field: per-ray first-layer parts, grid, layers
@@ -158,6 +158,9 @@ def march_kernel(
     row = tl.load(row_ptr + rays, mask=rm, other=0)
     if TORSO:
         ux, uy, uz = _load3(cam_ptr, rays, rm, 1.0)
+        # the direction whose points the torso's field reads: the ray's own, or with a tracked torso motion the ray
+        # of the pixel it names in the reference frame (AvatarModel.track_points keeps each point's depth)
+        vx, vy, vz = _load3(camw_ptr, rays, rm, 1.0)
         lx, ly, lz = _load3(lo_ptr, rays, rm, 0.0)
         hx, hy, hz = _load3(hi_ptr, rays, rm, 1.0)
         ex = hx - lx
@@ -221,17 +224,20 @@ def march_kernel(
             if tl.max(query_t.to(tl.int32), 0) > 0:
                 # the warp x' = clamp(x + D(gamma(x), gamma(et), z_shape)) (TorsoField), then its field at x'
                 cols = tl.arange(0, H)
+                xf = (tc * vx - lx) / ex
+                yf = (tc * vy - ly) / ey
+                zf = (tc * vz - lz) / ez
                 w1 = tl.load(tpre_w_ptr + rays[:, None] * H + cols[None, :], mask=rm[:, None], other=0.0)
-                w1 = _freq_first_layer(w1, xt, 0, tww1_ptr, NF, H)
-                w1 = _freq_first_layer(w1, yt, 1, tww1_ptr, NF, H)
-                w1 = _freq_first_layer(w1, zt, 2, tww1_ptr, NF, H)
+                w1 = _freq_first_layer(w1, xf, 0, tww1_ptr, NF, H)
+                w1 = _freq_first_layer(w1, yf, 1, tww1_ptr, NF, H)
+                w1 = _freq_first_layer(w1, zf, 2, tww1_ptr, NF, H)
                 if HALF:
                     w1 = w1.to(tl.float16).to(tl.float32)
                 w2 = tl.maximum(_dense(tl.maximum(w1, 0.0), tww2_ptr, twb2_ptr, H, H, HALF, PRECISION), 0.0)
                 off = _dense(w2, tww3_ptr, twb3_ptr, H, 16, HALF, PRECISION)
-                wx = tl.minimum(tl.maximum(xt + _column(off, 0), 0.0), 1.0)
-                wy = tl.minimum(tl.maximum(yt + _column(off, 1), 0.0), 1.0)
-                wz = tl.minimum(tl.maximum(zt + _column(off, 2), 0.0), 1.0)
+                wx = tl.minimum(tl.maximum(xf + _column(off, 0), 0.0), 1.0)
+                wy = tl.minimum(tl.maximum(yf + _column(off, 1), 0.0), 1.0)
+                wz = tl.minimum(tl.maximum(zf + _column(off, 2), 0.0), 1.0)
                 h1 = _grid_first_layer(tl.zeros([BLOCK_R, H], dtype=tl.float32), wx, wy, wz, query_t, ttab_ptr,
                                        tscale_ptr, tres_ptr, tsize_ptr, tw1_ptr, TL, TN_DENSE, TT, H)
                 raw_t, col_t = _density_colour(h1, tpre_d_ptr, tpre_c_ptr, rays, rm, tw2_ptr, tb2_ptr, tw3_ptr,

@@ -207,14 +207,15 @@ def _launch(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Tensor,
                  w1.bias.float().contiguous(), *_pad16(w2, dtype)]
         tcfg, nf = torso.encoding.cfg, torso.pose_freqs
         cam, lo, hi = f32(g["dirs"]), f32(g["lo"]), f32(g["hi"])
+        camw = f32(c["torso_dirs"]) if c.get("torso_dirs") is not None else cam
         near_t, far_t, hit_t, occ_t = f32(g["near_t"]), f32(g["far_t"]), u8(g["hit_t"]), u8(occ_torso)
     else:  # (the torso's arguments are never read: any tensor stands in)
         targs, wargs, tcfg, nf = [zero] * 16, [zero] * 6, hcfg, 1
-        cam = lo = hi = near_t = far_t = zero
+        cam = camw = lo = hi = near_t = far_t = zero
         hit_t = occ_t = zero.to(torch.uint8)
     interpret = interpreting()
     _kernel()[(-(-R // BLOCK),)](
-        f32(g["o_h"]), f32(g["d_h"]), f32(g["center"]), f32(g["radius"]), cam, lo, hi, f32(t0), f32(dt),
+        f32(g["o_h"]), f32(g["d_h"]), f32(g["center"]), f32(g["radius"]), cam, camw, lo, hi, f32(t0), f32(dt),
         n_steps.to(torch.int32).contiguous(), stride.round().to(torch.int32).contiguous(),
         f32(g["near_h"]), f32(g["far_h"]), near_t, far_t, u8(g["hit_h"]), hit_t,
         row.to(torch.int32).contiguous(), u8(occ_head), occ_t, zero,

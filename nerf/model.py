@@ -158,6 +158,14 @@ class AvatarModel(nn.Module):
             pred = torch.where(torch.isfinite(tracked).all(-1, keepdim=True), tracked, pred)
         return pred.reshape(-1, 2, 3)
 
+    def torso_dirs(self, dirs: torch.Tensor, motion: torch.Tensor, focal: torch.Tensor) -> torch.Tensor:
+        """[R, 3] camera directions (z = 1) of the pixels the torso motions [R, 2, 3] name for rays dirs [R, 3]:
+        ``track_points`` moves every point of a ray onto the ray of that pixel, at its own depth."""
+        S = self.image_size
+        uv = (dirs[:, :2] * focal[:, None] + S / 2) / S
+        uv = (motion[:, :, :2] @ uv[:, :, None])[..., 0] + motion[:, :, 2]
+        return torch.cat([(uv * S - S / 2) / focal[:, None], torch.ones_like(dirs[:, 2:])], -1)
+
     def track_points(self, x01: torch.Tensor, row: torch.Tensor, motion: torch.Tensor, focal: torch.Tensor,
                      ray: torch.Tensor | None = None) -> torch.Tensor:
         """Torso-box coordinates x01 [N, 3] moved by the torso motion [R, 2, 3] of their rays: each point's image
@@ -259,7 +267,8 @@ class AvatarModel(nn.Module):
             hit_h = hit_h & _crosses_occupied(occ.head, row, head_01, near_h, far_h)
             if not self.torso_layer:
                 hit_t = hit_t & _crosses_occupied(occ.torso, row, torso_01, near_t, far_t)
-        return {"dirs": dirs, "o_h": o_h, "d_h": d_h, "center": center, "radius": radius, "lo": lo, "hi": hi,
+        return {"dirs": dirs, "focal": b["focal"], "o_h": o_h, "d_h": d_h, "center": center, "radius": radius,
+                "lo": lo, "hi": hi,
                 "near_h": near_h, "far_h": far_h, "hit_h": hit_h,
                 "near_t": near_t, "far_t": far_t, "hit_t": hit_t, "head_01": head_01, "torso_01": torso_01}
 
@@ -451,8 +460,6 @@ class AvatarModel(nn.Module):
             ok, why = fused_march.supports(self.head[net], None if self.torso_layer else self.torso[net])
         if ok and self.torso_follow:
             ok, why = False, "--torso_follow moves the torso's points with the head: not in the kernel"
-        if ok and self.torso_track:
-            ok, why = False, "--torso_track moves the torso's points by its tracked motion: not in the kernel"
         return ok, why
 
     def _march_fused(self, net: int, g: dict[str, torch.Tensor], c: dict[str, torch.Tensor], t0: torch.Tensor,
@@ -464,6 +471,8 @@ class AvatarModel(nn.Module):
         from nerf import fused_march
 
         head, torso = self.head[net], None if self.torso_layer else self.torso[net]
+        if self.torso_track and torso is not None:  # the kernel reads the torso along each ray's moved direction
+            c = dict(c, torso_dirs=self.torso_dirs(g["dirs"], c["motion"], g["focal"]))
         ok, why = self.fused_marching(t0.device, net)
         if not ok:  # (turned off: no warning)
             if self.render_cfg.fused and (t0.device.type == "cuda" or fused_march.interpreting()):

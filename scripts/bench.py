@@ -138,7 +138,8 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
     cfg.model, cfg.hash_backend, cfg.torso_field = model_kind, hash_backend, torso_field
     torch.manual_seed(0)
     # Speed does not depend on the audio encoder's weights: a freshly initialized one codes the frames.
-    persons = [p.to(dev) for p in load_datasets(cfg.data, cfg.image_size, Wav2LipAudioEncoder().eval())]
+    persons = [p.to(dev) for p in load_datasets(cfg.data, cfg.image_size, Wav2LipAudioEncoder().eval(),
+                                                 cfg.torso_track)]
     model, opt = build(cfg, persons, dev)
     if compile:
         compile_fields(model)

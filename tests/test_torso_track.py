@@ -41,7 +41,7 @@ def _frames(T=8, S=128, seed=0):
     return np.stack(images), np.stack(labels), np.stack(motions).astype(np.float32)
 
 
-def test_the_tracker_recovers_known_torso_motions_and_refuses_an_unrelated_frame():
+def test_the_tracker_recovers_known_torso_motions_and_refuses_an_unrelated_frame(monkeypatch):
     images, labels, truth = _frames()
     motion, valid, corr = torso_track.track_torso(images, labels, reference=0)
     assert valid.all() and (corr > 0.95).all()
@@ -56,9 +56,16 @@ def test_the_tracker_recovers_known_torso_motions_and_refuses_an_unrelated_frame
     motion, valid, corr = torso_track.track_torso(images, labels, reference=0)
     assert not valid[3] and valid[[0, 1, 2, 4, 5, 6, 7]].all() and corr[3] < torso_track.MIN_CORRELATION
     np.testing.assert_array_equal(motion[3], torso_track.IDENTITY)
-    # no torso at all (a face filling the crop): nothing is tracked
+    # no torso at all (a face filling the crop), or a thin band of it (3% of the crop): nothing is tracked
     _, valid, _ = torso_track.track_torso(images, np.ones_like(labels), reference=0)
     assert not valid.any()
+    band = np.where(labels == 2, 0, labels).astype(np.uint8)
+    band[:, -10:, 16:112] = 2  # (its interior, 8 rows: 4.5% of the crop)
+    _, valid, _ = torso_track.track_torso(images, band, reference=0)
+    assert not valid.any()
+    monkeypatch.setattr(torso_track, "MIN_TORSO_SHARE", 0.0)  # what the rule turns away: a band ECC would follow
+    _, valid, _ = torso_track.track_torso(images, band, reference=0)
+    assert valid.sum() >= 4
 
 
 def test_a_motion_that_stretches_the_torso_beyond_belief_is_not_trusted(monkeypatch):
