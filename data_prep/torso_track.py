@@ -79,7 +79,7 @@ def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: i
         shift = np.linalg.norm(W @ centroid - centroid[:2])
         return bool(sv.min() >= 1 / MAX_STRETCH and sv.max() <= MAX_STRETCH and shift <= MAX_SHIFT * n)
 
-    template = gray(reference)
+    template, ecc_mask = gray(reference), mask.astype(np.uint8) * 255
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 60, 1e-5)
     to_work = np.diag([scale, scale, 1.0])
     # outward from the reference, each frame started from its neighbour's alignment (motion is smooth)
@@ -87,11 +87,11 @@ def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: i
     last = {reference: np.eye(2, 3, dtype=np.float32)}
     for i in order:
         start = last.get(i - 1 if i > reference else i + 1, np.eye(2, 3, dtype=np.float32))
-        W = None
+        W, frame = None, gray(i)
         for init in (start, np.eye(2, 3, dtype=np.float32)):  # from the neighbour, then from rest
             try:
-                cc, found = cv2.findTransformECC(template, gray(i), init.copy(), cv2.MOTION_AFFINE, criteria,
-                                                 mask.astype(np.uint8) * 255, 5)
+                cc, found = cv2.findTransformECC(template, frame, init.copy(), cv2.MOTION_AFFINE, criteria,
+                                                 ecc_mask, 5)
             except cv2.error:  # ECC did not converge
                 continue
             if cc >= min_correlation and plausible(found):

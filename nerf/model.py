@@ -158,12 +158,16 @@ class AvatarModel(nn.Module):
             pred = torch.where(torch.isfinite(tracked).all(-1, keepdim=True), tracked, pred)
         return pred.reshape(-1, 2, 3)
 
+    @staticmethod
+    def apply_motion(uv01: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
+        """Crop fractions uv01 [R, 2] through the torso motions [R, 2, 3]: where each pixel lies in the reference frame."""
+        return (motion[:, :, :2] @ uv01[:, :, None])[..., 0] + motion[:, :, 2]
+
     def torso_dirs(self, dirs: torch.Tensor, motion: torch.Tensor, focal: torch.Tensor) -> torch.Tensor:
-        """[R, 3] camera directions (z = 1) of the pixels the torso motions [R, 2, 3] name for rays dirs [R, 3]:
-        ``track_points`` moves every point of a ray onto the ray of that pixel, at its own depth."""
+        """[R, 3] camera directions (z = 1) of the pixels the torso motions [R, 2, 3] name for rays dirs [R, 3] (any
+        z > 0) of focal [R]: ``track_points`` moves every point of a ray onto the ray of that pixel, at its own depth."""
         S = self.image_size
-        uv = (dirs[:, :2] * focal[:, None] + S / 2) / S
-        uv = (motion[:, :, :2] @ uv[:, :, None])[..., 0] + motion[:, :, 2]
+        uv = self.apply_motion((dirs[:, :2] / dirs[:, 2:] * focal[:, None] + S / 2) / S, motion)
         return torch.cat([(uv * S - S / 2) / focal[:, None], torch.ones_like(dirs[:, 2:])], -1)
 
     def track_points(self, x01: torch.Tensor, row: torch.Tensor, motion: torch.Tensor, focal: torch.Tensor,
@@ -174,13 +178,8 @@ class AvatarModel(nn.Module):
         if ray is not None:
             row, motion, focal = row[ray], motion[ray], focal[ray]
         lo, hi = self.torso_min[row], self.torso_max[row]
-        S = self.image_size
         p = lo + x01 * (hi - lo)
-        z = p[:, 2:]
-        uv = (p[:, :2] / z * focal[:, None] + S / 2) / S
-        uv = (motion[:, :, :2] @ uv[:, :, None])[..., 0] + motion[:, :, 2]
-        xy = (uv * S - S / 2) * z / focal[:, None]
-        return (torch.cat([xy, z], -1) - lo) / (hi - lo)
+        return (p[:, 2:] * self.torso_dirs(p, motion, focal) - lo) / (hi - lo)
 
     def hash_parameters(self) -> list[nn.Parameter]:
         """The hash tables (trained at a higher learning rate, as instant-ngp does)."""
@@ -496,8 +495,7 @@ class AvatarModel(nn.Module):
         S = self.image_size
         uv01 = torch.stack([(b["u"] + 0.5) / S, (b["v"] + 0.5) / S], -1).float()
         if self.torso_track:  # the pixel as seen in the reference frame
-            m = c["motion"]
-            uv01 = (m[:, :, :2] @ uv01[:, :, None])[..., 0] + m[:, :, 2]
+            uv01 = self.apply_motion(uv01, c["motion"])
         c_et, z_shape, z_app = c["et"], c["z_shape"], c["z_app"]
         half = torch.autocast(uv01.device.type, dtype=torch.float16, enabled=amp)
         query = hit_t if torch.is_grad_enabled() else hit_t & (acc_h < 1.0 - LAYER_HIDDEN)
