@@ -146,9 +146,9 @@ class TrainConfig:
     """The torso's points are read through its tracked image motion onto a reference frame (an affine per frame,
     ``data_prep.torso_track``, computed when the data are loaded), the learned warp then adds what that leaves;
     frames without a tracked motion (tracking failed, a torso too small to track, or a driven conversation) get the
-    motion predicted from the head pose (``AvatarModel.torso_motion``). On by default since 2026-11-23: +2.1 to +3.0 dB
-    on the synthetic conversation and +0.4 to +1.3 dB on a real clip's tracked person at 128 px (docs/PERFORMANCE.md,
-    "Tracking the torso"); false: the torso placed by the pose-keyed warp alone, as before."""
+    motion predicted from the head pose (``AvatarModel.torso_motion``). On by default since 2026-11-23: +1.1 to
+    +3.0 dB on the synthetic conversation (two seeds) and +0.4 to +1.3 dB on a real clip's tracked person at 128 px
+    (docs/PERFORMANCE.md, "Tracking the torso"); false: the torso placed by the pose-keyed warp alone, as before."""
 
     # Keys that shape the model: a checkpoint is only valid for a run with the same values.
     MODEL_KEYS = ("image_size", "model", "hidden", "n_levels", "log2_hashmap_size", "base_resolution",
