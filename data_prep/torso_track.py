@@ -4,7 +4,8 @@ A volume or layer torso field keyed by the head pose cannot align the torso acro
 head pose says little about a real torso's shifts, and tracking noise on the head's angles moves points a
 head's length below it by pixels. On the synthetic conversation, whose torso moves rigidly, a torso blurred by
 a misalignment of a few pixels is what held it at 21-23 dB, while one 2D field fitted to every training frame
-under the exact motion reaches 31-34 dB (docs/PERFORMANCE.md, "Tracking the torso"). So the torso gets its own
+under the exact motion reaches 30.6 / 33.7 dB (training / held-out frames; docs/PERFORMANCE.md, "Tracking the
+torso"). So the torso gets its own
 tracking, as the head does: enhanced-correlation (ECC) image alignment (Evangelidis & Psarakis 2008, OpenCV's
 ``findTransformECC``) of each frame's torso to the reference frame's torso pixels, an affine motion, started from
 the neighbouring frame's result. The torso field then reads its points through that motion (``nerf.model``).
