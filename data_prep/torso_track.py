@@ -5,10 +5,10 @@ head pose says little about a real torso's shifts, and tracking noise on the hea
 head's length below it by pixels. On the synthetic conversation, whose torso moves rigidly, a torso blurred by
 a misalignment of a few pixels is what held it at 21-23 dB, while one 2D field fitted to every training frame
 under the exact motion reaches 30.6 / 33.7 dB (training / held-out frames; docs/PERFORMANCE.md, "Tracking the
-torso"). So the torso gets its own
-tracking, as the head does: enhanced-correlation (ECC) image alignment (Evangelidis & Psarakis 2008, OpenCV's
-``findTransformECC``) of each frame's torso to the reference frame's torso pixels, an affine motion, started from
-the neighbouring frame's result. The torso field then reads its points through that motion (``nerf.model``).
+torso"). So the torso gets its own tracking, as the head does: enhanced-correlation (ECC) image alignment
+(Evangelidis & Psarakis 2008, OpenCV's ``findTransformECC``) of each frame's torso to the reference frame's torso
+pixels, an affine motion, started from the neighbouring frame's result. The torso field then reads its points
+through that motion (``nerf.model``).
 
 Coordinates: a motion is [6] = the row-major 2 x 3 affine from the frame's pixel coordinates to the
 reference's, both in crop fractions u01 = (u + 0.5) / S, v01 = (v + 0.5) / S (u, v pixel indices).
