@@ -81,7 +81,7 @@ def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: i
         return bool(sv.min() >= 1 / MAX_STRETCH and sv.max() <= MAX_STRETCH and shift <= MAX_SHIFT * n)
 
     template, ecc_mask = gray(reference), mask.astype(np.uint8) * 255
-    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 60, 1e-5)
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 1e-4)
     to_work = np.diag([scale, scale, 1.0])
     # outward from the reference, each frame started from its neighbour's alignment (motion is smooth)
     order = [*range(reference, T), *range(reference - 1, -1, -1)]
