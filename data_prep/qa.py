@@ -251,6 +251,83 @@ def pose_curves(euler: np.ndarray, trans: np.ndarray, valid: np.ndarray,
         return _to_rgb(fig)
 
 
+def torso_motion_parts(motion: np.ndarray, size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Readable parts of torso motions [T, 6] (2 x 3 affines on crop fractions, row-major): where the crop's centre
+    goes, as a shift [T, 2] in pixels of a ``size`` crop; the rotation [T] in degrees (counter-clockwise in the
+    image's x-right, y-down axes is negative); the scale [T] in percent off 1 (the square root of the area ratio).
+    NaN rows stay NaN."""
+    m = np.asarray(motion, np.float64).reshape(-1, 2, 3)
+    centre = np.full(2, 0.5)
+    shift = (m[:, :, :2] @ centre + m[:, :, 2] - centre) * size
+    rotation = np.degrees(np.arctan2(m[:, 1, 0] - m[:, 0, 1], m[:, 0, 0] + m[:, 1, 1]))
+    with np.errstate(invalid="ignore"):  # (NaN rows)
+        scale = (np.sqrt(np.abs(np.linalg.det(m[:, :, :2]))) - 1.0) * 100.0
+    return shift, rotation, scale
+
+
+def torso_motion_curves(motions: Sequence[np.ndarray | None], size: int, names: Sequence[str],
+                        held_out: Sequence[np.ndarray] | None = None) -> np.ndarray:
+    """Each person's tracked torso motion (``data_prep.torso_track``) over the frames, one row per person.
+
+    Columns: where the crop's centre moves to in the reference frame (x and y, pixels of a ``size`` crop); the
+    rotation (degrees); the scale (percent off 1). Frames the tracker refused are gaps, shaded grey; a person
+    with no tracked frame (``None``: tracking off; or all NaN: a torso too small to track) gets a note instead of
+    curves.
+
+    Args:
+        motions: per person [T, 6] affines (crop fractions of the frame -> of the reference frame, row-major), NaN
+            where not tracked, or None.
+        size: the crop side the motions were tracked at, for the pixel axis.
+        names: the persons' names, for the row titles.
+        held_out: per person [T] bool, the held-out frames (a tick row under the curves), or None.
+
+    Returns:
+        [H, 1400, 3] uint8 RGB, H grows with the number of persons.
+    """
+    _check_names(names, len(motions))
+    with _figure_grid(len(motions), 3, row_px=170, top=65, bottom=85, wgap=85,
+                      width_ratios=[2, 1, 1]) as (fig, axes):
+        fig.suptitle("Torso motion onto the reference frame, per person (tracked at load)")
+        for p, (m, name) in enumerate(zip(motions, names)):
+            shift_ax, rot_ax, scale_ax = axes[p]
+            for ax in axes[p]:
+                ax.grid(alpha=0.3)
+            if m is None or not np.isfinite(np.asarray(m, np.float64)).all(1).any():
+                for ax in axes[p]:
+                    ax.text(0.5, 0.5, "not tracked", transform=ax.transAxes, ha="center", va="center", color="0.3")
+                    ax.set_yticks([])
+                shift_ax.set_title(f"{name}: torso not tracked (tracking off, too little torso in the crop, or no "
+                                   "frame aligned): the head pose moves it", loc="left")
+                continue
+            moved, rotation, scale = torso_motion_parts(m, size)
+            frames = np.arange(len(moved))
+            ok = np.isfinite(moved).all(1)
+            for k, axis in enumerate(("x", "y")):
+                shift_ax.plot(frames, moved[:, k], color=_AXIS_COLORS[axis], lw=1, label=f"shift {axis}")
+            rot_ax.plot(frames, rotation, color=_ROTATION_COLORS["roll"], lw=1, label="rotation")
+            scale_ax.plot(frames, scale, color=_AXIS_COLORS["z"], lw=1, label="scale")
+            for ax in axes[p]:
+                _shade(ax, ~ok, 1.0, _INVALID_COLOR, 0.35)
+                if held_out is not None:
+                    _shade(ax, np.asarray(held_out[p], bool), 1.0, "tab:orange", 0.12)
+                ax.set_xlim(0, max(len(ok), 1))
+            shift_ax.set_title(f"{name}: centre shift ({ok.mean():.0%} of {len(ok)} frames tracked)", loc="left")
+            shift_ax.set_ylabel(f"pixels ({size} px crop)")
+            rot_ax.set_title("rotation (degrees)", loc="left")
+            scale_ax.set_title("scale (% off 1)", loc="left")
+        handles = [Line2D([], [], color=_AXIS_COLORS["x"], label="shift x"),
+                   Line2D([], [], color=_AXIS_COLORS["y"], label="shift y"),
+                   Line2D([], [], color=_ROTATION_COLORS["roll"], label="rotation"),
+                   Line2D([], [], color=_AXIS_COLORS["z"], label="scale"),
+                   Patch(color=_INVALID_COLOR, alpha=0.35, label="not tracked (predicted from the head pose)")]
+        if held_out is not None:
+            handles.append(Patch(color="tab:orange", alpha=0.12, label="held out"))
+        fig.legend(handles=handles, loc="lower center", ncols=len(handles), frameon=False)
+        for ax in axes[-1]:
+            ax.set_xlabel("frame")
+        return _to_rgb(fig)
+
+
 def speaking_timeline(audio: np.ndarray, sr: int, speaking: np.ndarray, voiced: np.ndarray,
                       fps: float, names: Sequence[str]) -> np.ndarray:
     """Waveform, voice activity and who speaks, on one time axis.

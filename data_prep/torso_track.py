@@ -45,7 +45,10 @@ def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: i
     """Each frame's torso motion onto the reference frame's torso.
 
     Args:
-        images: [T, S, S, 3] uint8 crops; labels: [T, S, S] uint8 label maps (``torso`` and ``head`` values).
+        images: [T, S, S, 3] uint8 RGB crops, or [T, S, S] uint8 grey ones; labels: [T, S, S] uint8 label maps
+            (``torso`` and ``head`` values). Crops above ``WORK_SIZE`` are aligned at that size; the motions are in
+            crop fractions, so they hold at any size (track at 256 px or more: at 128 px a real torso's texture is
+            too fine and the tracks jitter, 4x the frame-to-frame motion of the same clip tracked at 256 px).
         reference: the frame whose torso is the canonical one (a training frame near the mean pose).
         min_correlation: frames whose aligned torso correlates less than this with the reference's are not valid,
             nor those whose motion stretches the torso beyond ``MAX_STRETCH`` or moves it beyond ``MAX_SHIFT``.
@@ -59,7 +62,7 @@ def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: i
     scale = n / S
 
     def gray(i: int) -> np.ndarray:
-        g = cv2.cvtColor(images[i], cv2.COLOR_RGB2GRAY).astype(np.float32) / 255.0
+        g = (images[i] if images.ndim == 3 else cv2.cvtColor(images[i], cv2.COLOR_RGB2GRAY)).astype(np.float32) / 255.0
         return cv2.resize(g, (n, n), interpolation=cv2.INTER_AREA) if n != S else g
 
     lab = cv2.resize(labels[reference], (n, n), interpolation=cv2.INTER_NEAREST) if n != S else labels[reference]

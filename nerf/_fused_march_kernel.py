@@ -133,7 +133,7 @@ def march_kernel(
         hpre_d_ptr, hpre_c_ptr, htab_ptr, hscale_ptr, hres_ptr, hsize_ptr,
         hw1_ptr, hw2_ptr, hb2_ptr, hw3_ptr, hb3_ptr, hwc1_ptr, hwc2_ptr, hbc2_ptr, hwc3_ptr, hbc3_ptr,
         # torso field: warp, grid, layers
-        tpre_w_ptr, tww1_ptr, tww2_ptr, twb2_ptr, tww3_ptr, twb3_ptr,
+        tpre_w_ptr, tww1_ptr, tww2_ptr, twb2_ptr, tww3_ptr, twb3_ptr, twarp_ptr,
         tpre_d_ptr, tpre_c_ptr, ttab_ptr, tscale_ptr, tres_ptr, tsize_ptr,
         tw1_ptr, tw2_ptr, tb2_ptr, tw3_ptr, tb3_ptr, twc1_ptr, twc2_ptr, tbc2_ptr, twc3_ptr, tbc3_ptr,
         # out
@@ -167,6 +167,7 @@ def march_kernel(
         ey = hy - ly
         ez = hz - lz
         m = tl.load(m_ptr + rays, mask=rm, other=1)
+        warp_share = tl.load(twarp_ptr + rays, mask=rm, other=1.0)  # the learned warp's share (0: a canonical torso)
         near_t = tl.load(near_t_ptr + rays, mask=rm, other=0.0)
         far_t = tl.load(far_t_ptr + rays, mask=rm, other=0.0)
         hit_t = tl.load(hit_t_ptr + rays, mask=rm, other=0) != 0
@@ -235,9 +236,9 @@ def march_kernel(
                     w1 = w1.to(tl.float16).to(tl.float32)
                 w2 = tl.maximum(_dense(tl.maximum(w1, 0.0), tww2_ptr, twb2_ptr, H, H, HALF, PRECISION), 0.0)
                 off = _dense(w2, tww3_ptr, twb3_ptr, H, 16, HALF, PRECISION)
-                wx = tl.minimum(tl.maximum(xf + _column(off, 0), 0.0), 1.0)
-                wy = tl.minimum(tl.maximum(yf + _column(off, 1), 0.0), 1.0)
-                wz = tl.minimum(tl.maximum(zf + _column(off, 2), 0.0), 1.0)
+                wx = tl.minimum(tl.maximum(xf + warp_share * _column(off, 0), 0.0), 1.0)
+                wy = tl.minimum(tl.maximum(yf + warp_share * _column(off, 1), 0.0), 1.0)
+                wz = tl.minimum(tl.maximum(zf + warp_share * _column(off, 2), 0.0), 1.0)
                 h1 = _grid_first_layer(tl.zeros([BLOCK_R, H], dtype=tl.float32), wx, wy, wz, query_t, ttab_ptr,
                                        tscale_ptr, tres_ptr, tsize_ptr, tw1_ptr, TL, TN_DENSE, TT, H)
                 raw_t, col_t = _density_colour(h1, tpre_d_ptr, tpre_c_ptr, rays, rm, tw2_ptr, tb2_ptr, tw3_ptr,

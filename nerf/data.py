@@ -91,8 +91,9 @@ def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr
                 audio_codes: torch.Tensor, torso_track: bool = False) -> PersonFrames:
     """Load one person of a prepared dataset at ``size`` px; ``audio_codes`` [T, 512] are the dataset's.
 
-    With ``torso_track`` the torso's motion is tracked on the loaded frames (``PersonFrames.torso_motion``;
-    about 0.9 s per 500 frames at 128 px, 2.2 s at 256 px and above), onto the training frame nearest the mean pose.
+    With ``torso_track`` the torso's motion is tracked (``PersonFrames.torso_motion``), onto the training frame
+    nearest the mean pose, on the crops at ``size`` or at torso_track.WORK_SIZE (256) px if the video's crops have
+    that many and ``size`` is smaller: about 2.2 s per 500 frames.
     """
     import imageio.v3 as iio
 
@@ -100,8 +101,21 @@ def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr
     info = next(p for p in meta["persons"] if p["id"] == person)
     scale = size / info["crop_size"]
     T = meta["n_frames"]
-    images = np.stack([_resize(c, size) for c in dataset.iter_crops(root, person)])
-    labels = np.stack([_resize(lab, size, nearest=True) for lab in dataset.iter_parsing(root, person)])
+    # The torso is tracked on crops of at least torso_track.WORK_SIZE px where the video has them (its motions are
+    # crop fractions, the same at any size): at 128 px a real torso's texture is too fine to align steadily.
+    track_size = max(size, min(info["crop_size"], torso_track_mod.WORK_SIZE)) if torso_track else size
+    images, grey = [], []
+    for c in dataset.iter_crops(root, person):
+        images.append(_resize(c, size))
+        if track_size != size:
+            grey.append(cv2.cvtColor(_resize(c, track_size), cv2.COLOR_RGB2GRAY))
+    images = np.stack(images)
+    labels, track_labels = [], []
+    for lab in dataset.iter_parsing(root, person):
+        labels.append(_resize(lab, size, nearest=True))
+        if track_size != size:
+            track_labels.append(_resize(lab, track_size, nearest=True))
+    labels = np.stack(labels)
     if len(images) != T or len(labels) != T:
         raise PrepareError(f"{root} person {person}: {len(images)} crops and {len(labels)} label maps for "
                            f"{T} frames; prepare the video again")
@@ -123,7 +137,8 @@ def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr
     if torso_track:
         train = idx[a:b][valid[a:b]]
         ref = torso_track_mod.reference_frame(tr["euler"], tr["t"], train if len(train) else idx[a:b])
-        m, ok, _ = torso_track_mod.track_torso(images, labels, ref)
+        m, ok, _ = (torso_track_mod.track_torso(np.stack(grey), np.stack(track_labels), ref) if grey else
+                    torso_track_mod.track_torso(images, labels, ref))
         motion = torch.from_numpy(np.where(ok[:, None], m, np.nan).astype(np.float32))
     return PersonFrames(
         row=row, name=f"{root.name}:{person}", images=torch.from_numpy(images), labels=torch.from_numpy(labels),

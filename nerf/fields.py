@@ -186,6 +186,13 @@ class HeadField(nn.Module):
         return trunc_exp(h[:, 0] - 1.0), torch.sigmoid(rgb)
 
 
+def _warp_share(offset: torch.Tensor, warp: torch.Tensor | None, ray: torch.Tensor | None) -> torch.Tensor:
+    """The warp offsets [N, D] scaled by their rays' shares warp [R] (None: as they are)."""
+    if warp is None:
+        return offset
+    return offset * (warp if ray is None else warp[ray])[:, None].to(offset.dtype)
+
+
 class TorsoField(nn.Module):
     """Camera-space density and colour of the torso, warped by a pose-conditioned deformation."""
 
@@ -204,14 +211,17 @@ class TorsoField(nn.Module):
         self.color = mlp(cfg.geo_features + 3 * (1 + 2 * cfg.dir_freqs) + cfg.app_dim, cfg.hidden, 3)
 
     def forward(self, x01: torch.Tensor, dirs: torch.Tensor, et: torch.Tensor, z_shape: torch.Tensor,
-                z_app: torch.Tensor, ray: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                z_app: torch.Tensor, ray: torch.Tensor | None = None,
+                warp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Args: x01 [N, 3] in [0, 1]^3; per ray: dirs [R, 3] unit, et [R, 6] (Euler angles, translation),
-        z_shape, z_app; ray [N] long, each sample's ray (None: R = N, the rows align, or R = 1).
+        z_shape, z_app, warp [R] (or None: all 1) the share of the learned warp applied (0: none, a canonical
+        torso); ray [N] long, each sample's ray (None: R = N, the rows align, or R = 1).
 
-        Returns: sigma [N], rgb [N, 3], the warp offset [N, 3] (for its regularizer).
+        Returns: sigma [N], rgb [N, 3], the warp offset [N, 3] as applied (for its regularizer).
         """
         cond = torch.cat([freq_encode(et, self.et_freqs), z_shape], -1)  # per ray: gamma(et), z_shape
-        offset = _rest(self.deform, conditioned_linear(self.deform[0], freq_encode(x01, self.pose_freqs), cond, ray))
+        offset = _warp_share(_rest(self.deform, conditioned_linear(self.deform[0], freq_encode(x01, self.pose_freqs),
+                                                                   cond, ray)), warp, ray)
         warped = (x01 + offset).clamp(0.0, 1.0)
         h = _rest(self.density, conditioned_linear(self.density[0], self.encoding(warped), self.density_cond(cond, z_shape),
                                                    ray))
@@ -256,14 +266,17 @@ class TorsoLayer(nn.Module):
         self.color = mlp(cfg.geo_features + cfg.app_dim, cfg.hidden, 3)
 
     def forward(self, uv01: torch.Tensor, et: torch.Tensor, z_shape: torch.Tensor, z_app: torch.Tensor,
-                ray: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+                ray: torch.Tensor | None = None,
+                warp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         """Args: uv01 [N, 2] pixel centres over the crop in [0, 1]^2; per ray: et [R, 6] (the torso's pose
-        input), z_shape, z_app; ray [N] long, each query's ray (None: R = N, the rows align, or R = 1).
+        input), z_shape, z_app, warp [R] (or None: all 1) the share of the learned warp applied; ray [N] long, each
+        query's ray (None: R = N, the rows align, or R = 1).
 
-        Returns: alpha [N] in (0, 1), rgb [N, 3], the warp offset [N, 2] (for its regularizer).
+        Returns: alpha [N] in (0, 1), rgb [N, 3], the warp offset [N, 2] as applied (for its regularizer).
         """
         cond = torch.cat([freq_encode(et, self.et_freqs), z_shape], -1)
-        offset = _rest(self.deform, conditioned_linear(self.deform[0], freq_encode(uv01, self.pose_freqs), cond, ray))
+        offset = _warp_share(_rest(self.deform, conditioned_linear(self.deform[0], freq_encode(uv01, self.pose_freqs),
+                                                                   cond, ray)), warp, ray)
         warped = (uv01 + offset).clamp(0.0, 1.0)
         h = _rest(self.density, conditioned_linear(self.density[0], self.encoding(F.pad(warped, (0, 1))),
                                                    self.density_cond(cond, z_shape), ray))

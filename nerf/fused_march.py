@@ -148,7 +148,8 @@ def march_fused(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Ten
             its head sphere, near_h, far_h [R] its interval through it, hit_h [R] bool; with a torso also dirs
             [R, 3] the camera-space direction, lo, hi [R, 3] the torso box, near_t, far_t, hit_t.
         c: per ray (``AvatarModel._conditions``): unit_h [R, 3] the unit view direction in head space, z_shape,
-            z_app, drive; with a torso also unit [R, 3] (camera space) and et [R, 6] the torso's pose input.
+            z_app, drive; with a torso also unit [R, 3] (camera space), et [R, 6] the torso's pose input, and optionally
+            torso_dirs [R, 3] (its points' directions, with a tracked torso) and warp [R] (its learned warp's share).
         t0, dt: [R] where the samples begin and the step; n_steps: [R] samples per ray (0: none).
         row: [R] each ray's person; occ_head, occ_torso: [P, G, G, G] bool occupancy grids.
         stop_depth: a ray stops once its optical depth passes this (0: never).
@@ -203,14 +204,15 @@ def _launch(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Tensor,
         if half:
             pre_w = pre_w.half().float()
         dtype = torch.float16 if half else torch.float32
+        warp = f32(c["warp"]) if c.get("warp") is not None else torch.ones(R, device=dev)
         wargs = [pre_w.contiguous(), w0.weight[:, :k_warp].t().float().contiguous(), w1.weight.t().to(dtype).contiguous(),
-                 w1.bias.float().contiguous(), *_pad16(w2, dtype)]
+                 w1.bias.float().contiguous(), *_pad16(w2, dtype), warp]
         tcfg, nf = torso.encoding.cfg, torso.pose_freqs
         cam, lo, hi = f32(g["dirs"]), f32(g["lo"]), f32(g["hi"])
         camw = f32(c["torso_dirs"]) if c.get("torso_dirs") is not None else cam
         near_t, far_t, hit_t, occ_t = f32(g["near_t"]), f32(g["far_t"]), u8(g["hit_t"]), u8(occ_torso)
     else:  # (the torso's arguments are never read: any tensor stands in)
-        targs, wargs, tcfg, nf = [zero] * 16, [zero] * 6, hcfg, 1
+        targs, wargs, tcfg, nf = [zero] * 16, [zero] * 7, hcfg, 1
         cam = camw = lo = hi = near_t = far_t = zero
         hit_t = occ_t = zero.to(torch.uint8)
     interpret = interpreting()

@@ -57,7 +57,7 @@ class AvatarModel(nn.Module):
 
     def __init__(self, persons: list[PersonFrames], cfg: FieldConfig, render: RenderConfig, mode: str = "shared",
                  torso_cull: bool = False, pose_norm: bool = False, torso_follow: bool = False,
-                 torso_layer: bool = False, torso_track: bool = False):
+                 torso_layer: bool = False, torso_track: bool = False, torso_pose: str = "all"):
         super().__init__()
         if mode not in ("shared", "per_person"):
             raise ValueError(f"model mode must be shared or per_person, not {mode!r}")
@@ -66,6 +66,8 @@ class AvatarModel(nn.Module):
         if torso_track and torso_follow:
             raise ValueError("torso_track moves the torso's points by its tracked motion; torso_follow by the head's: "
                              "choose one")
+        if torso_pose not in ("all", "untracked"):
+            raise ValueError(f"torso_pose must be all or untracked, not {torso_pose!r}")
         if pose_norm and cfg.et_freqs is None:  # a standardized pose enters as it is (see TrainConfig.pose_norm)
             cfg = dataclasses.replace(cfg, et_freqs=0)
         self.cfg, self.render_cfg, self.mode = cfg, render, mode
@@ -126,6 +128,25 @@ class AvatarModel(nn.Module):
         self.torso_track = torso_track
         self.register_buffer("motion_W", torch.stack([self._motion_regression(p, i) for i, p in enumerate(persons)]),
                              persistent=False)
+        # With torso_pose "untracked", the torso field of a person whose torso is tracked (torso_track, and enough
+        # tracked training frames to fit motion_W) reads no head pose and applies no learned warp: its pose input is
+        # held at the person's mean pose and its warp's share is 0, so the tracked motion alone moves one canonical
+        # torso. Persons with no track keep both, their torso's only cue to its motion. pose_gate[p] is 1 where
+        # person p's torso reads the pose and warps, 0 where it does not. Derived like motion_W.
+        self.torso_pose_mode = torso_pose
+        self.register_buffer("pose_gate", torch.tensor([0.0 if torso_pose == "untracked" and self.tracked(p) else 1.0
+                                                        for p in persons]), persistent=False)
+        self.gated = bool((self.pose_gate < 1).any())  # (a Python flag: no device sync per batch)
+
+    MIN_TRACKED = 8
+    """Tracked training frames a person needs for the pose -> motion map (7 numbers per output) and to count as
+    tracked (``pose_gate``)."""
+
+    def tracked(self, p: PersonFrames) -> bool:
+        """Whether person p's torso counts as tracked: torso_track on and at least MIN_TRACKED tracked training frames."""
+        if not self.torso_track or p.torso_motion is None:
+            return False
+        return int(torch.isfinite(p.torso_motion.cpu()[p.train.cpu()]).all(1).sum()) >= self.MIN_TRACKED
 
     def _motion_regression(self, p: PersonFrames, row: int) -> torch.Tensor:
         """[7, 6]: the linear map from [standardized head pose (6), 1] to person p's torso motion (identity if untracked)."""
@@ -136,7 +157,7 @@ class AvatarModel(nn.Module):
         train = p.train.cpu()
         y = p.torso_motion.cpu()[train].double()
         ok = torch.isfinite(y).all(1)
-        if int(ok.sum()) < 8:  # too few tracked frames to fit 7 numbers per output: the mean motion, or identity
+        if int(ok.sum()) < self.MIN_TRACKED:  # too few tracked frames for the map: the mean motion, or identity
             if ok.any():
                 W[6] = y[ok].mean(0)
             return W.float()
@@ -187,8 +208,11 @@ class AvatarModel(nn.Module):
 
     def torso_pose(self, et: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
         """The torso field's pose input from head poses et [R, 6] (Euler angles, translation) of persons row [R]:
-        standardized per person with ``pose_norm``, else as it is."""
-        return (et - self.pose_mean[row]) / self.pose_std[row] if self.pose_norm else et
+        held at the person's mean pose where ``pose_gate`` is 0, then standardized per person with ``pose_norm``,
+        else as it is."""
+        mean = self.pose_mean[row]
+        et = mean + self.pose_gate[row, None] * (et - mean)
+        return (et - mean) / self.pose_std[row] if self.pose_norm else et
 
     def follow_head(self, x01: torch.Tensor, row: torch.Tensor, R: torch.Tensor, t: torch.Tensor,
                     ray: torch.Tensor | None = None) -> torch.Tensor:
@@ -308,7 +332,8 @@ class AvatarModel(nn.Module):
         return {"unit_h": g["d_h"] / g["d_h"].norm(dim=-1, keepdim=True),
                 "unit": g["dirs"] / g["dirs"].norm(dim=-1, keepdim=True),
                 "z_shape": self.z_shape(row), "z_app": self.z_app(row), "drive": self.drive_code(net, b), "et": et,
-                "motion": self.torso_motion(b) if self.torso_track else None}
+                "motion": self.torso_motion(b) if self.torso_track else None,
+                "warp": self.pose_gate[row] if self.gated else None}
 
     def _render(self, net: int, b: dict[str, torch.Tensor], jitter: bool, gen,
                 amp: bool = False, distortion: bool = False) -> dict[str, torch.Tensor]:
@@ -354,7 +379,7 @@ class AvatarModel(nn.Module):
             if self.torso_track:
                 x = self.track_points(x, row, c["motion"], b["focal"], ray)
             with half:
-                sigma, rgb, offset = self.torso[net](x, unit, et, z_shape, z_app, ray)
+                sigma, rgb, offset = self.torso[net](x, unit, et, z_shape, z_app, ray, c["warp"])
             return scatter(sigma, ray, k, t.shape), scatter(rgb, ray, k, t.shape), scatter(offset, ray, k, t.shape)
 
         if self.torso_layer:
@@ -429,7 +454,7 @@ class AvatarModel(nn.Module):
             if self.torso_track:
                 x01 = self.track_points(x01, row, c["motion"], b["focal"], r)
             with half:
-                sigma, rgb, _ = self.torso[net](x01, c["unit"], c["et"], c["z_shape"], c["z_app"], r)
+                sigma, rgb, _ = self.torso[net](x01, c["unit"], c["et"], c["z_shape"], c["z_app"], r, c["warp"])
             return sigma.float() / (2 * TORSO_HALF_DEPTH), rgb
 
         out = self._march_fused(net, g, c, t0, dt, n_steps, stride, row, amp)
@@ -501,12 +526,12 @@ class AvatarModel(nn.Module):
         query = hit_t if torch.is_grad_enabled() else hit_t & (acc_h < 1.0 - LAYER_HIDDEN)
         if torch.is_grad_enabled() and not self.torso_cull:  # every ray (no index, no sync)
             with half:
-                alpha, rgb_t, offset = self.torso[net](uv01, c_et, z_shape, z_app)
+                alpha, rgb_t, offset = self.torso[net](uv01, c_et, z_shape, z_app, None, c["warp"])
             alpha, rgb_t, offset = alpha.float(), rgb_t.float(), offset.float()
         else:  # the queried rays only, scattered back (zeros elsewhere: no weight)
             ray = query.nonzero()[:, 0]
             with half:
-                part = self.torso[net](uv01[ray], c_et, z_shape, z_app, ray)
+                part = self.torso[net](uv01[ray], c_et, z_shape, z_app, ray, c["warp"])
             alpha, rgb_t, offset = (acc_h.new_zeros(len(acc_h), *v.shape[1:]).index_put((ray,), v.float()) for v in part)
         w_t = (1.0 - acc_h) * alpha
         return {"rgb": volrend.composite_over(rgb_h + w_t[:, None] * rgb_t, acc_h + w_t, b["background"]),

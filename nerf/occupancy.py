@@ -103,6 +103,7 @@ def build(model, persons: list, resolution: int | None = None, n_frames: int = 8
         if p.torso_motion is not None:
             fb["torso_motion"] = p.torso_motion[at].to(dev)
         motion = model.torso_motion(fb)  # (used with torso_track: the torso seen through each frame's motion)
+        warp = model.pose_gate[rowt] if model.gated else None  # (the warp's share, as the renderer applies it)
         focal = torch.full((1,), float(p.focal), device=dev)
         h_max = torch.zeros(n, device=dev)
         t_max = torch.zeros(n, device=dev)
@@ -117,7 +118,7 @@ def build(model, persons: list, resolution: int | None = None, n_frames: int = 8
                 xf = model.follow_head(x, rowt, R_f[None], t_f[None], one)
                 if model.torso_track:
                     xf = model.track_points(xf, rowt, m_f[None], focal, one)
-                sigma, _, _ = model.torso[net](xf, any_dir, et[None], z_shape, z_app)
+                sigma, _, _ = model.torso[net](xf, any_dir, et[None], z_shape, z_app, None, warp)
                 t_max[a:a + m] = torch.maximum(t_max[a:a + m], sigma)
         # (a layer has no volume to skip: its grid is all occupied, its one query per ray always made)
         torso[p.row] = model.torso_layer

@@ -150,13 +150,20 @@ class TrainConfig:
     +3.0 dB on the synthetic conversation (two seeds) and +0.4 to +1.3 dB on a real clip's tracked person at 128 px
     (docs/PERFORMANCE.md, "Tracking the torso"); false: the torso placed by the pose-keyed warp alone, as before."""
 
+    torso_pose: str = "untracked"
+    """Whose torso field reads the head pose and applies its learned warp: untracked (only persons whose torso is
+    not tracked; a tracked torso is then one canonical torso moved by its tracked motion alone, its field's pose
+    input held at the person's mean pose and its warp off, ``AvatarModel.pose_gate``) or all (every person's, as
+    before 2026-11-24). Measured in docs/PERFORMANCE.md, "A tracked torso without the pose"."""
+
     # Keys that shape the model: a checkpoint is only valid for a run with the same values.
     MODEL_KEYS = ("image_size", "model", "hidden", "n_levels", "log2_hashmap_size", "base_resolution",
                   "finest_resolution", "audio_window", "wav2lip_ckpt", "audio_pretrain_iters", "torso_cull",
-                  "pose_norm", "torso_follow", "torso_field", "torso_density_pose", "torso_track")
+                  "pose_norm", "torso_follow", "torso_field", "torso_density_pose", "torso_track",
+                  "torso_pose")
     # Model keys added after checkpoints were written, with the value those checkpoints were trained with.
     LATER_KEYS = {"torso_cull": False, "pose_norm": False, "torso_follow": False, "torso_field": "volume",
-                  "torso_density_pose": True, "torso_track": False}
+                  "torso_density_pose": True, "torso_track": False, "torso_pose": "all"}
 
     def field_config(self, expr_dim: int) -> FieldConfig:
         grid = HashGridConfig(n_levels=self.n_levels, log2_hashmap_size=self.log2_hashmap_size,
@@ -300,6 +307,8 @@ def build(cfg: TrainConfig, persons: list[PersonFrames],
         raise TrainError(f"torso_field must be volume or layer, not {cfg.torso_field!r}")
     if cfg.torso_field == "layer" and cfg.torso_follow:
         raise TrainError("torso_follow moves the volume torso's points: it does not apply to --torso_field layer")
+    if cfg.torso_pose not in ("all", "untracked"):
+        raise TrainError(f"torso_pose must be all or untracked, not {cfg.torso_pose!r}")
     if cfg.torso_track and cfg.torso_follow:
         raise TrainError("--torso_track and --torso_follow both move the torso's points (by its tracked motion, by "
                          "the head's): choose one (tracking is on by default: add --torso_track false)")
@@ -307,13 +316,36 @@ def build(cfg: TrainConfig, persons: list[PersonFrames],
     model = AvatarModel(persons, cfg.field_config(persons[0].expr.shape[1]),
                         RenderConfig(cfg.n_coarse, cfg.n_importance), mode=cfg.model, torso_cull=cfg.torso_cull,
                         pose_norm=cfg.pose_norm, torso_follow=cfg.torso_follow,
-                        torso_layer=cfg.torso_field == "layer", torso_track=cfg.torso_track).to(device)
+                        torso_layer=cfg.torso_field == "layer", torso_track=cfg.torso_track,
+                        torso_pose=cfg.torso_pose).to(device)
     hash_ids = {id(p) for p in model.hash_parameters()}
     others = [p for p in model.parameters() if id(p) not in hash_ids]
     # On a GPU the fused Adam: one kernel per step for all parameters instead of several per tensor list
     opt = torch.optim.Adam([{"params": others, "lr": cfg.lr}, {"params": model.hash_parameters(), "lr": cfg.lr_hash}],
                            betas=(0.9, 0.99), eps=1e-15, fused=torch.device(device).type == "cuda" or None)
     return model, opt
+
+
+def report_torso_tracks(model: AvatarModel, persons: list[PersonFrames], picture: Path, log=print) -> None:
+    """One line per person on its torso tracking (frames tracked; whether its torso field reads the head pose) and
+    the motion curves as a QA picture (``data_prep.qa.torso_motion_curves``), written atomically."""
+    from data_prep.qa import torso_motion_curves
+
+    motions, held = [], []
+    for p in persons:
+        m = None if p.torso_motion is None else p.torso_motion.cpu().numpy()
+        motions.append(m)
+        h = np.zeros(len(p.euler), bool)
+        h[p.val.cpu().numpy()] = True
+        held.append(h)
+        n = 0 if m is None else int(np.isfinite(m).all(1).sum())
+        pose = ("reads the head pose" if float(model.pose_gate[p.row]) > 0
+                else "reads no head pose (--torso_pose untracked)")
+        rest = f" (the other {len(h) - n} predicted from the head pose)" if n < len(h) else ""
+        what = (f"tracked on {n} of {len(h)} frames{rest}" if n else
+                "not tracked (too little torso in the crop, or no frame aligned)")
+        log(f"{p.name}: torso {what}; its torso field {pose}")
+    save_image(picture, torso_motion_curves(motions, persons[0].size, [p.name for p in persons], held))
 
 
 def evaluate_psnr(model: AvatarModel, persons: list[PersonFrames], max_frames: int = 4) -> dict[str, float]:
@@ -381,6 +413,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
         start = ckpt["iteration"]
         spent_before = float(ckpt.get("train_seconds", 0.0))
         log(f"resumed from {ckpt_path} at iteration {start} ({spent_before:.0f} s of training so far)")
+    if cfg.torso_track:
+        report_torso_tracks(model, persons, out / "torso_track.png", log)
     log(f"training on {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     writer = tensorboard_writer(out / "tb")

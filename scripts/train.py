@@ -87,6 +87,9 @@ def _doc(name: str) -> str:
             "torso_track": "true: track the torso's image motion per frame (an affine onto a reference frame, when the "
                            "data load) and read the torso through it; driven frames get it predicted from the head "
                            "pose (docs/PERFORMANCE.md)",
+            "torso_pose": "untracked: only persons whose torso is not tracked (--torso_track) feed the head pose to "
+                          "their torso field and warp it; a tracked torso is one canonical torso moved by its tracked "
+                          "motion alone; all: every person's (docs/PERFORMANCE.md)",
             "torso_density_pose": "true: the torso's density reads the head pose beside the warped point; false: the pose "
                                   "acts through the torso's warp alone (docs/PERFORMANCE.md)",
             "mouth_share": "share of each ray batch drawn in the frame's mouth box",

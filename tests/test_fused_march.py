@@ -193,27 +193,30 @@ def test_the_fused_kernel_in_float16_is_the_autocast_march(dev):
 @pytest.mark.parametrize("mode,layer,track", [("per_person", True, False), ("shared", False, False),
                                               ("shared", False, True)])
 def test_a_models_marched_render_is_the_same_with_the_fused_kernel(dev, mode, layer, track):
-    """Also with a tracked torso: the kernel reads the volume torso along each ray's moved direction."""
+    """Also with a tracked torso: the kernel reads the volume torso along each ray's moved direction, without the
+    learned warp (``torso_pose`` untracked: the rendered person is tracked, the other not)."""
     from test_nerf_model import TINY, _person
 
     from nerf.model import AvatarModel, RenderConfig
     from nerf.render import render_frame
 
     torch.manual_seed(0)
-    persons = [_person(0), _person(1)]
+    persons = [_person(0, T=10), _person(1, T=10)]
     for p in persons:
         p.background = torch.rand(16, 16, 3)
-        if track:  # a turn, a stretch and a shift per frame
-            T = len(p.euler)
-            a = torch.linspace(-0.2, 0.2, T)
-            p.torso_motion = torch.stack([torch.cos(a) * 1.05, -torch.sin(a), 0.1 * a, torch.sin(a), torch.cos(a),
-                                          -0.05 + 0 * a], -1)
+    if track:  # a turn, a stretch and a shift per frame
+        a = torch.linspace(-0.2, 0.2, 10)
+        persons[1].torso_motion = torch.stack([torch.cos(a) * 1.05, -torch.sin(a), 0.1 * a, torch.sin(a),
+                                               torch.cos(a), -0.05 + 0 * a], -1)
     model = AvatarModel(persons, FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4),
                         RenderConfig(8, 8, march_steps=24 if layer else 8), mode=mode, torso_layer=layer,
-                        torso_track=track).to(dev)
+                        torso_track=track, torso_pose="untracked").to(dev)
+    assert model.pose_gate.tolist() == ([1.0, 0.0] if track else [1.0, 1.0])
     with torch.no_grad():
         for f in [*model.head, *model.torso]:
             f.encoding.tables.uniform_(-1.0, 1.0)
+        for f in model.torso:  # a warp that moves points (it starts as the identity)
+            f.deform[-1].weight.normal_(0.0, 0.3)
     model.occupancy = occupancy.build(model, persons, resolution=8)
     calls = []
     real = fused_march.march_fused

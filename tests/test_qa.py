@@ -120,6 +120,30 @@ def test_pose_curves_rows_grow_with_persons():
     assert heights[2] - heights[1] == heights[1] - heights[0]
 
 
+def test_torso_motion_parts_and_curves():
+    a = np.radians(5.0)
+    turn = [1.1 * np.cos(a), -1.1 * np.sin(a), 0.0, 1.1 * np.sin(a), 1.1 * np.cos(a), 0.0]
+    shift = [1.0, 0.0, 0.1, 0.0, 1.0, -0.05]
+    m = np.array([[1.0, 0, 0, 0, 1.0, 0], shift, turn, [np.nan] * 6])
+    moved, rotation, scale = qa.torso_motion_parts(m, 128)
+    np.testing.assert_allclose(moved[:3], [[0, 0], [12.8, -6.4], [0.5 * 128 * (1.1 * (np.cos(a) - np.sin(a)) - 1),
+                                                                  0.5 * 128 * (1.1 * (np.sin(a) + np.cos(a)) - 1)]])
+    np.testing.assert_allclose(rotation[:3], [0, 0, 5.0])
+    np.testing.assert_allclose(scale[:3], [0, 0, 10.0])
+    assert np.isnan(moved[3]).all() and np.isnan(rotation[3]) and np.isnan(scale[3])
+    rng = np.random.default_rng(0)
+    walk = np.tile([1.0, 0, 0, 0, 1.0, 0], (T, 1)) + np.cumsum(rng.normal(0, 1e-3, (T, 6)), 0)
+    walk[10:14] = np.nan
+    held = np.zeros(T, bool)
+    held[-6:] = True
+    image = qa.torso_motion_curves([walk, np.full((T // 2, 6), np.nan), None], 128, _names(3), [held, held[:T // 2],
+                                                                                           held])
+    assert _is_picture(image, min_h=450, min_w=1200)
+    assert qa.torso_motion_curves([walk], 128, _names(1)).shape[0] < image.shape[0]
+    with pytest.raises(ValueError):
+        qa.torso_motion_curves([walk], 128, _names(2))
+
+
 @pytest.mark.parametrize("n_persons", [1, 3])
 @pytest.mark.parametrize("silent", [False, True])
 def test_speaking_timeline(n_persons, silent):

@@ -51,6 +51,9 @@ def test_the_tracker_recovers_known_torso_motions_and_refuses_an_unrelated_frame
     hom = np.concatenate([pts, np.ones((len(pts), 1))], 1)
     err = np.abs(np.einsum("tij,nj->tni", motion.reshape(-1, 2, 3) - truth.reshape(-1, 2, 3), hom)) * 128
     assert err.max() < 0.25, err.max()
+    # grey crops track as the RGB ones do
+    grey = np.stack([cv2.cvtColor(im, cv2.COLOR_RGB2GRAY) for im in images])
+    np.testing.assert_allclose(torso_track.track_torso(grey, labels, reference=0)[0], motion, atol=1e-4)
     # a frame whose torso is something else altogether is not trusted: identity, not valid
     images[3] = np.random.default_rng(1).integers(0, 255, images[3].shape, dtype=np.uint8)
     motion, valid, corr = torso_track.track_torso(images, labels, reference=0)
@@ -143,6 +146,55 @@ def test_untracked_frames_get_the_motion_predicted_from_the_head_pose():
     torch.testing.assert_close(plain.motion_W[0, 6], torch.tensor(torso_track.IDENTITY))
 
 
+@pytest.mark.parametrize("pose_norm", [True, False])
+def test_a_tracked_persons_torso_field_reads_no_head_pose_nor_warps_and_an_untracked_ones_does(pose_norm):
+    T = 12
+    tracked, plain = _tracked_person(T=T), _moving_person(angle=0.1, shift=0.02, T=T)
+    plain.row = 1
+    cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
+    model = AvatarModel([tracked, plain], cfg, RenderConfig(8, 8), pose_norm=pose_norm, torso_track=True,
+                        torso_pose="untracked")
+    torch.testing.assert_close(model.pose_gate, torch.tensor([0.0, 1.0]))
+    assert "pose_gate" not in model.state_dict()  # derived from the tracks, like motion_W
+    with torch.no_grad():  # a warp that moves points (it starts as the identity)
+        model.torso[0].deform[-1].weight.normal_(0.0, 0.3)
+    seen, offsets = [], []  # the pose inputs the torso field gets, its warps (coarse and importance calls), per frame
+
+    def spy(x, d, et, *a, **k):
+        seen[-1].append(et)
+        out = forward(x, d, et, *a, **k)
+        offsets[-1].append(out[2])
+        return out
+
+    forward, model.torso[0].forward = model.torso[0].forward, spy
+    with torch.no_grad():
+        for p in (tracked, plain):
+            for frame in (2, 5):
+                seen.append([])
+                offsets.append([])
+                model(frame_batch(p, frame, 4), jitter=False)
+    still = model.pose_mean[0] if not pose_norm else torch.zeros(6)
+    # ... and no learned warp: the tracked motion alone moves it; the untracked torso warps
+    assert all((o == 0).all() for o in offsets[0] + offsets[1])
+    assert all(o.abs().max() > 1e-3 for o in offsets[2] + offsets[3])
+    for et in seen[0] + seen[1]:  # the tracked person's torso: held at its mean pose whatever the head does
+        torch.testing.assert_close(et, still.expand_as(et))
+    assert (seen[2][0] - seen[3][0]).abs().max() > 1e-3  # the untracked person's follows its head pose
+    # the occupancy grid reads the torso through the same input
+    assert torch.equal(model.torso_pose(torch.randn(3, 6), torch.zeros(3, dtype=torch.long)),
+                       still.expand(3, 6))
+    # torso_pose "all", or no tracking at all: every torso reads the pose, as before
+    for kw in (dict(torso_track=True, torso_pose="all"), dict(torso_track=False, torso_pose="untracked")):
+        other = AvatarModel([tracked, plain], cfg, RenderConfig(8, 8), pose_norm=pose_norm, **kw)
+        torch.testing.assert_close(other.pose_gate, torch.ones(2))
+    # a person with fewer than MIN_TRACKED tracked training frames counts as untracked
+    few = dataclasses.replace(tracked, torso_motion=tracked.torso_motion.clone())
+    few.torso_motion[AvatarModel.MIN_TRACKED - 1:] = float("nan")
+    assert AvatarModel([few], cfg, RenderConfig(8, 8), torso_track=True, torso_pose="untracked").pose_gate[0] == 1.0
+    with pytest.raises(ValueError, match="torso_pose"):
+        AvatarModel([tracked], cfg, RenderConfig(8, 8), torso_pose="some")
+
+
 def test_the_torso_layer_reads_the_pixel_the_motion_names_and_the_volume_renders_through_it():
     p = _tracked_person()
     cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
@@ -177,6 +229,24 @@ def test_the_torso_layer_reads_the_pixel_the_motion_names_and_the_volume_renders
         AvatarModel([p], cfg, RenderConfig(8, 8), torso_track=True, torso_follow=True)
 
 
+def test_the_loader_tracks_small_training_crops_on_larger_ones(synthetic, monkeypatch):
+    from conftest import SYNTHETIC_CROP
+
+    from nerf.audio import Wav2LipAudioEncoder
+    from nerf.data import load_datasets
+
+    seen = []
+    real = torso_track.track_torso
+    monkeypatch.setattr(torso_track, "track_torso", lambda im, lab, ref: seen.append((im.shape, lab.shape)) or
+                        real(im, lab, ref))
+    persons = load_datasets([str(synthetic["dataset"])], 32, Wav2LipAudioEncoder().eval(), torso_track=True)
+    n = min(SYNTHETIC_CROP, torso_track.WORK_SIZE)
+    T = len(persons[0].euler)
+    assert seen == [((T, n, n), (T, n, n))] * len(persons)  # grey crops and labels at the tracking size
+    assert persons[0].images.shape[1] == 32
+    assert all(torch.isfinite(p.torso_motion).all(1).float().mean() > 0.9 for p in persons)
+
+
 def test_a_tracked_torso_trains_evaluates_both_ways_and_drives(synthetic, tmp_path):
     import json
 
@@ -188,8 +258,11 @@ def test_a_tracked_torso_trains_evaluates_both_ways_and_drives(synthetic, tmp_pa
     cfg = dict(data=[str(synthetic["dataset"])], image_size=64, batch_rays=64, n_coarse=8, n_importance=4, hidden=16,
                n_levels=4, log2_hashmap_size=10, audio_pretrain_iters=1, ckpt_every=1, val_every=10**9,
                torso_track=True)
-    run = train(TrainConfig(out=str(tmp_path / "a"), iters=3, **cfg), progress=False)
+    lines = []
+    run = train(TrainConfig(out=str(tmp_path / "a"), iters=3, **cfg), log=lines.append, progress=False)
     assert np.isfinite(run["loss_history"]).all()
+    assert (tmp_path / "a" / "torso_track.png").is_file()  # the tracks' QA picture
+    assert sum("torso tracked on" in line and "reads no head pose" in line for line in lines) == 2, lines
     model, persons, _ = load_model(tmp_path / "a" / "checkpoint.pt", cfg["data"])
     assert model.torso_track
     for p in persons:  # the synthetic torsos move rigidly: nearly every frame tracks
@@ -208,3 +281,5 @@ def test_a_tracked_torso_trains_evaluates_both_ways_and_drives(synthetic, tmp_pa
     assert q.torso_motion is None and torch.isfinite(render_frame(model, q, 3)["rgb"]).all()
     with pytest.raises(TrainError, match="choose one"):
         build(TrainConfig(torso_track=True, torso_follow=True), persons)
+    with pytest.raises(TrainError, match="torso_pose"):
+        build(TrainConfig(torso_pose="some"), persons)

@@ -138,13 +138,15 @@ def test_a_checkpoint_from_before_a_model_key_existed_has_that_key_s_value_then(
     import dataclasses
 
     # (pose_norm changed its default later: such a checkpoint still loads as it was trained)
-    for key, then, other in (("torso_cull", False, True), ("pose_norm", False, True), ("torso_field", "volume", "layer")):
+    for key, then, other in (("torso_cull", False, True), ("pose_norm", False, True), ("torso_field", "volume", "layer"),
+                             ("torso_track", False, True), ("torso_pose", "all", "untracked")):
         saved = {"config": json.dumps({k: v for k, v in dataclasses.asdict(TrainConfig()).items() if k != key})}
         assert getattr(trainer.config_of(saved), key) == then
         trainer.check_config(saved, TrainConfig(**{key: then}))  # trained without it
         with pytest.raises(TrainError, match=f"{key}: {then} vs {other}"):
             trainer.check_config(saved, TrainConfig(**{key: other}))
-    assert (TrainConfig().pose_norm, TrainConfig().torso_field) == (True, "volume")  # today's defaults
+    assert (TrainConfig().pose_norm, TrainConfig().torso_field, TrainConfig().torso_track,
+            TrainConfig().torso_pose) == (True, "volume", True, "untracked")  # today's defaults
 
 
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic, tmp_path, monkeypatch):
