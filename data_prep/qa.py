@@ -296,8 +296,7 @@ def torso_motion_curves(motions: Sequence[np.ndarray | None], size: int, names: 
                 for ax in axes[p]:
                     ax.text(0.5, 0.5, "not tracked", transform=ax.transAxes, ha="center", va="center", color="0.3")
                     ax.set_yticks([])
-                shift_ax.set_title(f"{name}: torso not tracked (tracking off, too little torso in the crop, or no "
-                                   "frame aligned): the head pose moves it", loc="left")
+                shift_ax.set_title(f"{name}: torso not tracked (the head pose moves it)", loc="left")
                 continue
             moved, rotation, scale = torso_motion_parts(m, size)
             frames = np.arange(len(moved))

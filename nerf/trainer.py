@@ -154,7 +154,7 @@ class TrainConfig:
     """Whose torso field reads the head pose and applies its learned warp: untracked (only persons whose torso is
     not tracked; a tracked torso is then one canonical torso moved by its tracked motion alone, its field's pose
     input held at the person's mean pose and its warp off, ``AvatarModel.pose_gate``) or all (every person's, as
-    before 2026-11-24). Measured in docs/PERFORMANCE.md, "A tracked torso without the pose"."""
+    before this option, 2026-11-23). Measured in docs/PERFORMANCE.md, "A tracked torso without the pose"."""
 
     # Keys that shape the model: a checkpoint is only valid for a run with the same values.
     MODEL_KEYS = ("image_size", "model", "hidden", "n_levels", "log2_hashmap_size", "base_resolution",
