@@ -279,7 +279,7 @@ def torso_motion_curves(motions: Sequence[np.ndarray | None], size: int, names: 
             where not tracked, or None.
         size: the crop side the motions were tracked at, for the pixel axis.
         names: the persons' names, for the row titles.
-        held_out: per person [T] bool, the held-out frames (a tick row under the curves), or None.
+        held_out: per person [T] bool, the held-out frames (shaded orange), or None.
 
     Returns:
         [H, 1400, 3] uint8 RGB, H grows with the number of persons.

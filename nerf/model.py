@@ -133,7 +133,6 @@ class AvatarModel(nn.Module):
         # held at the person's mean pose and its warp's share is 0, so the tracked motion alone moves one canonical
         # torso. Persons with no track keep both, their torso's only cue to its motion. pose_gate[p] is 1 where
         # person p's torso reads the pose and warps, 0 where it does not. Derived like motion_W.
-        self.torso_pose_mode = torso_pose
         self.register_buffer("pose_gate", torch.tensor([0.0 if torso_pose == "untracked" and self.tracked(p) else 1.0
                                                         for p in persons]), persistent=False)
         self.gated = bool((self.pose_gate < 1).any())  # (a Python flag: no device sync per batch)
