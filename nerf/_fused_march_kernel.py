@@ -41,17 +41,26 @@ def _column(h, j: tl.constexpr):
 
 
 @triton.jit
-def _grid_first_layer(h, x, y, z, live, tab_ptr, scale_ptr, res_ptr, size_ptr, w_ptr,
-                      L: tl.constexpr, N_DENSE: tl.constexpr, T: tl.constexpr, H: tl.constexpr):
-    """h + enc(x, y, z) @ W [2 L, H]: the hash grid (``nerf.encoding``, 2 features per level, points clamped to
-    the cube) applied to the first layer level by level as rank-one updates, so the encoding stays in registers."""
-    cols = tl.arange(0, H)
+def _grid_encoding(x, y, z, live, tab_ptr, scale_ptr, res_ptr, size_ptr,
+                   L: tl.constexpr, N_DENSE: tl.constexpr, T: tl.constexpr, K2: tl.constexpr):
+    """enc(x, y, z) transposed, [K2, B] (rows 2 lv and 2 lv + 1: level lv's features; rows from 2 L on zero): the hash
+    grid (``nerf.encoding``, 2 features per level, points clamped to the cube).
+
+    Transposed so that the rays run along a warp's threads: each thread computes its own rays' hashes and gathers,
+    where a [B, K2] tile would spread the features over the threads and repeat every ray's work on each of them."""
+    rk = tl.arange(0, K2)
+    enc = tl.zeros([K2, x.shape[0]], dtype=tl.float32)
     xc = tl.minimum(tl.maximum(x, 0.0), 1.0)
     yc = tl.minimum(tl.maximum(y, 0.0), 1.0)
     zc = tl.minimum(tl.maximum(z, 0.0), 1.0)
-    for lv in tl.static_range(L):
+    pair = tl.arange(0, 2)
+    # A loop over the levels, not unrolled: unrolled for both fields, the kernel took 15 minutes to build for sm_90
+    # (a 10 MB PTX). Indices in 32 bits: a hashed level's size is the table size T, a power of two, so its modulo is
+    # a mask of the hash's low bits (which 32-bit products keep); a dense level's index is below twice its size, so
+    # its modulo is one subtraction. (64-bit remainders were a subroutine per corner.)
+    base = tab_ptr  # level lv's rows (pointer steps are 64-bit)
+    for lv in tl.range(0, L):
         scale = tl.load(scale_ptr + lv)
-        size = tl.load(size_ptr + lv)
         px = xc * scale + 0.5
         py = yc * scale + 0.5
         pz = zc * scale + 0.5
@@ -61,13 +70,14 @@ def _grid_first_layer(h, x, y, z, live, tab_ptr, scale_ptr, res_ptr, size_ptr, w
         fx = px - gx
         fy = py - gy
         fz = pz - gz
-        ix = gx.to(tl.int64)
-        iy = gy.to(tl.int64)
-        iz = gz.to(tl.int64)
+        ix = gx.to(tl.int32)
+        iy = gy.to(tl.int32)
+        iz = gz.to(tl.int32)
         f0 = tl.zeros(x.shape, dtype=tl.float32)
         f1 = tl.zeros(x.shape, dtype=tl.float32)
-        base = tab_ptr + lv * T * 2
-        res = tl.load(res_ptr + lv).to(tl.int64)  # (read by the dense levels only)
+        dense = lv < N_DENSE
+        res = tl.load(res_ptr + lv)  # (read by the dense levels only)
+        size = tl.load(size_ptr + lv).to(tl.int32)
         for corner in tl.static_range(8):
             bx = corner & 1
             by = (corner >> 1) & 1
@@ -76,40 +86,56 @@ def _grid_first_layer(h, x, y, z, live, tab_ptr, scale_ptr, res_ptr, size_ptr, w
             wy = fy if by else 1.0 - fy
             wz = fz if bz else 1.0 - fz
             w = (wz * wy) * wx
-            if lv < N_DENSE:
-                idx = ((ix + bx) + (iy + by) * res + (iz + bz) * res * res) % size
+            if dense:
+                idx = (ix + bx) + ((iy + by) + (iz + bz) * res) * res
+                idx = tl.where(idx >= size, idx - size, idx)
             else:
-                hy = ((iy + by) * 2654435761) & 0xFFFFFFFF
-                hz = ((iz + bz) * 805459861) & 0xFFFFFFFF
-                idx = ((ix + bx) ^ hy ^ hz) % size
-            f0 += w * tl.load(base + idx * 2, mask=live, other=0.0).to(tl.float32)
-            f1 += w * tl.load(base + idx * 2 + 1, mask=live, other=0.0).to(tl.float32)
-        h += f0[:, None] * tl.load(w_ptr + (2 * lv) * H + cols)[None, :]
-        h += f1[:, None] * tl.load(w_ptr + (2 * lv + 1) * H + cols)[None, :]
-    return h
+                idx = ((ix + bx) ^ ((iy + by) * -1640531535) ^ ((iz + bz) * 805459861)) & (T - 1)
+            # both features of the row in one 8-byte (4-byte for float16) load
+            f = tl.load(base + (idx * 2)[:, None] + pair[None, :], mask=live[:, None], other=0.0).to(tl.float32)
+            a, b = tl.split(f)
+            f0 += w * a
+            f1 += w * b
+        enc = tl.where(rk[:, None] == 2 * lv, f0[None, :], enc)
+        enc = tl.where(rk[:, None] == 2 * lv + 1, f1[None, :], enc)
+        base += T * 2
+    return enc
 
 
 @triton.jit
-def _freq_first_layer(h, v, d: tl.constexpr, w_ptr, NF: tl.constexpr, H: tl.constexpr):
-    """h + the terms of axis d's value v in ``freq_encode(x, NF) @ W``: v itself (row d), sin(2^k pi v) (row
-    3 + d NF + k) and cos(2^k pi v) (row 3 + 3 NF + d NF + k)."""
+def _first_layer(enc, w_ptr, pre_ptr, rays, rm, K2: tl.constexpr, H: tl.constexpr, HALF: tl.constexpr,
+                 PRECISION: tl.constexpr):
+    """enc [K2, B] transposed: enc^T @ W [K2, H] + the per-ray part of the layer (pre [R, H], bias included)."""
+    rk = tl.arange(0, K2)
     cols = tl.arange(0, H)
-    h += v[:, None] * tl.load(w_ptr + d * H + cols)[None, :]
+    w = tl.load(w_ptr + rk[:, None] * H + cols[None, :])
+    pre = tl.load(pre_ptr + rays[:, None] * H + cols[None, :], mask=rm[:, None], other=0.0)
+    e = tl.trans(enc)
+    if HALF:
+        e = e.to(tl.float16)
+    return tl.dot(e, w, acc=pre, input_precision=PRECISION)
+
+
+@triton.jit
+def _freq_encoding(enc, v, d: tl.constexpr, NF: tl.constexpr, KW: tl.constexpr):
+    """enc [KW, B] (``freq_encode``'s columns, transposed) with axis d's rows set from its value v: v itself (row d),
+    sin(2^k pi v) (row 3 + d NF + k) and cos(2^k pi v) (row 3 + 3 NF + d NF + k)."""
+    rk = tl.arange(0, KW)
+    enc = tl.where(rk[:, None] == d, v[None, :], enc)
     a = v * 3.141592653589793  # doubling is exact: a = v * float32(2^k pi), as freq_encode computes it
     for k in tl.static_range(NF):
-        h += tl.sin(a)[:, None] * tl.load(w_ptr + (3 + d * NF + k) * H + cols)[None, :]
-        h += tl.cos(a)[:, None] * tl.load(w_ptr + (3 + 3 * NF + d * NF + k) * H + cols)[None, :]
+        enc = tl.where(rk[:, None] == 3 + d * NF + k, tl.sin(a)[None, :], enc)
+        enc = tl.where(rk[:, None] == 3 + 3 * NF + d * NF + k, tl.cos(a)[None, :], enc)
         a = a * 2.0
-    return h
+    return enc
 
 
 @triton.jit
-def _density_colour(h1, pre_d_ptr, pre_c_ptr, rays, rm, w2_ptr, b2_ptr, w3_ptr, b3_ptr, wc1_ptr, zero_ptr,
+def _density_colour(h1, pre_c_ptr, rays, rm, w2_ptr, b2_ptr, w3_ptr, b3_ptr, wc1_ptr, zero_ptr,
                     wc2_ptr, bc2_ptr, wc3_ptr, bc3_ptr, H: tl.constexpr, HALF: tl.constexpr,
                     PRECISION: tl.constexpr):
-    """A field's MLPs after the first layer's per-sample part h1: density (raw, before trunc_exp) and colour."""
+    """A field's MLPs after its first layer's output h1: density (raw, before trunc_exp) and colour."""
     cols = tl.arange(0, H)
-    h1 += tl.load(pre_d_ptr + rays[:, None] * H + cols[None, :], mask=rm[:, None], other=0.0)
     if HALF:
         h1 = h1.to(tl.float16).to(tl.float32)
     h2 = tl.maximum(_dense(tl.maximum(h1, 0.0), w2_ptr, b2_ptr, H, H, HALF, PRECISION), 0.0)
@@ -141,7 +167,8 @@ def march_kernel(
         R, G, stop_depth, torso_depth,
         L: tl.constexpr, N_DENSE: tl.constexpr, T: tl.constexpr,
         TORSO: tl.constexpr, TL: tl.constexpr, TN_DENSE: tl.constexpr, TT: tl.constexpr, NF: tl.constexpr,
-        H: tl.constexpr, BLOCK_R: tl.constexpr, HALF: tl.constexpr, PRECISION: tl.constexpr):
+        H: tl.constexpr, K2: tl.constexpr, TK2: tl.constexpr, KW: tl.constexpr, BLOCK_R: tl.constexpr,
+        HALF: tl.constexpr, PRECISION: tl.constexpr):
     pid = tl.program_id(0)
     rays = pid * BLOCK_R + tl.arange(0, BLOCK_R)
     rm = rays < R
@@ -199,9 +226,9 @@ def march_kernel(
         sig_h = tl.zeros([BLOCK_R], dtype=tl.float32)
         col_h = tl.zeros([BLOCK_R, 16], dtype=tl.float32)
         if tl.max(live_h.to(tl.int32), 0) > 0:
-            h1 = _grid_first_layer(tl.zeros([BLOCK_R, H], dtype=tl.float32), x, y, z, live_h, htab_ptr, hscale_ptr,
-                                   hres_ptr, hsize_ptr, hw1_ptr, L, N_DENSE, T, H)
-            raw, col_h = _density_colour(h1, hpre_d_ptr, hpre_c_ptr, rays, rm, hw2_ptr, hb2_ptr, hw3_ptr, hb3_ptr,
+            enc = _grid_encoding(x, y, z, live_h, htab_ptr, hscale_ptr, hres_ptr, hsize_ptr, L, N_DENSE, T, K2)
+            h1 = _first_layer(enc, hw1_ptr, hpre_d_ptr, rays, rm, K2, H, HALF, PRECISION)
+            raw, col_h = _density_colour(h1, hpre_c_ptr, rays, rm, hw2_ptr, hb2_ptr, hw3_ptr, hb3_ptr,
                                          hwc1_ptr, zero_ptr, hwc2_ptr, hbc2_ptr, hwc3_ptr, hbc3_ptr, H, HALF,
                                          PRECISION)
             sig_h = tl.where(live_h, tl.exp(tl.minimum(tl.maximum(raw - 1.0, -15.0), 15.0)) / diam, 0.0)
@@ -224,14 +251,14 @@ def march_kernel(
             held_live = tl.where(first, query_t, held_live)
             if tl.max(query_t.to(tl.int32), 0) > 0:
                 # the warp x' = clamp(x + D(gamma(x), gamma(et), z_shape)) (TorsoField), then its field at x'
-                cols = tl.arange(0, H)
                 xf = (tc * vx - lx) / ex
                 yf = (tc * vy - ly) / ey
                 zf = (tc * vz - lz) / ez
-                w1 = tl.load(tpre_w_ptr + rays[:, None] * H + cols[None, :], mask=rm[:, None], other=0.0)
-                w1 = _freq_first_layer(w1, xf, 0, tww1_ptr, NF, H)
-                w1 = _freq_first_layer(w1, yf, 1, tww1_ptr, NF, H)
-                w1 = _freq_first_layer(w1, zf, 2, tww1_ptr, NF, H)
+                encw = tl.zeros([KW, BLOCK_R], dtype=tl.float32)
+                encw = _freq_encoding(encw, xf, 0, NF, KW)
+                encw = _freq_encoding(encw, yf, 1, NF, KW)
+                encw = _freq_encoding(encw, zf, 2, NF, KW)
+                w1 = _first_layer(encw, tww1_ptr, tpre_w_ptr, rays, rm, KW, H, HALF, PRECISION)
                 if HALF:
                     w1 = w1.to(tl.float16).to(tl.float32)
                 w2 = tl.maximum(_dense(tl.maximum(w1, 0.0), tww2_ptr, twb2_ptr, H, H, HALF, PRECISION), 0.0)
@@ -239,9 +266,10 @@ def march_kernel(
                 wx = tl.minimum(tl.maximum(xf + warp_share * _column(off, 0), 0.0), 1.0)
                 wy = tl.minimum(tl.maximum(yf + warp_share * _column(off, 1), 0.0), 1.0)
                 wz = tl.minimum(tl.maximum(zf + warp_share * _column(off, 2), 0.0), 1.0)
-                h1 = _grid_first_layer(tl.zeros([BLOCK_R, H], dtype=tl.float32), wx, wy, wz, query_t, ttab_ptr,
-                                       tscale_ptr, tres_ptr, tsize_ptr, tw1_ptr, TL, TN_DENSE, TT, H)
-                raw_t, col_t = _density_colour(h1, tpre_d_ptr, tpre_c_ptr, rays, rm, tw2_ptr, tb2_ptr, tw3_ptr,
+                enc = _grid_encoding(wx, wy, wz, query_t, ttab_ptr, tscale_ptr, tres_ptr, tsize_ptr, TL, TN_DENSE, TT,
+                                     TK2)
+                h1 = _first_layer(enc, tw1_ptr, tpre_d_ptr, rays, rm, TK2, H, HALF, PRECISION)
+                raw_t, col_t = _density_colour(h1, tpre_c_ptr, rays, rm, tw2_ptr, tb2_ptr, tw3_ptr,
                                                tb3_ptr, twc1_ptr, zero_ptr, twc2_ptr, tbc2_ptr, twc3_ptr, tbc3_ptr,
                                                H, HALF, PRECISION)
                 new_sig = tl.exp(tl.minimum(tl.maximum(raw_t - 1.0, -15.0), 15.0)) / torso_depth

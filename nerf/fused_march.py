@@ -15,10 +15,10 @@ and steps them together:
    (``nerf.march.coarse_t``);
 2. live in a field: before the ray's last step, inside the field's cube and the ray's interval through it,
    in an occupied cell of the person's occupancy grid, on a ray whose optical depth is under ``stop_depth``;
-3. for each field with a live sample in the block: its hash grid (all levels; the first layer applied level
-   by level as rank-one updates, so the encoding never leaves registers), its MLPs as block matrix products
-   (tensor cores under ``half``); for the torso first its warp (``TorsoField``); a field no ray of the block
-   needs at step k is skipped;
+3. for each field with a live sample in the block: its hash grid (all levels, each thread gathering for its own
+   rays, into an encoding tile [2 L, rays] that never leaves registers), then its first layer and MLPs as block
+   matrix products (tensor cores; float16 under ``half``); for the torso first its warp (``TorsoField``: its
+   frequency encoding as a tile, the same way); a field no ray of the block needs at step k is skipped;
 4. NeRF's quadrature on the fixed step, the fields' densities added and each taking its share of the weight
    (``nerf.march``); the program ends when every ray of the block has passed its last step or become opaque.
 
@@ -47,6 +47,8 @@ from torch import Tensor
 
 BLOCK = 64
 """Rays per program: the M of the block matrix products (at least 16, a power of two)."""
+NUM_WARPS = 4
+"""Warps per program (``scripts/kernel_report.py`` reports registers and spills of other choices)."""
 
 _warned: set[str] = set()
 _broken: list[str] = []  # why the kernel failed to build or run in this process (then it is not tried again)
@@ -110,6 +112,16 @@ def _pad16(layer, dtype) -> tuple[Tensor, Tensor]:
     return w.to(dtype).contiguous(), b
 
 
+def _k_tile(k: int) -> int:
+    """The K of a first layer's block product over k encoding columns: a power of two, at least 16."""
+    return max(16, 1 << (k - 1).bit_length())
+
+
+def _pad_rows(w: Tensor, rows: int) -> Tensor:
+    """w [k, n] with zero rows appended up to ``rows``."""
+    return torch.cat([w, w.new_zeros(rows - len(w), w.shape[1])]) if rows > len(w) else w
+
+
 def _field_tensors(field, k_in: int, cond: Tensor, view: Tensor, half: bool) -> list:
     """A field's per-ray first-layer parts, its grid and its layers, in the kernel's argument order:
     pre_d, pre_c, tables, scales, resolutions, sizes, w1, w2, b2, w3, b3, wc1, wc2, bc2, wc3, bc3."""
@@ -132,7 +144,7 @@ def _field_tensors(field, k_in: int, cond: Tensor, view: Tensor, half: bool) -> 
     return [pre_d.contiguous(), pre_c.contiguous(), tables, cfg.level_scales().to(dev),
             torch.tensor(cfg.level_resolutions(), dtype=torch.int32, device=dev),
             torch.tensor(cfg.level_sizes(), dtype=torch.int64, device=dev),
-            d0.weight[:, :k_in].t().float().contiguous(),  # the rank-one updates stay float32
+            _pad_rows(d0.weight[:, :k_in].t(), _k_tile(k_in)).to(dtype).contiguous(),  # the encoding's part
             d1.weight.t().to(dtype).contiguous(), d1.bias.float().contiguous(), w3, b3,
             wc1.to(dtype).contiguous(), c1.weight.t().to(dtype).contiguous(), c1.bias.float().contiguous(), wc3, bc3]
 
@@ -180,13 +192,23 @@ def _launch(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Tensor,
             stride: Tensor, row: Tensor, occ_head: Tensor, occ_torso: Tensor | None, stop_depth: float, torso_depth: float,
             half: bool) -> dict[str, Tensor]:
     """``march_fused`` on rays in the order given (the kernel's launch)."""
+    out, args, consts = launch_args(head, torso, g, c, t0, dt, n_steps, stride, row, occ_head, occ_torso, stop_depth,
+                                    torso_depth, half)
+    if len(t0):
+        _kernel()[(-(-len(t0) // BLOCK),)](*args, **consts, num_warps=NUM_WARPS)
+    return out
+
+
+def launch_args(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Tensor, dt: Tensor, n_steps: Tensor,
+                stride: Tensor, row: Tensor, occ_head: Tensor, occ_torso: Tensor | None, stop_depth: float,
+                torso_depth: float, half: bool) -> tuple[dict[str, Tensor], list, dict]:
+    """The kernel's outputs (zeros), its arguments in order and its compile-time constants, for ``_launch`` and for
+    building the kernel without a GPU (``scripts/kernel_report.py``: the same arguments, so the same kernel)."""
     from nerf.fields import freq_encode
 
     dev, R = t0.device, len(t0)
     out = {"rgb": torch.zeros(R, 3, device=dev), "head_acc": torch.zeros(R, device=dev),
            "torso_acc": torch.zeros(R, device=dev), "samples": torch.zeros(R, device=dev)}
-    if R == 0:
-        return out
     f32 = lambda x: x.float().contiguous()  # noqa: E731
     u8 = lambda x: x.to(torch.uint8).contiguous()  # noqa: E731
     zero = torch.zeros(head.density[0].out_features, device=dev)
@@ -205,7 +227,8 @@ def _launch(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Tensor,
             pre_w = pre_w.half().float()
         dtype = torch.float16 if half else torch.float32
         warp = f32(c["warp"]) if c.get("warp") is not None else torch.ones(R, device=dev)
-        wargs = [pre_w.contiguous(), w0.weight[:, :k_warp].t().float().contiguous(), w1.weight.t().to(dtype).contiguous(),
+        wargs = [pre_w.contiguous(), _pad_rows(w0.weight[:, :k_warp].t(), _k_tile(k_warp)).to(dtype).contiguous(),
+                 w1.weight.t().to(dtype).contiguous(),
                  w1.bias.float().contiguous(), *_pad16(w2, dtype), warp]
         tcfg, nf = torso.encoding.cfg, torso.pose_freqs
         cam, lo, hi = f32(g["dirs"]), f32(g["lo"]), f32(g["hi"])
@@ -216,18 +239,20 @@ def _launch(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Tensor,
         cam = camw = lo = hi = near_t = far_t = zero
         hit_t = occ_t = zero.to(torch.uint8)
     interpret = interpreting()
-    _kernel()[(-(-R // BLOCK),)](
+    args = [
         f32(g["o_h"]), f32(g["d_h"]), f32(g["center"]), f32(g["radius"]), cam, camw, lo, hi, f32(t0), f32(dt),
         n_steps.to(torch.int32).contiguous(), stride.round().to(torch.int32).contiguous(),
         f32(g["near_h"]), f32(g["far_h"]), near_t, far_t, u8(g["hit_h"]), hit_t,
         row.to(torch.int32).contiguous(), u8(occ_head), occ_t, zero,
         *hargs, *wargs, *targs,
         out["rgb"], out["head_acc"], out["torso_acc"], out["samples"],
-        R, occ_head.shape[1], float(stop_depth) if stop_depth > 0 else float("inf"), float(torso_depth),
+        R, occ_head.shape[1], float(stop_depth) if stop_depth > 0 else float("inf"), float(torso_depth)]
+    consts = dict(
         L=hcfg.n_levels, N_DENSE=hcfg.level_hashed().count(False), T=hcfg.table_size,
         TORSO=torso is not None, TL=tcfg.n_levels, TN_DENSE=tcfg.level_hashed().count(False), TT=tcfg.table_size,
-        NF=nf, H=head.density[0].out_features, BLOCK_R=BLOCK, HALF=half, PRECISION="ieee" if interpret else "tf32")
-    return out
+        NF=nf, H=head.density[0].out_features, K2=_k_tile(hcfg.n_levels * 2), TK2=_k_tile(tcfg.n_levels * 2),
+        KW=_k_tile(3 * (1 + 2 * nf)), BLOCK_R=BLOCK, HALF=half, PRECISION="ieee" if interpret else "tf32")
+    return out, args, consts
 
 
 def run_or_none(*args, **kwargs) -> dict[str, Tensor] | None:
