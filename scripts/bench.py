@@ -118,7 +118,8 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
                 model_kind: str = "shared", hash_backend: str = "auto", render: bool = True,
                 ckpt: str = "", batch_rays: list[int] | None = None, profile_dir: str = "",
                 compile: bool = False, march_steps: list[int] | None = None,
-                ray_samples: list[tuple[int, int]] | None = None, torso_field: str = "volume") -> list[dict]:
+                march_shapes: list[tuple[int, int]] | None = None, ray_samples: list[tuple[int, int]] | None = None,
+                torso_field: str = "volume") -> list[dict]:
     """Training iterations/s at the preset (and at each of ``batch_rays``) and two-person render FPS on the
     prepared datasets; with ``profile_dir``, a torch.profiler table of a few training iterations and of
     one rendered frame (``_profile``)."""
@@ -226,15 +227,22 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
     trained = (rc.n_coarse, rc.n_importance)
     # marching goes through the fused kernel where it runs: then rows with the PyTorch marcher beside those
     fused = model.fused_marching(dev)[0]
+    from nerf import fused_march
+
+    default_shape = (fused_march.BLOCK, fused_march.NUM_WARPS)
     variants = [(f"marching {n} steps" + (", fused kernel" if fused else ""), {"march_steps": n})
                 for n in march_steps or []] \
+        + [(f"marching {n} steps, fused kernel {b}x{w}", {"march_steps": n, "shape": (b, w)})
+           for n in (march_steps or []) if fused for b, w in march_shapes or [] if (b, w) != default_shape] \
         + [(f"marching {n} steps, PyTorch marcher", {"march_steps": n, "fused": False})
            for n in (march_steps or []) if fused] \
         + [(f"{c}+{i} samples per field", {"n_coarse": c, "n_importance": i}) for c, i in ray_samples or []]
     sampled = render_persons(model, frames_of(0)) if variants else None
     for label, settings in variants:  # other ways through the same grid, against the sampled render
+        fused_march.BLOCK, fused_march.NUM_WARPS = settings.get("shape", default_shape)
         for k, v in settings.items():
-            setattr(rc, k, v)
+            if k != "shape":
+                setattr(rc, k, v)
         for amp in (False, True):
             if cuda:
                 torch.cuda.reset_peak_memory_stats(dev)
@@ -258,6 +266,7 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
             _profile(Path(profile_dir) / f"profile_render_{model_kind}_{cfg.torso_field}_{name}.txt",
                      lambda: render_persons(model, frames_of(next(turn))), 1, cuda)
         rc.march_steps, (rc.n_coarse, rc.n_importance), rc.fused = 0, trained, True
+        fused_march.BLOCK, fused_march.NUM_WARPS = default_shape
     if profile_dir:
         _profile(Path(profile_dir) / f"profile_render_{model_kind}_{cfg.torso_field}.txt",
                  lambda: render_persons(model, frames_of(next(turn))), 1, cuda)
@@ -347,6 +356,9 @@ def main(argv=None) -> int:
                    "training row's label gives the warm-up time, which includes the compiling")
     p.add_argument("--march_steps", default="", help="comma-separated step counts: render rows marching through the "
                    "occupancy grid (render.py --march_steps)")
+    p.add_argument("--march_shapes", default="", help="comma-separated BLOCKxWARPS shapes of the fused marching "
+                   "kernel (e.g. 64x4,64x8,32x4): with --march_steps, a marching row for each besides the renderer's "
+                   "own (scripts/kernel_report.py reports their registers and spills without a GPU)")
     p.add_argument("--ray_samples", default="", help="comma-separated COARSE+IMPORTANCE counts, e.g. 24+16,16+8: "
                    "render rows with these samples per field (render.py --ray_samples)")
     p.add_argument("--out", default="", help="also write the rows as JSON here")
@@ -362,6 +374,14 @@ def main(argv=None) -> int:
     try:
         rays = _positive_ints(args.batch_rays, "--batch_rays") or None
         march = _positive_ints(args.march_steps, "--march_steps")
+        bad = ValueError(f"--march_shapes takes BLOCKxWARPS items (BLOCK a power of two >= 16, WARPS 1-16), "
+                         f"not {args.march_shapes!r}")
+        try:
+            shapes = [tuple(int(x) for x in item.lower().split("x")) for item in args.march_shapes.split(",") if item]
+        except ValueError:
+            raise bad from None
+        if any(len(x) != 2 or x[0] < 16 or x[0] & (x[0] - 1) or x[1] not in (1, 2, 4, 8, 16) for x in shapes):
+            raise bad
         torsos = args.torso_fields.split(",")
         if not set(torsos) <= {"volume", "layer"}:
             raise ValueError(f"--torso_fields takes volume and layer, not {args.torso_fields!r}")
@@ -393,7 +413,7 @@ def main(argv=None) -> int:
             rendered.add(key)
             rows += bench_model(dev, args.data, args.preset, its, args.render_frames, kind, backend, render=render,
                                 ckpt=args.ckpt, batch_rays=rays, profile_dir=args.profile, compile=args.compile,
-                                march_steps=march, ray_samples=samples, torso_field=torso)
+                                march_steps=march, march_shapes=shapes, ray_samples=samples, torso_field=torso)
     text = table(rows, name)
     print(text)
     if args.out:

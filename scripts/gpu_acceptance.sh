@@ -73,7 +73,8 @@ check)
     log "bench"
     $py scripts/bench.py --data "${BENCH_DATA:-data/dev2_512}" --preset "${CONFIG:-configs/gpu_full.txt}" \
         --train_iters 30 --render_frames 3 \
-        --batch_rays 4096,16384 --torso_fields volume,layer --march_steps 32 --profile "$out/prof" \
+        --batch_rays 4096,16384 --torso_fields volume,layer --march_steps 32 --march_shapes 64x4,64x8,32x4 \
+        --profile "$out/prof" \
         --out "$out/bench_check.json" \
         | tee "$out/bench_check.txt"
     ;;
@@ -107,7 +108,7 @@ finish)
     fi
     log "bench render rows of the trained model"
     $py scripts/bench.py --data "$data" --ckpt "$ckpt" --preset "${CONFIG:-configs/gpu_full.txt}" --train_iters 5 \
-        --render_frames 5 --repeats 10 ${BENCH_ARGS:---march_steps 32,64 --ray_samples 24+16,16+8} \
+        --render_frames 5 --repeats 10 ${BENCH_ARGS:---march_steps 32,64 --march_shapes 64x4,64x8 --ray_samples 24+16,16+8} \
         --out "$out/bench_render.json" | tail -24 | tee "$out/bench_render.txt"
     # (the dataset's own audio and speaking timeline: the voices and silero models are not on the GPU machine)
     log "render ${RENDER_S:-10} s: ${RENDER_ARGS:---pose_from tracked} (tiles only: no ffmpeg here)"
