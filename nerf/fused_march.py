@@ -47,11 +47,11 @@ from torch import Tensor
 
 BLOCK = 64
 """Rays per program: the M of the block matrix products (at least 16, a power of two)."""
-NUM_WARPS = 8
-"""Warps per program. Chosen by what the compiler made of it, not by a timing (no GPU yet). Built for sm_90 at
-gpu_full's sizes (``scripts/kernel_report.py``; float32 and float16, volume torso or head alone), 64 x 8 spilled
-less than 64 x 4 in three of the four builds. 32 x 4 spilled less still in three, but loads every layer's weights
-for half as many rays. ``bench.py --march_shapes`` times them on a GPU."""
+NUM_WARPS = 4
+"""Warps per program. Chosen by what the compiler made of it, not by a timing (no GPU yet; ``bench.py
+--march_shapes`` times other shapes on one). Built for sm_90 at gpu_full's sizes (``scripts/kernel_report.py``), 64 x 4
+lays each ray's hash-grid gathers on threads of its own, no ray's gathered twice. 64 x 8 spills less (three builds
+of four), but the compiler then repeats each ray's gathers on 4 (head) or 8 (torso) threads."""
 
 _warned: set[str] = set()
 _broken: list[str] = []  # why the kernel failed to build or run in this process (then it is not tried again)
