@@ -90,6 +90,7 @@ def _grid_encoding(x, y, z, live, tab_ptr, scale_ptr, res_ptr, size_ptr,
                 idx = (ix + bx) + ((iy + by) + (iz + bz) * res) * res
                 idx = tl.where(idx >= size, idx - size, idx)
             else:
+                # (-1640531535: the prime 2654435761 as a signed 32-bit integer, the same low 32 bits)
                 idx = ((ix + bx) ^ ((iy + by) * -1640531535) ^ ((iz + bz) * 805459861)) & (T - 1)
             # both features of the row in one 8-byte (4-byte for float16) load
             f = tl.load(base + (idx * 2)[:, None] + pair[None, :], mask=live[:, None], other=0.0).to(tl.float32)
@@ -124,7 +125,7 @@ def _freq_encoding(enc, v, d: tl.constexpr, NF: tl.constexpr, KW: tl.constexpr):
     enc = tl.where(rk[:, None] == d, v[None, :], enc)
     # sin and cos of pi v once, the higher frequencies by doubling: sin 2a = 2 sin a cos a, cos 2a = 1 - 2 sin^2 a
     # (each doubling at most doubles the error: a few float32 ulps at NF = 4). A sin or cos per frequency inlined
-    # libdevice's large-argument path 24 times: a quarter of the float16 kernel's code and of its build time.
+    # libdevice's large-argument path 24 times: 60% of the float16 kernel's PTX, and 70% of its build time.
     a = v * 3.141592653589793
     s = tl.sin(a)
     c = tl.cos(a)

@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import os
 import warnings
+import weakref
 
 import torch
 import torch.nn.functional as F
@@ -125,18 +126,30 @@ def _pad_rows(w: Tensor, rows: int) -> Tensor:
     return torch.cat([w, w.new_zeros(rows - len(w), w.shape[1])]) if rows > len(w) else w
 
 
-def _field_tensors(field, k_in: int, cond: Tensor, view: Tensor, half: bool) -> list:
-    """A field's per-ray first-layer parts, its grid and its layers, in the kernel's argument order:
-    pre_d, pre_c, tables, scales, resolutions, sizes, w1, w2, b2, w3, b3, wc1, wc2, bc2, wc3, bc3."""
+_static: weakref.WeakKeyDictionary[torch.nn.Module, dict] = weakref.WeakKeyDictionary()
+
+
+def _cached(module, key, make) -> list:
+    """``make()``, kept per module and key while the module's parameters stay as they are (an optimizer step or
+    ``load_state_dict`` bumps their version counters; moving the module changes their storage): the per-model part of
+    the kernel's arguments is the same at every call of a render, so its copies, transposes and host-to-device
+    copies (a host sync each on a GPU) are made once."""
+    stamp = tuple((p.data_ptr(), p._version) for p in module.parameters())
+    entry = _static.setdefault(module, {})
+    hit = entry.get(key)
+    if hit is None or hit[0] != stamp:
+        hit = entry[key] = (stamp, make())
+    return hit[1]
+
+
+def _field_static(field, k_in: int, half: bool) -> list:
+    """A field's grid and layers in the kernel's argument order: tables, scales, resolutions, sizes, w1, w2, b2, w3,
+    b3, wc1, wc2, bc2, wc3, bc3."""
     dtype = torch.float16 if half else torch.float32
     d0, d1, d2 = field.density[0], field.density[2], field.density[4]
     c0, c1, c2 = field.color[0], field.color[2], field.color[4]
     geo = d2.out_features - 1
     dev = d0.weight.device
-    pre_d = F.linear(cond.float(), d0.weight[:, k_in:], d0.bias)
-    pre_c = F.linear(view.float(), c0.weight[:, geo:], c0.bias)
-    if half:  # as autocast would: the first layers' per-ray parts in float16
-        pre_d, pre_c = pre_d.half().float(), pre_c.half().float()
     wc1 = torch.zeros(16, d0.out_features, device=dev)
     wc1[1:] = c0.weight[:, :geo].t()  # row 0 (the density column) stays zero
     cfg = field.encoding.cfg
@@ -144,12 +157,24 @@ def _field_tensors(field, k_in: int, cond: Tensor, view: Tensor, half: bool) -> 
     tables = (tables.half() if field.encoding.half else tables.float()).contiguous()
     w3, b3 = _pad16(d2, dtype)
     wc3, bc3 = _pad16(c2, dtype)
-    return [pre_d.contiguous(), pre_c.contiguous(), tables, cfg.level_scales().to(dev),
-            torch.tensor(cfg.level_resolutions(), dtype=torch.int32, device=dev),
+    return [tables, cfg.level_scales().to(dev), torch.tensor(cfg.level_resolutions(), dtype=torch.int32, device=dev),
             torch.tensor(cfg.level_sizes(), dtype=torch.int64, device=dev),
             _pad_rows(d0.weight[:, :k_in].t(), _k_tile(k_in)).to(dtype).contiguous(),  # the encoding's part
             d1.weight.t().to(dtype).contiguous(), d1.bias.float().contiguous(), w3, b3,
             wc1.to(dtype).contiguous(), c1.weight.t().to(dtype).contiguous(), c1.bias.float().contiguous(), wc3, bc3]
+
+
+def _field_tensors(field, k_in: int, cond: Tensor, view: Tensor, half: bool) -> list:
+    """A field's per-ray first-layer parts, then ``_field_static``'s (kept between calls), in the kernel's argument
+    order: pre_d, pre_c, tables, scales, resolutions, sizes, w1, w2, b2, w3, b3, wc1, wc2, bc2, wc3, bc3."""
+    d0, c0 = field.density[0], field.color[0]
+    geo = field.density[4].out_features - 1
+    pre_d = F.linear(cond.float(), d0.weight[:, k_in:], d0.bias)
+    pre_c = F.linear(view.float(), c0.weight[:, geo:], c0.bias)
+    if half:  # as autocast would: the first layers' per-ray parts in float16
+        pre_d, pre_c = pre_d.half().float(), pre_c.half().float()
+    return [pre_d.contiguous(), pre_c.contiguous(),
+            *_cached(field, ("field", k_in, half), lambda: _field_static(field, k_in, half))]
 
 
 @torch.no_grad()
@@ -230,9 +255,11 @@ def launch_args(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Ten
             pre_w = pre_w.half().float()
         dtype = torch.float16 if half else torch.float32
         warp = f32(c["warp"]) if c.get("warp") is not None else torch.ones(R, device=dev)
-        wargs = [pre_w.contiguous(), _pad_rows(w0.weight[:, :k_warp].t(), _k_tile(k_warp)).to(dtype).contiguous(),
-                 w1.weight.t().to(dtype).contiguous(),
-                 w1.bias.float().contiguous(), *_pad16(w2, dtype), warp]
+        wargs = [pre_w.contiguous(),
+                 *_cached(torso.deform, ("warp", k_warp, half), lambda: [
+                     _pad_rows(w0.weight[:, :k_warp].t(), _k_tile(k_warp)).to(dtype).contiguous(),
+                     w1.weight.t().to(dtype).contiguous(), w1.bias.float().contiguous(), *_pad16(w2, dtype)]),
+                 warp]
         tcfg, nf = torso.encoding.cfg, torso.pose_freqs
         cam, lo, hi = f32(g["dirs"]), f32(g["lo"]), f32(g["hi"])
         camw = f32(c["torso_dirs"]) if c.get("torso_dirs") is not None else cam

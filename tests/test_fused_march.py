@@ -190,6 +190,27 @@ def test_the_fused_kernel_in_float16_is_the_autocast_march(dev):
     _close(out, ref, 4e-3)
 
 
+def test_the_kernels_model_tensors_are_kept_between_calls_and_remade_when_the_weights_change(dev):
+    """The per-model arguments (transposed and padded layers, the grid's level tables) are made once per model, not
+    at every call of a render; an optimizer step or a loaded state (in-place changes) makes them again."""
+    fields, g, c, m = _scene(dev, seed=3, torso=True)
+    cond = torch.cat([c["z_shape"], c["drive"]], -1)
+    view = torch.zeros(len(cond), fields[0].color[0].in_features - fields[0].density[4].out_features + 1, device=dev)
+    k = fields[0].encoding.output_dim
+    first = fused_march._field_tensors(fields[0], k, cond, view, False)
+    again = fused_march._field_tensors(fields[0], k, cond, view, False)
+    assert all(a is b for a, b in zip(first[2:], again[2:]))  # the same tensors: nothing copied again
+    assert fused_march._field_tensors(fields[0], k, cond, view, True)[7] is not first[7]  # float16 layers apart
+    _fused(fields, g, c, m, 0.0)
+    with torch.no_grad():  # as an optimizer step would: in place, in both fields and the torso's warp
+        for f in fields:
+            f.density[2].weight.mul_(1.5)
+            f.encoding.tables.add_(0.25)
+        fields[1].deform[2].weight.mul_(2.0)
+    assert fused_march._field_tensors(fields[0], k, cond, view, False)[7] is not first[7]
+    _close(_fused(fields, g, c, m, 0.0), _reference(fields, g, c, m, 0.0), TOL)
+
+
 @pytest.mark.parametrize("mode,layer,track", [("per_person", True, False), ("shared", False, False),
                                               ("shared", False, True)])
 def test_a_models_marched_render_is_the_same_with_the_fused_kernel(dev, mode, layer, track):
