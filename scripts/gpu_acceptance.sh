@@ -7,7 +7,8 @@
 #
 #   check              parity tests of the fused hash grid and the fused marcher; bench: hash grid,
 #                      training at 4096 and 16384 rays and render rows of the untrained model (marching
-#                      at 32 steps fused and in PyTorch included), each with the volume torso and the
+#                      at 32 steps fused, the kernel at 64x4 and 64x8, and in PyTorch included), each
+#                      with the volume torso and the
 #                      torso layer (--torso_field layer), profiler tables                     (~6 min)
 #   lipsync DATASET    audio pre-training + gpu_full training for LIPSYNC_S seconds (default 150) on a
 #                      dataset whose held-out frames hold speech, then evaluate.py --save_rendered
@@ -17,7 +18,8 @@
 #                      (it resumes) until it prints "held-out PSNR"
 #   finish DATASET     evaluate.py --save_rendered of that training; bench render rows of the trained
 #                      model (occupancy grid, float16 autocast, and BENCH_ARGS: by default marching at 32
-#                      and 64 steps and 24+16 and 16+8 samples per field); render.py --tiles_only of 10 s
+#                      and 64 steps, the fused kernel at 64x4 and 64x8, and 24+16 and 16+8 samples per
+#                      field); render.py --tiles_only of 10 s
 #                      of the dataset's own audio (time per two-person frame)
 #
 # Datasets are prepared on a CPU machine (mediapipe is not on the GPU one), e.g.:
@@ -73,7 +75,7 @@ check)
     log "bench"
     $py scripts/bench.py --data "${BENCH_DATA:-data/dev2_512}" --preset "${CONFIG:-configs/gpu_full.txt}" \
         --train_iters 30 --render_frames 3 \
-        --batch_rays 4096,16384 --torso_fields volume,layer --march_steps 32 --march_shapes 64x4,64x8,32x4 \
+        --batch_rays 4096,16384 --torso_fields volume,layer --march_steps 32 --march_shapes 64x4,64x8 \
         --profile "$out/prof" \
         --out "$out/bench_check.json" \
         | tee "$out/bench_check.txt"

@@ -104,9 +104,11 @@ def build(args, half: bool, block: int, warps: int) -> dict:
 
 
 def main(argv=None) -> int:
+    root = Path(__file__).resolve().parents[1]
     p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter,
-                                      ignore_unknown_config_file_keys=True)
-    p.add_argument("--config", is_config_file=True, default=None,
+                                      ignore_unknown_config_file_keys=True,
+                                      default_config_files=[str(root / "configs" / "gpu_full.txt")])
+    p.add_argument("--config", is_config_file=True,
                    help="a training config (its model sizes are read, other keys ignored); default configs/gpu_full.txt")
     p.add_argument("--hidden", type=int, default=64, help="MLP width (16, 32, 64 or 128)")
     p.add_argument("--n_levels", type=int, default=16, help="hash-grid levels")
@@ -124,8 +126,6 @@ def main(argv=None) -> int:
     p.add_argument("--precision", choices=("float32", "float16", "both"), default="both",
                    help="the kernel for float32 layers, for --amp's float16 layers, or both")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
-    if argv is None and len(sys.argv) == 1 and Path("configs/gpu_full.txt").exists():
-        argv = ["--config", "configs/gpu_full.txt"]
     args = p.parse_args(argv)
     variants = parse_variants(args.variants)
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
@@ -175,16 +175,13 @@ def main(argv=None) -> int:
 
 
 def example_fields(args):
-    """A head field (and a volume torso field) of the given sizes, and their FieldConfig."""
-    from nerf.encoding import HashGridConfig
+    """A head field (and a volume torso field) of the given sizes, and their FieldConfig (as train.py makes it)."""
     from nerf.fields import FieldConfig, HeadField, TorsoField
+    from nerf.trainer import TrainConfig
 
-    grid = HashGridConfig(n_levels=args.n_levels, log2_hashmap_size=args.log2_hashmap_size,
-                          base_resolution=args.base_resolution, finest_resolution=args.finest_resolution)
-    cfg = FieldConfig(head_grid=grid, torso_grid=grid, hidden=args.hidden, hash_backend="torch",
-                      hash_half=args.hash_half)
+    keys = ("hidden", "n_levels", "log2_hashmap_size", "base_resolution", "finest_resolution", "hash_half")
+    cfg = TrainConfig(**{k: getattr(args, k) for k in keys}, hash_backend="torch").field_config(FieldConfig.expr_dim)
     return HeadField(cfg), (TorsoField(cfg) if args.torso == "volume" else None), cfg
-
 
 if __name__ == "__main__":
     sys.exit(main())
