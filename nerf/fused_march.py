@@ -54,6 +54,24 @@ NUM_WARPS = 4
 lays each ray's hash-grid gathers on threads of its own, no ray's gathered twice. 64 x 8 spills less (three builds
 of four), but the compiler then repeats each ray's gathers on 4 (head) or 8 (torso) threads."""
 
+
+
+def parse_shapes(text: str) -> list[tuple[int, int]]:
+    """'64x4,32x8' -> [(64, 4), (32, 8)]: kernel shapes, rays per program x warps per program (``BLOCK`` x
+    ``NUM_WARPS``); ValueError naming the bad item otherwise."""
+    out = []
+    for item in (x for x in text.split(",") if x):
+        try:
+            block, warps = (int(x) for x in item.lower().split("x"))
+        except ValueError:
+            block = warps = 0
+        if block < 16 or block & (block - 1) or warps not in (1, 2, 4, 8, 16):
+            raise ValueError(f"{item!r} is not BLOCKxWARPS (BLOCK a power of two >= 16, WARPS 1, 2, 4, 8 or 16; "
+                             "e.g. 64x4)")
+        out.append((block, warps))
+    return out
+
+
 _warned: set[str] = set()
 _broken: list[str] = []  # why the kernel failed to build or run in this process (then it is not tried again)
 

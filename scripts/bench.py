@@ -374,14 +374,12 @@ def main(argv=None) -> int:
     try:
         rays = _positive_ints(args.batch_rays, "--batch_rays") or None
         march = _positive_ints(args.march_steps, "--march_steps")
-        bad = ValueError(f"--march_shapes takes BLOCKxWARPS items (BLOCK a power of two >= 16, WARPS 1-16), "
-                         f"not {args.march_shapes!r}")
+        from nerf.fused_march import parse_shapes
+
         try:
-            shapes = [tuple(int(x) for x in item.lower().split("x")) for item in args.march_shapes.split(",") if item]
-        except ValueError:
-            raise bad from None
-        if any(len(x) != 2 or x[0] < 16 or x[0] & (x[0] - 1) or x[1] not in (1, 2, 4, 8, 16) for x in shapes):
-            raise bad
+            shapes = parse_shapes(args.march_shapes)
+        except ValueError as err:
+            raise ValueError(f"--march_shapes: {err}") from None
         torsos = args.torso_fields.split(",")
         if not set(torsos) <= {"volume", "layer"}:
             raise ValueError(f"--torso_fields takes volume and layer, not {args.torso_fields!r}")

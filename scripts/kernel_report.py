@@ -31,20 +31,6 @@ import torch  # noqa: E402
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8"}
 
 
-def parse_variants(text: str) -> list[tuple[int, int]]:
-    """'64x4,32x8' -> [(64, 4), (32, 8)]: rays per program x warps per program."""
-    out = []
-    for item in text.split(","):
-        try:
-            block, warps = (int(x) for x in item.lower().split("x"))
-        except ValueError:
-            raise SystemExit(f"error: --variants item {item!r} is not BLOCKxWARPS (e.g. 64x4)") from None
-        if block < 16 or block & (block - 1) or warps not in (1, 2, 4, 8, 16):
-            raise SystemExit(f"error: --variants item {item!r}: BLOCK must be a power of two >= 16, WARPS 1-16")
-        out.append((block, warps))
-    return out
-
-
 def example_call(args, half: bool):
     """The kernel's arguments and constants for one ray of a model of these sizes (values do not matter here)."""
     from nerf import fused_march
@@ -127,7 +113,12 @@ def main(argv=None) -> int:
                    help="the kernel for float32 layers, for --amp's float16 layers, or both")
     p.add_argument("--json", default=None, help="also write the rows to this JSON file")
     args = p.parse_args(argv)
-    variants = parse_variants(args.variants)
+    from nerf import fused_march
+
+    try:
+        variants = fused_march.parse_shapes(args.variants)
+    except ValueError as err:
+        raise SystemExit(f"error: --variants: {err}") from None
     if os.environ.get("TRITON_INTERPRET", "0") not in ("", "0"):
         raise SystemExit("error: TRITON_INTERPRET is set: the interpreter builds nothing; unset it")
     # a fresh cache: every build is timed from scratch, as on a machine's first render
@@ -137,8 +128,6 @@ def main(argv=None) -> int:
         import triton  # noqa: F401
     except ImportError:
         raise SystemExit("error: the triton package is not installed (make install brings it)") from None
-    from nerf import fused_march
-
     ok, why = fused_march.supports(*example_fields(args)[:2])
     if not ok:
         raise SystemExit(f"error: the kernel does not take this model: {why}")

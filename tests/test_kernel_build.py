@@ -48,4 +48,4 @@ def test_the_fused_kernel_builds_for_sm90_without_a_gpu(tmp_path):
 def test_bad_variants_are_a_one_line_error():
     out = _report("--variants", "60x4")
     assert out.returncode != 0
-    assert "error: --variants item '60x4'" in out.stderr and "Traceback" not in out.stderr
+    assert "error: --variants: '60x4' is not BLOCKxWARPS" in out.stderr and "Traceback" not in out.stderr
