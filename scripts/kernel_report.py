@@ -31,11 +31,12 @@ import torch  # noqa: E402
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8"}
 
 
-def example_call(args, half: bool):
-    """The kernel's arguments and constants for one ray of a model of these sizes (values do not matter here)."""
+def example_call(fields, half: bool):
+    """The kernel's arguments and constants for one ray of these fields (head, torso or None, FieldConfig; the values
+    do not matter here)."""
     from nerf import fused_march
 
-    head, torso, cfg = example_fields(args)
+    head, torso, cfg = fields
     R = 1
     v3 = torch.ones(R, 3)
     one, yes = torch.ones(R), torch.ones(R, dtype=torch.bool)
@@ -50,7 +51,7 @@ def example_call(args, half: bool):
     return call, consts
 
 
-def build(args, half: bool, block: int, warps: int) -> dict:
+def build(args, fields, half: bool, block: int, warps: int) -> dict:
     """Compile for sm_<arch> and ask ptxas about the result."""
     import triton
     from triton.backends.compiler import BaseBackend, GPUTarget
@@ -60,7 +61,7 @@ def build(args, half: bool, block: int, warps: int) -> dict:
     from nerf import fused_march
 
     kernel = fused_march._kernel()
-    call, consts = example_call(args, half)
+    call, consts = example_call(fields, half)
     consts.update(BLOCK_R=block, PRECISION="tf32")
     names = kernel.arg_names
     signature, attrs = {}, {}
@@ -128,7 +129,8 @@ def main(argv=None) -> int:
         import triton  # noqa: F401
     except ImportError:
         raise SystemExit("error: the triton package is not installed (make install brings it)") from None
-    ok, why = fused_march.supports(*example_fields(args)[:2])
+    fields = example_fields(args)  # (made once: their hash tables are large)
+    ok, why = fused_march.supports(*fields[:2])
     if not ok:
         raise SystemExit(f"error: the kernel does not take this model: {why}")
     halves = {"float32": [False], "float16": [True], "both": [False, True]}[args.precision]
@@ -142,7 +144,7 @@ def main(argv=None) -> int:
     for half in halves:
         for block, warps in variants:
             try:
-                r = build(args, half, block, warps)
+                r = build(args, fields, half, block, warps)
             except Exception as err:  # a compiler failure is the finding: say it in one line
                 inner = err
                 while inner.__cause__ is not None:  # Triton chains one error per call level: the innermost says why
