@@ -55,7 +55,6 @@ lays each ray's hash-grid gathers on threads of its own, no ray's gathered twice
 of four), but the compiler then repeats each ray's gathers on 4 (head) or 8 (torso) threads."""
 
 
-
 def parse_shapes(text: str) -> list[tuple[int, int]]:
     """'64x4,32x8' -> [(64, 4), (32, 8)]: kernel shapes, rays per program x warps per program (``BLOCK`` x
     ``NUM_WARPS``); ValueError naming the bad item otherwise."""

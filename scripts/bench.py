@@ -125,6 +125,7 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
     one rendered frame (``_profile``)."""
     import dataclasses
 
+    from nerf import fused_march
     from nerf.audio import Wav2LipAudioEncoder
     from nerf.data import load_datasets, sample_rays
     from nerf.metrics import psnr
@@ -227,8 +228,6 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
     trained = (rc.n_coarse, rc.n_importance)
     # marching goes through the fused kernel where it runs: then rows with the PyTorch marcher beside those
     fused = model.fused_marching(dev)[0]
-    from nerf import fused_march
-
     default_shape = (fused_march.BLOCK, fused_march.NUM_WARPS)
     variants = [(f"marching {n} steps" + (", fused kernel" if fused else ""), {"march_steps": n})
                 for n in march_steps or []] \

@@ -14,7 +14,6 @@ Examples:
     python scripts/kernel_report.py --config configs/cpu_tiny.txt --torso none --json out/kernel.json
 """
 
-import json
 import os
 import re
 import subprocess
@@ -27,6 +26,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import configargparse  # noqa: E402
 import torch  # noqa: E402
+
+from data_prep.atomic_io import save_json  # noqa: E402
+from scripts.train import _flag  # noqa: E402  (the boolean options as train.py reads them)
 
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8"}
 
@@ -102,8 +104,7 @@ def main(argv=None) -> int:
     p.add_argument("--log2_hashmap_size", type=int, default=19, help="log2 of each level's table rows")
     p.add_argument("--base_resolution", type=int, default=16)
     p.add_argument("--finest_resolution", type=int, default=2048)
-    p.add_argument("--hash_half", type=lambda s: s.lower() in ("1", "true", "yes"), default=False,
-                   help="float16 hash tables")
+    p.add_argument("--hash_half", type=_flag, default=False, help="float16 hash tables (true or false)")
     p.add_argument("--torso", choices=("volume", "none"), default="volume",
                    help="build with the volume torso field (volume) or the head alone (none: a layer-torso model)")
     p.add_argument("--arch", type=int, default=90, help="compute capability x 10 (90: H100, 80: A100)")
@@ -157,11 +158,7 @@ def main(argv=None) -> int:
                   f"{r['spill_loads']} | {r['stack']} | {r['shared']} | {r['build_s']} | {r['ptx_kb']} |", flush=True)
     cache.cleanup()
     if args.json:
-        out = Path(args.json)
-        out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = out.with_suffix(out.suffix + ".tmp")
-        tmp.write_text(json.dumps({"arch": args.arch, "rows": rows}, indent=1))
-        os.replace(tmp, out)
+        save_json(args.json, {"arch": args.arch, "rows": rows})
     return 0
 
 
@@ -173,6 +170,7 @@ def example_fields(args):
     keys = ("hidden", "n_levels", "log2_hashmap_size", "base_resolution", "finest_resolution", "hash_half")
     cfg = TrainConfig(**{k: getattr(args, k) for k in keys}, hash_backend="torch").field_config(FieldConfig.expr_dim)
     return HeadField(cfg), (TorsoField(cfg) if args.torso == "volume" else None), cfg
+
 
 if __name__ == "__main__":
     sys.exit(main())
