@@ -38,6 +38,7 @@ plain path). So do shapes the kernel does not take (``supports``) and ``--torso_
 
 from __future__ import annotations
 
+import math
 import os
 import warnings
 import weakref
@@ -72,7 +73,18 @@ def parse_shapes(text: str) -> list[tuple[int, int]]:
 
 
 _warned: set[str] = set()
-_broken: list[str] = []  # why the kernel failed to build or run in this process (then it is not tried again)
+_broken: list[str] = []  # why the kernel failed to build, run or check in this process (then it is not tried again;
+# the reason is warned about once, in these words)
+
+CHECK_RAYS = 256
+"""Rays of a kernel's first render that the PyTorch marcher renders again (``verify``)."""
+CHECK_MIN_DB = 40.0
+"""The least agreement (PSNR of colour and of each opacity) that ``verify`` accepts. On trained 128 px models the
+interpreter's float32 agreed to 142-147 dB and float16 to 89-91 dB (docs/PERFORMANCE.md); the GPU parity tests
+allow TF32 products a largest difference of 5e-3, at least 46 dB. So this is a detector of a wrong kernel (a
+miscompiled hash, weight or sample point), with room for any legitimate rounding, not a bound on quality."""
+checks: dict[tuple, float] = {}
+"""Kernels checked in this process (``check_key``) and the PSNR each agreed to."""
 
 
 def warn_once(why: str) -> None:
@@ -96,7 +108,7 @@ def available(device: torch.device) -> tuple[bool, str]:
     except ImportError:
         return False, "the triton package is not installed"
     if _broken:
-        return False, f"the kernel failed earlier: {_broken[0]}"
+        return False, _broken[0]
     return True, ""
 
 
@@ -302,6 +314,52 @@ def launch_args(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Ten
     return out, args, consts
 
 
+def check_key(head, torso, device: torch.device, half: bool) -> tuple:
+    """What makes a different compiled kernel: the device, the precision, the shape of the launch and the fields'
+    sizes (each a compile-time constant of the kernel)."""
+    sizes = [(f.density[0].out_features, f.encoding.cfg.n_levels, f.encoding.cfg.log2_hashmap_size,
+              f.encoding.cfg.level_hashed().count(False)) for f in (head, torso) if f is not None]
+    return str(device), bool(half), torso is not None, BLOCK, NUM_WARPS, *sizes
+
+
+def verify(key: tuple, out: dict[str, Tensor], reference, cast: Tensor) -> bool:
+    """On a kernel's first render in this process: some of its rays rendered again by ``reference`` and compared.
+
+    The kernel is compiled for each device and shape, and only Triton's CPU interpreter runs in CI: a compiler or
+    driver that builds it wrong on a user's GPU would otherwise show as a wrong picture, not an error. So up to
+    ``CHECK_RAYS`` of the rays with samples, spread over the call, are rendered with the PyTorch marcher (a few
+    milliseconds, once per ``check_key``) and their colour and opacities compared with the kernel's render.
+
+    Args:
+        out: the render with the kernel, every ray (rgb, head_acc, torso_acc: ``AvatarModel._march``'s output).
+        reference: indices [n] of rays -> the same render of those rays with the PyTorch marcher ([n] rows).
+        cast: [R] bool, the rays with samples.
+
+    Returns:
+        True when each of colour and opacities agrees to ``CHECK_MIN_DB`` (the key is recorded in ``checks``;
+        later calls with it return at once); False after one warning when they do not: the kernel is then not
+        used again in this process.
+    """
+    if key in checks:
+        return True
+    cast = cast.nonzero()[:, 0]
+    if len(cast) == 0:  # nothing to compare yet: check on a later call
+        return True
+    pick = cast[torch.linspace(0, len(cast) - 1, min(CHECK_RAYS, len(cast)), device=cast.device).round().long()]
+    ref = reference(pick)
+    mse = max(float(((out[k][pick].float() - ref[k].float()) ** 2).mean())
+              for k in ("rgb", "head_acc", "torso_acc") if ref.get(k) is not None)
+    db = float("inf") if mse == 0 else -10.0 * math.log10(mse)  # the worst of colour and opacities
+    if db >= CHECK_MIN_DB:
+        checks[key] = db
+        return True
+    _broken.append(f"the kernel failed its check: on {len(pick)} rays it disagrees with the PyTorch marcher "
+                   f"({db:.1f} dB PSNR, at least {CHECK_MIN_DB:.0f} wanted): miscompiled on this machine? Please "
+                   "report it")
+    warn_once(_broken[0])
+    return False
+
+
 def run_or_none(*args, **kwargs) -> dict[str, Tensor] | None:
     """``march_fused``, or None (with one warning) when the kernel fails to build or launch on this machine."""
     if _broken:
@@ -309,6 +367,6 @@ def run_or_none(*args, **kwargs) -> dict[str, Tensor] | None:
     try:
         return march_fused(*args, **kwargs)
     except Exception as err:  # a compiler or driver failure: the PyTorch marcher renders the same picture
-        _broken.append(f"{type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
-        warn_once(f"the kernel failed: {_broken[0]}")
+        _broken.append(f"the kernel failed: {type(err).__name__}: {str(err).splitlines()[0] if str(err) else ''}")
+        warn_once(_broken[0])
         return None

@@ -457,20 +457,42 @@ class AvatarModel(nn.Module):
             return sigma.float() / (2 * TORSO_HALF_DEPTH), rgb
 
         out = self._march_fused(net, g, c, t0, dt, n_steps, stride, row, amp)
-        if out is None:  # (the PyTorch marcher queries the torso at every fine sample, at its interval's midpoint)
-            fields = [march.MarchField(live(g["head_01"], occ.head, hit_h, g["near_h"], g["far_h"]), head)]
-            if not self.torso_layer:
-                fields.append(march.MarchField(torso_live, torso))
-            out = march.march(fields, t0, dt, n_steps, rc.stop_depth, rc.march_round)
-            out["head_acc"] = out["field_acc"][0]
-            out["torso_acc"] = out["field_acc"][1] if not self.torso_layer else None
+        if out is not None:  # a kernel's first render in this process: checked against the PyTorch marcher
+            from nerf import fused_march
+
+            key = fused_march.check_key(self.head[net], None if self.torso_layer else self.torso[net], t0.device, amp)
+            res = self._march_composite(net, b, c, hit_h, hit_t, out, amp)
+            if fused_march.verify(key, res, lambda pick: self._march_unfused(net, select_rays(b, pick), amp),
+                                  n_steps > 0):
+                return res
+        # (the PyTorch marcher queries the torso at every fine sample, at its interval's midpoint)
+        fields = [march.MarchField(live(g["head_01"], occ.head, hit_h, g["near_h"], g["far_h"]), head)]
+        if not self.torso_layer:
+            fields.append(march.MarchField(torso_live, torso))
+        out = march.march(fields, t0, dt, n_steps, rc.stop_depth, rc.march_round)
+        out["head_acc"] = out["field_acc"][0]
+        out["torso_acc"] = out["field_acc"][1] if not self.torso_layer else None
+        return self._march_composite(net, b, c, hit_h, hit_t, out, amp)
+
+    def _march_composite(self, net: int, b: dict[str, torch.Tensor], c: dict[str, torch.Tensor], hit_h: torch.Tensor,
+                         hit_t: torch.Tensor, out: dict[str, torch.Tensor], amp: bool) -> dict[str, torch.Tensor]:
+        """The marched fields (rgb not over the background, head_acc, torso_acc, samples) as ``_march``'s output: over
+        the plate, or with a torso layer over the layer and the plate."""
         if self.torso_layer:
             res = self._layer_behind(net, b, c, hit_h, hit_t, out["rgb"], out["head_acc"], amp)
             res["samples"] = out["samples"] + res.pop("layer_queried")
             return res
         return {"rgb": volrend.composite_over(out["rgb"], out["head_acc"] + out["torso_acc"], b["background"]),
                 "head_acc": out["head_acc"], "torso_acc": out["torso_acc"],
-                "offset_sq": torch.zeros_like(t0), "torso_hit": hit_t.float(), "samples": out["samples"]}
+                "offset_sq": torch.zeros_like(out["head_acc"]), "torso_hit": hit_t.float(), "samples": out["samples"]}
+
+    def _march_unfused(self, net: int, b: dict[str, torch.Tensor], amp: bool) -> dict[str, torch.Tensor]:
+        """``_march`` with the PyTorch marcher (the fused kernel's check)."""
+        fused, self.render_cfg.fused = self.render_cfg.fused, False
+        try:
+            return self._march(net, b, amp)
+        finally:
+            self.render_cfg.fused = fused
 
     def fused_marching(self, device: torch.device, net: int = 0) -> tuple[bool, str]:
         """Whether marching runs the fused kernel (``nerf.fused_march``) on ``device``, and why not."""

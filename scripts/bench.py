@@ -266,6 +266,11 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
                      lambda: render_persons(model, frames_of(next(turn))), 1, cuda)
         rc.march_steps, (rc.n_coarse, rc.n_importance), rc.fused = 0, trained, True
         fused_march.BLOCK, fused_march.NUM_WARPS = default_shape
+    for key, db in fused_march.checks.items():  # each kernel's first-render check (fused_march.verify)
+        what = f"{'float16' if key[1] else 'float32'}, {'head and torso' if key[2] else 'head'}, {key[3]}x{key[4]}"
+        rows.append({"row": f"fused kernel check ({what})", "psnr_vs_pytorch_marcher_db": db})
+        print(f"  fused kernel check ({what}): {db:.1f} dB PSNR against the PyTorch marcher on its first render")
+    fused_march.checks.clear()  # (the next model's kernels are checked afresh)
     if profile_dir:
         _profile(Path(profile_dir) / f"profile_render_{model_kind}_{cfg.torso_field}.txt",
                  lambda: render_persons(model, frames_of(next(turn))), 1, cuda)

@@ -36,6 +36,14 @@ GRID = HashGridConfig(n_levels=4, log2_hashmap_size=10, base_resolution=4, fines
 TOL = 5e-3 if torch.cuda.is_available() else 2e-5
 
 
+@pytest.fixture(autouse=True)
+def fresh_state(monkeypatch):
+    """Each test starts with no kernel checked, failed or warned about in this process."""
+    monkeypatch.setattr(fused_march, "checks", {})
+    monkeypatch.setattr(fused_march, "_broken", [])
+    monkeypatch.setattr(fused_march, "_warned", set())
+
+
 @pytest.fixture
 def dev(monkeypatch):
     if torch.cuda.is_available():
@@ -216,29 +224,10 @@ def test_the_kernels_model_tensors_are_kept_between_calls_and_remade_when_the_we
 def test_a_models_marched_render_is_the_same_with_the_fused_kernel(dev, mode, layer, track):
     """Also with a tracked torso: the kernel reads the volume torso along each ray's moved direction, without the
     learned warp (``torso_pose`` untracked: the rendered person is tracked, the other not)."""
-    from test_nerf_model import TINY, _person
-
-    from nerf.model import AvatarModel, RenderConfig
     from nerf.render import render_frame
 
-    torch.manual_seed(0)
-    persons = [_person(0, T=10), _person(1, T=10)]
-    for p in persons:
-        p.background = torch.rand(16, 16, 3)
-    if track:  # a turn, a stretch and a shift per frame
-        a = torch.linspace(-0.2, 0.2, 10)
-        persons[1].torso_motion = torch.stack([torch.cos(a) * 1.05, -torch.sin(a), 0.1 * a, torch.sin(a),
-                                               torch.cos(a), -0.05 + 0 * a], -1)
-    model = AvatarModel(persons, FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4),
-                        RenderConfig(8, 8, march_steps=24 if layer else 8), mode=mode, torso_layer=layer,
-                        torso_track=track, torso_pose="untracked").to(dev)
+    model, persons = _model(dev, mode, layer, track)
     assert model.pose_gate.tolist() == ([1.0, 0.0] if track else [1.0, 1.0])
-    with torch.no_grad():
-        for f in [*model.head, *model.torso]:
-            f.encoding.tables.uniform_(-1.0, 1.0)
-        for f in model.torso:  # a warp that moves points (it starts as the identity)
-            f.deform[-1].weight.normal_(0.0, 0.3)
-    model.occupancy = occupancy.build(model, persons, resolution=8)
     calls = []
     real = fused_march.march_fused
     fused_march.march_fused = lambda *a, **k: calls.append(1) or real(*a, **k)
@@ -255,6 +244,98 @@ def test_a_models_marched_render_is_the_same_with_the_fused_kernel(dev, mode, la
         assert b["head_acc"].max() > 0.2 and b["torso_acc"].max() > 0.2
         for k in ("rgb", "head_acc", "torso_acc"):
             torch.testing.assert_close(a[k], b[k], atol=TOL, rtol=0)
+    # the kernel's first render was checked against the PyTorch marcher, once for this shape and precision
+    (db,) = fused_march.checks.values()
+    assert db > (46.0 if torch.cuda.is_available() else 100.0)
+
+
+def _model(dev, mode="shared", layer=False, track=False):
+    """A small two-person model with lively random weights and its occupancy grid (volume torso: 8 marching steps;
+    torso layer: 24)."""
+    from test_nerf_model import TINY, _person
+
+    from nerf.model import AvatarModel, RenderConfig
+
+    torch.manual_seed(0)
+    persons = [_person(0, T=10), _person(1, T=10)]
+    for p in persons:
+        p.background = torch.rand(16, 16, 3)
+    if track:  # a turn, a stretch and a shift per frame
+        a = torch.linspace(-0.2, 0.2, 10)
+        persons[1].torso_motion = torch.stack([torch.cos(a) * 1.05, -torch.sin(a), 0.1 * a, torch.sin(a),
+                                               torch.cos(a), -0.05 + 0 * a], -1)
+    model = AvatarModel(persons, FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4),
+                        RenderConfig(8, 8, march_steps=24 if layer else 8), mode=mode, torso_layer=layer,
+                        torso_track=track, torso_pose="untracked").to(dev)
+    with torch.no_grad():
+        for f in [*model.head, *model.torso]:
+            f.encoding.tables.uniform_(-1.0, 1.0)
+        for f in model.torso:  # a warp that moves points (it starts as the identity)
+            f.deform[-1].weight.normal_(0.0, 0.3)
+    model.occupancy = occupancy.build(model, persons, resolution=8)
+    return model, persons
+
+
+def test_a_kernel_that_renders_wrong_is_caught_at_its_first_render_and_not_used_again(dev, monkeypatch):
+    """What a miscompiled kernel on a user's GPU would do: draw a slightly wrong picture without an error. The
+    first render's check catches it, warns once, and that render and every later one are the PyTorch marcher's."""
+    from nerf.render import render_frame
+
+    model, persons = _model(dev)
+    real, calls = fused_march._launch, []
+
+    def wrong(*a, **k):  # the right kernel, then every colour a tenth too dark
+        calls.append(1)
+        out = real(*a, **k)
+        out["rgb"] *= 0.9
+        return out
+
+    monkeypatch.setattr(fused_march, "_launch", wrong)
+    with pytest.warns(UserWarning, match="failed its check.*disagrees with the PyTorch marcher"):
+        first = render_frame(model, persons[1], 2)
+    assert len(calls) == 1 and fused_march._broken and not fused_march.checks
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the warning was said once
+        again = render_frame(model, persons[1], 2)
+    assert len(calls) == 1  # the kernel is not launched again in this process
+    model.render_cfg.fused = False
+    plain = render_frame(model, persons[1], 2)
+    for k in ("rgb", "head_acc", "torso_acc"):
+        torch.testing.assert_close(first[k], plain[k], atol=0, rtol=0)
+        torch.testing.assert_close(again[k], plain[k], atol=0, rtol=0)
+
+
+def test_the_check_compares_rays_with_samples_once_per_kernel():
+    """``verify`` alone (no kernel): up to CHECK_RAYS rays that have samples, spread over the call, rendered again;
+    a disagreement of rounding size passes, a wrong colour fails, a checked key is not checked again."""
+    g = torch.Generator().manual_seed(0)
+    R = 1000
+    cast = torch.rand(R, generator=g) > 0.3  # some rays have no samples
+    ref = {"rgb": torch.rand(R, 3, generator=g), "head_acc": torch.rand(R, generator=g),
+           "torso_acc": torch.rand(R, generator=g)}
+    seen = []
+
+    def reference(pick):
+        seen.append(pick)
+        return {k: v[pick] for k, v in ref.items()}
+
+    close = {k: v + 1e-4 * torch.randn(v.shape, generator=g) for k, v in ref.items()}  # 80 dB
+    assert fused_march.verify(("a",), close, reference, cast)
+    (pick,) = seen
+    assert len(pick) == len(pick.unique()) == fused_march.CHECK_RAYS and bool(cast[pick].all())
+    assert pick.min() < R // 10 and pick.max() > R - R // 10  # spread over the call
+    assert 79 < fused_march.checks[("a",)] < 81
+    assert fused_march.verify(("a",), {k: v * 0 for k, v in ref.items()}, reference, cast)  # checked: trusted
+    assert len(seen) == 1
+    for name in ref:  # colour or either opacity a tenth off: each is compared on its own
+        fused_march._broken.clear()
+        fused_march._warned.clear()
+        with pytest.warns(UserWarning, match="disagrees"):
+            assert not fused_march.verify((name,), dict(close, **{name: ref[name] * 0.9}), reference, cast)
+        assert (name,) not in fused_march.checks and fused_march._broken
+    # no rays with samples: nothing to compare, nothing recorded
+    assert fused_march.verify(("c",), close, reference, torch.zeros(R, dtype=torch.bool))
+    assert ("c",) not in fused_march.checks
 
 
 def test_without_a_gpu_or_the_interpreter_or_for_other_shapes_the_model_marches_with_pytorch(monkeypatch):
