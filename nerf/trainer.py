@@ -34,6 +34,8 @@ from nerf.encoding import HashGridConfig
 from nerf.errors import TrainError
 from nerf.fields import FieldConfig
 from nerf.model import AvatarModel, RenderConfig, compile_fields
+from nerf.occupancy import OccupancyGrid
+from nerf.occupancy import build as build_occupancy
 from nerf.render import render_frame
 
 
@@ -115,6 +117,13 @@ class TrainConfig:
     stopped run checkpoints, validates and summarizes as a finished one; --resume with a larger budget
     continues it, but not step for step (the time-based decay depends on the machine's speed)."""
     resume: bool = False
+    occupancy_every: int = 0
+    """Iterations between rebuilds of an occupancy grid that training samples through (``nerf.occupancy.build``: the
+    fields' density at a grid's cells under a spread of driving codes and poses, so a wide-open mouth is not
+    culled); samples in empty cells are not queried, as when rendering. 0: every sample queried."""
+    occupancy_from: int = 500
+    """The iteration of the first grid (before it every sample is queried: untrained fields' density says nothing
+    of where the person is)."""
     torso_cull: bool = False
     """Only the rays of the torso's pixel box (the torso-labelled pixels of the training frames, widened by 5% of
     the crop) meet the torso field; the others, above and beside the head, show the head and the plate. On the
@@ -244,6 +253,8 @@ def save_checkpoint(path: Path, model, opt, it: int, cfg: TrainConfig, persons: 
              "generator_devices": {k: g.device.type for k, g in gens.items()}, "train_seconds": train_seconds}
     if error_map is not None:
         state["error_map"] = error_map.state_dict()
+    if model.occupancy is not None:  # (training's grid: a resume goes on with it, step for step)
+        state["occupancy"] = {"head": model.occupancy.head, "torso": model.occupancy.torso}
     with atomic_path(path) as tmp:
         torch.save(state, tmp)
 
@@ -298,6 +309,9 @@ def check_sampler(cfg: TrainConfig) -> None:
         raise TrainError(f"error_grid must be between 1 and image_size ({cfg.image_size}), not {cfg.error_grid}")
     if cfg.error_share > 0 and cfg.error_refresh < 1:
         raise TrainError(f"error_refresh must be at least 1, not {cfg.error_refresh}")
+    if cfg.occupancy_every < 0 or cfg.occupancy_from < 0:
+        raise TrainError(f"occupancy_every and occupancy_from must be 0 or more, not {cfg.occupancy_every} and "
+                         f"{cfg.occupancy_from}")
 
 
 def build(cfg: TrainConfig, persons: list[PersonFrames],
@@ -410,6 +424,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
             g.set_state(ckpt["generators"][k])
         if error_map is not None and "error_map" in ckpt:
             error_map.load_state_dict(ckpt["error_map"])
+        if cfg.occupancy_every and "occupancy" in ckpt:
+            model.occupancy = OccupancyGrid(**{k: v.to(dev) for k, v in ckpt["occupancy"].items()})
         start = ckpt["iteration"]
         spent_before = float(ckpt.get("train_seconds", 0.0))
         log(f"resumed from {ckpt_path} at iteration {start} ({spent_before:.0f} s of training so far)")
@@ -458,6 +474,11 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
                 g["lr"] = lr0 * cfg.lr_decay**frac
             if error_map is not None:
                 error_map.step(it)
+            if cfg.occupancy_every and it >= cfg.occupancy_from and (it - cfg.occupancy_from) % cfg.occupancy_every == 0:
+                model.occupancy = build_occupancy(model, persons)
+                if writer:
+                    for k, v in model.occupancy.fraction().items():
+                        writer.add_scalar(f"occupancy/{k}", v, it)
             batch = sample_rays(persons, cfg.batch_rays, gens["rays"], cfg.audio_window,
                                 head_share=cfg.head_share, mouth_share=cfg.mouth_share, torso_share=cfg.torso_share,
                                 error_share=cfg.error_share, error_map=error_map)

@@ -98,6 +98,9 @@ def _doc(name: str) -> str:
             "error_share": "share drawn where the rendering error lies (an error map over the crop, updated every step)",
             "error_grid": "cells per side of that error map",
             "error_refresh": "iterations between the sampler's copies of the error map (a host sync each on a GPU)",
+            "occupancy_every": "iterations between rebuilds of an occupancy grid training samples through (its empty "
+                               "cells' samples not queried, as when rendering; 0: every sample queried)",
+            "occupancy_from": "the iteration of that grid's first build",
             "lambda_dist": "weight of mip-NeRF 360's distortion loss (0: off; experimental; docs/PERFORMANCE.md)"}.get(
         name, name.replace("_", " "))
 

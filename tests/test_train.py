@@ -73,12 +73,16 @@ def _small(synthetic, out, iters, **kw):
     return TrainConfig(data=[str(synthetic["dataset"])], out=str(out), iters=iters, val_every=10**9, **base)
 
 
-@pytest.mark.parametrize("sampler", [{}, {"error_share": 0.3, "error_grid": 4, "error_refresh": 2}])
+@pytest.mark.parametrize("sampler", [{}, {"error_share": 0.3, "error_grid": 4, "error_refresh": 2},
+                                     {"occupancy_every": 2, "occupancy_from": 1}])
 def test_checkpoint_then_resume_gives_the_same_next_step_loss(synthetic, tmp_path, monkeypatch, sampler):
-    """Also with the error map (its state in the checkpoint; its copy refreshed at the resumed step)."""
+    """Also with the error map (its state in the checkpoint; its copy refreshed at the resumed step), and with an
+    occupancy grid in training (built at steps 1 and 3: the resumed step 4 samples through the checkpoint's)."""
     import os
     import signal
 
+    if "occupancy_every" in sampler:
+        _half_empty_grids(monkeypatch)  # (so that the grid changes the loss: a resume without it would differ)
     straight = train(_small(synthetic, tmp_path / "a", 5, **sampler), progress=False)
     real_losses = trainer.losses
     calls = {"n": 0}
@@ -97,7 +101,8 @@ def test_checkpoint_then_resume_gives_the_same_next_step_loss(synthetic, tmp_pat
     ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", map_location="cpu", weights_only=True)
     assert ckpt["iteration"] == 4 and ckpt["train_seconds"] > 0
     monkeypatch.setattr(trainer, "losses", real_losses)
-    assert ("error_map" in ckpt) == bool(sampler)
+    assert ("error_map" in ckpt) == ("error_share" in sampler)
+    assert ("occupancy" in ckpt) == ("occupancy_every" in sampler)
     resumed = train(_small(synthetic, tmp_path / "b", 5, resume=True, **sampler), progress=False)
     assert resumed["first_iteration"] == 4 and len(resumed["loss_history"]) == 1
     assert resumed["loss_history"][0] == straight["loss_history"][4]  # step for step the uninterrupted run
@@ -105,11 +110,55 @@ def test_checkpoint_then_resume_gives_the_same_next_step_loss(synthetic, tmp_pat
 
 
 @pytest.mark.parametrize("bad", [{"torso_share": 0.6}, {"head_share": -0.1}, {"error_share": 0.2, "error_grid": 0},
-                                 {"error_share": 0.2, "error_refresh": 0}])
+                                 {"error_share": 0.2, "error_refresh": 0}, {"occupancy_every": -1}])
 def test_ray_sampler_settings_out_of_range_are_refused_before_anything_is_written(synthetic, tmp_path, bad):
-    with pytest.raises(TrainError, match="share|error_grid|error_refresh"):
+    with pytest.raises(TrainError, match="share|error_grid|error_refresh|occupancy_every"):
         train(_small(synthetic, tmp_path / "r", 2, **bad), progress=False)
     assert not (tmp_path / "r").exists()
+
+
+def _half_empty_grids(monkeypatch, step=None) -> list:
+    """Training's occupancy grids with half of each head grid empty, whatever the weights (a tiny model's grids can be
+    all occupied); returns the list of step["it"] at each build."""
+    real, built = trainer.build_occupancy, []
+
+    def build(model, persons):
+        built.append(step["it"] if step else None)
+        grid = real(model, persons)
+        grid.head[:, : grid.head.shape[1] // 2] = False
+        return grid
+
+    monkeypatch.setattr(trainer, "build_occupancy", build)
+    return built
+
+
+def test_training_samples_through_an_occupancy_grid_rebuilt_on_schedule(synthetic, tmp_path, monkeypatch):
+    """Built at occupancy_from and every occupancy_every iterations after it, from the model as trained so far;
+    from then on the training batches skip the field queries of samples in its empty cells."""
+    from nerf.fields import HeadField, TorsoField
+
+    queried, step = [], {"it": 0}
+    real_losses = trainer.losses
+    built = _half_empty_grids(monkeypatch, step)
+
+    def count(*args):  # one call per training step, after the step's render
+        queried.append(sum(n for n in counts))
+        counts.clear()
+        step["it"] += 1
+        return real_losses(*args)
+
+    counts = []
+    for cls in (HeadField, TorsoField):
+        def spy(self, x01, *rest, _forward=cls.forward):
+            if torch.is_grad_enabled():  # (the grid's own queries and validation renders do not count)
+                counts.append(len(x01))
+            return _forward(self, x01, *rest)
+        monkeypatch.setattr(cls, "forward", spy)
+    monkeypatch.setattr(trainer, "losses", count)
+    train(_small(synthetic, tmp_path / "o", 7, occupancy_every=3, occupancy_from=2, ckpt_every=10**9),
+          progress=False)
+    assert built == [2, 5]
+    assert max(queried[2:]) < min(queried[:2])  # fewer field queries per step once the grid is there
 
 
 def test_a_checkpoint_of_another_config_is_refused(synthetic, tmp_path):
