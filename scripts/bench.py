@@ -15,6 +15,10 @@ Rows:
   the sampled render (marching runs the fused Triton kernel, nerf/fused_march.py, where it can: then
   also rows with the PyTorch marcher); with --ray_samples 24+16[,...]: the sampled render with fewer
   samples per field (render.py --ray_samples), likewise.
+- with --ckpt: the render rows of that trained model, and two training-step rows of it at its run's batch size,
+  every sample queried and through its occupancy grid (train.py --occupancy_every), with the batch PSNR of each;
+  with marching through the fused kernel, each kernel's first-render check against the PyTorch marcher
+  (nerf/fused_march.py, verify).
 - peak GPU memory of the training and rendering rows.
 - --batch_rays 4096,16384: a training row per batch size (rays/s shows whether a bigger batch is nearly free);
   --profile DIR: torch.profiler tables of 5 training iterations and one render (operators by device or host
@@ -34,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import itertools
+import math
 import statistics
 import sys
 import time
@@ -190,6 +195,8 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
         model, persons, cfg = load_model(ckpt, list(data), str(dev))
         if compile:
             compile_fields(model)
+        if train_iters:
+            rows += _grid_training_rows(model, persons, cfg, dev, train_iters, cuda)
     model.eval()
     if cuda:
         torch.cuda.reset_peak_memory_stats(dev)
@@ -274,6 +281,45 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
     if profile_dir:
         _profile(Path(profile_dir) / f"profile_render_{model_kind}_{cfg.torso_field}.txt",
                  lambda: render_persons(model, frames_of(next(turn))), 1, cuda)
+    model.occupancy = None
+    return rows
+
+
+def _grid_training_rows(model, persons, cfg, dev: torch.device, iters: int, cuda: bool) -> list[dict]:
+    """Training steps of a trained model at its run's batch size, every sample queried and then through an occupancy
+    grid (``train.py --occupancy_every``): what the grid saves once the fields have found their shape (an untrained
+    model's density is everywhere, so the bench's other training rows cannot show it). The same batches both ways;
+    Adam runs at rate 0, so the timed steps leave the weights as they were."""
+    from nerf.data import sample_rays
+    from nerf.occupancy import build as build_occupancy
+    from nerf.trainer import losses
+
+    model.train()
+    opt = torch.optim.Adam(model.parameters(), lr=0.0, fused=cuda or None)
+    grid = build_occupancy(model, persons)
+    share = ", ".join(f"{k} {v:.0%}" for k, v in grid.fraction().items())
+    rows = []
+    for with_grid in (False, True):
+        model.occupancy = grid if with_grid else None
+        gen, jit = torch.Generator().manual_seed(0), torch.Generator(device=dev).manual_seed(1)
+        photo = []
+
+        def step(gen=gen, jit=jit, photo=photo):
+            batch = sample_rays(persons, cfg.batch_rays, gen, cfg.audio_window)
+            loss = losses(model(batch, jitter=True, gen=jit), batch, model, cfg)
+            opt.zero_grad(set_to_none=True)
+            loss["total"].backward()
+            opt.step()
+            photo.append(loss["photo"].detach())
+
+        dt = _timer(step, iters, cuda)
+        what = f"{cfg.batch_rays} rays, " + (f"through its occupancy grid ({share} of cells)" if with_grid
+                                             else "every sample")
+        mse = torch.stack(photo).mean().item()
+        rows.append({"row": f"training step of the trained model ({what})", "iterations_per_s": 1 / dt,
+                     "photo_psnr_db": -10 * math.log10(max(mse, 1e-12))})
+        print(f"  training step of the trained model ({what}): {1 / dt:.2f} it/s, batch PSNR "
+              f"{rows[-1]['photo_psnr_db']:.2f} dB")
     model.occupancy = None
     return rows
 

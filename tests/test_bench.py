@@ -30,6 +30,30 @@ def test_bench_runs_on_cpu_with_training_and_render_rows(synthetic, tmp_path):
                for r in render[5:])
 
 
+def test_bench_of_a_trained_model_times_its_training_step_through_its_occupancy_grid(synthetic, tmp_path):
+    """On a trained model the grid leaves out the queries of empty cells: the same batches, about the same loss (the
+    culled samples held next to no density); every render row still comes."""
+    from nerf.trainer import TrainConfig, train
+
+    run = tmp_path / "run"
+    train(TrainConfig(data=[str(synthetic["dataset"])], out=str(run), iters=150, image_size=32, batch_rays=128,
+                      n_coarse=8, n_importance=4, hidden=16, n_levels=4, log2_hashmap_size=10, base_resolution=4,
+                      finest_resolution=64, lr=5e-3, lr_hash=3e-2, audio_pretrain_iters=2, val_every=10**9,
+                      ckpt_every=10**9), progress=False)
+    out = tmp_path / "bench.json"
+    proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "cpu", "--repeats", "2",
+                           "--data", str(synthetic["dataset"]), "--preset", str(ROOT / "configs" / "cpu_tiny.txt"),
+                           "--ckpt", str(run / "checkpoint.pt"), "--train_iters", "3", "--render_frames", "1",
+                           "--out", str(out)], capture_output=True, text=True, timeout=600, cwd=ROOT)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = {r["row"]: r for r in json.loads(out.read_text())["rows"]}
+    (every,) = [r for name, r in rows.items() if name.startswith("training step of the trained model (128 rays, every")]
+    (grid,) = [r for name, r in rows.items() if name.startswith("training step of the trained model (128 rays, through")]
+    assert every["iterations_per_s"] > 0 and grid["iterations_per_s"] > 0
+    assert abs(every["photo_psnr_db"] - grid["photo_psnr_db"]) < 0.5 and every["photo_psnr_db"] > 15
+    assert sum(name.startswith("render") for name in rows) == 3
+
+
 def test_bench_refuses_a_folder_that_is_no_dataset_and_bad_row_lists(tmp_path):
     def bench(*args):
         return subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "cpu", *args],
