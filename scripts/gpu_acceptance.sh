@@ -16,8 +16,9 @@
 #   train DATASET      gpu_full training toward a TRAIN_BUDGET_S total (default 600 s), interrupted with
 #                      SIGTERM after TRAIN_SLICE_S (default 500) so that it fits a call; run it again
 #                      (it resumes) until it prints "held-out PSNR"
-#   finish DATASET     evaluate.py --save_rendered of that training; bench render rows of the trained
-#                      model (occupancy grid, float16 autocast, and BENCH_ARGS: by default marching at 32
+#   finish DATASET     evaluate.py --save_rendered of that training; bench rows of the trained model: its
+#                      training step with every sample and through its occupancy grid, render rows
+#                      (occupancy grid, float16 autocast, and BENCH_ARGS: by default marching at 32
 #                      and 64 steps, the fused kernel at 64x4 and 64x8, and 24+16 and 16+8 samples per
 #                      field); render.py --tiles_only of 10 s
 #                      of the dataset's own audio (time per two-person frame)
