@@ -124,6 +124,8 @@ class TrainConfig:
     occupancy_from: int = 500
     """The iteration of the first grid (before it every sample is queried: untrained fields' density says nothing
     of where the person is)."""
+    occupancy_resolution: int = 0
+    """Cells per axis of that grid (0: the renderer's, 64 on a GPU and 32 on the CPU)."""
     torso_cull: bool = False
     """Only the rays of the torso's pixel box (the torso-labelled pixels of the training frames, widened by 5% of
     the crop) meet the torso field; the others, above and beside the head, show the head and the plate. On the
@@ -309,9 +311,9 @@ def check_sampler(cfg: TrainConfig) -> None:
         raise TrainError(f"error_grid must be between 1 and image_size ({cfg.image_size}), not {cfg.error_grid}")
     if cfg.error_share > 0 and cfg.error_refresh < 1:
         raise TrainError(f"error_refresh must be at least 1, not {cfg.error_refresh}")
-    if cfg.occupancy_every < 0 or cfg.occupancy_from < 0:
-        raise TrainError(f"occupancy_every and occupancy_from must be 0 or more, not {cfg.occupancy_every} and "
-                         f"{cfg.occupancy_from}")
+    if cfg.occupancy_every < 0 or cfg.occupancy_from < 0 or cfg.occupancy_resolution < 0:
+        raise TrainError(f"occupancy_every, occupancy_from and occupancy_resolution must be 0 or more, not "
+                         f"{cfg.occupancy_every}, {cfg.occupancy_from} and {cfg.occupancy_resolution}")
 
 
 def build(cfg: TrainConfig, persons: list[PersonFrames],
@@ -475,7 +477,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
             if error_map is not None:
                 error_map.step(it)
             if cfg.occupancy_every and it >= cfg.occupancy_from and (it - cfg.occupancy_from) % cfg.occupancy_every == 0:
-                model.occupancy = build_occupancy(model, persons)
+                model.occupancy = build_occupancy(model, persons, cfg.occupancy_resolution or None)
                 if writer:
                     for k, v in model.occupancy.fraction().items():
                         writer.add_scalar(f"occupancy/{k}", v, it)

@@ -101,6 +101,7 @@ def _doc(name: str) -> str:
             "occupancy_every": "iterations between rebuilds of an occupancy grid training samples through (its empty "
                                "cells' samples not queried, as when rendering; 0: every sample queried)",
             "occupancy_from": "the iteration of that grid's first build",
+            "occupancy_resolution": "cells per axis of that grid (0: 64 on a GPU, 32 on the CPU)",
             "lambda_dist": "weight of mip-NeRF 360's distortion loss (0: off; experimental; docs/PERFORMANCE.md)"}.get(
         name, name.replace("_", " "))
 

@@ -110,7 +110,8 @@ def test_checkpoint_then_resume_gives_the_same_next_step_loss(synthetic, tmp_pat
 
 
 @pytest.mark.parametrize("bad", [{"torso_share": 0.6}, {"head_share": -0.1}, {"error_share": 0.2, "error_grid": 0},
-                                 {"error_share": 0.2, "error_refresh": 0}, {"occupancy_every": -1}])
+                                 {"error_share": 0.2, "error_refresh": 0}, {"occupancy_every": -1},
+                                 {"occupancy_resolution": -8}])
 def test_ray_sampler_settings_out_of_range_are_refused_before_anything_is_written(synthetic, tmp_path, bad):
     with pytest.raises(TrainError, match="share|error_grid|error_refresh|occupancy_every"):
         train(_small(synthetic, tmp_path / "r", 2, **bad), progress=False)
@@ -122,9 +123,9 @@ def _half_empty_grids(monkeypatch, step=None) -> list:
     all occupied); returns the list of step["it"] at each build."""
     real, built = trainer.build_occupancy, []
 
-    def build(model, persons):
+    def build(model, persons, resolution=None):
         built.append(step["it"] if step else None)
-        grid = real(model, persons)
+        grid = real(model, persons, resolution)
         grid.head[:, : grid.head.shape[1] // 2] = False
         return grid
 
@@ -155,9 +156,11 @@ def test_training_samples_through_an_occupancy_grid_rebuilt_on_schedule(syntheti
             return _forward(self, x01, *rest)
         monkeypatch.setattr(cls, "forward", spy)
     monkeypatch.setattr(trainer, "losses", count)
-    train(_small(synthetic, tmp_path / "o", 7, occupancy_every=3, occupancy_from=2, ckpt_every=10**9),
-          progress=False)
+    train(_small(synthetic, tmp_path / "o", 7, occupancy_every=3, occupancy_from=2, occupancy_resolution=8,
+                 ckpt_every=10**9), progress=False)
     assert built == [2, 5]
+    grid = torch.load(tmp_path / "o" / "checkpoint.pt", map_location="cpu", weights_only=True)["occupancy"]
+    assert grid["head"].shape[1:] == grid["torso"].shape[1:] == (8, 8, 8)  # occupancy_resolution cells per axis
     assert max(queried[2:]) < min(queried[:2])  # fewer field queries per step once the grid is there
 
 
