@@ -6,7 +6,9 @@ Rows:
   in samples (points) per second, at 2^18 and 2^20 points, for each backend present: the PyTorch
   reference, the fused CUDA kernel (float32 and float16 gathers), tiny-cuda-nn when installed.
   Random points in [0, 1]^3, several input sets in rotation, CUDA-event timing, median of repeats.
-- training iterations per second at the --preset (default configs/gpu_full.txt) on --data.
+- training iterations per second at the --preset (default configs/gpu_full.txt) on --data, from an untrained
+  model, every sample queried (its preset's occupancy_every aside: an untrained model's density is everywhere;
+  --ckpt's rows time the grid).
 - render: frames per second of one frame of every person of --data rendered together (two persons:
   2 x 512^2 rays), querying every sample, then skipping the cells an occupancy grid finds empty
   (render.py's default), then the same under float16 autocast (render.py --amp), with the PSNR
