@@ -143,7 +143,7 @@ def test_training_samples_through_an_occupancy_grid_rebuilt_on_schedule(syntheti
     built = _half_empty_grids(monkeypatch, step)
 
     def count(*args):  # one call per training step, after the step's render
-        queried.append(sum(n for n in counts))
+        queried.append(sum(counts))
         counts.clear()
         step["it"] += 1
         return real_losses(*args)
