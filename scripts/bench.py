@@ -134,12 +134,12 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
 
     from nerf import fused_march
     from nerf.audio import Wav2LipAudioEncoder
-    from nerf.data import load_datasets, sample_rays
+    from nerf.data import load_datasets
     from nerf.metrics import psnr
     from nerf.model import compile_fields
     from nerf.occupancy import build as build_occupancy
     from nerf.render import render_persons
-    from nerf.trainer import TrainConfig, build, losses
+    from nerf.trainer import TrainConfig, build
     from scripts.train import build_parser  # the preset read exactly as train.py reads it
 
     args = build_parser().parse_args(["--config", str(preset), *[x for d in data for x in ("--data", str(d))]])
@@ -157,11 +157,7 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
     cuda = dev.type == "cuda"
 
     def step():
-        batch = sample_rays(persons, cfg.batch_rays, gen, cfg.audio_window)
-        loss = losses(model(batch, jitter=True, gen=jit), batch, model, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss["total"].backward()
-        opt.step()
+        _train_step(model, opt, persons, cfg, gen, jit)
 
     rows = []
     for n_rays in batch_rays or [cfg.batch_rays]:
@@ -287,14 +283,25 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
     return rows
 
 
+def _train_step(model, opt, persons, cfg, gen: torch.Generator, jit: torch.Generator) -> dict:
+    """One training step as train.py takes it (a ray batch, the losses, backward, Adam); returns the losses."""
+    from nerf.data import sample_rays
+    from nerf.trainer import losses
+
+    batch = sample_rays(persons, cfg.batch_rays, gen, cfg.audio_window)
+    loss = losses(model(batch, jitter=True, gen=jit), batch, model, cfg)
+    opt.zero_grad(set_to_none=True)
+    loss["total"].backward()
+    opt.step()
+    return loss
+
+
 def _grid_training_rows(model, persons, cfg, dev: torch.device, iters: int, cuda: bool) -> list[dict]:
     """Training steps of a trained model at its run's batch size, every sample queried and then through an occupancy
     grid (``train.py --occupancy_every``): what the grid saves once the fields have found their shape (an untrained
     model's density is everywhere, so the bench's other training rows cannot show it). The same batches both ways;
     Adam runs at rate 0, so the timed steps leave the weights as they were."""
-    from nerf.data import sample_rays
     from nerf.occupancy import build as build_occupancy
-    from nerf.trainer import losses
 
     model.train()
     opt = torch.optim.Adam(model.parameters(), lr=0.0, fused=cuda or None)
@@ -307,12 +314,7 @@ def _grid_training_rows(model, persons, cfg, dev: torch.device, iters: int, cuda
         photo = []
 
         def step(gen=gen, jit=jit, photo=photo):
-            batch = sample_rays(persons, cfg.batch_rays, gen, cfg.audio_window)
-            loss = losses(model(batch, jitter=True, gen=jit), batch, model, cfg)
-            opt.zero_grad(set_to_none=True)
-            loss["total"].backward()
-            opt.step()
-            photo.append(loss["photo"].detach())
+            photo.append(_train_step(model, opt, persons, cfg, gen, jit)["photo"].detach())
 
         dt = _timer(step, iters, cuda)
         what = f"{cfg.batch_rays} rays, " + (f"through its occupancy grid ({share} of cells)" if with_grid
