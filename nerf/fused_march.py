@@ -82,7 +82,7 @@ CHECK_RAYS = 256
 """Rays of a kernel's first render that the PyTorch marcher renders again (``verify``)."""
 CHECK_MIN_DB = 40.0
 """The least agreement (PSNR of colour and of each opacity) that ``verify`` accepts. On trained 128 px models the
-interpreter's float32 agreed to 142-147 dB and float16 to 89-91 dB (docs/PERFORMANCE.md); the GPU parity tests
+interpreter's float32 agreed to 142-147 dB and float16 to 88.7-90.6 dB (docs/PERFORMANCE.md); the GPU parity tests
 allow TF32 products a largest difference of 5e-3, at least 46 dB. So this is a detector of a wrong kernel (a
 miscompiled hash, weight or sample point), with room for any legitimate rounding, not a bound on quality."""
 checks: dict[tuple, float] = {}
@@ -324,27 +324,28 @@ def check_key(head, torso, device: torch.device, half: bool) -> tuple:
     return str(device), bool(half), torso is not None, BLOCK, NUM_WARPS, *sizes
 
 
-def verify(key: tuple, out: dict[str, Tensor], reference, cast: Tensor) -> bool:
+def verify(key: tuple, out: dict[str, Tensor], reference, n_steps: Tensor) -> bool:
     """On a kernel's first render in this process: some of its rays rendered again by ``reference`` and compared.
 
     The kernel is compiled for each device and shape, and only Triton's CPU interpreter runs in CI: a compiler or
     driver that builds it wrong on a user's GPU would otherwise show as a wrong picture, not an error. So up to
-    ``CHECK_RAYS`` of the rays with samples, spread over the call, are rendered with the PyTorch marcher (a few
-    milliseconds, once per ``check_key``) and their colour and opacities compared with the kernel's render.
+    ``CHECK_RAYS`` of the rays with samples, spread over the call, are rendered with the PyTorch marcher (once per
+    ``check_key``; its cost is not timed on a GPU yet) and their colour and opacities compared with the kernel's
+    render.
 
     Args:
         out: the render with the kernel, every ray (rgb, head_acc, torso_acc: ``AvatarModel._march``'s output).
         reference: indices [n] of rays -> the same render of those rays with the PyTorch marcher ([n] rows).
-        cast: [R] bool, the rays with samples.
+        n_steps: [R] samples per ray (the rays with none are not compared).
 
     Returns:
         True when each of colour and opacities agrees to ``CHECK_MIN_DB`` (the key is recorded in ``checks``;
         later calls with it return at once); False after one warning when they do not: the kernel is then not
         used again in this process.
     """
-    if key in checks:
+    if key in checks:  # (the renders after the first pay nothing here)
         return True
-    cast = cast.nonzero()[:, 0]
+    cast = (n_steps > 0).nonzero()[:, 0]
     if len(cast) == 0:  # nothing to compare yet: check on a later call
         return True
     pick = cast[torch.linspace(0, len(cast) - 1, min(CHECK_RAYS, len(cast)), device=cast.device).round().long()]

@@ -462,8 +462,7 @@ class AvatarModel(nn.Module):
 
             key = fused_march.check_key(self.head[net], None if self.torso_layer else self.torso[net], t0.device, amp)
             res = self._march_composite(net, b, c, hit_h, hit_t, out, amp)
-            if fused_march.verify(key, res, lambda pick: self._march_unfused(net, select_rays(b, pick), amp),
-                                  n_steps > 0):
+            if fused_march.verify(key, res, lambda pick: self._march_unfused(net, select_rays(b, pick), amp), n_steps):
                 return res
         # (the PyTorch marcher queries the torso at every fine sample, at its interval's midpoint)
         fields = [march.MarchField(live(g["head_01"], occ.head, hit_h, g["near_h"], g["far_h"]), head)]

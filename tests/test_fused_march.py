@@ -310,7 +310,8 @@ def test_the_check_compares_rays_with_samples_once_per_kernel():
     a disagreement of rounding size passes, a wrong colour fails, a checked key is not checked again."""
     g = torch.Generator().manual_seed(0)
     R = 1000
-    cast = torch.rand(R, generator=g) > 0.3  # some rays have no samples
+    n_steps = (torch.rand(R, generator=g) > 0.3).long() * 5  # some rays have no samples
+    cast = n_steps > 0
     ref = {"rgb": torch.rand(R, 3, generator=g), "head_acc": torch.rand(R, generator=g),
            "torso_acc": torch.rand(R, generator=g)}
     seen = []
@@ -320,21 +321,21 @@ def test_the_check_compares_rays_with_samples_once_per_kernel():
         return {k: v[pick] for k, v in ref.items()}
 
     close = {k: v + 1e-4 * torch.randn(v.shape, generator=g) for k, v in ref.items()}  # 80 dB
-    assert fused_march.verify(("a",), close, reference, cast)
+    assert fused_march.verify(("a",), close, reference, n_steps)
     (pick,) = seen
     assert len(pick) == len(pick.unique()) == fused_march.CHECK_RAYS and bool(cast[pick].all())
     assert pick.min() < R // 10 and pick.max() > R - R // 10  # spread over the call
     assert 79 < fused_march.checks[("a",)] < 81
-    assert fused_march.verify(("a",), {k: v * 0 for k, v in ref.items()}, reference, cast)  # checked: trusted
+    assert fused_march.verify(("a",), {k: v * 0 for k, v in ref.items()}, reference, n_steps)  # checked: trusted
     assert len(seen) == 1
     for name in ref:  # colour or either opacity a tenth off: each is compared on its own
         fused_march._broken.clear()
         fused_march._warned.clear()
         with pytest.warns(UserWarning, match="disagrees"):
-            assert not fused_march.verify((name,), dict(close, **{name: ref[name] * 0.9}), reference, cast)
+            assert not fused_march.verify((name,), dict(close, **{name: ref[name] * 0.9}), reference, n_steps)
         assert (name,) not in fused_march.checks and fused_march._broken
     # no rays with samples: nothing to compare, nothing recorded
-    assert fused_march.verify(("c",), close, reference, torch.zeros(R, dtype=torch.bool))
+    assert fused_march.verify(("c",), close, reference, torch.zeros(R, dtype=torch.long))
     assert ("c",) not in fused_march.checks
 
 
