@@ -408,6 +408,9 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
     prepare_device(dev)
     persons = [p.to(dev) for p in load_datasets(cfg.data, cfg.image_size, audio_encoder, cfg.torso_track)]
     model, opt = build(cfg, persons, dev)
+    # The schedule's starting rates, read before a resume loads the optimizer (whose groups hold the decayed rates
+    # of the step it stopped at: decaying from those would make a resumed run another run).
+    base_lrs = [g["lr"] for g in opt.param_groups]
     if cfg.compile:  # this run only: a checkpoint's later users (evaluate, render) do not compile
         compile_fields(model)
     # Ray choices are drawn on the CPU; the sample jitter where the samples are made.
@@ -438,7 +441,6 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
     log(f"training on {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
     (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
     writer = tensorboard_writer(out / "tb")
-    base_lrs = [g["lr"] for g in opt.param_groups]
     t0 = time.perf_counter()
     spent = lambda: spent_before + time.perf_counter() - t0  # noqa: E731  (training seconds, resumes included)
     bar = tqdm(range(start, cfg.iters), desc="train", unit="it", disable=not progress, initial=start, total=cfg.iters)
