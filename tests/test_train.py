@@ -25,16 +25,17 @@ TINY = dict(image_size=64, batch_rays=256, n_coarse=16, n_importance=8, hidden=3
             lr_decay=0.3, lambda_parse=0.01, audio_pretrain_iters=40)
 
 
-def test_one_network_reaches_22_db_on_held_out_frames_of_both_persons(synthetic, tmp_path, monkeypatch):
-    cfg = TrainConfig(data=[str(synthetic["dataset"])], out=str(tmp_path / "run"), iters=800,
+def test_one_network_reaches_24_db_on_held_out_frames_of_both_persons(synthetic, tmp_path, monkeypatch):
+    # 400 iterations of the CI preset: 25.8 / 26.9 dB measured (2026-12-02)
+    cfg = TrainConfig(data=[str(synthetic["dataset"])], out=str(tmp_path / "run"), iters=400,
                       val_every=10**9, ckpt_every=10**9, **TINY)
     facts = train(cfg, progress=False)
     assert (tmp_path / "run" / "audio_encoder.pt").is_file()  # the audio stage ran first
     assert len(facts["val_psnr"]) == 2
-    assert min(facts["val_psnr"].values()) >= 22.0, facts["val_psnr"]
+    assert min(facts["val_psnr"].values()) >= 24.0, facts["val_psnr"]
     assert (tmp_path / "run" / "checkpoint.pt").is_file() and (tmp_path / "run" / "summary.json").is_file()
     # The audio drives the held-out speaker's mouth: the rendered mouth darkens as the planted jaw drops
-    # (0.97 measured over the 9 held-out speaking frames; the real frames: 0.998). Face-mesh measures
+    # (0.92 measured over the 9 held-out speaking frames; the real frames: 0.998). Face-mesh measures
     # cannot judge 64 px frames (on the real ones they reach 0.3-0.5), so the mouth box's darkness does.
     model, persons, _ = load_model(tmp_path / "run" / "checkpoint.pt", cfg.data)
     speaker = persons[0]
@@ -73,40 +74,95 @@ def _small(synthetic, out, iters, **kw):
     return TrainConfig(data=[str(synthetic["dataset"])], out=str(out), iters=iters, val_every=10**9, **base)
 
 
+def _final_state(out: Path) -> dict:
+    return torch.load(out / "checkpoint.pt", map_location="cpu", weights_only=True)
+
+
+def _assert_same_run(a: dict, b: dict) -> None:
+    """Two final checkpoints of one run: the same weights, optimizer state (moments, steps, decayed rates) and
+    random generators, bit for bit."""
+    for key in ("model", "audio_encoder"):
+        assert a[key].keys() == b[key].keys()
+        for name in a[key]:
+            assert torch.equal(a[key][name], b[key][name]), f"{key}.{name} differs"
+    assert a["optimizer"]["param_groups"] == b["optimizer"]["param_groups"]  # (the rates: decayed alike)
+    for i, sa in a["optimizer"]["state"].items():
+        for name, v in sa.items():
+            assert torch.equal(v, b["optimizer"]["state"][i][name]), f"optimizer state {i}.{name} differs"
+    for k in a["generators"]:
+        assert torch.equal(a["generators"][k], b["generators"][k])
+    assert a["iteration"] == b["iteration"]
+
+
 @pytest.mark.parametrize("sampler", [{}, {"error_share": 0.3, "error_grid": 4, "error_refresh": 2},
-                                     {"occupancy_every": 2, "occupancy_from": 1}])
-def test_checkpoint_then_resume_gives_the_same_next_step_loss(synthetic, tmp_path, monkeypatch, sampler):
-    """Also with the error map (its state in the checkpoint; its copy refreshed at the resumed step), and with an
-    occupancy grid in training (built at steps 1 and 3: the resumed step 4 samples through the checkpoint's)."""
+                                     {"occupancy_every": 2, "occupancy_from": 1, "occupancy_resolution": 16}])
+def test_a_run_stopped_by_sigterm_between_checkpoints_and_resumed_is_the_uninterrupted_run(synthetic, tmp_path,
+                                                                                            monkeypatch, sampler):
+    """SIGTERM during step 2 (checkpoints every 4): the step finishes, a checkpoint holds 3 steps, and --resume
+    ends 4 steps later bit-identical to the run that was never stopped. Also with the error map (its state in the
+    checkpoint) and with an occupancy grid in training (rebuilt at 1, 3, 5: a resume goes on with the
+    checkpoint's)."""
     import os
     import signal
 
     if "occupancy_every" in sampler:
         _half_empty_grids(monkeypatch)  # (so that the grid changes the loss: a resume without it would differ)
-    straight = train(_small(synthetic, tmp_path / "a", 5, **sampler), progress=False)
+    straight = train(_small(synthetic, tmp_path / "a", 7, ckpt_every=4, **sampler), progress=False)
     real_losses = trainer.losses
     calls = {"n": 0}
 
     def interrupted(*args):
         calls["n"] += 1
-        if calls["n"] == 4:  # the user presses Ctrl-C during the fourth step: it finishes, then training stops
-            os.kill(os.getpid(), signal.SIGINT)
+        if calls["n"] == 3:  # a SIGTERM arrives during the third step: it finishes, then training stops
+            os.kill(os.getpid(), signal.SIGTERM)
         return real_losses(*args)
 
     monkeypatch.setattr(trainer, "losses", interrupted)
-    before = signal.getsignal(signal.SIGINT)  # Python's default, or SIG_IGN in a shell's background job
-    with pytest.raises(KeyboardInterrupt):  # no periodic checkpoint: the stop itself writes one
-        train(_small(synthetic, tmp_path / "b", 5, ckpt_every=10**9, **sampler), progress=False)
-    assert signal.getsignal(signal.SIGINT) is before  # the handler is given back
-    ckpt = torch.load(tmp_path / "b" / "checkpoint.pt", map_location="cpu", weights_only=True)
-    assert ckpt["iteration"] == 4 and ckpt["train_seconds"] > 0
-    monkeypatch.setattr(trainer, "losses", real_losses)
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(KeyboardInterrupt):
+        train(_small(synthetic, tmp_path / "b", 7, ckpt_every=4, **sampler), progress=False)
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is given back
+    ckpt = _final_state(tmp_path / "b")
+    assert ckpt["iteration"] == 3 and ckpt["train_seconds"] > 0  # not a checkpoint step: the stop wrote it
     assert ("error_map" in ckpt) == ("error_share" in sampler)
     assert ("occupancy" in ckpt) == ("occupancy_every" in sampler)
-    resumed = train(_small(synthetic, tmp_path / "b", 5, resume=True, **sampler), progress=False)
-    assert resumed["first_iteration"] == 4 and len(resumed["loss_history"]) == 1
-    assert resumed["loss_history"][0] == straight["loss_history"][4]  # step for step the uninterrupted run
+    monkeypatch.setattr(trainer, "losses", real_losses)
+    resumed = train(_small(synthetic, tmp_path / "b", 7, ckpt_every=4, resume=True, **sampler), progress=False)
+    assert resumed["first_iteration"] == 3 and resumed["loss_history"] == straight["loss_history"][3:]
     assert resumed["train_seconds_total"] > ckpt["train_seconds"]  # the time budget counts across resumes
+    _assert_same_run(_final_state(tmp_path / "a"), _final_state(tmp_path / "b"))
+
+
+_KILLED_RUN = """
+import json, os, signal, sys
+sys.path.insert(0, sys.argv[1])
+import torch
+torch.set_num_threads(int(sys.argv[3]))  # the test's: CPU results differ in their last bits with the thread count
+from nerf import trainer
+calls = [0]
+real = trainer.losses
+def losses(*args):
+    calls[0] += 1
+    if calls[0] == 6:  # during the sixth step, after the checkpoint of step 4: killed hard, nothing more written
+        os.kill(os.getpid(), signal.SIGKILL)
+    return real(*args)
+trainer.losses = losses
+trainer.train(trainer.TrainConfig(**json.loads(sys.argv[2])), progress=False)
+"""
+
+
+def test_a_run_killed_hard_resumes_from_its_last_checkpoint_as_the_uninterrupted_run(synthetic, tmp_path):
+    import dataclasses
+
+    straight = train(_small(synthetic, tmp_path / "a", 7, ckpt_every=4), progress=False)
+    cfg = _small(synthetic, tmp_path / "b", 7, ckpt_every=4)
+    killed = subprocess.run([sys.executable, "-c", _KILLED_RUN, str(ROOT), json.dumps(dataclasses.asdict(cfg)),
+                             str(torch.get_num_threads())], capture_output=True, text=True)
+    assert killed.returncode == -9, killed.stderr[-2000:]
+    assert _final_state(tmp_path / "b")["iteration"] == 4
+    resumed = train(dataclasses.replace(cfg, resume=True), progress=False)
+    assert resumed["first_iteration"] == 4 and resumed["loss_history"] == straight["loss_history"][4:]
+    _assert_same_run(_final_state(tmp_path / "a"), _final_state(tmp_path / "b"))
 
 
 @pytest.mark.parametrize("bad", [{"torso_share": 0.6}, {"head_share": -0.1}, {"error_share": 0.2, "error_grid": 0},
