@@ -44,12 +44,21 @@ def _silero():
     """The silero-vad TorchScript model shipped inside the wheel, loaded once."""
     global _vad_model
     if _vad_model is None:
-        from silero_vad import load_silero_vad
+        import torch
 
-        # silero's loader uses importlib.resources.path and torch.jit.load, both deprecated, both fine.
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", DeprecationWarning)
-            _vad_model = load_silero_vad()
+        # Importing silero_vad sets torch's thread count to 1 for the whole process (its model.py): everything the
+        # process trains or renders after prepare would run on one core, and differ in its last bits from a fresh
+        # process's run. The count is given back.
+        threads = torch.get_num_threads()
+        try:
+            from silero_vad import load_silero_vad
+
+            # silero's loader uses importlib.resources.path and torch.jit.load, both deprecated, both fine.
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", DeprecationWarning)
+                _vad_model = load_silero_vad()
+        finally:
+            torch.set_num_threads(threads)
     return _vad_model
 
 

@@ -188,3 +188,20 @@ def test_timeline_on_real_speech_picks_the_moving_mouth(dev_speech):
     assert out["mouth_open"].shape == (125, 2)
     assert (out["speaking"][:, 0] == out["voiced"]).mean() >= 0.95
     assert not out["speaking"][:, 1].any()
+
+
+def test_voice_activity_leaves_the_process_on_as_many_threads_as_it_found():
+    """Importing silero_vad sets torch to one thread for the whole process: after prepare's audio stage, a training in
+    the same process ran on one core and differed in its last bits from the same run in a fresh process."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = ("import numpy as np, torch; torch.set_num_threads(2)\n"
+            "from data_prep.speaking import voice_activity\n"
+            "voice_activity(np.zeros(16000, np.float32), 25, 25.0)\n"
+            "print(torch.get_num_threads())")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=Path(__file__).resolve().parents[1])
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert done.stdout.split()[-1] == "2"
