@@ -40,6 +40,18 @@ def _to_fractions(W: np.ndarray, size: int) -> np.ndarray:
     return M[:2].reshape(6).astype(np.float32)
 
 
+def trackable_mask(label_map: np.ndarray, torso: int = 2, head: int = 1) -> np.ndarray:
+    """The torso pixels ECC aligns, at the working size (``WORK_SIZE`` at most): the torso's interior, away from the
+    head (the neck and collar move with the jaw and the head's turns). Below ``MIN_TORSO_SHARE`` of the crop (or 64
+    pixels) nothing is tracked."""
+    S = label_map.shape[0]
+    n = min(S, WORK_SIZE)
+    lab = cv2.resize(label_map, (n, n), interpolation=cv2.INTER_NEAREST) if n != S else label_map
+    k = max(3, n // 32) | 1
+    near_head = cv2.dilate((lab == head).astype(np.uint8), np.ones((2 * k + 1, 2 * k + 1), np.uint8)) > 0
+    return (cv2.erode((lab == torso).astype(np.uint8), np.ones((k, k), np.uint8)) > 0) & ~near_head
+
+
 def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: int = 2, head: int = 1,
                 min_correlation: float = MIN_CORRELATION) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each frame's torso motion onto the reference frame's torso.
@@ -65,11 +77,7 @@ def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: i
         g = (images[i] if images.ndim == 3 else cv2.cvtColor(images[i], cv2.COLOR_RGB2GRAY)).astype(np.float32) / 255.0
         return cv2.resize(g, (n, n), interpolation=cv2.INTER_AREA) if n != S else g
 
-    lab = cv2.resize(labels[reference], (n, n), interpolation=cv2.INTER_NEAREST) if n != S else labels[reference]
-    k = max(3, n // 32) | 1
-    # the torso's interior, away from the head (the neck and collar move with the jaw and the head's turns)
-    near_head = cv2.dilate((lab == head).astype(np.uint8), np.ones((2 * k + 1, 2 * k + 1), np.uint8)) > 0
-    mask = (cv2.erode((lab == torso).astype(np.uint8), np.ones((k, k), np.uint8)) > 0) & ~near_head
+    mask = trackable_mask(labels[reference], torso, head)
     motion = np.tile(IDENTITY, (T, 1))
     valid = np.zeros(T, bool)
     corr = np.zeros(T, np.float32)

@@ -66,9 +66,15 @@ def test_the_tracker_recovers_known_torso_motions_and_refuses_an_unrelated_frame
     band[:, -10:, 16:112] = 2  # (its interior, 8 rows: 4.5% of the crop)
     _, valid, _ = torso_track.track_torso(images, band, reference=0)
     assert not valid.any()
-    monkeypatch.setattr(torso_track, "MIN_TORSO_SHARE", 0.0)  # what the rule turns away: a band ECC would follow
-    _, valid, _ = torso_track.track_torso(images, band, reference=0)
-    assert valid.sum() >= 4
+    # the rule is the torso's trackable share of the crop, nothing else: this well-tracked torso is refused once the
+    # minimum lies just above its share, and tracked again just below it
+    share = torso_track.trackable_mask(labels[0]).mean()
+    assert share > torso_track.MIN_TORSO_SHARE
+    assert torso_track.trackable_mask(band[0]).mean() < torso_track.MIN_TORSO_SHARE
+    monkeypatch.setattr(torso_track, "MIN_TORSO_SHARE", share * 1.01)
+    assert not torso_track.track_torso(images, labels, reference=0)[1].any()
+    monkeypatch.setattr(torso_track, "MIN_TORSO_SHARE", share * 0.99)
+    assert torso_track.track_torso(images, labels, reference=0)[1][[0, 1, 2, 4, 5, 6, 7]].all()
 
 
 def test_a_motion_that_stretches_the_torso_beyond_belief_is_not_trusted(monkeypatch):
