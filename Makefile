@@ -1,16 +1,18 @@
-# Every target installs into .venv first (created when missing).
-# torch comes first and pinned, so requirements.txt cannot pull a multi-GB CUDA build.
+# Every target installs into .venv first (created when missing), with the tested versions of constraints.txt.
+# torch comes first and pinned, so requirements.txt cannot pull a multi-GB CUDA build (a CUDA torch already in
+# .venv is kept: the lock leaves torch and what it alone needs to the user's build).
 VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
+PIP := $(PY) -m pip install --quiet -c constraints.txt
 
-.PHONY: install demo test lint bench clean
+.PHONY: install demo test test-all lint bench lock clean
 
-$(STAMP): requirements.txt
+$(STAMP): requirements.txt constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
-	$(PY) -m pip install --quiet --upgrade pip
+	$(PIP) pip
 	$(PY) -c "import torch" 2>/dev/null || $(PY) -m pip install --quiet torch==2.13.0
-	$(PY) -m pip install --quiet -r requirements.txt
+	$(PIP) -r requirements.txt
 	# triton: CUDA builds of torch bring their own; on a CPU box its interpreter runs the fused kernels' tests
 	# (3.6.0, the version of the lent H100 machine's torch 2.11)
 	$(PY) -c "import triton" 2>/dev/null || $(PY) -m pip install --quiet triton==3.6.0
@@ -21,13 +23,22 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out demo
 
+# CI's suite (under 12 minutes on 2 cores); test-all adds the end-to-end runs marked slow
 test: $(STAMP)
+	$(PY) -m ruff check --quiet .
+	$(PY) -m pytest -q -m "not slow" tests
+
+test-all: $(STAMP)
 	$(PY) -m ruff check --quiet .
 	$(PY) -m pytest -q tests
 
 bench: $(STAMP)
 	$(PY) scripts/bench_prepare.py
 	$(PY) scripts/bench.py
+
+# Regenerate constraints.txt from a clean install of requirements.txt (then make test, and commit both)
+lock:
+	python3 scripts/lock.py
 
 clean:
 	rm -rf demo runs .pytest_cache
