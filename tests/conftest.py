@@ -10,7 +10,7 @@ DEV_DIR = ROOT.parent / "shared" / "data" / "dev"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped on CPU machines)")
-    config.addinivalue_line("markers", "slow: end-to-end runs of a whole stage")
+    config.addinivalue_line("markers", "slow: long end-to-end runs (benchmarks, compilers): in `make test-all`, not `make test`")
 
 
 SYNTHETIC_CROP = 128

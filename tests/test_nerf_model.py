@@ -425,6 +425,7 @@ def test_the_error_map_follows_the_error_and_draws_rays_where_it_lies():
         sample_rays(persons, 8, gen, audio_window=1, error_share=0.2)
 
 
+@pytest.mark.slow  # torch.compile's first build takes 40 s on 2 cores: make test-all
 def test_compiled_fields_render_what_the_eager_ones_do():
     """train.py --compile true: torch.compile of each field's forward (dynamic shapes), same parameters."""
     from nerf.model import compile_fields
