@@ -35,7 +35,11 @@ WAV2LIP_AUDIO_BLOCKS = (
     (128, 256, 3, (3, 2), 1, False), (256, 256, 3, 1, 1, True),
     (256, 512, 3, 1, 0, False), (512, 512, 1, 1, 0, False),
 )
+SHIPPED_ENCODER = Path(__file__).resolve().parent / "weights" / "audio_prior.pt"
+"""The universal encoder shipped with the project (scripts/pretrain_prior.py rebuilds it; docs/PERFORMANCE.md)."""
 STATE_PREFIX = "audio_encoder."  # the encoder's keys in a Wav2Lip state_dict (after any "module.")
+HEAD_PREFIX = "mouth_open_head."
+"""Pre-training's mouth-opening head beside the encoder (nerf.audio_eval scores with it; Wav2Lip's loaders skip it)."""
 
 
 class ConvBlock(nn.Module):

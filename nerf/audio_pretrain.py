@@ -36,7 +36,7 @@ from data_prep import dataset
 from data_prep.atomic_io import atomic_path
 from data_prep.audio_features import mel_windows
 from data_prep.tb import tensorboard_writer
-from nerf.audio import Wav2LipAudioEncoder
+from nerf.audio import HEAD_PREFIX, Wav2LipAudioEncoder
 from nerf.device import resolve_device
 from nerf.errors import TrainError
 from nerf.fields import mlp
@@ -279,6 +279,8 @@ def pretrain_audio(cfg: AudioPretrainConfig, out: str | Path, log=print, progres
              "loss": loss["total"].item(), "loss_regress": loss["regress"].item(), "loss_sync": loss["sync"].item(),
              "train_sync_acc_last_batch": loss["sync_acc"].item(), "val": val}
     state = {k: v.cpu() for k, v in net.encoder.state_dict().items()}
+    state[HEAD_PREFIX + "weight"] = net.regress.weight[LIP_DIM:].detach().cpu().clone()  # the opening's row
+    state[HEAD_PREFIX + "bias"] = net.regress.bias[LIP_DIM:].detach().cpu().clone()
     with atomic_path(Path(out)) as tmp:
         torch.save({"state_dict": state, "config": json.dumps(dataclasses.asdict(cfg)),
                     "persons": [s.name for s in speakers], "facts": facts}, tmp)

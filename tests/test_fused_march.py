@@ -167,7 +167,7 @@ def test_the_fused_kernel_marches_the_head_as_the_pytorch_marcher_does(dev):
     assert (out["samples"][~hit] == 0).all() and (out["head_acc"][~hit] == 0).all()
 
 
-@pytest.mark.parametrize("density_pose", [True, False])
+@pytest.mark.parametrize("density_pose", [True, pytest.param(False, marks=pytest.mark.slow)])  # (True: the default)
 def test_the_fused_kernel_marches_head_and_torso_together_as_the_pytorch_marcher_does(dev, density_pose):
     fields, g, c, m = _scene(dev, seed=3, torso=True, density_pose=density_pose)
     ref, out = _reference(fields, g, c, m, 0.0), _fused(fields, g, c, m, 0.0)
@@ -220,8 +220,9 @@ def test_the_kernels_model_tensors_are_kept_between_calls_and_remade_when_the_we
     _close(_fused(fields, g, c, m, 0.0), _reference(fields, g, c, m, 0.0), TOL)
 
 
-@pytest.mark.parametrize("mode,layer,track", [("per_person", True, False), ("shared", False, False),
-                                              ("shared", False, True)])
+@pytest.mark.parametrize("mode,layer,track", [pytest.param("per_person", True, False, marks=pytest.mark.slow),
+                                              pytest.param("shared", False, False, marks=pytest.mark.slow),
+                                              ("shared", False, True)])  # (the default: shared, volume torso, tracked)
 def test_a_models_marched_render_is_the_same_with_the_fused_kernel(dev, mode, layer, track):
     """Also with a tracked torso: the kernel reads the volume torso along each ray's moved direction, without the
     learned warp (``torso_pose`` untracked: the rendered person is tracked, the other not)."""
