@@ -1,0 +1,111 @@
+"""How well an audio encoder's code predicts a speaker's mouth, on datasets it never saw.
+
+For every person of a prepared dataset, over the frames where that person speaks and the face
+is tracked: the correlation of the mouth opening predicted from the audio alone (the encoder and
+its mouth-opening head, both from pre-training) with the tracked opening, and the audio-visual
+offset, the shift within +-10 frames that lines the two up best (0 is right; positive: the real
+mouth moves after the predicted one). The same two figures for the log-RMS energy envelope of
+the audio, the baseline any encoder must beat: loudness alone is not lip sync.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from data_prep import dataset
+from data_prep.audio_features import mel_windows
+from nerf.audio import AUDIO_CODE_DIM, HEAD_PREFIX, encoder_from_state, frame_codes
+from nerf.errors import TrainError
+from nerf.metrics import av_offset, pearson
+
+MAX_SHIFT = 10
+
+
+class MouthPredictor(torch.nn.Module):
+    """A frozen encoder and its linear mouth-opening head: mel windows [B, 80, 16] -> opening [B] (z-units)."""
+
+    def __init__(self, encoder: torch.nn.Module, head: torch.nn.Linear):
+        super().__init__()
+        self.encoder, self.head = encoder, head
+
+    @torch.no_grad()
+    def opening(self, mel: torch.Tensor) -> np.ndarray:
+        return self.head(frame_codes(self.encoder, mel))[:, 0].numpy().astype(np.float64)
+
+
+def load_predictor(path: str | Path) -> MouthPredictor:
+    """An encoder file written by the audio pre-training (``scripts/pretrain_audio.py``), with its mouth head.
+
+    Raises:
+        TrainError: missing, unreadable, of another layout, or without a mouth-opening head (a public
+            wav2lip.pth has none: it can drive an avatar but not be scored here).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise TrainError(f"audio encoder not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # a damaged or foreign file
+        raise TrainError(f"cannot read audio encoder {path}: {str(e).splitlines()[0][:200]}") from None
+    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
+    if not isinstance(state, dict):
+        raise TrainError(f"{path} holds no state_dict: not an audio encoder file")
+    encoder = encoder_from_state(state, str(path))
+    w, b = state.get(HEAD_PREFIX + "weight"), state.get(HEAD_PREFIX + "bias")
+    if not isinstance(w, torch.Tensor) or tuple(w.shape) != (1, AUDIO_CODE_DIM) or not isinstance(b, torch.Tensor):
+        raise TrainError(f"{path} holds no mouth-opening head ({HEAD_PREFIX}weight [1, {AUDIO_CODE_DIM}]): only "
+                         "encoders pre-trained by scripts/pretrain_audio.py can be scored")
+    head = torch.nn.Linear(AUDIO_CODE_DIM, 1)
+    head.load_state_dict({"weight": w.float(), "bias": b.float().reshape(1)})
+    return MouthPredictor(encoder, head.requires_grad_(False))
+
+
+def _at_zero(signal: np.ndarray, opening: np.ndarray) -> float:
+    return pearson(signal, opening)
+
+
+def score_dataset(predictor: MouthPredictor, root: str | Path) -> list[dict]:
+    """One row per person of the dataset at ``root``.
+
+    Returns:
+        [{dataset, person, frames, corr, offset, energy_corr, energy_offset}]: ``corr`` and
+        ``energy_corr`` at shift 0 (NaN under 3 frames), offsets in frames.
+
+    Raises:
+        PrepareError: not a finished dataset of this schema.
+    """
+    root = Path(root)
+    meta = dataset.read_meta(root)
+    T, fps = meta["n_frames"], meta["fps"]
+    af = dataset.load_npz(root / "audio_features.npz")
+    predicted = predictor.opening(torch.from_numpy(mel_windows(af["mel"], T, fps)))
+    energy = np.log(af["rms"].astype(np.float64) + 1e-4)
+    rows = []
+    for person in meta["persons"]:
+        pid = person["id"]
+        valid = dataset.load_track(root, pid)["valid"].astype(bool)
+        opening = af["mouth_open"][:, pid].astype(np.float64)
+        scored = valid & af["speaking"][:, pid].astype(bool) & np.isfinite(opening)
+        real = np.where(scored, opening, np.nan)
+        ours, loud = av_offset(predicted, real, MAX_SHIFT), av_offset(energy, real, MAX_SHIFT)
+        rows.append({"dataset": root.name, "person": pid, "frames": int(scored.sum()),
+                     "corr": _at_zero(predicted, real), "offset": ours.frames,
+                     "energy_corr": _at_zero(energy, real), "energy_offset": loud.frames})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    """A markdown table of ``score_dataset`` rows, with the median over rows last."""
+    lines = ["| dataset | person | frames | corr | offset | energy corr | energy offset |",
+             "| --- | --- | --- | --- | --- | --- | --- |"]
+    for r in rows:
+        lines.append(f"| {r['dataset']} | {r['person']} | {r['frames']} | {r['corr']:.3f} | {r['offset']:+d} | "
+                     f"{r['energy_corr']:.3f} | {r['energy_offset']:+d} |")
+    if len(rows) > 1:
+        med = lambda k: float(np.nanmedian([r[k] for r in rows]))  # noqa: E731
+        lines.append(f"| median | | {int(np.median([r['frames'] for r in rows]))} | {med('corr'):.3f} | "
+                     f"{med('offset'):+.0f} | {med('energy_corr'):.3f} | {med('energy_offset'):+.0f} |")
+    return "\n".join(lines)
