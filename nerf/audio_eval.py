@@ -67,8 +67,9 @@ def _at_zero(signal: np.ndarray, opening: np.ndarray) -> float:
     return pearson(signal, opening)
 
 
-def score_dataset(predictor: MouthPredictor, root: str | Path) -> list[dict]:
-    """One row per person of the dataset at ``root``.
+def score_dataset(predictor: MouthPredictor, root: str | Path, split: str = "all") -> list[dict]:
+    """One row per person of the dataset at ``root``, over its ``split``: all frames, or "val" (the held-out last
+    10%: for an encoder pre-trained on this dataset's train split).
 
     Returns:
         [{dataset, person, frames, corr, offset, energy_corr, energy_offset}]: ``corr`` and
@@ -83,12 +84,18 @@ def score_dataset(predictor: MouthPredictor, root: str | Path) -> list[dict]:
     af = dataset.load_npz(root / "audio_features.npz")
     predicted = predictor.opening(torch.from_numpy(mel_windows(af["mel"], T, fps)))
     energy = np.log(af["rms"].astype(np.float64) + 1e-4)
+    in_split = np.ones(T, bool)
+    if split == "val":
+        a, b = meta["splits"]["val"]
+        in_split[:a], in_split[b:] = False, False
+    elif split != "all":
+        raise ValueError(f"split must be all or val, not {split!r}")
     rows = []
     for person in meta["persons"]:
         pid = person["id"]
         valid = dataset.load_track(root, pid)["valid"].astype(bool)
         opening = af["mouth_open"][:, pid].astype(np.float64)
-        scored = valid & af["speaking"][:, pid].astype(bool) & np.isfinite(opening)
+        scored = in_split & valid & af["speaking"][:, pid].astype(bool) & np.isfinite(opening)
         real = np.where(scored, opening, np.nan)
         ours, loud = av_offset(predicted, real, MAX_SHIFT), av_offset(energy, real, MAX_SHIFT)
         rows.append({"dataset": root.name, "person": pid, "frames": int(scored.sum()),

@@ -36,6 +36,8 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--data", action="append", required=True, help="a prepared dataset directory (repeatable)")
     p.add_argument("--encoder", default=str(SHIPPED_ENCODER),
                    help="an encoder file from scripts/pretrain_audio.py (default: the shipped one)")
+    p.add_argument("--split", choices=["all", "val"], default="all",
+                   help="score every frame, or only the held-out last 10%% (for an encoder pre-trained on the dataset)")
     p.add_argument("--json", action="store_true", help="one JSON object per (dataset, person) line instead of a table")
     return p
 
@@ -44,7 +46,7 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         predictor = load_predictor(args.encoder)
-        rows = [row for root in args.data for row in score_dataset(predictor, root)]
+        rows = [row for root in args.data for row in score_dataset(predictor, root, args.split)]
     except (PrepareError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

@@ -155,6 +155,14 @@ def test_evaluate_audio_scores_an_encoder_and_the_energy_envelope_per_person(syn
                                                  abs=1e-9)
         # the synthetic jaw drops with its voice: both signals follow it, in sync (0.8-0.9 measured for the encoder)
         assert r["corr"] > 0.6 and abs(r["offset"]) <= 1 and abs(r["energy_offset"]) <= 1
+    val = [json.loads(line) for line in _evaluate_audio("--data", synthetic["dataset"], "--encoder", pretrained["ckpt"],
+                                                        "--split", "val", "--json").stdout.splitlines()]
+    a, b = meta["splits"]["val"]  # the held-out tenth only
+    for v in val:
+        p = v["person"]
+        scored = dataset.load_track(ds, p)["valid"] & af["speaking"][:, p].astype(bool) & np.isfinite(af["mouth_open"][:, p])
+        assert v["frames"] == scored[a:b].sum() < scored.sum()
+    assert max(v["frames"] for v in val) > 0
     table = _evaluate_audio("--data", synthetic["dataset"], "--encoder", pretrained["ckpt"])
     assert table.returncode == 0 and "| median |" in table.stdout and "energy corr" in table.stdout
 
@@ -233,3 +241,26 @@ def test_pretraining_refuses_a_conversation_where_nobody_speaks(synthetic, tmp_p
         pretrain_audio(AudioPretrainConfig(data=[str(copy)], iters=1), tmp_path / "a.pt", log=lambda *_: None,
                        progress=False)
     assert not (tmp_path / "a.pt").exists()
+
+
+def test_augmented_windows_keep_silence_silent_and_the_sound_where_it_was():
+    """Noise, band-limiting, pitch and tempo make another microphone and voice, not another utterance: a silent
+    window stays at the floor (noise is mixed at an SNR to the window's own sound), the loudest moment of a burst stays
+    within two mel columns (tempo changes of up to 15% about the centre), and a generator's seed gives the same
+    windows."""
+    from nerf.audio_pretrain import _power, augment, noise_bank
+
+    bank = noise_bank(seconds=1.0)
+    silence = torch.full((64, 80, 16), -4.0)
+    quiet = augment(silence, bank, torch.Generator().manual_seed(0))
+    ratio = _power(quiet).sum((1, 2)) / _power(silence).sum((1, 2))  # noise at SNR >= 0 dB: at most twice the power
+    assert quiet.min() >= -4.0 and ratio.max() <= 2.0 + 1e-4 and (ratio > 1.01).any()
+    burst = torch.full((200, 80, 16), -3.0)
+    burst[:, 10:60, 9] = 2.0
+    out = augment(burst, bank, torch.Generator().manual_seed(1))
+    assert torch.equal(out, augment(burst, bank, torch.Generator().manual_seed(1)))
+    assert out.min() >= -4.0 and out.max() <= 4.0
+    changed = (out - burst).abs().amax((1, 2)) > 0.5
+    assert 0.7 < changed.float().mean() < 1.0  # (each of the four changes on half of the windows)
+    loudest = out[:, 10:60].mean(1).argmax(-1)
+    assert ((loudest - 9).abs() <= 2).float().mean() >= 0.9
