@@ -63,10 +63,6 @@ def load_predictor(path: str | Path) -> MouthPredictor:
     return MouthPredictor(encoder, head.requires_grad_(False))
 
 
-def _at_zero(signal: np.ndarray, opening: np.ndarray) -> float:
-    return pearson(signal, opening)
-
-
 def score_dataset(predictor: MouthPredictor, root: str | Path, split: str = "all") -> list[dict]:
     """One row per person of the dataset at ``root``, over its ``split``: all frames, or "val" (the held-out last
     10%: for an encoder pre-trained on this dataset's train split).
@@ -99,8 +95,8 @@ def score_dataset(predictor: MouthPredictor, root: str | Path, split: str = "all
         real = np.where(scored, opening, np.nan)
         ours, loud = av_offset(predicted, real, MAX_SHIFT), av_offset(energy, real, MAX_SHIFT)
         rows.append({"dataset": root.name, "person": pid, "frames": int(scored.sum()),
-                     "corr": _at_zero(predicted, real), "offset": ours.frames,
-                     "energy_corr": _at_zero(energy, real), "energy_offset": loud.frames})
+                     "corr": pearson(predicted, real), "offset": ours.frames,
+                     "energy_corr": pearson(energy, real), "energy_offset": loud.frames})
     return rows
 
 

@@ -264,3 +264,18 @@ def test_augmented_windows_keep_silence_silent_and_the_sound_where_it_was():
     assert 0.7 < changed.float().mean() < 1.0  # (each of the four changes on half of the windows)
     loudest = out[:, 10:60].mean(1).argmax(-1)
     assert ((loudest - 9).abs() <= 2).float().mean() >= 0.9
+
+
+def test_the_shipped_prior_loads_as_a_wav2lip_encoder_with_its_mouth_head_and_names_its_data():
+    from nerf.audio import SHIPPED_ENCODER
+    from nerf.audio_eval import load_predictor
+
+    assert SHIPPED_ENCODER.stat().st_size <= 20 * 2**20
+    load_audio_encoder(SHIPPED_ENCODER)  # train.py --wav2lip_ckpt reads it so
+    predictor = load_predictor(SHIPPED_ENCODER)
+    saved = torch.load(SHIPPED_ENCODER, map_location="cpu", weights_only=True)
+    config = json.loads(saved["config"])
+    assert config["iters"] == 900 and len(config["data"]) == 17 and all(d.startswith("data/dev/") for d in config["data"])
+    # silence and a loud window of noise: the encoder tells them apart (the mouth is not predicted constant)
+    silent, loud = torch.full((1, 80, 16), -4.0), torch.rand(1, 80, 16, generator=torch.Generator().manual_seed(0)) * 3
+    assert abs(predictor.opening(silent)[0] - predictor.opening(loud)[0]) > 0.1
