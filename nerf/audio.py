@@ -105,15 +105,12 @@ def encoder_from_state(state: dict[str, torch.Tensor], source: str) -> Wav2LipAu
     return freeze(encoder)
 
 
-def load_audio_encoder(path: str | Path) -> Wav2LipAudioEncoder:
-    """A frozen encoder from a checkpoint in Wav2Lip's layout.
-
-    Reads the public wav2lip.pth / wav2lip_gan.pth (``{"state_dict": {"module.audio_encoder...": ...}}``,
-    with or without the ``module.`` prefix) and the checkpoints of scripts/pretrain_audio.py
-    (same layout). Loaded as weights only: no code in the file runs.
+def read_encoder_state(path: str | Path) -> dict:
+    """The state dict of an audio encoder file (a Wav2Lip checkpoint or one of scripts/pretrain_audio.py), loaded as
+    weights only: no code in the file runs.
 
     Raises:
-        TrainError: missing or unreadable file, or no audio encoder in it.
+        TrainError: missing or unreadable file, or no state dict in it.
     """
     path = Path(path)
     if not path.is_file():
@@ -126,7 +123,20 @@ def load_audio_encoder(path: str | Path) -> Wav2LipAudioEncoder:
     if not isinstance(state, dict):
         raise TrainError(f"{path} holds no state_dict; pass a wav2lip.pth / wav2lip_gan.pth or a checkpoint "
                          "written by scripts/pretrain_audio.py")
-    return encoder_from_state(state, str(path))
+    return state
+
+
+def load_audio_encoder(path: str | Path) -> Wav2LipAudioEncoder:
+    """A frozen encoder from a checkpoint in Wav2Lip's layout.
+
+    Reads the public wav2lip.pth / wav2lip_gan.pth (``{"state_dict": {"module.audio_encoder...": ...}}``,
+    with or without the ``module.`` prefix) and the checkpoints of scripts/pretrain_audio.py
+    (same layout).
+
+    Raises:
+        TrainError: missing or unreadable file, or no audio encoder in it.
+    """
+    return encoder_from_state(read_encoder_state(path), str(path))
 
 
 @torch.no_grad()

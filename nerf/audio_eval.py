@@ -17,7 +17,7 @@ import torch
 
 from data_prep import dataset
 from data_prep.audio_features import mel_windows
-from nerf.audio import AUDIO_CODE_DIM, HEAD_PREFIX, encoder_from_state, frame_codes
+from nerf.audio import AUDIO_CODE_DIM, HEAD_PREFIX, encoder_from_state, frame_codes, read_encoder_state
 from nerf.errors import TrainError
 from nerf.metrics import av_offset, pearson
 
@@ -43,16 +43,7 @@ def load_predictor(path: str | Path) -> MouthPredictor:
         TrainError: missing, unreadable, of another layout, or without a mouth-opening head (a public
             wav2lip.pth has none: it can drive an avatar but not be scored here).
     """
-    path = Path(path)
-    if not path.is_file():
-        raise TrainError(f"audio encoder not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as e:  # a damaged or foreign file
-        raise TrainError(f"cannot read audio encoder {path}: {str(e).splitlines()[0][:200]}") from None
-    state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
-    if not isinstance(state, dict):
-        raise TrainError(f"{path} holds no state_dict: not an audio encoder file")
+    state = read_encoder_state(path)
     encoder = encoder_from_state(state, str(path))
     w, b = state.get(HEAD_PREFIX + "weight"), state.get(HEAD_PREFIX + "bias")
     if not isinstance(w, torch.Tensor) or tuple(w.shape) != (1, AUDIO_CODE_DIM) or not isinstance(b, torch.Tensor):
