@@ -42,8 +42,8 @@ def _to_fractions(W: np.ndarray, size: int) -> np.ndarray:
 
 def trackable_mask(label_map: np.ndarray, torso: int = 2, head: int = 1) -> np.ndarray:
     """The torso pixels ECC aligns, at the working size (``WORK_SIZE`` at most): the torso's interior, away from the
-    head (the neck and collar move with the jaw and the head's turns). Below ``MIN_TORSO_SHARE`` of the crop (or 64
-    pixels) nothing is tracked."""
+    head (the neck and collar move with the jaw and the head's turns). ``track_torso`` tracks nothing when this covers
+    less than ``MIN_TORSO_SHARE`` of the crop (or 64 pixels)."""
     S = label_map.shape[0]
     n = min(S, WORK_SIZE)
     lab = cv2.resize(label_map, (n, n), interpolation=cv2.INTER_NEAREST) if n != S else label_map

@@ -36,7 +36,7 @@ WAV2LIP_AUDIO_BLOCKS = (
     (256, 512, 3, 1, 0, False), (512, 512, 1, 1, 0, False),
 )
 SHIPPED_ENCODER = Path(__file__).resolve().parent / "weights" / "audio_prior.pt"
-"""The universal encoder shipped with the project (scripts/pretrain_prior.py rebuilds it; docs/PERFORMANCE.md)."""
+"""The universal encoder shipped with the project (rebuilt by the command in configs/audio_prior.txt)."""
 STATE_PREFIX = "audio_encoder."  # the encoder's keys in a Wav2Lip state_dict (after any "module.")
 HEAD_PREFIX = "mouth_open_head."
 """Pre-training's mouth-opening head beside the encoder (nerf.audio_eval scores with it; Wav2Lip's loaders skip it)."""
@@ -118,7 +118,8 @@ def read_encoder_state(path: str | Path) -> dict:
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # a damaged or foreign file
-        raise TrainError(f"cannot read audio encoder checkpoint {path}: {str(e).splitlines()[0][:200]}") from None
+        why = (str(e).splitlines() or [type(e).__name__])[0][:200]
+        raise TrainError(f"cannot read audio encoder checkpoint {path}: {why}") from None
     state = ckpt.get("state_dict", ckpt) if isinstance(ckpt, dict) else None
     if not isinstance(state, dict):
         raise TrainError(f"{path} holds no state_dict; pass a wav2lip.pth / wav2lip_gan.pth or a checkpoint "

@@ -14,7 +14,7 @@ Losses on a batch of samples (frame f of person p):
   the voice is (a random gain on every window makes loudness alone useless too).
 
 Every window is first made to sound like another microphone, room and voice (``augment``: coloured noise
-at 0-30 dB SNR, a low-pass or telephone band, a pitch shift, a tempo change; then a random gain), so that
+at 0-30 dB SNR, a low-pass or telephone-like band, a pitch shift, a tempo change; then a random gain), so that
 what the encoder learns carries to voices it never heard: on the dev set, held out one identity at a
 time, the median mouth-opening correlation rose from 0.24 to 0.39 (docs/PERFORMANCE.md).
 
@@ -182,9 +182,10 @@ def _mel(power: torch.Tensor) -> torch.Tensor:
 
 
 def augment(mel: torch.Tensor, bank: torch.Tensor, gen: torch.Generator) -> torch.Tensor:
-    """Each window [B, 80, 16] as another microphone, room and voice might give it (each change on half of them):
-    coloured noise at an SNR of 0-30 dB, a low-pass at 2.5-6 kHz (bins above 40 dB down) or a telephone band,
-    a pitch shift of -2..2 mel bins, a tempo change of 0.85-1.15x about the window's centre."""
+    """Each window [B, 80, 16] as another microphone, room and voice might give it: coloured noise at an SNR of
+    0-30 dB (on half of the windows), a low-pass at about 2-5 kHz (a quarter; bins above it 40 dB down) or a
+    telephone-like band of about 400-2900 Hz (15%), a pitch shift of -2..2 mel bins (half), a tempo change of
+    0.85-1.15x about the window's centre (half)."""
     B, F, W = mel.shape
     on = lambda p: torch.rand(B, generator=gen) < p  # noqa: E731
     power = _power(mel)
@@ -195,7 +196,7 @@ def augment(mel: torch.Tensor, bank: torch.Tensor, gen: torch.Generator) -> torc
     snr = torch.rand(B, generator=gen) * 30.0
     scale = power.sum((1, 2)) / (noise.sum((1, 2)) * 10.0 ** (snr / 10.0))
     power = power + (scale * on(0.5))[:, None, None] * noise
-    # band-limiting: a low-pass, or a telephone band (about 300-3400 Hz: mel bins 8-55)
+    # band-limiting: a low-pass, or a telephone-like band (mel bins 8-54: about 400-2900 Hz)
     cut = torch.randint(45, 70, (B,), generator=gen)
     lowpass, phone = on(0.25), on(0.15)
     bins = torch.arange(F)[None]

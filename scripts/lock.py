@@ -93,7 +93,12 @@ def main() -> int:
                 tail = (done.stderr or done.stdout).strip().splitlines()[-1:] or ["(no output)"]
                 print(f"lock: {' '.join(cmd[2:])} failed: {tail[0]}", file=sys.stderr)
                 return 1
-        graph = json.loads(subprocess.run([py, "-c", GRAPH], capture_output=True, text=True, check=True).stdout)
+        done = subprocess.run([py, "-c", GRAPH], capture_output=True, text=True)
+        if done.returncode != 0:
+            print(f"lock: reading the installed packages failed: {(done.stderr.strip().splitlines() or ['?'])[-1]}",
+                  file=sys.stderr)
+            return 1
+        graph = json.loads(done.stdout)
     missing = [r for r in roots if r not in graph]
     if missing:
         print(f"lock: {', '.join(missing)} from {args.requirements.name} did not install", file=sys.stderr)

@@ -50,6 +50,8 @@ def test_real_speech_is_voiced_with_its_pauses(dev_speech):
 
 def test_segments_match_silero_get_speech_timestamps(dev_speech):
     import torch
+
+    speaking._silero()  # (imports silero_vad keeping torch's thread count)
     from silero_vad import get_speech_timestamps
 
     reference = get_speech_timestamps(torch.from_numpy(dev_speech), speaking._silero(), min_silence_duration_ms=200)
