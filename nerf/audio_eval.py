@@ -91,6 +91,42 @@ def score_dataset(predictor: MouthPredictor, root: str | Path, split: str = "all
     return rows
 
 
+def identity_of(name: str) -> str:
+    """A dataset folder's speaker: what comes before "_clip" (speak_andrew_clip_1_256 -> speak_andrew), or the name."""
+    return name.split("_clip", 1)[0]
+
+
+def identity_folds(data: list[Path]) -> dict[str, list[Path]]:
+    """identity -> its datasets, for the single-person datasets (those with several people are always trained on)."""
+    out: dict[str, list[Path]] = {}
+    for d in data:
+        if len(dataset.read_meta(d)["persons"]) == 1:
+            out.setdefault(identity_of(d.name), []).append(d)
+    return out
+
+
+def leave_one_identity_out(data: list[Path], folds: dict[str, list[Path]], cfg, out: Path, log=print) -> list[dict]:
+    """For each fold: pre-train on every dataset but the fold's (``cfg``: an AudioPretrainConfig, its data replaced),
+    write <out>/fold_<identity>.pt and score the fold's datasets; returns every row, with its ``identity``."""
+    import dataclasses
+    import time
+
+    from nerf.audio_pretrain import pretrain_audio
+
+    rows = []
+    for k, (ident, held) in enumerate(folds.items(), 1):
+        t0 = time.perf_counter()
+        ckpt = out / f"fold_{ident}.pt"
+        train = [str(d) for d in data if d not in held]
+        pretrain_audio(dataclasses.replace(cfg, data=train), ckpt, log=lambda *_: None, progress=False)
+        predictor = load_predictor(ckpt)
+        fold = [{**r, "identity": ident} for d in held for r in score_dataset(predictor, d)]
+        rows += fold
+        scores = ", ".join(f"{r['dataset']}:{r['person']} {r['corr']:.3f} (energy {r['energy_corr']:.3f})" for r in fold)
+        log(f"[{k}/{len(folds)}] {ident}: {scores}; {time.perf_counter() - t0:.0f} s")
+    return rows
+
+
 def table(rows: list[dict]) -> str:
     """A markdown table of ``score_dataset`` rows, with the median over rows last."""
     lines = ["| dataset | person | frames | corr | offset | energy corr | energy offset |",

@@ -64,11 +64,16 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--out", required=True, help="the encoder checkpoint to write, e.g. runs/audio.pt")
     p.add_argument("--logdir", default=None, help="TensorBoard directory (default: <out without suffix>_tb)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
-    for f in dataclasses.fields(AudioPretrainConfig):
-        if f.name == "data":
-            continue
-        p.add_argument(f"--{f.name}", type=type(f.default), default=f.default, help=f"{HELP[f.name]} (default {f.default})")
+    add_pretrain_options(p)
     return p
+
+
+def add_pretrain_options(p: configargparse.ArgumentParser) -> None:
+    """--iters, --batch, ...: every AudioPretrainConfig field but the data (also scripts/audio_loio.py's)."""
+    for f in dataclasses.fields(AudioPretrainConfig):
+        if f.name != "data":
+            p.add_argument(f"--{f.name}", type=type(f.default), default=f.default,
+                           help=f"{HELP[f.name]} (default {f.default})")
 
 
 def main(argv=None) -> int:
