@@ -105,22 +105,44 @@ def identity_folds(data: list[Path]) -> dict[str, list[Path]]:
     return out
 
 
-def leave_one_identity_out(data: list[Path], folds: dict[str, list[Path]], cfg, out: Path, log=print) -> list[dict]:
+def leave_one_identity_out(data: list[Path], folds: dict[str, list[Path]], cfg, out: Path, own_iters: int = 0,
+                           log=print) -> list[dict]:
     """For each fold: pre-train on every dataset but the fold's (``cfg``: an AudioPretrainConfig, its data replaced),
-    write <out>/fold_<identity>.pt and score the fold's datasets; returns every row, with its ``identity``."""
+    write <out>/fold_<identity>.pt and score the fold's datasets; returns every row, with its ``identity``.
+
+    With ``own_iters``, each held-out dataset is also trained on as train.py would (its train split, ``own_iters``
+    steps): once from the fold's encoder (fine-tuning, kept only where it raises the held-out correlation) and once
+    from scratch; the row gains ``own`` with the three encoders' scores on the dataset's val split: ``prior``,
+    ``fine_tuned`` (the encoder kept), ``scratch``, ``kept`` ("fine-tuned" or "start") and ``fine_tuned_val_corr``
+    (the fine-tuned encoder's held-out correlation, kept or not)."""
     import dataclasses
     import time
 
     from nerf.audio_pretrain import pretrain_audio
 
+    quiet = lambda *_: None  # noqa: E731
     rows = []
     for k, (ident, held) in enumerate(folds.items(), 1):
         t0 = time.perf_counter()
         ckpt = out / f"fold_{ident}.pt"
         train = [str(d) for d in data if d not in held]
-        pretrain_audio(dataclasses.replace(cfg, data=train), ckpt, log=lambda *_: None, progress=False)
+        pretrain_audio(dataclasses.replace(cfg, data=train), ckpt, log=quiet, progress=False)
         predictor = load_predictor(ckpt)
         fold = [{**r, "identity": ident} for d in held for r in score_dataset(predictor, d)]
+        if own_iters:
+            for d in held:
+                own = {"prior": score_dataset(predictor, d, "val")}
+                for name, init in (("fine_tuned", str(ckpt)), ("scratch", "")):
+                    path = out / f"own_{name}_{d.name}.pt"
+                    facts = pretrain_audio(dataclasses.replace(cfg, data=[str(d)], iters=own_iters, init=init), path,
+                                           log=quiet, progress=False)
+                    own[name] = score_dataset(load_predictor(path), d, "val")
+                    if init:  # also the fine-tuned encoder's own figure, whichever was kept
+                        own["kept"], own["fine_tuned_val_corr"] = facts["kept"], facts["val_fine_tuned"]["mouth_open_corr"]
+                for r in fold:
+                    if r["dataset"] == d.name:
+                        r["own"] = {n: v if not isinstance(v, list) else next(x for x in v if x["person"] == r["person"])
+                                    for n, v in own.items()}
         rows += fold
         scores = ", ".join(f"{r['dataset']}:{r['person']} {r['corr']:.3f} (energy {r['energy_corr']:.3f})" for r in fold)
         log(f"[{k}/{len(folds)}] {ident}: {scores}; {time.perf_counter() - t0:.0f} s")

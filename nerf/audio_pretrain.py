@@ -42,7 +42,7 @@ from data_prep.atomic_io import atomic_path
 from data_prep.audio_features import mel_windows, wav2lip_mel
 from data_prep.tb import tensorboard_writer
 from data_prep.video_io import AUDIO_SR
-from nerf.audio import HEAD_PREFIX, Wav2LipAudioEncoder
+from nerf.audio import HEAD_PREFIX, Wav2LipAudioEncoder, encoder_from_state, read_encoder_state
 from nerf.device import resolve_device
 from nerf.errors import TrainError
 from nerf.fields import mlp
@@ -52,6 +52,8 @@ LIP_DIM = 3 * len(MOUTH_INDICES)  # the lip landmarks' x, y, z
 TARGET_DIM = LIP_DIM + 1  # and the mouth opening, last
 LIP_WINDOW = 2  # frames each side of the lips compared with a mel window (5 frames = 200 ms at 25 fps)
 SYNC_DIM = 128
+HEADS_PREFIX = "pretrain_heads."
+"""The training heads (lip regression, both sync sides) beside the encoder, so that fine-tuning starts where this left."""
 MEL_UNITS_PER_DB = 8.0 / 100.0  # Wav2Lip's mel normalization maps 100 dB onto [-4, 4]
 
 
@@ -79,6 +81,10 @@ class AudioPretrainConfig:
     """Each mel window is made up to this many dB louder or quieter."""
     eval_every: int = 50
     """Held-out correlation and sync accuracy every this many steps (and at the end)."""
+    init: str = ""
+    """An encoder file of this pre-training to start from (with its heads), e.g. the shipped prior; the result is the
+    fine-tuned encoder only where it predicts the held-out mouth opening better than the start, else the start
+    itself. Empty: from scratch."""
     seed: int = 0
     device: str = "auto"
     """cpu, cuda, or auto (cuda when available)."""
@@ -157,6 +163,22 @@ class AudioPretrainNet(nn.Module):
         a = F.normalize(self.audio_sync(code), dim=-1)
         m = F.normalize(self.lips_sync(lips), dim=-1)
         return self.regress(code), (a[:, None] * m).sum(-1)
+
+
+def _load_start(net: AudioPretrainNet, path: str) -> None:
+    """The encoder (and, where the file has them, the heads) of an encoder file into ``net``.
+
+    Raises:
+        TrainError: unreadable, another layout, or without the heads of this pre-training.
+    """
+    state = read_encoder_state(path)
+    net.encoder.load_state_dict(encoder_from_state(state, path).state_dict())
+    heads = {k.removeprefix(HEADS_PREFIX): v for k, v in state.items() if k.startswith(HEADS_PREFIX)}
+    try:
+        net.load_state_dict({**{"encoder." + k: v for k, v in net.encoder.state_dict().items()}, **heads})
+    except RuntimeError:
+        raise TrainError(f"{path} lacks the heads of this pre-training ({HEADS_PREFIX}*): fine-tuning starts from a file "
+                         "written by scripts/pretrain_audio.py; use a Wav2Lip checkpoint frozen (--wav2lip_ckpt)") from None
 
 
 def noise_bank(seconds: float = 4.0, seed: int = 0) -> torch.Tensor:
@@ -310,7 +332,16 @@ def pretrain_audio(cfg: AudioPretrainConfig, out: str | Path, log=print, progres
         f"({n_val} held out), {cfg.iters} steps of {cfg.batch} on {device}")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
-    net = AudioPretrainNet().to(device)
+    net = AudioPretrainNet()
+    start: dict[str, float] = {}
+    if cfg.init:
+        _load_start(net, cfg.init)
+        net.to(device)
+        start = held_out(net, speakers, cfg, device)
+        initial = {k: v.detach().clone() for k, v in net.state_dict().items()}
+        log(f"starting from {cfg.init}: held-out mouth-opening correlation {start['mouth_open_corr']:.3f} over "
+            f"{start['frames']} frames")
+    net.to(device)
     opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
     shifts = _shifts(cfg)
     bank = noise_bank(seed=cfg.seed)
@@ -342,10 +373,19 @@ def pretrain_audio(cfg: AudioPretrainConfig, out: str | Path, log=print, progres
                 writer.add_scalar("audio/val_mouth_open_corr", val["mouth_open_corr"], it + 1)
                 writer.add_scalar("audio/val_sync_acc", val["sync_acc"], it + 1)
     bar.close()
+    kept, trained = "trained", val
+    if cfg.init:
+        kept = "fine-tuned" if val["mouth_open_corr"] > start["mouth_open_corr"] else "start"
+        if kept == "start":  # fine-tuning did not help this clip's held-out frames (or there are none to tell)
+            net.load_state_dict(initial)
+            val = start
     facts = {"steps": cfg.iters, "seconds": round(time.perf_counter() - t0, 1), "train_frames": len(frames),
              "loss": loss["total"].item(), "loss_regress": loss["regress"].item(), "loss_sync": loss["sync"].item(),
-             "train_sync_acc_last_batch": loss["sync_acc"].item(), "val": val}
+             "train_sync_acc_last_batch": loss["sync_acc"].item(), "val": val, "kept": kept}
+    if cfg.init:
+        facts["val_start"], facts["val_fine_tuned"] = start, trained
     state = {k: v.cpu() for k, v in net.encoder.state_dict().items()}
+    state.update({HEADS_PREFIX + k: v.detach().cpu() for k, v in net.state_dict().items() if not k.startswith("encoder.")})
     state[HEAD_PREFIX + "weight"] = net.regress.weight[LIP_DIM:].detach().cpu().clone()  # the opening's row
     state[HEAD_PREFIX + "bias"] = net.regress.bias[LIP_DIM:].detach().cpu().clone()
     with atomic_path(Path(out)) as tmp:
@@ -353,7 +393,8 @@ def pretrain_audio(cfg: AudioPretrainConfig, out: str | Path, log=print, progres
                     "persons": [s.name for s in speakers], "facts": facts}, tmp)
     if writer:
         writer.close()
-    log(f"audio encoder: held-out mouth-opening correlation {val['mouth_open_corr']:.3f}, sync accuracy "
-        f"{val['sync_acc']:.2f} over {val['frames']} frames; {facts['seconds']} s -> {out}")
+    which = {"trained": "", "fine-tuned": " (fine-tuned)", "start": f" (kept {cfg.init}: fine-tuning did not raise it)"}
+    log(f"audio encoder{which[kept]}: held-out mouth-opening correlation {val['mouth_open_corr']:.3f}, sync "
+        f"accuracy {val['sync_acc']:.2f} over {val['frames']} frames; {facts['seconds']} s -> {out}")
     return facts
 

@@ -26,7 +26,7 @@ from tqdm import tqdm
 
 from data_prep.atomic_io import atomic_path, save_image
 from data_prep.tb import tensorboard_writer
-from nerf.audio import Wav2LipAudioEncoder, encoder_from_state, load_audio_encoder
+from nerf.audio import SHIPPED_ENCODER, Wav2LipAudioEncoder, encoder_from_state, load_audio_encoder
 from nerf.audio_pretrain import AudioPretrainConfig, pretrain_audio
 from nerf.data import ErrorMap, PersonFrames, check_shares, load_datasets, sample_rays
 from nerf.device import prepare_device, resolve_device
@@ -84,9 +84,11 @@ class TrainConfig:
     Experimental (docs/PERFORMANCE.md)."""
     wav2lip_ckpt: str = ""
     """A checkpoint holding Wav2Lip's audio encoder (wav2lip.pth, wav2lip_gan.pth, or one written by
-    scripts/pretrain_audio.py), used frozen; empty: pre-train the encoder on --data first."""
+    scripts/pretrain_audio.py), used frozen; empty: the shipped prior (nerf/weights/audio_prior.pt), fine-tuned on
+    --data first."""
     audio_pretrain_iters: int = 400
-    """Steps of that pre-training (nerf.audio_pretrain) when no --wav2lip_ckpt is given."""
+    """Steps of fine-tuning the shipped prior on --data (nerf.audio_pretrain; the fine-tuned encoder is kept only
+    where it predicts the held-out frames' mouth opening better than the prior); 0: the prior, frozen."""
     audio_window: int = 4
     """The head field smooths the audio codes of frames f-audio_window..f+audio_window (temporal attention)."""
     n_coarse: int = 32
@@ -379,14 +381,16 @@ def evaluate_psnr(model: AvatarModel, persons: list[PersonFrames], max_frames: i
 
 
 def audio_encoder_of(cfg: TrainConfig, out: Path, log=print, progress: bool = True) -> Wav2LipAudioEncoder:
-    """A new run's frozen audio encoder: --wav2lip_ckpt's, or pre-trained on --data now (<out>/audio_encoder.pt)."""
-    if cfg.wav2lip_ckpt:
-        encoder = load_audio_encoder(cfg.wav2lip_ckpt)
-        log(f"audio encoder: {cfg.wav2lip_ckpt} (frozen)")
+    """A new run's frozen audio encoder: --wav2lip_ckpt's, the shipped prior, or the prior fine-tuned on --data now
+    (<out>/audio_encoder.pt)."""
+    if cfg.wav2lip_ckpt or cfg.audio_pretrain_iters == 0:
+        path = cfg.wav2lip_ckpt or SHIPPED_ENCODER
+        encoder = load_audio_encoder(path)
+        log(f"audio encoder: {path} (frozen)")
         return encoder
     path = out / "audio_encoder.pt"
-    pretrain_audio(AudioPretrainConfig(data=list(cfg.data), iters=cfg.audio_pretrain_iters, seed=cfg.seed,
-                                       device=cfg.device), path,
+    pretrain_audio(AudioPretrainConfig(data=list(cfg.data), iters=cfg.audio_pretrain_iters, init=str(SHIPPED_ENCODER),
+                                       seed=cfg.seed, device=cfg.device), path,
                    log=log, progress=progress, logdir=out / "tb" / "audio_pretrain")
     return load_audio_encoder(path)
 

@@ -37,6 +37,9 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--data", nargs="+", action="extend", required=True, help="prepared dataset directories")
     p.add_argument("--out", required=True, help="a folder for the fold encoders and loio.json")
     p.add_argument("--only", action="append", default=[], help="hold out only this identity (repeatable)")
+    p.add_argument("--own_iters", type=int, default=0,
+                   help="also train on each held-out clip's train split for this many steps, from the fold's encoder "
+                        "and from scratch, and score all three on its val split (what train.py would do)")
     add_pretrain_options(p)
     return p
 
@@ -61,7 +64,7 @@ def main(argv=None) -> int:
             print("error: leave-one-out needs at least two datasets and one single-person identity", file=sys.stderr)
             return 1
         out.mkdir(parents=True, exist_ok=True)
-        rows = leave_one_identity_out(data, folds, cfg, out, log=lambda line: print(line, flush=True))
+        rows = leave_one_identity_out(data, folds, cfg, out, args.own_iters, log=lambda line: print(line, flush=True))
     except (PrepareError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1

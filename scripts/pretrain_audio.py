@@ -52,6 +52,8 @@ HELP = {
     "temperature": "InfoNCE temperature",
     "gain_jitter_db": "each mel window is made up to this many dB louder or quieter",
     "eval_every": "held-out metrics every this many steps (and at the end)",
+    "init": "an encoder file of this command to fine-tune (e.g. nerf/weights/audio_prior.pt); kept only where it "
+            "raises the held-out correlation. Empty: from scratch",
     "seed": "random seed",
     "device": "cpu, cuda, or auto (cuda when available)",
 }

@@ -126,6 +126,52 @@ def test_pretraining_learns_the_held_out_mouth_from_the_voice(pretrained):
     assert saved["state_dict"]["mouth_open_head.weight"].shape == (1, 512)  # what evaluate_audio.py scores with
 
 
+def test_fine_tuning_keeps_the_start_unless_the_held_out_mouth_improves(synthetic, pretrained, tmp_path):
+    from nerf.audio_pretrain import HEADS_PREFIX
+
+    quiet = dict(log=lambda *_: None, progress=False)
+    data = [str(synthetic["dataset"])]
+    # a barely trained start (3 steps): 30 steps on the clip raise its held-out correlation, so they are kept
+    weak = tmp_path / "weak.pt"
+    pretrain_audio(AudioPretrainConfig(data=data, iters=3, eval_every=3), weak, **quiet)
+    facts = pretrain_audio(AudioPretrainConfig(data=data, iters=30, eval_every=30, init=str(weak)), tmp_path / "ft.pt",
+                           **quiet)
+    assert facts["kept"] == "fine-tuned" and facts["val"] == facts["val_fine_tuned"]
+    assert facts["val"]["mouth_open_corr"] > facts["val_start"]["mouth_open_corr"]
+    assert facts["val"]["mouth_open_corr"] >= 0.6, facts  # the 30-step encoder from scratch: 0.93-0.96
+    # a step size that wrecks the encoder: the start comes back, bit for bit, heads included
+    facts = pretrain_audio(AudioPretrainConfig(data=data, iters=5, eval_every=5, lr=10.0, init=str(pretrained["ckpt"])),
+                           tmp_path / "wrecked.pt", **quiet)
+    assert facts["kept"] == "start" and not facts["val_fine_tuned"]["mouth_open_corr"] > facts["val_start"]["mouth_open_corr"]
+    start = torch.load(pretrained["ckpt"], map_location="cpu", weights_only=True)["state_dict"]
+    kept = torch.load(tmp_path / "wrecked.pt", map_location="cpu", weights_only=True)["state_dict"]
+    assert any(k.startswith(HEADS_PREFIX) for k in kept)
+    torch.testing.assert_close(kept, start, rtol=0, atol=0)
+    # a public Wav2Lip checkpoint has no training heads to fine-tune: one clear error
+    torch.save({"state_dict": _Wav2LipAudioHalf().state_dict()}, tmp_path / "wav2lip.pth")
+    with pytest.raises(TrainError, match="lacks the heads"):
+        pretrain_audio(AudioPretrainConfig(data=data, iters=2, init=str(tmp_path / "wav2lip.pth")), tmp_path / "x.pt",
+                       **quiet)
+    assert not (tmp_path / "x.pt").exists()
+
+
+def test_train_fine_tunes_the_shipped_prior_by_default_and_uses_it_frozen_with_zero_steps(synthetic, tmp_path):
+    from nerf.audio import SHIPPED_ENCODER
+    from nerf.trainer import audio_encoder_of
+
+    cfg = TrainConfig(data=[str(synthetic["dataset"])], audio_pretrain_iters=0)
+    frozen = audio_encoder_of(cfg, tmp_path, log=lambda *_: None, progress=False)
+    torch.testing.assert_close(frozen.state_dict(), load_audio_encoder(SHIPPED_ENCODER).state_dict(), rtol=0, atol=0)
+    assert not frozen.training and not any(p.requires_grad for p in frozen.parameters())
+    assert not (tmp_path / "audio_encoder.pt").exists()
+    lines = []
+    cfg = TrainConfig(data=[str(synthetic["dataset"])], audio_pretrain_iters=2)
+    audio_encoder_of(cfg, tmp_path, log=lines.append, progress=False)
+    saved = torch.load(tmp_path / "audio_encoder.pt", map_location="cpu", weights_only=True)
+    assert json.loads(saved["config"])["init"] == str(SHIPPED_ENCODER) and "val_start" in saved["facts"]
+    assert any(str(SHIPPED_ENCODER) in line for line in lines)
+
+
 def _evaluate_audio(*args) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_audio.py"), *map(str, args)],
                           capture_output=True, text=True, cwd=ROOT)
@@ -275,6 +321,7 @@ def test_the_shipped_prior_loads_as_a_wav2lip_encoder_with_its_mouth_head_and_na
     predictor = load_predictor(SHIPPED_ENCODER)
     saved = torch.load(SHIPPED_ENCODER, map_location="cpu", weights_only=True)
     config = json.loads(saved["config"])
+    assert any(k.startswith("pretrain_heads.") for k in saved["state_dict"])  # train.py fine-tunes from it
     assert config["iters"] == 900 and len(config["data"]) == 17 and all(d.startswith("data/dev/") for d in config["data"])
     # silence and a loud window of noise: the encoder tells them apart (the mouth is not predicted constant)
     silent, loud = torch.full((1, 80, 16), -4.0), torch.rand(1, 80, 16, generator=torch.Generator().manual_seed(0)) * 3
