@@ -326,3 +326,32 @@ def test_the_shipped_prior_loads_as_a_wav2lip_encoder_with_its_mouth_head_and_na
     # silence and a loud window of noise: the encoder tells them apart (the mouth is not predicted constant)
     silent, loud = torch.full((1, 80, 16), -4.0), torch.rand(1, 80, 16, generator=torch.Generator().manual_seed(0)) * 3
     assert abs(predictor.opening(silent)[0] - predictor.opening(loud)[0]) > 0.1
+
+
+def test_evaluate_speech_finds_the_mouth_that_follows_the_voice_and_not_a_frozen_one(synthetic, tmp_path):
+    from data_prep.video_io import iter_frames, read_audio, write_video
+
+    # person 0 of the synthetic conversation alone (the left half): the jaw opens with its voice
+    frames = [f[:, : f.shape[1] // 2] for f in iter_frames(synthetic["video"])]
+    audio = read_audio(synthetic["video"])
+    write_video(tmp_path / "talks.mp4", frames, 25, audio=audio)
+    write_video(tmp_path / "frozen.mp4", [frames[0]] * len(frames), 25, audio=audio)
+    truth = synthetic["truth"]
+    for name in ("talks", "frozen"):
+        run = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_speech.py"), "--video",
+                              str(tmp_path / f"{name}.mp4"), "--out", str(tmp_path / name), "--json"],
+                             capture_output=True, text=True, cwd=ROOT)
+        assert run.returncode == 0, run.stderr
+        assert "AUC" in run.stdout and (tmp_path / f"{name}.png").stat().st_size > 10_000
+    talks = json.loads((tmp_path / "talks.json").read_text())
+    frozen = json.loads((tmp_path / "frozen.json").read_text())
+    assert talks["frames"] == frozen["frames"] == len(frames) and talks["faces"] > 0.95
+    # Speech is both voices; person 0 talks in about half of it (its jaw is closed in the other's turns).
+    share = truth["speaking"][:, 0].mean() / max(truth["speaking"].any(1).mean(), 1e-9)
+    assert 0.3 < share < 0.7
+    assert talks["auc"] > 0.65 and talks["open_speech"] > talks["open_silence"], talks
+    # one picture (the encoder's noise moves its landmarks a little): the mouth ignores the speech
+    assert abs(frozen["auc"] - 0.5) < 0.15 and frozen["moves_speech"] < 0.25 * talks["moves_speech"], (frozen, talks)
+    bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_speech.py"), "--video",
+                          str(tmp_path / "none.mp4"), "--out", str(tmp_path / "x")], capture_output=True, text=True)
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "no such file" in bad.stderr
