@@ -161,3 +161,83 @@ def table(rows: list[dict]) -> str:
         lines.append(f"| median | | {int(np.median([r['frames'] for r in rows]))} | {med('corr'):.3f} | "
                      f"{med('offset'):+.0f} | {med('energy_corr'):.3f} | {med('energy_offset'):+.0f} |")
     return "\n".join(lines)
+
+
+def mouth_on_speech(video: str | Path, audio: str | Path | None = None, max_seconds: float = 0.0) -> dict:
+    """How the mouth of the (one) face in a video follows the speech of its audio track or of ``audio``.
+
+    Each frame's mouth opening is measured as prepare measures it (face mesh, inner-lip gap over the eye-corner
+    distance: about 0 closed, 0.3-0.5 wide open); silero says which frames are speech.
+
+    Returns:
+        {"fps", "opening" [T] (NaN: no face), "voiced" [T] bool, "energy" [T] log-RMS, and the summary: "frames",
+        "faces" (share of frames with a face), "voiced_share", "open_speech" and "open_silence" (median openings),
+        "moves_speech" and "moves_silence" (standard deviations), "auc" (the chance that a speech frame's mouth is
+        more open than a silent frame's; 0.5: the mouth ignores the speech), "energy_corr" and "offset" (frames
+        where the envelope lines up best with the mouth, over the speech frames; 0 is in sync)}.
+
+    Raises:
+        PrepareError: unreadable video, no audio, or no face in any frame.
+    """
+    from data_prep.audio_features import frame_zcr_rms
+    from data_prep.errors import PrepareError
+    from data_prep.speaking import mouth_opening, voice_activity
+    from data_prep.video_io import AUDIO_SR, iter_frames, probe, read_audio
+    from nerf.metrics import face_mesh_landmarks
+
+    info = probe(video)
+    sound = read_audio(audio if audio is not None else video)
+    if sound is None or sound.size == 0:
+        raise PrepareError(f"{audio or video} has no audio to compare the mouth with")
+    frames = []
+    for frame in iter_frames(video):
+        frames.append(frame)
+        if max_seconds and len(frames) >= max_seconds * info.fps:
+            break
+    T = len(frames)
+    sound = sound[: int(round(T / info.fps * AUDIO_SR))]
+    opening = mouth_opening(face_mesh_landmarks(np.stack(frames))).astype(np.float64)
+    if not np.isfinite(opening).any():
+        raise PrepareError(f"no face found in any of the {T} frames of {video}")
+    voiced, _ = voice_activity(sound, T, info.fps)
+    _, rms = frame_zcr_rms(sound, T, info.fps)
+    energy = np.log(rms.astype(np.float64) + 1e-4)
+    face = np.isfinite(opening)
+    speech, silence = opening[face & voiced], opening[face & ~voiced]
+    if len(speech) and len(silence):  # Mann-Whitney: the share of (speech, silence) pairs the speech frame wins
+        auc = float(((speech[:, None] > silence[None]).mean() + 0.5 * (speech[:, None] == silence[None]).mean()))
+    else:
+        auc = float("nan")
+    stat = lambda f, x: float(f(x)) if len(x) else float("nan")  # noqa: E731
+    sync = av_offset(energy, np.where(voiced, opening, np.nan), MAX_SHIFT)
+    return {"fps": info.fps, "opening": opening, "voiced": voiced, "energy": energy, "frames": T,
+            "faces": float(face.mean()), "voiced_share": float(voiced.mean()),
+            "open_speech": stat(np.median, speech), "open_silence": stat(np.median, silence),
+            "moves_speech": stat(np.std, speech), "moves_silence": stat(np.std, silence), "auc": auc,
+            "energy_corr": pearson(energy, np.where(voiced, opening, np.nan)), "offset": sync.frames}
+
+
+def speech_figure(result: dict, path: str | Path, title: str = "") -> None:
+    """A picture of ``mouth_on_speech``: the audio envelope with speech shaded, and the mouth opening below."""
+    from data_prep.atomic_io import atomic_path
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    t = np.arange(result["frames"]) / result["fps"]
+    fig = Figure(figsize=(10, 4), dpi=100)
+    FigureCanvasAgg(fig)
+    top, bottom = fig.subplots(2, 1, sharex=True)
+    for ax in (top, bottom):
+        ax.fill_between(t, 0, 1, where=result["voiced"], transform=ax.get_xaxis_transform(), color="tab:green",
+                        alpha=0.15, linewidth=0, label="speech (silero)")
+    top.plot(t, result["energy"], color="tab:gray", linewidth=0.8)
+    top.set_ylabel("log RMS")
+    top.set_title(title or f"mouth opening: median {result['open_speech']:.3f} in speech, {result['open_silence']:.3f} "
+                  f"in silence; AUC {result['auc']:.2f}; offset {result['offset']:+d} frames")
+    bottom.plot(t, result["opening"], color="tab:red", linewidth=1.0)
+    bottom.set_ylabel("mouth opening")
+    bottom.set_xlabel("seconds")
+    top.legend(loc="upper right", fontsize=8)
+    fig.tight_layout()
+    with atomic_path(Path(path)) as tmp:
+        fig.savefig(tmp, format="png")
