@@ -205,7 +205,7 @@ def mouth_on_speech(video: str | Path, audio: str | Path | None = None, max_seco
     face = np.isfinite(opening)
     speech, silence = opening[face & voiced], opening[face & ~voiced]
     if len(speech) and len(silence):  # Mann-Whitney: the share of (speech, silence) pairs the speech frame wins
-        auc = float(((speech[:, None] > silence[None]).mean() + 0.5 * (speech[:, None] == silence[None]).mean()))
+        auc = float((speech[:, None] > silence[None]).mean() + 0.5 * (speech[:, None] == silence[None]).mean())
     else:
         auc = float("nan")
     stat = lambda f, x: float(f(x)) if len(x) else float("nan")  # noqa: E731
@@ -219,9 +219,10 @@ def mouth_on_speech(video: str | Path, audio: str | Path | None = None, max_seco
 
 def speech_figure(result: dict, path: str | Path, title: str = "") -> None:
     """A picture of ``mouth_on_speech``: the audio envelope with speech shaded, and the mouth opening below."""
-    from data_prep.atomic_io import atomic_path
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
+
+    from data_prep.atomic_io import atomic_path
 
     t = np.arange(result["frames"]) / result["fps"]
     fig = Figure(figsize=(10, 4), dpi=100)

@@ -20,7 +20,6 @@ Examples:
     python scripts/evaluate_speech.py --video out/silent_render.mp4 --audio speech.flac --out out/mouth --json
 """
 
-import json
 import sys
 from pathlib import Path
 
