@@ -60,7 +60,7 @@ def score_dataset(predictor: MouthPredictor, root: str | Path, split: str = "all
 
     Returns:
         [{dataset, person, frames, corr, offset, energy_corr, energy_offset}]: ``corr`` and
-        ``energy_corr`` at shift 0 (NaN under 3 frames), offsets in frames.
+        ``energy_corr`` at shift 0 (NaN under 3 frames), offsets in frames (None where no shift could be scored).
 
     Raises:
         PrepareError: not a finished dataset of this schema.
@@ -86,9 +86,19 @@ def score_dataset(predictor: MouthPredictor, root: str | Path, split: str = "all
         real = np.where(scored, opening, np.nan)
         ours, loud = av_offset(predicted, real, MAX_SHIFT), av_offset(energy, real, MAX_SHIFT)
         rows.append({"dataset": root.name, "person": pid, "frames": int(scored.sum()),
-                     "corr": pearson(predicted, real), "offset": ours.frames,
-                     "energy_corr": pearson(energy, real), "energy_offset": loud.frames})
+                     "corr": pearson(predicted, real), "offset": _shift(ours),
+                     "energy_corr": pearson(energy, real), "energy_offset": _shift(loud)})
     return rows
+
+
+def _shift(offset) -> int | None:
+    """An ``av_offset``'s frames, or None when no shift could be scored (too few frames)."""
+    return offset.frames if np.isfinite(offset.corr) else None
+
+
+def signed(x) -> str:
+    """An offset as +N / -N, or "-" when there is none."""
+    return "-" if x is None or (isinstance(x, float) and not np.isfinite(x)) else f"{x:+.0f}"
 
 
 def identity_of(name: str) -> str:
@@ -154,12 +164,12 @@ def table(rows: list[dict]) -> str:
     lines = ["| dataset | person | frames | corr | offset | energy corr | energy offset |",
              "| --- | --- | --- | --- | --- | --- | --- |"]
     for r in rows:
-        lines.append(f"| {r['dataset']} | {r['person']} | {r['frames']} | {r['corr']:.3f} | {r['offset']:+d} | "
-                     f"{r['energy_corr']:.3f} | {r['energy_offset']:+d} |")
+        lines.append(f"| {r['dataset']} | {r['person']} | {r['frames']} | {r['corr']:.3f} | {signed(r['offset'])} | "
+                     f"{r['energy_corr']:.3f} | {signed(r['energy_offset'])} |")
     if len(rows) > 1:
-        med = lambda k: float(np.nanmedian([r[k] for r in rows]))  # noqa: E731
+        med = lambda k: float(np.nanmedian([np.nan if r[k] is None else r[k] for r in rows]))  # noqa: E731
         lines.append(f"| median | | {int(np.median([r['frames'] for r in rows]))} | {med('corr'):.3f} | "
-                     f"{med('offset'):+.0f} | {med('energy_corr'):.3f} | {med('energy_offset'):+.0f} |")
+                     f"{signed(med('offset'))} | {med('energy_corr'):.3f} | {signed(med('energy_offset'))} |")
     return "\n".join(lines)
 
 
@@ -214,7 +224,7 @@ def mouth_on_speech(video: str | Path, audio: str | Path | None = None, max_seco
             "faces": float(face.mean()), "voiced_share": float(voiced.mean()),
             "open_speech": stat(np.median, speech), "open_silence": stat(np.median, silence),
             "moves_speech": stat(np.std, speech), "moves_silence": stat(np.std, silence), "auc": auc,
-            "energy_corr": pearson(energy, np.where(voiced, opening, np.nan)), "offset": sync.frames}
+            "energy_corr": pearson(energy, np.where(voiced, opening, np.nan)), "offset": _shift(sync)}
 
 
 def speech_figure(result: dict, path: str | Path, title: str = "") -> None:
@@ -234,7 +244,7 @@ def speech_figure(result: dict, path: str | Path, title: str = "") -> None:
     top.plot(t, result["energy"], color="tab:gray", linewidth=0.8)
     top.set_ylabel("log RMS")
     top.set_title(title or f"mouth opening: median {result['open_speech']:.3f} in speech, {result['open_silence']:.3f} "
-                  f"in silence; AUC {result['auc']:.2f}; offset {result['offset']:+d} frames")
+                  f"in silence; AUC {result['auc']:.2f}; offset {signed(result['offset'])} frames")
     bottom.plot(t, result["opening"], color="tab:red", linewidth=1.0)
     bottom.set_ylabel("mouth opening")
     bottom.set_xlabel("seconds")

@@ -5,7 +5,7 @@ For each dataset and person, over the frames where that person speaks with a tra
   corr           correlation of the mouth opening predicted from the audio alone with the tracked
                  opening (1 is perfect; 0 is no relation), at shift 0
   offset         the shift, within +-10 frames, that lines the two up best (0 is in sync; positive:
-                 the real mouth moves that many frames after the prediction)
+                 the real mouth moves that many frames after the prediction; "-": too few frames to tell)
   energy corr    the same two figures for the log-RMS energy envelope of the audio: loudness alone,
   energy offset  the baseline an encoder must beat
 Without --encoder it scores the encoder shipped with the project (nerf/weights/audio_prior.pt). Only

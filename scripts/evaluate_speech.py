@@ -48,7 +48,7 @@ def main(argv=None) -> int:
         if not Path(path).is_file():
             print(f"error: no such file: {path}", file=sys.stderr)
             return 1
-    from nerf.audio_eval import mouth_on_speech, speech_figure
+    from nerf.audio_eval import mouth_on_speech, signed, speech_figure
 
     out = Path(args.out)
     try:
@@ -67,7 +67,7 @@ def main(argv=None) -> int:
     print(f"{r['frames']} frames, a face in {r['faces']:.0%}, speech in {r['voiced_share']:.0%}\n"
           f"mouth opening, median: {r['open_speech']:.3f} in speech, {r['open_silence']:.3f} in silence\n"
           f"moves (std): {r['moves_speech']:.3f} in speech, {r['moves_silence']:.3f} in silence\n"
-          f"AUC speech > silence: {r['auc']:.2f}; energy corr {r['energy_corr']:.3f} at offset {r['offset']:+d} frames\n"
+          f"AUC speech > silence: {r['auc']:.2f}; energy corr {r['energy_corr']:.3f} at offset {signed(r['offset'])} frames\n"
           f"-> {out.with_suffix('.png')}")
     return 0
 

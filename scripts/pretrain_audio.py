@@ -18,13 +18,17 @@ Otherwise this command teaches the encoder from the prepared datasets themselves
                   the correlation of predicted and real mouth opening (1 is perfect).
 
 The output is a checkpoint in Wav2Lip's own layout: give it to train.py as --wav2lip_ckpt.
-train.py runs this same pre-training itself when no --wav2lip_ckpt is given; use this command
-to pre-train once on several conversations, or with more steps. A one-minute clip takes a few
+The project ships one, nerf/weights/audio_prior.pt, made by this command on 17 real clips
+(configs/audio_prior.txt says how to rebuild it); train.py fine-tunes it on the run's own data by
+itself (this command with --init nerf/weights/audio_prior.pt). Use this command to pre-train on
+your own collection of conversations, or with more steps. A one-minute clip takes a few
 minutes with configs/audio.txt on a 2-core CPU (seconds on a GPU).
 
 Examples:
     python scripts/pretrain_audio.py --config configs/audio.txt --data data/talk --out runs/audio.pt
     python scripts/pretrain_audio.py --config configs/audio.txt --data data/talk --data data/other --out runs/audio.pt
+    python scripts/pretrain_audio.py --config configs/audio.txt --data data/talk --init nerf/weights/audio_prior.pt \
+        --iters 200 --out runs/audio_ft.pt
     python scripts/train.py --config configs/gpu_full.txt --data data/talk --wav2lip_ckpt runs/audio.pt
 """
 

@@ -7,10 +7,13 @@ by expression while it listens) and a shared torso field with a pose-conditioned
 deformation; head and torso are composited in one volume-rendering pass.
 
 The audio drive is Wav2Lip's audio encoder (512-d per frame, frozen), smoothed over
-frames f-4..f+4 by a temporal attention. Its weights come from --wav2lip_ckpt (the public
-wav2lip.pth / wav2lip_gan.pth if you have one, or scripts/pretrain_audio.py's output);
-without it the first stage pre-trains the encoder on --data (--audio_pretrain_iters steps,
-saved as <out>/audio_encoder.pt). Nothing is downloaded.
+frames f-4..f+4 by a temporal attention. By default it is the universal prior shipped in
+nerf/weights/audio_prior.pt (pre-trained on 17 real clips of 11 speakers), which the first
+stage fine-tunes on --data (--audio_pretrain_iters steps) and keeps fine-tuned only if that
+predicts the held-out frames' mouth better (saved as <out>/audio_encoder.pt); with
+--audio_pretrain_iters 0 the prior is used as it is. --wav2lip_ckpt takes another encoder
+(the public wav2lip.pth / wav2lip_gan.pth, or scripts/pretrain_audio.py's output) frozen.
+Nothing is downloaded.
 
 Examples:
     python scripts/train.py --config configs/cpu_tiny.txt --data data/talk
@@ -66,8 +69,9 @@ def _doc(name: str) -> str:
             "lr": "Adam learning rate of MLPs and codes", "lr_hash": "Adam learning rate of the hash tables",
             "out": "run directory",
             "wav2lip_ckpt": "checkpoint with Wav2Lip's audio encoder (wav2lip.pth, wav2lip_gan.pth or "
-                            "scripts/pretrain_audio.py's), used frozen; empty: pre-train one on --data first",
-            "audio_pretrain_iters": "steps of that pre-training (without --wav2lip_ckpt)",
+                            "scripts/pretrain_audio.py's), used frozen; empty: the shipped prior (nerf/weights/audio_prior.pt)",
+            "audio_pretrain_iters": "steps of fine-tuning the shipped prior on --data, kept only where it raises the held-out "
+                                    "mouth correlation (0: the prior frozen)",
             "audio_window": "frames each side the head field's temporal attention smooths audio codes over",
             "device": "auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N",
             "hash_backend": "auto (the fused CUDA hash grid on a GPU, else PyTorch), torch, cuda or tcnn",

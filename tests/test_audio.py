@@ -355,3 +355,17 @@ def test_evaluate_speech_finds_the_mouth_that_follows_the_voice_and_not_a_frozen
     bad = subprocess.run([sys.executable, str(ROOT / "scripts" / "evaluate_speech.py"), "--video",
                           str(tmp_path / "none.mp4"), "--out", str(tmp_path / "x")], capture_output=True, text=True)
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "no such file" in bad.stderr
+
+
+def test_an_offset_that_could_not_be_scored_reads_as_none_not_as_in_sync():
+    from nerf.audio_eval import _shift, table
+    from nerf.metrics import av_offset
+
+    few = np.full(100, np.nan)
+    few[[10, 11]] = [0.1, 0.2]  # two scored frames: no shift can be told
+    assert _shift(av_offset(np.random.default_rng(0).random(100), few)) is None
+    rows = [{"dataset": "d", "person": 0, "frames": 2, "corr": float("nan"), "offset": None, "energy_corr": float("nan"),
+             "energy_offset": None},
+            {"dataset": "e", "person": 0, "frames": 90, "corr": 0.5, "offset": 1, "energy_corr": 0.1, "energy_offset": -2}]
+    lines = table(rows).splitlines()
+    assert lines[2].endswith("| nan | - | nan | - |") and "| +1 |" in lines[3] and "| +1 |" in lines[4]
