@@ -173,6 +173,66 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def speech_auc(speech: np.ndarray, silence: np.ndarray) -> float:
+    """The chance that a speech frame's mouth is more open than a silent frame's (ties count half; Mann-Whitney's U
+    over the pairs); NaN without both."""
+    if not len(speech) or not len(silence):
+        return float("nan")
+    from scipy.stats import rankdata
+
+    ranks = rankdata(np.concatenate([speech, silence]))  # ties get their average rank
+    return float((ranks[: len(speech)].sum() - len(speech) * (len(speech) + 1) / 2) / (len(speech) * len(silence)))
+
+
+def score_speech(predictor: MouthPredictor, paths: list[str | Path], fps: float = 25.0) -> list[dict]:
+    """Does the encoder open the mouth for speech it never heard, and close it in the pauses? One row per audio file
+    (any voice, language or microphone; silero says where the speech is) and one for all files together.
+
+    Returns:
+        [{audio, frames, speech (share of frames), open_speech, open_silence (median predicted opening, in the
+        standard deviations of the training speakers' openings), auc (``speech_auc``)}], the pooled row last
+        ("all").
+
+    Raises:
+        PrepareError: a file that cannot be read as audio.
+    """
+    from data_prep.audio_features import wav2lip_mel
+    from data_prep.errors import PrepareError
+    from data_prep.speaking import voice_activity
+    from data_prep.video_io import AUDIO_SR, read_audio
+
+    rows, pooled = [], ([], [])
+    for path in map(Path, paths):
+        try:
+            audio = read_audio(path)
+        except Exception as e:  # noqa: BLE001  (ffmpeg's message on a file that is not audio)
+            raise PrepareError(f"cannot read {path} as audio: {(str(e).splitlines() or [type(e).__name__])[0]}") from None
+        if audio is None or audio.size < AUDIO_SR / fps:
+            raise PrepareError(f"{path} holds no audio")
+        T = int(audio.size / AUDIO_SR * fps)
+        predicted = predictor.opening(torch.from_numpy(mel_windows(wav2lip_mel(audio), T, fps)))
+        voiced, _ = voice_activity(audio, T, fps)
+        pooled[0].append(predicted[voiced])
+        pooled[1].append(predicted[~voiced])
+        rows.append(_speech_row(path.name, predicted[voiced], predicted[~voiced]))
+    rows.append(_speech_row("all", np.concatenate(pooled[0]), np.concatenate(pooled[1])))
+    return rows
+
+
+def _speech_row(name: str, speech: np.ndarray, silence: np.ndarray) -> dict:
+    median = lambda x: float(np.median(x)) if len(x) else float("nan")  # noqa: E731
+    return {"audio": name, "frames": len(speech) + len(silence), "speech": len(speech) / max(len(speech) + len(silence), 1),
+            "open_speech": median(speech), "open_silence": median(silence), "auc": speech_auc(speech, silence)}
+
+
+def speech_table(rows: list[dict]) -> str:
+    """A markdown table of ``score_speech`` rows."""
+    lines = ["| audio | frames | speech | opening in speech | in silence | AUC |", "| --- | --- | --- | --- | --- | --- |"]
+    lines += [f"| {r['audio']} | {r['frames']} | {r['speech']:.0%} | {r['open_speech']:+.2f} | {r['open_silence']:+.2f} | "
+              f"{r['auc']:.2f} |" for r in rows]
+    return "\n".join(lines)
+
+
 def mouth_on_speech(video: str | Path, audio: str | Path | None = None, max_seconds: float = 0.0) -> dict:
     """How the mouth of the (one) face in a video follows the speech of its audio track or of ``audio``.
 
@@ -214,10 +274,7 @@ def mouth_on_speech(video: str | Path, audio: str | Path | None = None, max_seco
     energy = np.log(rms.astype(np.float64) + 1e-4)
     face = np.isfinite(opening)
     speech, silence = opening[face & voiced], opening[face & ~voiced]
-    if len(speech) and len(silence):  # Mann-Whitney: the share of (speech, silence) pairs the speech frame wins
-        auc = float((speech[:, None] > silence[None]).mean() + 0.5 * (speech[:, None] == silence[None]).mean())
-    else:
-        auc = float("nan")
+    auc = speech_auc(speech, silence)
     stat = lambda f, x: float(f(x)) if len(x) else float("nan")  # noqa: E731
     sync = av_offset(energy, np.where(voiced, opening, np.nan), MAX_SHIFT)
     return {"fps": info.fps, "opening": opening, "voiced": voiced, "energy": energy, "frames": T,

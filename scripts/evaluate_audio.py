@@ -8,12 +8,20 @@ For each dataset and person, over the frames where that person speaks with a tra
                  the real mouth moves that many frames after the prediction; "-": too few frames to tell)
   energy corr    the same two figures for the log-RMS energy envelope of the audio: loudness alone,
   energy offset  the baseline an encoder must beat
+With --speech (audio files or folders of them, no video needed: any voice, language, microphone),
+whether it opens the mouth for speech and closes it in the pauses (silero says which is which):
+  opening        the median predicted opening in speech and in silence (in standard deviations of
+                 the training speakers' openings)
+  AUC            the chance that a speech frame's predicted mouth is more open than a silent one's
+                 (0.5: it ignores the speech; 1: always more open while speaking); per file and
+                 over all files together
 Without --encoder it scores the encoder shipped with the project (nerf/weights/audio_prior.pt). Only
 encoders written by scripts/pretrain_audio.py carry the mouth-opening head this needs.
 
 Examples:
     python scripts/evaluate_audio.py --data data/talk
     python scripts/evaluate_audio.py --data data/a --data data/b --encoder runs/audio.pt --json
+    python scripts/evaluate_audio.py --speech ../shared/data/speech --encoder runs/talk/audio_encoder.pt
 """
 
 import json
@@ -26,14 +34,19 @@ import configargparse  # noqa: E402
 
 from data_prep.errors import PrepareError  # noqa: E402
 from nerf.audio import SHIPPED_ENCODER  # noqa: E402
-from nerf.audio_eval import load_predictor, score_dataset, table  # noqa: E402
+from nerf.audio_eval import load_predictor, score_dataset, score_speech, speech_table, table  # noqa: E402
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".ogg")
 from nerf.errors import TrainError  # noqa: E402
 
 
 def build_parser() -> configargparse.ArgumentParser:
     p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines")
-    p.add_argument("--data", action="append", required=True, help="a prepared dataset directory (repeatable)")
+    p.add_argument("--data", action="append", default=[], help="a prepared dataset directory (repeatable)")
+    p.add_argument("--speech", action="append", default=[],
+                   help="an audio file, or a folder of them (wav, flac, mp3, m4a, ogg), to score speech against silence "
+                        "(repeatable)")
     p.add_argument("--encoder", default=str(SHIPPED_ENCODER),
                    help="an encoder file from scripts/pretrain_audio.py (default: the shipped one)")
     p.add_argument("--split", choices=["all", "val"], default="all",
@@ -43,10 +56,21 @@ def build_parser() -> configargparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.data and not args.speech:
+        parser.error("give --data (prepared datasets) or --speech (audio files) to score the encoder on")
+    audio = [f for s in map(Path, args.speech) for f in (sorted(x for x in s.iterdir() if x.suffix.lower() in AUDIO_SUFFIXES)
+                                                         if s.is_dir() else [s])]
+    missing = [str(f) for f in audio if not f.is_file()]
+    if missing or (args.speech and not audio):
+        print(f"error: no such audio file: {missing[0]}" if missing else
+              f"error: no audio files ({', '.join(AUDIO_SUFFIXES)}) in {', '.join(args.speech)}", file=sys.stderr)
+        return 1
     try:
         predictor = load_predictor(args.encoder)
         rows = [row for root in args.data for row in score_dataset(predictor, root, args.split)]
+        speech = score_speech(predictor, audio) if audio else []
     except (PrepareError, TrainError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -54,10 +78,14 @@ def main(argv=None) -> int:
         print("interrupted", file=sys.stderr)
         return 130
     if args.json:
-        for r in rows:
+        for r in rows + speech:
             print(json.dumps({k: (None if isinstance(v, float) and v != v else v) for k, v in r.items()}))
     else:
-        print(f"encoder: {args.encoder}\n{table(rows)}")
+        print(f"encoder: {args.encoder}")
+        if rows:
+            print(table(rows))
+        if speech:
+            print(speech_table(speech))
     return 0
 
 

@@ -369,3 +369,26 @@ def test_an_offset_that_could_not_be_scored_reads_as_none_not_as_in_sync():
             {"dataset": "e", "person": 0, "frames": 90, "corr": 0.5, "offset": 1, "energy_corr": 0.1, "energy_offset": -2}]
     lines = table(rows).splitlines()
     assert lines[2].endswith("| nan | - | nan | - |") and "| +1 |" in lines[3] and "| +1 |" in lines[4]
+
+
+def test_evaluate_audio_scores_speech_against_silence_on_audio_files_without_video(synthetic, pretrained, tmp_path):
+    from data_prep.speaking import voice_activity
+    from data_prep.video_io import read_audio, write_wav
+
+    audio = read_audio(synthetic["video"])
+    write_wav(tmp_path / "voice.wav", audio)
+    write_wav(tmp_path / "quiet.wav", 0.3 * audio[: len(audio) // 2])
+    done = _evaluate_audio("--speech", tmp_path, "--encoder", pretrained["ckpt"], "--json")
+    assert done.returncode == 0, done.stderr[-2000:]
+    rows = [json.loads(line) for line in done.stdout.splitlines()]
+    assert [r["audio"] for r in rows] == ["quiet.wav", "voice.wav", "all"]
+    T = int(len(audio) / 16000 * 25)
+    voiced, _ = voice_activity(audio, T, 25.0)
+    assert rows[1]["frames"] == T and rows[1]["speech"] == pytest.approx(voiced.mean())
+    assert rows[2]["frames"] == rows[0]["frames"] + rows[1]["frames"]
+    # the synthetic voices open the synthetic jaws: speech reads as a more open mouth than the pauses
+    assert rows[1]["auc"] > 0.7 and rows[1]["open_speech"] > rows[1]["open_silence"]
+    bad = _evaluate_audio("--speech", tmp_path / "nothing.wav")
+    assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "no such audio file" in bad.stderr
+    none = _evaluate_audio("--encoder", pretrained["ckpt"])
+    assert none.returncode == 2 and "give --data" in none.stderr
