@@ -3,10 +3,7 @@
 Material, per person of every dataset (from prepare): each frame's mel window, and what the
 person's mouth does: the lip shape (the 40 lip landmarks of Eq. (1)'s expression part,
 B_exp F_exp, head units) and the mouth opening (``audio_features.npz: mouth_open``). Samples
-are the train-split frames where that person speaks, so the audio is that person's voice, and those where nobody
-speaks (silero hears no voice), so that the pauses teach a mouth at rest: on speech none of it ever heard (the 63 files
-of ../shared/data/speech), the chance that the predicted mouth is more open in speech than in a pause rose from 0.50 to
-0.69 with them (docs/PERFORMANCE.md). Another person's speech never teaches this person's mouth.
+are the train-split frames where that person speaks, so the audio is that person's voice.
 
 Losses on a batch of samples (frame f of person p):
 - regression: the 512-d code -> the lip shape and the opening at f (each standardized per
@@ -21,7 +18,7 @@ at 0-30 dB SNR, a low-pass or telephone-like band, a pitch shift, a tempo change
 what the encoder learns carries to voices it never heard: on the dev set, held out one identity at a
 time, the median mouth-opening correlation rose from 0.24 to 0.39 (docs/PERFORMANCE.md).
 
-Held out: the same frames of the val split; the correlation of predicted and real
+Held out: the val-split frames where a person speaks; the correlation of predicted and real
 mouth opening, and the sync accuracy (the true pair scores above every shifted one).
 The checkpoint holds the encoder in Wav2Lip's key layout (``nerf.audio.load_audio_encoder``).
 """
@@ -101,8 +98,8 @@ class SpeakerData:
     mel: torch.Tensor  # [T, 80, 16]
     target: torch.Tensor  # [T, 121] lip shape (120) and mouth opening (last), standardized; 0 where unusable
     usable: torch.Tensor  # [T] bool: landmarks valid and the opening finite
-    train: torch.Tensor  # [N] usable train-split frames where the person speaks or nobody does
-    val: torch.Tensor  # [M] the same in the val split
+    train: torch.Tensor  # [N] usable train-split frames where the person speaks
+    val: torch.Tensor  # [M] usable val-split frames where the person speaks
 
 
 def load_speakers(roots: list[str | Path]) -> list[SpeakerData]:
@@ -112,7 +109,7 @@ def load_speakers(roots: list[str | Path]) -> list[SpeakerData]:
         PrepareError: a directory is not a finished dataset of this schema.
         TrainError: no person speaks in any train-split frame.
     """
-    speakers, spoken = [], 0
+    speakers = []
     for root in map(Path, roots):
         meta = dataset.read_meta(root)
         T, fps = meta["n_frames"], meta["fps"]
@@ -135,15 +132,13 @@ def load_speakers(roots: list[str | Path]) -> list[SpeakerData]:
             lips /= np.sqrt((lips[fit] ** 2).mean()) + 1e-12
             opening = (opening - opening[fit].mean()) / (opening[fit].std() + 1e-12)
             target = np.where(usable[:, None], np.concatenate([lips, opening[:, None]], 1), 0.0)
-            talks = usable & af["speaking"][:, pid].astype(bool)
-            spoken += int(talks[a:b].sum())
-            speaks = talks | (usable & ~af["voiced"].astype(bool))  # and the pauses
+            speaks = usable & af["speaking"][:, pid].astype(bool)
             idx = np.arange(T)
             speakers.append(SpeakerData(
                 name=f"{root.name}:{pid}", mel=mel, target=torch.from_numpy(target).float(),
                 usable=torch.from_numpy(usable), train=torch.from_numpy(idx[a:b][speaks[a:b]]),
                 val=torch.from_numpy(idx[c:d][speaks[c:d]])))
-    if not spoken:
+    if not any(len(s.train) for s in speakers):
         raise TrainError(f"nobody speaks in the train split of {', '.join(map(str, roots))} (audio_features.npz: "
                          "speaking); the audio encoder needs frames of speech with a tracked face")
     return speakers
@@ -333,7 +328,7 @@ def pretrain_audio(cfg: AudioPretrainConfig, out: str | Path, log=print, progres
     who = torch.cat([torch.full((len(s.train),), i) for i, s in enumerate(speakers)])
     frames = torch.cat([s.train for s in speakers])
     n_val = sum(len(s.val) for s in speakers)
-    log(f"audio encoder pre-training: {len(frames)} frames of speech and pauses of {len(speakers)} persons "
+    log(f"audio encoder pre-training: {len(frames)} speaking frames of {len(speakers)} persons "
         f"({n_val} held out), {cfg.iters} steps of {cfg.batch} on {device}")
     torch.manual_seed(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
