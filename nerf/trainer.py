@@ -86,7 +86,7 @@ class TrainConfig:
     """A checkpoint holding Wav2Lip's audio encoder (wav2lip.pth, wav2lip_gan.pth, or one written by
     scripts/pretrain_audio.py), used frozen; empty: the shipped prior (nerf/weights/audio_prior.pt), fine-tuned on
     --data first."""
-    audio_pretrain_iters: int = 400
+    audio_pretrain_iters: int = 200
     """Steps of fine-tuning the shipped prior on --data (nerf.audio_pretrain; the fine-tuned encoder is kept only
     where it predicts the held-out frames' mouth opening better than the prior); 0: the prior, frozen."""
     audio_window: int = 4
