@@ -166,7 +166,7 @@ class AudioPretrainNet(nn.Module):
 
 
 def _load_start(net: AudioPretrainNet, path: str) -> None:
-    """The encoder (and, where the file has them, the heads) of an encoder file into ``net``.
+    """The encoder and the training heads of an encoder file of this pre-training into ``net``.
 
     Raises:
         TrainError: unreadable, another layout, or without the heads of this pre-training.
