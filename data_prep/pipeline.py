@@ -21,12 +21,13 @@ from pathlib import Path
 import numpy as np
 from tqdm import tqdm
 
-from data_prep import dataset, expression, head_pose, people, person_track, qa, speaking, video_io
+from data_prep import dataset, expression, head_pose, people, person_track, qa, video_io
 from data_prep.atomic_io import save_image, save_json, save_npz, sha256_of
 from data_prep.audio_features import audio_features
 from data_prep.errors import PrepareError
 from data_prep.parsing import PersonSegmenter, median_plate
-from data_prep.roles import read_roles
+from speech import speaking
+from speech.roles import read_roles
 
 MIN_SECONDS = 2.0
 MAX_ROLE_PERSONS = 64  # a roles file is checked up front against this many persons, then against those found
@@ -59,7 +60,7 @@ class PrepareConfig:
     """x264 quality of the stored crops (lower: larger and closer to the source)."""
     roles: str | None = None
     """A roles file (or a compose turns.json) saying who speaks when; speaking is then the voiced frames of
-    each person's intervals instead of the audio-visual guess (``data_prep.roles``)."""
+    each person's intervals instead of the audio-visual guess (``speech.roles``)."""
 
 
 class Prepare:

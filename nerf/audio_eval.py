@@ -198,8 +198,8 @@ def score_speech(predictor: MouthPredictor, paths: list[str | Path], fps: float 
     """
     from data_prep.audio_features import wav2lip_mel
     from data_prep.errors import PrepareError
-    from data_prep.speaking import voice_activity
     from data_prep.video_io import AUDIO_SR, read_audio
+    from speech.speaking import voice_activity
 
     rows, pooled = [], ([], [])
     for path in map(Path, paths):
@@ -251,9 +251,9 @@ def mouth_on_speech(video: str | Path, audio: str | Path | None = None, max_seco
     """
     from data_prep.audio_features import frame_zcr_rms
     from data_prep.errors import PrepareError
-    from data_prep.speaking import mouth_opening, voice_activity
     from data_prep.video_io import AUDIO_SR, iter_frames, probe, read_audio
     from nerf.metrics import face_mesh_landmarks
+    from speech.speaking import mouth_opening, voice_activity
 
     info = probe(video)
     sound = read_audio(audio if audio is not None else video)

@@ -45,14 +45,13 @@ class PersonFrames:
     speaking: torch.Tensor  # [T] bool
     mouth_box: torch.Tensor  # [T, 4] x0, y0, x1, y1 pixels
     head_box: torch.Tensor  # [T, 4] x0, y0, x1, y1 pixels of the head label (whole crop where none)
-    torso_box: torch.Tensor  # [T, 4] x0, y0, x1, y1 pixels of the torso label (whole crop where none)
     train: torch.Tensor  # [N_train] frame indices (valid frames of the train split)
     val: torch.Tensor  # [N_val] frame indices (valid frames of the val split)
     focal: float
     size: int
     bounds: PersonBounds
     torso_motion: torch.Tensor | None = None
-    """[T, 6] with ``torso_track``: each frame's tracked torso motion onto the reference frame's
+    """[T, 6]: each frame's tracked torso motion onto the reference frame's
     (``data_prep.torso_track``: a 2 x 3 affine on crop fractions, row-major), NaN where the tracking failed (the
     model then predicts it from the head pose); None: not tracked (a driven person: always predicted)."""
 
@@ -88,10 +87,10 @@ def _label_boxes(mask: np.ndarray) -> np.ndarray:
 
 
 def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr: int,
-                audio_codes: torch.Tensor, torso_track: bool = False) -> PersonFrames:
+                audio_codes: torch.Tensor) -> PersonFrames:
     """Load one person of a prepared dataset at ``size`` px; ``audio_codes`` [T, 512] are the dataset's.
 
-    With ``torso_track`` the torso's motion is tracked (``PersonFrames.torso_motion``), onto the training frame
+    The torso's motion is tracked (``PersonFrames.torso_motion``), onto the training frame
     nearest the mean pose, on the crops at ``size`` or at torso_track.WORK_SIZE (256) px if the video's crops have
     that many and ``size`` is smaller: about 2.2 s per 500 frames.
     """
@@ -103,7 +102,7 @@ def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr
     T = meta["n_frames"]
     # The torso is tracked on crops of at least torso_track.WORK_SIZE px where the video has them (its motions are
     # crop fractions, the same at any size): at 128 px a real torso's texture is too fine to align steadily.
-    track_size = max(size, min(info["crop_size"], torso_track_mod.WORK_SIZE)) if torso_track else size
+    track_size = max(size, min(info["crop_size"], torso_track_mod.WORK_SIZE))
     images, grey = [], []
     for c in dataset.iter_crops(root, person):
         images.append(_resize(c, size))
@@ -133,13 +132,11 @@ def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr
     idx = np.arange(T)
     R = np.where(valid[:, None, None], tr["R"], np.eye(3, dtype=np.float32))
     t = np.where(valid[:, None], tr["t"], np.nanmedian(tr["t"], 0))
-    motion = None
-    if torso_track:
-        train = idx[a:b][valid[a:b]]
-        ref = torso_track_mod.reference_frame(tr["euler"], tr["t"], train if len(train) else idx[a:b])
-        m, ok, _ = (torso_track_mod.track_torso(np.stack(grey), np.stack(track_labels), ref) if grey else
-                    torso_track_mod.track_torso(images, labels, ref))
-        motion = torch.from_numpy(np.where(ok[:, None], m, np.nan).astype(np.float32))
+    train = idx[a:b][valid[a:b]]
+    ref = torso_track_mod.reference_frame(tr["euler"], tr["t"], train if len(train) else idx[a:b])
+    m, ok, _ = (torso_track_mod.track_torso(np.stack(grey), np.stack(track_labels), ref) if grey else
+                torso_track_mod.track_torso(images, labels, ref))
+    motion = torch.from_numpy(np.where(ok[:, None], m, np.nan).astype(np.float32))
     return PersonFrames(
         row=row, name=f"{root.name}:{person}", images=torch.from_numpy(images), labels=torch.from_numpy(labels),
         background=torch.from_numpy(bg).float() / 255.0,
@@ -148,23 +145,19 @@ def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr
         audio=audio_codes,
         speaking=torch.from_numpy(af["speaking"][:, person].astype(bool)),
         mouth_box=torch.from_numpy(mouth).float(), head_box=torch.from_numpy(_label_boxes(labels == 1)).float(),
-        torso_box=torch.from_numpy(_label_boxes(labels == 2)).float(),
         train=torch.from_numpy(idx[a:b][valid[a:b]]), val=torch.from_numpy(idx[c:d][valid[c:d]]),
         focal=float(info["focal"]) * scale, size=size,
-        bounds=PersonBounds.from_track(tr["canonical"], tr["t"], float(info["focal"]) * scale, size,
-                                       labels=labels, R=tr["R"], valid=valid, frames=idx[a:b]),
+        bounds=PersonBounds.from_track(tr["canonical"], tr["t"], float(info["focal"]) * scale, size),
         torso_motion=motion)
 
 
-def load_datasets(roots: list[str | Path], size: int, audio_encoder: Wav2LipAudioEncoder,
-                  torso_track: bool = False) -> list[PersonFrames]:
+def load_datasets(roots: list[str | Path], size: int, audio_encoder: Wav2LipAudioEncoder) -> list[PersonFrames]:
     """Every person of every dataset, rows numbered in order (dataset, then person).
 
     Args:
         roots: prepared dataset directories.
         size: crop side to load at.
         audio_encoder: codes every frame's mel window once (persons of a dataset share its audio).
-        torso_track: track each person's torso motion (``PersonFrames.torso_motion``).
     """
     metas = [(Path(r), dataset.read_meta(r)) for r in roots]
     k_expr = max(dataset.load_npz(r / "expression_basis.npz")["exp_basis"].shape[1] for r, _ in metas)
@@ -173,75 +166,9 @@ def load_datasets(roots: list[str | Path], size: int, audio_encoder: Wav2LipAudi
         mel = dataset.load_npz(root / "audio_features.npz")["mel"]
         codes = frame_codes(audio_encoder, torch.from_numpy(mel_windows(mel, meta["n_frames"], meta["fps"])))
         for p in meta["persons"]:
-            persons.append(load_person(root, meta, p["id"], row, size, k_expr, codes, torso_track))
+            persons.append(load_person(root, meta, p["id"], row, size, k_expr, codes))
             row += 1
     return persons
-
-
-class ErrorMap:
-    """Where each person's rendering error lies, over a G x G grid of crop cells: the ray sampler's error share is
-    drawn in proportion to it (instant-ngp's error map, over the crop only: frames stay uniform).
-
-    Each cell holds a running mean of the squared colour error of the training rays that fell in it (every ray of
-    every batch, the uniform ones included, so it keeps up with the whole crop); a cell's first rays set it.
-    Unvisited cells start at 1 (the largest squared error), so they are drawn until seen. The map lives on the
-    training device and is updated every step without a host sync; the sampler draws from a CPU copy refreshed
-    every ``refresh`` steps.
-    """
-
-    def __init__(self, n_rows: int, size: int, grid: int = 32, momentum: float = 0.1, refresh: int = 16,
-                 device: torch.device | str = "cpu"):
-        if not 1 <= grid <= size:
-            raise ValueError(f"error map grid {grid} must be between 1 and the crop size {size}")
-        self.size, self.grid, self.momentum, self.refresh = size, grid, momentum, refresh
-        self.err = torch.ones(n_rows, grid * grid, device=device)
-        self.seen = torch.zeros(n_rows, grid * grid, dtype=torch.bool, device=device)
-        self.snapshot = self.err.to("cpu", copy=True)
-
-    def cells(self, row: torch.Tensor, u: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
-        """Flat indices (row * G^2 + cell) of pixels (u, v) of the persons of rows ``row``."""
-        g = self.grid
-        cx = (u * g / self.size).long().clamp(0, g - 1)
-        cy = (v * g / self.size).long().clamp(0, g - 1)
-        return row.long() * g * g + cy * g + cx
-
-    def update(self, row: torch.Tensor, u: torch.Tensor, v: torch.Tensor, sq_err: torch.Tensor) -> None:
-        """Fold a batch's per-ray squared errors [R] into the cells its rays fell in."""
-        idx = self.cells(row, u, v)
-        flat = self.err.view(-1)
-        total = torch.zeros_like(flat).index_add_(0, idx, sq_err.detach().float())
-        count = torch.zeros_like(flat).index_add_(0, idx, torch.ones(len(idx), device=flat.device))
-        hit = count > 0
-        mean = total / count.clamp(min=1)
-        seen = self.seen.view(-1)
-        blended = torch.where(seen, (1 - self.momentum) * flat + self.momentum * mean, mean)
-        flat.copy_(torch.where(hit, blended, flat))
-        seen |= hit
-
-    def step(self, iteration: int) -> None:
-        """Refresh the sampler's CPU copy every ``refresh`` iterations (one host sync)."""
-        if iteration % self.refresh == 0:
-            self.snapshot = self.err.to("cpu", copy=True)  # a copy on the CPU too, where .cpu() would alias
-
-    def draw(self, row: int, n: int, gen: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
-        """n pixel coordinates (u, v) of the person of ``row``, floats of whole pixels, cells drawn by the copy's error."""
-        g = self.grid
-        cell = torch.multinomial(self.snapshot[row].clamp(min=1e-12), n, replacement=True, generator=gen)
-        r = torch.rand(n, 2, generator=gen)
-        u = ((cell % g).float() + r[:, 0]) * self.size / g
-        v = ((cell // g).float() + r[:, 1]) * self.size / g
-        return u.floor().clamp(0, self.size - 1), v.floor().clamp(0, self.size - 1)
-
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        return {"err": self.err.to("cpu", copy=True), "seen": self.seen.to("cpu", copy=True),
-                "snapshot": self.snapshot.clone()}
-
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        if state["err"].shape != self.err.shape:
-            raise ValueError(f"error map of shape {tuple(state['err'].shape)}, expected {tuple(self.err.shape)}")
-        self.err.copy_(state["err"])
-        self.seen.copy_(state["seen"])
-        self.snapshot = state["snapshot"].clone()
 
 
 def _in_box(box: torch.Tensor, gen: torch.Generator, last: float) -> tuple[torch.Tensor, torch.Tensor]:
@@ -253,28 +180,23 @@ def _in_box(box: torch.Tensor, gen: torch.Generator, last: float) -> tuple[torch
     return u, v
 
 
-def check_shares(head_share: float, mouth_share: float, torso_share: float, error_share: float) -> None:
-    """ValueError unless the ray sampler's shares are >= 0 and sum to at most 1."""
-    shares = (head_share, mouth_share, torso_share, error_share)
-    if min(shares) < 0 or sum(shares) > 1 + 1e-6:
-        raise ValueError(f"ray shares (head_share, mouth_share, torso_share, error_share) must be >= 0 and sum to at "
-                         f"most 1, not {shares}")
+HEAD_SHARE = 0.4
+"""Share of each ray batch drawn inside the box of the frame's head-labelled pixels."""
+MOUTH_SHARE = 0.15
+"""Share drawn inside the frame's mouth box (the lips' landmarks, padded); the rest fall anywhere in the crop."""
 
 
 def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, audio_window: int,
-                split: str = "train", head_share: float = 0.4, mouth_share: float = 0.15,
-                torso_share: float = 0.0, error_share: float = 0.0,
-                error_map: ErrorMap | None = None) -> dict[str, torch.Tensor]:
-    """A random ray batch over persons, frames and pixels, biased toward the head, the mouth, the torso and the error.
+                split: str = "train", head_share: float = HEAD_SHARE,
+                mouth_share: float = MOUTH_SHARE) -> dict[str, torch.Tensor]:
+    """A random ray batch over persons, frames and pixels, biased toward the head and the mouth.
 
-    Each ray falls in its frame's mouth box, head-label box or torso-label box, or in a cell drawn by the error
-    map, with these shares, and anywhere in the crop otherwise (the boxes overlap, so a box's pixels get more
-    than its share).
+    Each ray falls in its frame's mouth box or head-label box with these shares, and anywhere in the crop
+    otherwise (the boxes overlap, so a box's pixels get more than its share).
 
     Args:
         audio_window: each ray carries the audio codes of frames f - audio_window .. f + audio_window.
-        head_share, mouth_share, torso_share, error_share: the batch's shares drawn from the boxes and the error
-            map (sum at most 1; an error share needs ``error_map``, indexed by the persons' rows).
+        head_share, mouth_share: the batch's shares drawn from the boxes (each >= 0, summing to at most 1).
 
     Returns:
         dict of per-ray tensors: row, frame [R] long; u, v [R] float pixel coordinates; rgb [R, 3];
@@ -283,9 +205,8 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
         pair [R] long, the ray's (person, frame) pair; and per pair
         (``PAIR_KEYS``): audio [Q, 2 audio_window + 1, 512], the pair's audio code window.
     """
-    check_shares(head_share, mouth_share, torso_share, error_share)
-    if error_share > 0 and error_map is None:
-        raise ValueError("an error share needs an error map")
+    if min(head_share, mouth_share) < 0 or head_share + mouth_share > 1 + 1e-6:
+        raise ValueError(f"ray shares must be >= 0 and sum to at most 1, not {head_share} and {mouth_share}")
     P = len(persons)
     who = torch.randint(0, P, (n_rays,), generator=gen)
     out: dict[str, list] = {}
@@ -301,19 +222,12 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
         s = p.size
         u = torch.randint(0, s, (n,), generator=gen).float()
         v = torch.randint(0, s, (n,), generator=gen).float()
-        edges = (mouth_share, mouth_share + head_share, mouth_share + head_share + torso_share)
-        for lo, hi, box, last in ((0.0, edges[0], p.mouth_box, 0.0), (edges[0], edges[1], p.head_box, 1.0),
-                                  (edges[1], edges[2], p.torso_box, 1.0)):
-            if hi <= lo and box is p.torso_box:  # no torso share: the random stream stays as it was before it
-                continue
+        for lo, hi, box, last in ((0.0, mouth_share, p.mouth_box, 0.0),
+                                  (mouth_share, mouth_share + head_share, p.head_box, 1.0)):
             inside = (kind >= lo) & (kind < hi)
             bu, bv = _in_box(box[frame], gen, last)
             u = torch.where(inside, bu, u).clamp(0, s - 1)
             v = torch.where(inside, bv, v).clamp(0, s - 1)
-        if error_share > 0:
-            inside = (kind >= edges[2]) & (kind < edges[2] + error_share)
-            eu, ev = error_map.draw(p.row, n, gen)
-            u, v = torch.where(inside, eu, u), torch.where(inside, ev, v)
         # The random choices above are drawn on the CPU (one generator, reproducible on any device);
         # the gathers below run where the frames live.
         # The (person, frame) pairs, found on the CPU (no device sync): their audio windows are gathered once.

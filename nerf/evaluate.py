@@ -19,24 +19,30 @@ import torch
 
 from data_prep import dataset
 from data_prep.atomic_io import save_image, save_json, save_npz
-from data_prep.speaking import mouth_opening
 from nerf import metrics
 from nerf.data import load_datasets
 from nerf.device import prepare_device, resolve_device
 from nerf.occupancy import build as build_occupancy
 from nerf.render import render_frame
 from nerf.trainer import TrainError, build, check_compatible, checkpoint_audio_encoder, config_of, load_checkpoint
+from speech.speaking import mouth_opening
 
 
-def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu", occupancy: bool = False,
+def load_model(ckpt_path: str | Path, data: list[str] | None = None, device: str = "cpu", occupancy: bool = False,
                ckpt: dict | None = None, march_steps: int = 0, ray_samples: tuple[int, int] | None = None):
-    """Model (on ``device``: auto, cpu, cuda) and persons (on the CPU) of a checkpoint, on the given datasets.
+    """Model (on ``device``: auto, cpu, cuda) and persons (on the CPU) of a checkpoint.
 
-    With ``occupancy`` the model renders with occupancy grids built from these persons (``nerf.occupancy``);
-    with ``march_steps`` > 0 as well, it renders by marching through them (``RenderConfig.march_steps``).
-    ``ray_samples``: (coarse, importance) samples per field and ray for rendering, instead of the training run's.
-    ``ckpt``: the checkpoint's contents when the caller has already read them (not read again).
+    ``data``: the datasets it was trained on, loaded with their frames (to compare with); None: the persons the
+    checkpoint itself holds (``nerf.avatar``: no frames; what rendering new audio needs, with the datasets gone).
+    With ``occupancy`` the model renders with an occupancy grid (``nerf.occupancy``): the checkpoint's when it holds
+    one and ``data`` is None, else built from the persons; with ``march_steps`` > 0 as well, it renders by marching
+    through it (``RenderConfig.march_steps``). ``ray_samples``: (coarse, importance) samples per field for
+    rendering, instead of the training run's. ``ckpt``: the checkpoint's contents when the caller has already
+    read them (not read again).
     """
+    from nerf.avatar import unpack
+    from nerf.occupancy import OccupancyGrid
+
     if march_steps < 0:
         raise TrainError(f"march_steps must be 0 (sample as in training) or positive, not {march_steps}")
     if march_steps and not occupancy:
@@ -44,8 +50,15 @@ def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu", occu
     if ray_samples is not None:
         _check_ray_samples(*ray_samples)
     ckpt = ckpt if ckpt is not None else load_checkpoint(Path(ckpt_path))
-    cfg = config_of(ckpt, data=list(data))
-    persons = load_datasets(cfg.data, cfg.image_size, checkpoint_audio_encoder(ckpt, Path(ckpt_path)), cfg.torso_track)
+    if data:
+        cfg = config_of(ckpt, data=list(data))
+        persons = load_datasets(cfg.data, cfg.image_size, checkpoint_audio_encoder(ckpt, Path(ckpt_path)))
+    else:
+        if "avatar" not in ckpt:
+            raise TrainError(f"{ckpt_path} holds no avatar section (a run stopped before its first checkpoint?): "
+                             "give the datasets it was trained on")
+        cfg = config_of(ckpt)
+        persons = unpack(ckpt["avatar"])[0]
     dev = resolve_device(device)
     prepare_device(dev)
     model, _ = build(cfg, persons, dev)
@@ -53,7 +66,9 @@ def load_model(ckpt_path: str | Path, data: list[str], device: str = "cpu", occu
     model.load_state_dict(ckpt["model"])
     model.eval()
     if occupancy:
-        model.occupancy = build_occupancy(model, persons)
+        stored = ckpt.get("render_occupancy")
+        model.occupancy = OccupancyGrid(**{k: v.to(dev) for k, v in stored.items()}) if stored and not data else \
+            build_occupancy(model, persons)
     model.render_cfg.march_steps = march_steps
     if ray_samples is not None:
         model.render_cfg.n_coarse, model.render_cfg.n_importance = ray_samples
@@ -97,7 +112,7 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
         ray_samples: (coarse, importance) samples per field for rendering (None: the training run's).
         split: val (the held-out frames) or train (the frames trained on: what the model fits, against what it
             generalizes to).
-        torso_motion: for a ``torso_track`` model, tracked (each frame's torso motion tracked on it, as its head
+        torso_motion: tracked (each frame's torso motion tracked on it, as its head
             pose is) or predicted (from the head pose alone, as in a driven conversation).
 
     Returns:
@@ -176,8 +191,8 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
     table = metrics.summarize([{k: v for k, v in r.items() if k != "frames"} for r in rows])
     if notes:
         table += "\n" + "\n".join(f"note: {n}" for n in notes)
-    save_json(out / "metrics.json", {"split": split, "torso_motion": torso_motion if model is not None and
-                                     model.torso_track else None, "rows": rows, "notes": notes})
+    save_json(out / "metrics.json", {"split": split, "torso_motion": torso_motion if model is not None else None,
+                                     "rows": rows, "notes": notes})
     return {"rows": rows, "table": table}
 
 

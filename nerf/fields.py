@@ -11,9 +11,6 @@ about persons beyond the latent codes it is handed (nerfstudio's layering).
   attention), the expression code while it listens (both of width drive_dim).
 - The torso field warps x to x' = x + D(gamma(x), gamma(et), z_shape) first
   (Nerfies-style; D starts at zero), then reads density and colour at x' with gamma(et).
-- Or the torso is a layer (``TorsoLayer``): the same warp, density and colour over the crop's
-  pixels instead of camera space, one query per ray, composited behind the head
-  (RAD-NeRF's and ER-NeRF's 2D torso, seen from the fixed camera).
 """
 
 from __future__ import annotations
@@ -55,11 +52,8 @@ class FieldConfig:
     """Frequencies of the view-direction encoding."""
     pose_freqs: int = 4
     """Frequencies of gamma(et) and of the deformation's gamma(x)."""
-    et_freqs: int | None = None
-    """Frequencies of gamma(et) alone when set (None: pose_freqs); 0 passes the pose as it is."""
-    torso_density_pose: bool = True
-    """The torso's density MLP reads the pose (gamma(et)) beside the warped point and z_shape; false: the pose
-    reaches the torso through its warp alone, one canonical torso warped per frame (DialogueNeRF's deformation)."""
+    et_freqs: int = 0
+    """Frequencies of gamma(et) alone (0: the pose, standardized per person by the model, enters as it is)."""
     hash_backend: str = "auto"
     """Who computes the hash grids: auto (the fused CUDA kernel on a GPU, else PyTorch), torch, cuda, tcnn."""
     hash_half: bool = False
@@ -198,16 +192,14 @@ class TorsoField(nn.Module):
 
     def __init__(self, cfg: FieldConfig):
         super().__init__()
-        self.et_freqs = cfg.pose_freqs if cfg.et_freqs is None else cfg.et_freqs
+        self.et_freqs = cfg.et_freqs
         pose_in = 6 * (1 + 2 * self.et_freqs)
         self.pose_freqs, self.dir_freqs = cfg.pose_freqs, cfg.dir_freqs
         self.deform = mlp(3 * (1 + 2 * cfg.pose_freqs) + pose_in + cfg.shape_dim, cfg.hidden, 3)
         nn.init.zeros_(self.deform[-1].weight)  # start as the identity warp
         nn.init.zeros_(self.deform[-1].bias)
         self.encoding = HashEncoding(cfg.torso_grid, cfg.hash_backend, cfg.hash_half)
-        self.density_pose = cfg.torso_density_pose
-        self.density = mlp(self.encoding.output_dim + pose_in * self.density_pose + cfg.shape_dim, cfg.hidden,
-                           1 + cfg.geo_features)
+        self.density = mlp(self.encoding.output_dim + pose_in + cfg.shape_dim, cfg.hidden, 1 + cfg.geo_features)
         self.color = mlp(cfg.geo_features + 3 * (1 + 2 * cfg.dir_freqs) + cfg.app_dim, cfg.hidden, 3)
 
     def forward(self, x01: torch.Tensor, dirs: torch.Tensor, et: torch.Tensor, z_shape: torch.Tensor,
@@ -223,63 +215,7 @@ class TorsoField(nn.Module):
         offset = _warp_share(_rest(self.deform, conditioned_linear(self.deform[0], freq_encode(x01, self.pose_freqs),
                                                                    cond, ray)), warp, ray)
         warped = (x01 + offset).clamp(0.0, 1.0)
-        h = _rest(self.density, conditioned_linear(self.density[0], self.encoding(warped), self.density_cond(cond, z_shape),
-                                                   ray))
+        h = _rest(self.density, conditioned_linear(self.density[0], self.encoding(warped), cond, ray))
         view = torch.cat([freq_encode(dirs, self.dir_freqs), z_app], -1)
         rgb = _rest(self.color, conditioned_linear(self.color[0], h[:, 1:], view, ray))
         return trunc_exp(h[:, 0] - 1.0), torch.sigmoid(rgb), offset
-
-    def density_cond(self, cond: torch.Tensor, z_shape: torch.Tensor) -> torch.Tensor:
-        """The per-ray input of the density MLP beside the hash features: the warp's (gamma(et), z_shape), or z_shape
-        alone without ``torso_density_pose``."""
-        return cond if self.density_pose else z_shape
-
-
-class TorsoLayer(nn.Module):
-    """The torso as a layer behind the head: a pose-warped field over the crop's pixel plane.
-
-    From the fixed camera the torso is nearly flat and always behind the head, so RAD-NeRF and ER-NeRF model it
-    in 2D: the torso field's warp, density and colour, read at a pixel (u, v) instead of at points along its
-    ray. The ray then composites the head's samples, this layer (its opacity alpha is the weight left after
-    the head's, times alpha), and the plate: volume rendering with the layer as the ray's last sample. One
-    query per ray instead of a field's coarse and importance samples.
-
-    The hash grid is the 3D one (its fused kernel, tcnn and the parity tests carry over) read on the plane
-    z = 0: every level's z fraction is then 0.5, so each feature is the mean of two vertex planes that learn
-    alike; twice a 2D grid's gathers, on one query per ray.
-    """
-
-    density_cond = TorsoField.density_cond
-
-    def __init__(self, cfg: FieldConfig):
-        super().__init__()
-        self.et_freqs = cfg.pose_freqs if cfg.et_freqs is None else cfg.et_freqs
-        pose_in = 6 * (1 + 2 * self.et_freqs)
-        self.pose_freqs = cfg.pose_freqs
-        self.deform = mlp(2 * (1 + 2 * cfg.pose_freqs) + pose_in + cfg.shape_dim, cfg.hidden, 2)
-        nn.init.zeros_(self.deform[-1].weight)  # start as the identity warp
-        nn.init.zeros_(self.deform[-1].bias)
-        self.encoding = HashEncoding(cfg.torso_grid, cfg.hash_backend, cfg.hash_half)
-        self.density_pose = cfg.torso_density_pose
-        self.density = mlp(self.encoding.output_dim + pose_in * self.density_pose + cfg.shape_dim, cfg.hidden,
-                           1 + cfg.geo_features)
-        self.color = mlp(cfg.geo_features + cfg.app_dim, cfg.hidden, 3)
-
-    def forward(self, uv01: torch.Tensor, et: torch.Tensor, z_shape: torch.Tensor, z_app: torch.Tensor,
-                ray: torch.Tensor | None = None,
-                warp: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Args: uv01 [N, 2] pixel centres over the crop in [0, 1]^2; per ray: et [R, 6] (the torso's pose
-        input), z_shape, z_app, warp [R] (or None: all 1) the share of the learned warp applied; ray [N] long, each
-        query's ray (None: R = N, the rows align, or R = 1).
-
-        Returns: alpha [N] in (0, 1), rgb [N, 3], the warp offset [N, 2] as applied (for its regularizer).
-        """
-        cond = torch.cat([freq_encode(et, self.et_freqs), z_shape], -1)
-        offset = _warp_share(_rest(self.deform, conditioned_linear(self.deform[0], freq_encode(uv01, self.pose_freqs),
-                                                                   cond, ray)), warp, ray)
-        warped = (uv01 + offset).clamp(0.0, 1.0)
-        h = _rest(self.density, conditioned_linear(self.density[0], self.encoding(F.pad(warped, (0, 1))),
-                                                   self.density_cond(cond, z_shape), ray))
-        rgb = _rest(self.color, conditioned_linear(self.color[0], h[:, 1:], z_app, ray))
-        # (alpha starts near sigmoid(-1) = 0.27, as a ray through the volume torso starts near 1 - e^-0.37 = 0.31)
-        return torch.sigmoid(h[:, 0].float() - 1.0), torch.sigmoid(rgb), offset

@@ -277,7 +277,7 @@ def launch_args(head, torso, g: dict[str, Tensor], c: dict[str, Tensor], t0: Ten
     if torso is not None:
         tcond = torch.cat([freq_encode(c["et"].float(), torso.et_freqs), c["z_shape"].float()], -1)
         tview = torch.cat([freq_encode(c["unit"].float(), torso.dir_freqs), c["z_app"].float()], -1)
-        targs = _field_tensors(torso, torso.encoding.output_dim, torso.density_cond(tcond, c["z_shape"].float()), tview,
+        targs = _field_tensors(torso, torso.encoding.output_dim, tcond, tview,
                                half)
         w0, w1, w2 = torso.deform[0], torso.deform[2], torso.deform[4]
         k_warp = 3 * (1 + 2 * torso.pose_freqs)

@@ -4,9 +4,8 @@ One network for every person (``mode="shared"``, the paper's claim) or one per p
 (``mode="per_person"``, the AD-NeRF-style baseline in the same code). Rendering a ray:
 stratified then importance samples through the head field (in head space, moved there
 by the inverse head pose) and through the torso field (camera space); both sample sets
-merge by depth and composite once over the person's background plate. With ``torso_layer`` the
-torso is a pose-warped layer over the crop's pixels instead (``nerf.fields.TorsoLayer``): one
-query per ray, composited behind the head's samples in the same pass.
+merge by depth and composite once over the person's background plate. The torso's points are read
+through its tracked image motion (``torso_motion``), or the one its head pose predicts.
 """
 
 from __future__ import annotations
@@ -17,17 +16,11 @@ import dataclasses
 import torch
 from torch import nn
 
-from data_prep.head_pose import rotation_from_euler_pyr
 from nerf import march, occupancy, rays, sampler, volrend
 from nerf.data import PersonFrames, select_rays
-from nerf.fields import AudioDrive, ExpressionEncoder, FieldConfig, HeadField, TorsoField, TorsoLayer
+from nerf.fields import AudioDrive, ExpressionEncoder, FieldConfig, HeadField, TorsoField
 
 TORSO_HALF_DEPTH = 0.35  # the torso box's half depth (head units): its sample spacing is measured in it
-LAYER_HIDDEN = 1e-6
-"""Rendering skips a torso layer's query on rays the head leaves less transmittance than this (what it would add
-is below it)."""
-
-
 @dataclasses.dataclass
 class RenderConfig:
     """Samples per ray and per field."""
@@ -53,23 +46,20 @@ class RenderConfig:
 
 
 class AvatarModel(nn.Module):
-    """Latent codes and fields for P persons; renders ray batches of ``nerf.data.sample_rays``."""
+    """Latent codes and fields for P persons; renders ray batches of ``nerf.data.sample_rays``.
 
-    def __init__(self, persons: list[PersonFrames], cfg: FieldConfig, render: RenderConfig, mode: str = "shared",
-                 torso_cull: bool = False, pose_norm: bool = False, torso_follow: bool = False,
-                 torso_layer: bool = False, torso_track: bool = False, torso_pose: str = "all"):
+    Per-person buffers (head sphere, torso box, pose statistics, torso motion model) are derived from the persons'
+    tracks when a model is built for training and saved in its state dict, so a checkpoint renders without them.
+    """
+
+    MIN_TRACKED = 8
+    """Tracked training frames a person needs for the pose -> torso motion map (7 numbers per output) and for its
+    torso to count as tracked."""
+
+    def __init__(self, persons: list[PersonFrames], cfg: FieldConfig, render: RenderConfig, mode: str = "shared"):
         super().__init__()
         if mode not in ("shared", "per_person"):
             raise ValueError(f"model mode must be shared or per_person, not {mode!r}")
-        if torso_layer and torso_follow:
-            raise ValueError("torso_follow moves the volume torso's 3D points; the torso layer has none")
-        if torso_track and torso_follow:
-            raise ValueError("torso_track moves the torso's points by its tracked motion; torso_follow by the head's: "
-                             "choose one")
-        if torso_pose not in ("all", "untracked"):
-            raise ValueError(f"torso_pose must be all or untracked, not {torso_pose!r}")
-        if pose_norm and cfg.et_freqs is None:  # a standardized pose enters as it is (see TrainConfig.pose_norm)
-            cfg = dataclasses.replace(cfg, et_freqs=0)
         self.cfg, self.render_cfg, self.mode = cfg, render, mode
         P = len(persons)
         self.image_size = persons[0].size
@@ -81,69 +71,48 @@ class AvatarModel(nn.Module):
         nn.init.normal_(self.z_app.weight, std=0.1)
         n_nets = 1 if mode == "shared" else P
         self.head = nn.ModuleList(HeadField(cfg) for _ in range(n_nets))
-        self.torso_layer = torso_layer
-        self.torso = nn.ModuleList((TorsoLayer if torso_layer else TorsoField)(cfg) for _ in range(n_nets))
+        self.torso = nn.ModuleList(TorsoField(cfg) for _ in range(n_nets))
         self.audio = nn.ModuleList(AudioDrive(cfg.audio_dim, cfg.drive_dim, cfg.hidden, cfg.audio_window)
                                    for _ in range(n_nets))
         self.expr = nn.ModuleList(ExpressionEncoder(cfg.expr_dim, cfg.drive_dim, cfg.hidden) for _ in range(n_nets))
         self.occupancy: occupancy.OccupancyGrid | None = None
-        """Set for rendering (``nerf.occupancy.build``): empty cells are skipped. Not part of the state dict."""
+        """Set for rendering (``nerf.occupancy.build``, or the checkpoint's grid): empty cells are skipped."""
         b = [p.bounds for p in persons]
         self.register_buffer("head_center", torch.tensor([x.head_center for x in b], dtype=torch.float32))
         self.register_buffer("head_radius", torch.tensor([x.head_radius for x in b], dtype=torch.float32))
         self.register_buffer("torso_min", torch.tensor([x.torso_min for x in b], dtype=torch.float32))
         self.register_buffer("torso_max", torch.tensor([x.torso_max for x in b], dtype=torch.float32))
-        # With torso_cull, rays of pixels outside this box never meet the torso field. Derived from the
-        # persons' label maps each time the model is built (not in the state dict; the run's config says
-        # whether it was trained so).
-        s = self.image_size - 1
-        self.torso_cull = torso_cull
-        self.register_buffer("torso_pixels", torch.tensor([(x.torso_pixels if torso_cull else None) or (0, 0, s, s)
-                                                           for x in b], dtype=torch.float32), persistent=False)
-        # With pose_norm, the torso field reads each person's head pose (Euler angles, translation) standardized by
-        # the mean and spread of that person's training frames: the same scale for every person and pose axis.
-        # Derived from the persons' tracks each time the model is built, like torso_pixels.
-        self.pose_norm = pose_norm
+        # The torso field reads each person's head pose (Euler angles, translation) standardized by the mean and
+        # spread of that person's training frames: the same scale for every person and pose axis.
         # (on the CPU, whichever device the persons' frames live on: the same statistics for every device)
         et = [torch.cat([p.euler.cpu()[p.train.cpu()], p.t.cpu()[p.train.cpu()]], -1).double() for p in persons]
         self.register_buffer("pose_mean", torch.stack([x.mean(0) if len(x) else torch.zeros(6, dtype=x.dtype)
-                                                       for x in et]).float(), persistent=False)
+                                                       for x in et]).float())
         self.register_buffer("pose_std", torch.stack([x.std(0, unbiased=False).clamp_min(1e-3) if len(x) > 1
-                                                      else torch.ones(6, dtype=x.dtype) for x in et]).float(),
-                             persistent=False)
-        # With torso_follow, the torso's points move with the head by learned shares of its motion away from the
-        # person's mean training pose: follow[p] = (share of the translation, share of the rotation about the
-        # head), both 0 at the start (the torso as without it) and free to grow toward 1 (rigidly with the head).
-        # The mean pose (its rotation from the mean Euler angles) is derived from the tracks, like pose_mean.
-        self.torso_follow = torso_follow
-        if torso_follow:
-            self.follow = nn.Parameter(torch.zeros(P, 2))
-        self.register_buffer("ref_R", torch.from_numpy(rotation_from_euler_pyr(self.pose_mean[:, :3].double().numpy()))
-                             .float(), persistent=False)
-        # With torso_track, the torso's points are read through its tracked image motion onto a reference frame
-        # (PersonFrames.torso_motion, data_prep.torso_track). Where a frame has none (tracking failed, or a driven
-        # person), the motion is predicted from the head pose: motion_W[p] is the least-squares linear map from
-        # [standardized pose, 1] to the motion's 6 numbers over the person's tracked training frames, derived from
-        # the tracks each time the model is built, like pose_mean.
-        self.torso_track = torso_track
-        self.register_buffer("motion_W", torch.stack([self._motion_regression(p, i) for i, p in enumerate(persons)]),
-                             persistent=False)
-        # With torso_pose "untracked", the torso field of a person whose torso is tracked (torso_track, and enough
-        # tracked training frames to fit motion_W) reads no head pose and applies no learned warp: its pose input is
-        # held at the person's mean pose and its warp's share is 0, so the tracked motion alone moves one canonical
-        # torso. Persons with no track keep both, their torso's only cue to its motion. pose_gate[p] is 1 where
-        # person p's torso reads the pose and warps, 0 where it does not. Derived like motion_W.
-        self.register_buffer("pose_gate", torch.tensor([0.0 if torso_pose == "untracked" and self.tracked(p) else 1.0
-                                                        for p in persons]), persistent=False)
-        self.gated = bool((self.pose_gate < 1).any())  # (a Python flag: no device sync per batch)
+                                                      else torch.ones(6, dtype=x.dtype) for x in et]).float())
+        # The torso's points are read through its tracked image motion onto a reference frame (PersonFrames.torso_motion,
+        # data_prep.torso_track). Where a frame has none (tracking failed, or a driven person), the motion is predicted
+        # from the head pose: motion_W[p] is the least-squares linear map from [standardized pose, 1] to the motion's
+        # 6 numbers over the person's tracked training frames.
+        self.register_buffer("motion_W", torch.stack([self._motion_regression(p, i) for i, p in enumerate(persons)]))
+        # A person whose torso is tracked has one canonical torso that the tracked motion alone moves: its torso
+        # field's pose input is held at the person's mean pose and its learned warp is off (pose_gate 0). A person
+        # with no track (too little torso in the crop) keeps both (pose_gate 1), its torso's only cue to its motion.
+        self.register_buffer("pose_gate", torch.tensor([0.0 if self.tracked(p) else 1.0 for p in persons]))
+        self._gated = bool((self.pose_gate < 1).any())
 
-    MIN_TRACKED = 8
-    """Tracked training frames a person needs for the pose -> motion map (7 numbers per output) and to count as
-    tracked (``pose_gate``)."""
+    @property
+    def gated(self) -> bool:
+        """Whether some person's torso reads no pose (a Python flag: the batch code branches on it)."""
+        return self._gated
+
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._gated = bool((self.pose_gate < 1).any())
 
     def tracked(self, p: PersonFrames) -> bool:
-        """Whether person p's torso counts as tracked: torso_track on and at least MIN_TRACKED tracked training frames."""
-        if not self.torso_track or p.torso_motion is None:
+        """Whether person p's torso counts as tracked: at least MIN_TRACKED tracked training frames."""
+        if p.torso_motion is None:
             return False
         return int(torch.isfinite(p.torso_motion.cpu()[p.train.cpu()]).all(1).sum()) >= self.MIN_TRACKED
 
@@ -207,34 +176,10 @@ class AvatarModel(nn.Module):
 
     def torso_pose(self, et: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
         """The torso field's pose input from head poses et [R, 6] (Euler angles, translation) of persons row [R]:
-        held at the person's mean pose where ``pose_gate`` is 0, then standardized per person with ``pose_norm``,
-        else as it is."""
+        held at the person's mean pose where ``pose_gate`` is 0, then standardized per person."""
         mean = self.pose_mean[row]
         et = mean + self.pose_gate[row, None] * (et - mean)
-        return (et - mean) / self.pose_std[row] if self.pose_norm else et
-
-    def follow_head(self, x01: torch.Tensor, row: torch.Tensor, R: torch.Tensor, t: torch.Tensor,
-                    ray: torch.Tensor | None = None) -> torch.Tensor:
-        """Torso-box coordinates x01 [N, 3] moved back by the shares ``follow`` of the head's motion away from the
-        person's mean pose (as they are without ``torso_follow``).
-
-        With p the camera point, (R, t) the head pose and (R0, t0) the mean one, a share a of the translation and
-        b of the rotation give p' = p + a (t0 - t) + b (R0 R^T - I)(p - t): a = b = 1 is the point that moves
-        rigidly with the head, seen at the mean pose.
-
-        Args: per ray: row [R] persons, R [R, 3, 3], t [R, 3]; ray [N] each point's ray (None: rows align).
-        """
-        if not self.torso_follow:
-            return x01
-        if ray is not None:
-            row, R, t = row[ray], R[ray], t[ray]
-        lo, hi = self.torso_min[row], self.torso_max[row]
-        share = self.follow[row]
-        p = lo + x01 * (hi - lo)
-        rel = p - t
-        turned = (self.ref_R[row] @ (R.transpose(-1, -2) @ rel[..., None]))[..., 0] - rel
-        moved = p + share[:, :1] * (self.pose_mean[row, 3:] - t) + share[:, 1:] * turned
-        return (moved - lo) / (hi - lo)
+        return (et - mean) / self.pose_std[row]
 
     def _net(self, row: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
         """(network index, ray mask) pairs: one network for all, or each person's own."""
@@ -272,14 +217,7 @@ class AvatarModel(nn.Module):
         center, radius = self.head_center[row], self.head_radius[row]
         near_h, far_h, hit_h = rays.sphere_interval(o_h, d_h, center, radius)
         lo, hi = self.torso_min[row], self.torso_max[row]
-        if self.torso_layer:  # every pixel lies on the layer: no interval
-            near_t = far_t = torch.zeros_like(near_h)
-            hit_t = torch.ones_like(hit_h)
-        else:
-            near_t, far_t, hit_t = rays.box_interval(torch.zeros_like(dirs), dirs, lo, hi)
-        if self.torso_cull:  # (without it the box is the whole crop: no test, no kernel launches)
-            box = self.torso_pixels[row]
-            hit_t = hit_t & (b["u"] >= box[:, 0]) & (b["u"] <= box[:, 2]) & (b["v"] >= box[:, 1]) & (b["v"] <= box[:, 3])
+        near_t, far_t, hit_t = rays.box_interval(torch.zeros_like(dirs), dirs, lo, hi)
         far_h, far_t = torch.maximum(far_h, near_h), torch.maximum(far_t, near_t)
         head_01 = lambda t: (o_h[:, None] + t[..., None] * d_h[:, None] - center[:, None]) \
             / (2 * radius[:, None, None]) + 0.5  # noqa: E731
@@ -287,38 +225,34 @@ class AvatarModel(nn.Module):
         occ = self.occupancy
         if cull and occ is not None:  # a ray that crosses no occupied cell of a field cannot see it
             hit_h = hit_h & _crosses_occupied(occ.head, row, head_01, near_h, far_h)
-            if not self.torso_layer:
-                hit_t = hit_t & _crosses_occupied(occ.torso, row, torso_01, near_t, far_t)
+            hit_t = hit_t & _crosses_occupied(occ.torso, row, torso_01, near_t, far_t)
         return {"dirs": dirs, "focal": b["focal"], "o_h": o_h, "d_h": d_h, "center": center, "radius": radius,
                 "lo": lo, "hi": hi,
                 "near_h": near_h, "far_h": far_h, "hit_h": hit_h,
                 "near_t": near_t, "far_t": far_t, "hit_t": hit_t, "head_01": head_01, "torso_01": torso_01}
 
     def forward(self, batch: dict[str, torch.Tensor], jitter: bool = True,
-                gen: torch.Generator | None = None, amp: bool = False,
-                distortion: bool = False) -> dict[str, torch.Tensor]:
+                gen: torch.Generator | None = None, amp: bool = False) -> dict[str, torch.Tensor]:
         """Render a ray batch.
 
         Args:
             amp: the field queries (hash-grid features aside) run under float16 autocast; the ray geometry,
                 sampling and compositing stay float32.
-            distortion: also return each ray's distortion loss (training with ``lambda_dist``).
 
         Returns:
             rgb [R, 3] composited over the background; head_acc, torso_acc [R] opacities of
             each field; offset_sq [R] mean squared torso warp over the ray's samples (0 outside the torso box);
-            torso_hit [R] 1.0 where the ray meets the torso field, else 0.0; with ``distortion``,
-            distortion [R] (``volrend.distortion``: how spread along the ray the weights are); when marching (rendering with
+            torso_hit [R] 1.0 where the ray meets the torso field, else 0.0; when marching (rendering with
             ``render_cfg.march_steps`` and an occupancy grid set), also samples [R], the field queries made.
         """
         if self.mode == "shared":  # one network renders every ray: no split, no scatter back
-            return self._render(0, batch, jitter, gen, amp, distortion)
+            return self._render(0, batch, jitter, gen, amp)
         dev = batch["row"].device
         out = {k: torch.zeros(len(batch["row"]), *s, device=dev) for k, s in
                (("rgb", (3,)), ("head_acc", ()), ("torso_acc", ()), ("offset_sq", ()), ("torso_hit", ()))}
         for net, mask in self._net(batch["row"]):
             part = select_rays(batch, mask)
-            for k, v in self._render(net, part, jitter, gen, amp, distortion).items():
+            for k, v in self._render(net, part, jitter, gen, amp).items():
                 base = out[k] if k in out else v.new_zeros(len(batch["row"]), *v.shape[1:])
                 out[k] = base.index_put((mask,), v)
         return out
@@ -331,11 +265,11 @@ class AvatarModel(nn.Module):
         return {"unit_h": g["d_h"] / g["d_h"].norm(dim=-1, keepdim=True),
                 "unit": g["dirs"] / g["dirs"].norm(dim=-1, keepdim=True),
                 "z_shape": self.z_shape(row), "z_app": self.z_app(row), "drive": self.drive_code(net, b), "et": et,
-                "motion": self.torso_motion(b) if self.torso_track else None,
+                "motion": self.torso_motion(b),
                 "warp": self.pose_gate[row] if self.gated else None}
 
     def _render(self, net: int, b: dict[str, torch.Tensor], jitter: bool, gen,
-                amp: bool = False, distortion: bool = False) -> dict[str, torch.Tensor]:
+                amp: bool = False) -> dict[str, torch.Tensor]:
         if self.render_cfg.march_steps > 0 and self.occupancy is not None and not torch.is_grad_enabled():
             return self._march(net, b, amp)
         row = b["row"]
@@ -374,22 +308,11 @@ class AvatarModel(nn.Module):
         def torso_query(t, hidden=None):
             x01 = g["torso_01"](t)
             ray, k = live_samples(x01, hit_t, occ.torso if occ is not None else None, hidden)
-            x = self.follow_head(x01[ray, k], row, b["R"], b["t"], ray)
-            if self.torso_track:
-                x = self.track_points(x, row, c["motion"], b["focal"], ray)
+            x = self.track_points(x01[ray, k], row, c["motion"], b["focal"], ray)
             with half:
                 sigma, rgb, offset = self.torso[net](x, unit, et, z_shape, z_app, ray, c["warp"])
             return scatter(sigma, ray, k, t.shape), scatter(rgb, ray, k, t.shape), scatter(offset, ray, k, t.shape)
 
-        if self.torso_layer:
-            (head,) = self._field_samples([(head_query, g["near_h"], g["far_h"], 2 * radius)], jitter, gen)
-            weights = volrend.render_weights(head["sigma"], head["delta"])
-            out = self._layer_behind(net, b, c, hit_h, hit_t, volrend.accumulate(weights, head["rgb"]), weights.sum(-1),
-                                     amp)
-            del out["layer_queried"]
-            if distortion:
-                out["distortion"] = volrend.distortion(weights, head["t"] / (2 * radius[:, None]), head["delta"])
-            return out
         head, torso = self._field_samples(
             [(head_query, g["near_h"], g["far_h"], 2 * radius),
              (torso_query, g["near_t"], g["far_t"], torch.full_like(g["near_t"], 2 * TORSO_HALF_DEPTH))],
@@ -403,8 +326,6 @@ class AvatarModel(nn.Module):
         out = {"rgb": volrend.composite_over(rgb, acc, b["background"]),
                "head_acc": (weights * (source == 0)).sum(-1), "torso_acc": (weights * (source == 1)).sum(-1),
                "offset_sq": (torso["offset"] ** 2).sum(-1).mean(-1), "torso_hit": hit_t.float()}
-        if distortion:  # positions in head-sphere diameters, intervals in field extents
-            out["distortion"] = volrend.distortion(weights, t / (2 * radius[:, None]), vals["delta"])
         return out
 
     def _march(self, net: int, b: dict[str, torch.Tensor], amp: bool = False) -> dict[str, torch.Tensor]:
@@ -420,8 +341,6 @@ class AvatarModel(nn.Module):
         t0 = torch.minimum(torch.where(hit_h, g["near_h"], inf), torch.where(hit_t, g["near_t"], inf))
         t1 = torch.maximum(torch.where(hit_h, g["far_h"], -inf), torch.where(hit_t, g["far_t"], -inf))
         hit = hit_h | hit_t
-        if self.torso_layer:  # march the head alone; the layer lies behind it
-            t0, t1, hit = g["near_h"], g["far_h"], hit_h
         t0, t1 = torch.where(hit, t0, 0.0), torch.where(hit, t1, 0.0)
         dt = torch.minimum(2 * radius, torch.full_like(radius, 2 * TORSO_HALF_DEPTH)) / rc.march_steps
         n_steps = torch.ceil((t1 - t0) / dt).clamp_min(0).long()
@@ -448,10 +367,8 @@ class AvatarModel(nn.Module):
 
         def torso(r, t):
             t = march.coarse_t(t, t0[r], dt[r], stride[r])
-            x01 = self.follow_head(rays.normalize_to_unit(t[:, None] * g["dirs"][r], g["lo"][r], g["hi"][r]),
-                                   row, b["R"], b["t"], r)
-            if self.torso_track:
-                x01 = self.track_points(x01, row, c["motion"], b["focal"], r)
+            x01 = self.track_points(rays.normalize_to_unit(t[:, None] * g["dirs"][r], g["lo"][r], g["hi"][r]),
+                                    row, c["motion"], b["focal"], r)
             with half:
                 sigma, rgb, _ = self.torso[net](x01, c["unit"], c["et"], c["z_shape"], c["z_app"], r, c["warp"])
             return sigma.float() / (2 * TORSO_HALF_DEPTH), rgb
@@ -460,27 +377,22 @@ class AvatarModel(nn.Module):
         if out is not None:  # a kernel's first render in this process: checked against the PyTorch marcher
             from nerf import fused_march
 
-            key = fused_march.check_key(self.head[net], None if self.torso_layer else self.torso[net], t0.device, amp)
+            key = fused_march.check_key(self.head[net], self.torso[net], t0.device, amp)
             res = self._march_composite(net, b, c, hit_h, hit_t, out, amp)
             if fused_march.verify(key, res, lambda pick: self._march_unfused(net, select_rays(b, pick), amp), n_steps):
                 return res
         # (the PyTorch marcher queries the torso at every fine sample, at its interval's midpoint)
-        fields = [march.MarchField(live(g["head_01"], occ.head, hit_h, g["near_h"], g["far_h"]), head)]
-        if not self.torso_layer:
-            fields.append(march.MarchField(torso_live, torso))
+        fields = [march.MarchField(live(g["head_01"], occ.head, hit_h, g["near_h"], g["far_h"]), head),
+                  march.MarchField(torso_live, torso)]
         out = march.march(fields, t0, dt, n_steps, rc.stop_depth, rc.march_round)
         out["head_acc"] = out["field_acc"][0]
-        out["torso_acc"] = out["field_acc"][1] if not self.torso_layer else None
+        out["torso_acc"] = out["field_acc"][1]
         return self._march_composite(net, b, c, hit_h, hit_t, out, amp)
 
     def _march_composite(self, net: int, b: dict[str, torch.Tensor], c: dict[str, torch.Tensor], hit_h: torch.Tensor,
                          hit_t: torch.Tensor, out: dict[str, torch.Tensor], amp: bool) -> dict[str, torch.Tensor]:
         """The marched fields (rgb not over the background, head_acc, torso_acc, samples) as ``_march``'s output: over
-        the plate, or with a torso layer over the layer and the plate."""
-        if self.torso_layer:
-            res = self._layer_behind(net, b, c, hit_h, hit_t, out["rgb"], out["head_acc"], amp)
-            res["samples"] = out["samples"] + res.pop("layer_queried")
-            return res
+        the plate."""
         return {"rgb": volrend.composite_over(out["rgb"], out["head_acc"] + out["torso_acc"], b["background"]),
                 "head_acc": out["head_acc"], "torso_acc": out["torso_acc"],
                 "offset_sq": torch.zeros_like(out["head_acc"]), "torso_hit": hit_t.float(), "samples": out["samples"]}
@@ -501,63 +413,28 @@ class AvatarModel(nn.Module):
             return False, "RenderConfig.fused is off"
         ok, why = fused_march.available(device)
         if ok:
-            ok, why = fused_march.supports(self.head[net], None if self.torso_layer else self.torso[net])
-        if ok and self.torso_follow:
-            ok, why = False, "--torso_follow moves the torso's points with the head: not in the kernel"
+            ok, why = fused_march.supports(self.head[net], self.torso[net])
         return ok, why
 
     def _march_fused(self, net: int, g: dict[str, torch.Tensor], c: dict[str, torch.Tensor], t0: torch.Tensor,
                      dt: torch.Tensor, n_steps: torch.Tensor, stride: torch.Tensor, row: torch.Tensor,
                      amp: bool) -> dict | None:
-        """The fields marched by ``nerf.fused_march`` (rgb, head_acc, torso_acc, samples; the head alone for a torso
-        layer), or None where it cannot run: the caller then marches with ``nerf.march`` (on a CPU without Triton's
-        interpreter silently, that being the plain CPU path; elsewhere after one warning)."""
+        """The fields marched by ``nerf.fused_march`` (rgb, head_acc, torso_acc, samples), or None where it
+        cannot run: the caller then marches with ``nerf.march`` (on a CPU without Triton's interpreter silently,
+        that being the plain CPU path; elsewhere after one warning)."""
         from nerf import fused_march
 
-        head, torso = self.head[net], None if self.torso_layer else self.torso[net]
-        if self.torso_track and torso is not None:  # the kernel reads the torso along each ray's moved direction
-            c = dict(c, torso_dirs=self.torso_dirs(g["dirs"], c["motion"], g["focal"]))
+        head, torso = self.head[net], self.torso[net]
+        # the kernel reads the torso along each ray's moved direction
+        c = dict(c, torso_dirs=self.torso_dirs(g["dirs"], c["motion"], g["focal"]))
         ok, why = self.fused_marching(t0.device, net)
         if not ok:  # (turned off: no warning)
             if self.render_cfg.fused and (t0.device.type == "cuda" or fused_march.interpreting()):
                 fused_march.warn_once(why)
             return None
         return fused_march.run_or_none(head, torso, g, c, t0, dt, n_steps, row, self.occupancy.head,
-                                       None if torso is None else self.occupancy.torso, self.render_cfg.stop_depth,
+                                       self.occupancy.torso, self.render_cfg.stop_depth,
                                        2 * TORSO_HALF_DEPTH, amp, stride)
-
-    def _layer_behind(self, net: int, b: dict[str, torch.Tensor], c: dict[str, torch.Tensor], hit_h: torch.Tensor,
-                      hit_t: torch.Tensor, rgb_h: torch.Tensor, acc_h: torch.Tensor,
-                      amp: bool = False) -> dict[str, torch.Tensor]:
-        """The torso layer (``TorsoLayer``) behind the head's accumulated colour rgb_h [R, 3] and opacity acc_h [R],
-        then the plate: the layer is the ray's last sample, its weight the transmittance the head leaves times
-        its alpha. Rays outside hit_t [R] (the torso's pixel box with ``torso_cull``) do not query it, nor, when
-        rendering, rays the head leaves less than ``LAYER_HIDDEN`` of transmittance.
-
-        Returns the ``forward`` outputs (offset_sq: the layer's squared warp; head_hit: 1.0 where the ray meets the
-        head sphere, hit_h) and layer_queried [R] (1.0 where the layer was queried; training: every hit ray).
-        """
-        S = self.image_size
-        uv01 = torch.stack([(b["u"] + 0.5) / S, (b["v"] + 0.5) / S], -1).float()
-        if self.torso_track:  # the pixel as seen in the reference frame
-            uv01 = self.apply_motion(uv01, c["motion"])
-        c_et, z_shape, z_app = c["et"], c["z_shape"], c["z_app"]
-        half = torch.autocast(uv01.device.type, dtype=torch.float16, enabled=amp)
-        query = hit_t if torch.is_grad_enabled() else hit_t & (acc_h < 1.0 - LAYER_HIDDEN)
-        if torch.is_grad_enabled() and not self.torso_cull:  # every ray (no index, no sync)
-            with half:
-                alpha, rgb_t, offset = self.torso[net](uv01, c_et, z_shape, z_app, None, c["warp"])
-            alpha, rgb_t, offset = alpha.float(), rgb_t.float(), offset.float()
-        else:  # the queried rays only, scattered back (zeros elsewhere: no weight)
-            ray = query.nonzero()[:, 0]
-            with half:
-                part = self.torso[net](uv01[ray], c_et, z_shape, z_app, ray, c["warp"])
-            alpha, rgb_t, offset = (acc_h.new_zeros(len(acc_h), *v.shape[1:]).index_put((ray,), v.float()) for v in part)
-        w_t = (1.0 - acc_h) * alpha
-        return {"rgb": volrend.composite_over(rgb_h + w_t[:, None] * rgb_t, acc_h + w_t, b["background"]),
-                "head_acc": acc_h, "torso_acc": w_t, "offset_sq": (offset ** 2).sum(-1), "torso_hit": hit_t.float(),
-                "head_hit": hit_h.float(),
-                "layer_queried": query.float()}
 
     def _field_samples(self, fields, jitter, gen) -> list[dict[str, torch.Tensor]]:
         """Coarse then importance samples of each field; deltas in units of the field's own extent.
@@ -614,13 +491,6 @@ class AvatarModel(nn.Module):
                         "offset": _by_depth(order, c["offset"], offset_f) if c["offset"] is not None else None,
                         "delta": sampler.deltas_of(t, far) / scale[:, None]})
         return out
-
-
-def compile_fields(model: AvatarModel) -> None:
-    """torch.compile each head and torso field's forward, with dynamic shapes (the live-sample count changes
-    every call). Parameters and state dict stay as they are; the first calls compile (tens of seconds)."""
-    for field in [*model.head, *model.torso]:
-        field.forward = torch.compile(field.forward, dynamic=True)
 
 
 def _by_depth(order: torch.Tensor, a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:

@@ -101,11 +101,10 @@ def build(model, persons: list, resolution: int | None = None, n_frames: int = 8
         drives = torch.cat([audio, expr])
         at = frames.to(p.euler.device)
         pose = model.torso_pose(torch.cat([p.euler, p.t], 1)[at].to(dev), rowt.expand(len(at)))
-        R, t = p.R[at].to(dev), p.t[at].to(dev)
-        fb = {"row": rowt.expand(len(at)), "euler": p.euler[at].to(dev), "t": t}
+        fb = {"row": rowt.expand(len(at)), "euler": p.euler[at].to(dev), "t": p.t[at].to(dev)}
         if p.torso_motion is not None:
             fb["torso_motion"] = p.torso_motion[at].to(dev)
-        motion = model.torso_motion(fb)  # (used with torso_track: the torso seen through each frame's motion)
+        motion = model.torso_motion(fb)  # (the torso seen through each frame's motion)
         warp = model.pose_gate[rowt] if model.gated else None  # (the warp's share, as the renderer applies it)
         focal = torch.full((1,), float(p.focal), device=dev)
         h_max = torch.zeros(n, device=dev)
@@ -117,15 +116,11 @@ def build(model, persons: list, resolution: int | None = None, n_frames: int = 8
                 sigma, _ = model.head[net](x, any_dir, z_shape, z_app, d[None])
                 h_max[a:a + m] = torch.maximum(h_max[a:a + m], sigma)
             one = torch.zeros(m, dtype=torch.long, device=dev)
-            for et, R_f, t_f, m_f in zip(pose, R, t, motion) if not model.torso_layer else ():
-                xf = model.follow_head(x, rowt, R_f[None], t_f[None], one)
-                if model.torso_track:
-                    xf = model.track_points(xf, rowt, m_f[None], focal, one)
+            for et, m_f in zip(pose, motion):
+                xf = model.track_points(x, rowt, m_f[None], focal, one)
                 sigma, _, _ = model.torso[net](xf, any_dir, et[None], z_shape, z_app, None, warp)
                 t_max[a:a + m] = torch.maximum(t_max[a:a + m], sigma)
-        # (a layer has no volume to skip: its grid is all occupied, its one query per ray always made)
-        torso[p.row] = model.torso_layer
-        for grid, dens in ((head, h_max),) if model.torso_layer else ((head, h_max), (torso, t_max)):
+        for grid, dens in ((head, h_max), (torso, t_max)):
             occupied = (-torch.expm1(-dens / G) > threshold).reshape(1, 1, G, G, G).float()
             if dilate > 0:
                 occupied = F.max_pool3d(occupied, 2 * dilate + 1, stride=1, padding=dilate)

@@ -14,10 +14,6 @@ import dataclasses
 
 import torch
 
-TORSO_MARGIN = 0.05
-"""Margin of the torso's pixel box around the pixels it must draw, as a fraction of the crop side (the torso moves
-a little beyond the recorded frames under new poses, and its warp needs room)."""
-
 
 @dataclasses.dataclass
 class PersonBounds:
@@ -27,24 +23,16 @@ class PersonBounds:
     head_radius: float
     torso_min: tuple[float, float, float]  # camera-space box of the torso field
     torso_max: tuple[float, float, float]
-    torso_pixels: tuple[int, int, int, int] | None = None
-    """Pixel columns u0..u1 and rows v0..v1 (inclusive) whose rays may meet the torso field; None: every pixel."""
 
     @staticmethod
-    def from_track(canonical, t_pose, focal: float, size: int, labels=None, R=None, valid=None, frames=None,
-                   margin: float = TORSO_MARGIN) -> PersonBounds:
+    def from_track(canonical, t_pose, focal: float, size: int) -> PersonBounds:
         """Bounds from a person's canonical face [478, 3] and translations [T, 3] (numpy, NaN rows allowed).
 
         The head sphere is centred a little above and behind the face's landmark centroid
         (hair and the back of the skull) with a radius of the face's largest extent; the
-        torso box spans the crop's frustum at depths of the head's median depth +- 0.35. With the
-        person's label maps (``labels`` [T, S, S] at ``size``, poses ``R`` [T, 3, 3] and ``valid`` [T]),
-        ``torso_pixels`` holds the pixels the torso field must draw (``torso_pixel_box``) in ``frames``
-        (indices; default all: the training split, so that held-out frames stay unseen); a model built
-        with ``torso_cull`` lets only their rays meet the torso field, so the rays above and beside the
-        head (often most of the crop) query none. The box itself, the torso hash grid's domain, stays the
-        frustum (a box tightened to those pixels gave the torso grid a finer resolution and one person of
-        the tests' synthetic pair 2.3 dB less held-out PSNR).
+        torso box spans the crop's frustum at depths of the head's median depth +- 0.35 (a box tightened to
+        the torso's labelled pixels gave the torso grid a finer resolution and lost 2.3 dB on one person of the
+        tests' synthetic pair).
         """
         import numpy as np
 
@@ -53,46 +41,7 @@ class PersonBounds:
         far = tz + 0.35
         half = (size / 2) / focal * far
         center = (0.0, -0.1 * span, 0.35 * span)
-        pixels = None
-        if labels is not None:
-            f = slice(None) if frames is None else np.asarray(frames)
-            pixels = torso_pixel_box(labels[f], R[f], t_pose[f], None if valid is None else valid[f], center, span,
-                                     focal, margin)
-        return PersonBounds(center, span, (-half, -half, tz - 0.35), (half, half, far), pixels)
-
-
-def torso_pixel_box(labels, R, t_pose, valid, head_center, head_radius: float, focal: float,
-                    margin: float = TORSO_MARGIN):
-    """The pixel box (u0, v0, u1, v1), inclusive, that the torso field must cover, or None if nothing must.
-
-    That is every torso-labelled pixel of any frame, and every head-labelled pixel outside the image of
-    the head sphere in its frame (hair the sphere does not reach), widened by ``margin`` x the crop side.
-
-    Args:
-        labels: [T, S, S] uint8 (0 background, 1 head, 2 torso); R [T, 3, 3], t_pose [T, 3]: head poses
-            (NaN rows allowed where ``valid`` [T] is False: those frames add their torso pixels only).
-    """
-    import numpy as np
-
-    T, S = labels.shape[:2]
-    union = np.zeros((S, S), bool)
-    ys, xs = np.mgrid[0:S, 0:S].astype(np.float32)
-    c = np.asarray(head_center, np.float32)
-    for i in range(T):
-        must = labels[i] == 2
-        if valid is not None and valid[i] and (labels[i] == 1).any():
-            p = R[i] @ c + t_pose[i]  # the sphere's centre in the camera; its image is about a disc
-            if p[2] > head_radius:
-                uc, vc = focal * p[0] / p[2] + S / 2 - 0.5, focal * p[1] / p[2] + S / 2 - 0.5
-                rad = focal * head_radius / np.sqrt(p[2] ** 2 - head_radius**2)
-                must |= (labels[i] == 1) & ((xs - uc) ** 2 + (ys - vc) ** 2 > rad**2)
-        union |= must
-    if not union.any():
-        return None
-    rows, cols = np.nonzero(union.any(1))[0], np.nonzero(union.any(0))[0]
-    m = int(round(margin * S))
-    return (max(int(cols[0]) - m, 0), max(int(rows[0]) - m, 0), min(int(cols[-1]) + m, S - 1),
-            min(int(rows[-1]) + m, S - 1))
+        return PersonBounds(center, span, (-half, -half, tz - 0.35), (half, half, far))
 
 
 def pixel_rays(u: torch.Tensor, v: torch.Tensor, focal: torch.Tensor, size: int) -> torch.Tensor:

@@ -1,10 +1,9 @@
 """Whole frames from the avatar model: every pixel of one or several persons' crops, in chunks.
 
 Rendering (no autograd) keeps the work to the rays that can show a person: a ray that meets neither its
-person's head sphere nor torso box (nor, for a model trained with ``torso_cull``, the torso's pixel box)
-shows the background plate and costs no field query. The persons of one output frame render together
-(their rays in one batch, one set of kernel launches per chunk), optionally with the field queries under
-float16 autocast (``amp``); the ray geometry, the sampling, the compositing and the hash grids'
+person's head sphere nor torso box shows the background plate and costs no field query. The persons of one
+output frame render together (their rays in one batch, one set of kernel launches per chunk), optionally with
+the field queries under float16 autocast (``amp``); the ray geometry, the sampling, the compositing and the hash grids'
 interpolation stay float32.
 
 Measured on the CPU box (a 64 px model of the dev clips, 2 persons, occupancy grid): float16

@@ -174,24 +174,3 @@ def merge_by_depth(
         index = order.reshape(rays, n_a + n_b, *[1] * (both.dim() - 2)).expand_as(both)
         vals[name] = both.gather(1, index)
     return t_all.gather(1, order), vals, source.gather(1, order)
-
-
-def distortion(weights: Tensor, s: Tensor, deltas: Tensor) -> Tensor:
-    """mip-NeRF 360's distortion loss per ray: small when a ray's weight sits in one short stretch.
-
-        L = sum_ij w_i w_j |s_i - s_j| + 1/3 sum_i w_i^2 delta_i
-
-    The double sum in O(S) (s sorted along each ray): sum_ij w_i w_j |s_i - s_j| = 2 sum_i w_i (s_i W_<i - (ws)_<i),
-    with W_<i and (ws)_<i exclusive cumulative sums.
-
-    Args:
-        weights: [R, S] sample weights; s: [R, S] sorted sample positions (in a normalized unit);
-        deltas: [R, S] the samples' interval lengths in a like unit.
-
-    Returns:
-        [R] the loss of each ray.
-    """
-    ws = weights * s
-    w_before = torch.cumsum(weights, 1) - weights
-    ws_before = torch.cumsum(ws, 1) - ws
-    return 2 * (weights * s * w_before - weights * ws_before).sum(1) + (weights ** 2 * deltas).sum(1) / 3

@@ -76,7 +76,7 @@ def frame_audio_features(zcr: np.ndarray, rms: np.ndarray, vad_prob: np.ndarray,
     """Per-frame audio features: [T, 3 + mel_bands] = log RMS, ZCR, speech probability, band energies.
 
     Args:
-        zcr, rms, vad_prob: [T] per video frame (data_prep.audio_features, data_prep.speaking).
+        zcr, rms, vad_prob: [T] per video frame (data_prep.audio_features, speech.speaking).
         mel: [80, M] Wav2Lip mel spectrogram at 80 columns per second.
         fps: video frames per second.
         mel_bands: the 80 mel bins are averaged into this many bands (0: none).

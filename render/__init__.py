@@ -1,6 +1,6 @@
 """render: trained avatars -> conversation videos.
 
 drive (per-person driving signals: posegen, tracked replay, retargeted replay), layout (the
-original video's layout over its background plate, the N-person conference grid), voices
-(who speaks when in new audio, by voice), conversation (chunked, resumable rendering to mp4).
+original video's layout over its background plate, the N-person conference grid), conversation (chunked,
+resumable rendering to mp4).
 """

@@ -81,8 +81,8 @@ def audio_codes(model_encoder, audio: np.ndarray, T: int, fps: float) -> torch.T
 
 def posegen_audio_features(audio: np.ndarray, T: int, fps: float, mel_bands: int) -> tuple[np.ndarray, np.ndarray]:
     """posegen's per-frame audio features of new audio and the voice activity: ([T, A], voiced [T])."""
-    from data_prep.speaking import voice_activity
     from posegen.data import frame_audio_features
+    from speech.speaking import voice_activity
 
     zcr, rms = frame_zcr_rms(audio, T, fps)
     voiced, prob = voice_activity(audio, T, fps)
@@ -231,38 +231,30 @@ def render_video(model: AvatarModel, plan: Plan, outputs: list[tuple[object, str
     return facts
 
 
-def original_layout(root: str | Path, persons: list[PersonFrames], scale: float = 1.0) -> OriginalLayout:
-    """The layout of the dataset the persons come from (all of them must come from it)."""
-    import imageio.v3 as iio
-
-    root = Path(root)
-    meta = dataset.read_meta(root)
-    boxes = {f"{root.name}:{p['id']}": p["bbox"] for p in meta["persons"]}
-    missing = [p.name for p in persons if p.name not in boxes]
-    if missing:
-        raise RenderError(f"{', '.join(missing)} not in {root.name}: the original layout shows one video's "
-                          "people; use --layout conference to mix datasets")
-    bg = iio.imread(root / "background.png")[..., :3]
-    return OriginalLayout(bg, [tuple(boxes[p.name]) for p in persons], scale)
+def original_layout(infos: list, persons: list[PersonFrames], scale: float = 1.0) -> OriginalLayout:
+    """The layout of the dataset the persons come from (all of them must come from it); ``infos``: the checkpoint's
+    ``nerf.avatar.DatasetInfo`` of every dataset."""
+    for info in infos:
+        if all(p.name in info.boxes for p in persons):
+            return OriginalLayout(info.background, [tuple(info.boxes[p.name]) for p in persons], scale)
+    raise RenderError(f"{', '.join(p.name for p in persons)} are not all in one video: the original layout shows one "
+                      "video's people; use --layout conference to mix datasets")
 
 
 def conference_layout(persons: list[PersonFrames], tile: int, highlight: bool) -> ConferenceLayout:
     return ConferenceLayout(len(persons), tile, highlight=highlight)
 
 
-def check_posegen_matches(posegen_ckpt: dict, persons: list[PersonFrames], data: list[str]) -> None:
-    """Refuse a posegen checkpoint trained on other datasets than the NeRF's (by name and source hash)."""
+def check_posegen_matches(posegen_ckpt: dict, persons: list[PersonFrames], infos: list) -> None:
+    """Refuse a posegen checkpoint trained on other datasets than the NeRF's (by name and source hash; ``infos``: the
+    avatar's ``nerf.avatar.DatasetInfo``)."""
     trained = {d["name"]: d for d in posegen_ckpt["datasets"]}
-    for root in data:
-        meta = dataset.read_meta(root)
-        name = Path(root).name
-        info = trained.get(name)
-        sha = meta["source"].get("sha256", "")
-        if info is None or (info["sha256"] and sha and info["sha256"] != sha):
-            raise RenderError(f"the posegen checkpoint was trained on {', '.join(trained) or 'nothing'}, not on {root}: "
-                              "the pose and NeRF checkpoints must come from the same datasets")
-    known = set(posegen_ckpt["persons"])
-    missing = [p.name for p in persons if p.name not in known]
+    for info in infos:
+        known = trained.get(info.name)
+        if known is None or (known["sha256"] and info.sha256 and known["sha256"] != info.sha256):
+            raise RenderError(f"the posegen checkpoint was trained on {', '.join(trained) or 'nothing'}, not on "
+                              f"{info.name}: the pose and NeRF checkpoints must come from the same datasets")
+    names = set(posegen_ckpt["persons"])
+    missing = [p.name for p in persons if p.name not in names]
     if missing:
         raise RenderError(f"the posegen checkpoint has no {', '.join(missing)}")
-

@@ -124,34 +124,27 @@ def bench_hashgrid(dev: torch.device, sizes: list[int], repeats: int) -> list[di
 def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: int, render_frames: int,
                 model_kind: str = "shared", hash_backend: str = "auto", render: bool = True,
                 ckpt: str = "", batch_rays: list[int] | None = None, profile_dir: str = "",
-                compile: bool = False, march_steps: list[int] | None = None,
-                march_shapes: list[tuple[int, int]] | None = None, ray_samples: list[tuple[int, int]] | None = None,
-                torso_field: str = "volume") -> list[dict]:
+                march_steps: list[int] | None = None, march_shapes: list[tuple[int, int]] | None = None,
+                ray_samples: list[tuple[int, int]] | None = None) -> list[dict]:
     """Training iterations/s at the preset (and at each of ``batch_rays``) and two-person render FPS on the
     prepared datasets; with ``profile_dir``, a torch.profiler table of a few training iterations and of
     one rendered frame (``_profile``)."""
-    import dataclasses
-
     from nerf import fused_march
     from nerf.audio import Wav2LipAudioEncoder
     from nerf.data import load_datasets
     from nerf.metrics import psnr
-    from nerf.model import compile_fields
     from nerf.occupancy import build as build_occupancy
     from nerf.render import render_persons
-    from nerf.trainer import TrainConfig, build
-    from scripts.train import build_parser  # the preset read exactly as train.py reads it
+    from nerf.trainer import build, sized
+    from scripts.train import OPTIONS, build_parser  # the preset read exactly as train.py reads it
 
     args = build_parser().parse_args(["--config", str(preset), *[x for d in data for x in ("--data", str(d))]])
-    cfg = TrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(TrainConfig)})
-    cfg.model, cfg.hash_backend, cfg.torso_field = model_kind, hash_backend, torso_field
+    cfg = sized(args.size, data=args.data, **{k: getattr(args, k) for k in OPTIONS})
+    cfg.model, cfg.hash_backend = model_kind, hash_backend
     torch.manual_seed(0)
     # Speed does not depend on the audio encoder's weights: a freshly initialized one codes the frames.
-    persons = [p.to(dev) for p in load_datasets(cfg.data, cfg.image_size, Wav2LipAudioEncoder().eval(),
-                                                 cfg.torso_track)]
+    persons = [p.to(dev) for p in load_datasets(cfg.data, cfg.image_size, Wav2LipAudioEncoder().eval())]
     model, opt = build(cfg, persons, dev)
-    if compile:
-        compile_fields(model)
     gen = torch.Generator().manual_seed(0)
     jit = torch.Generator(device=dev).manual_seed(1)
     cuda = dev.type == "cuda"
@@ -162,13 +155,11 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
     rows = []
     for n_rays in batch_rays or [cfg.batch_rays]:
         cfg.batch_rays = n_rays
-        t0 = time.perf_counter()
-        for _ in range(3):  # warm-up (and, with --compile, the compiling)
+        for _ in range(3):  # warm-up
             step()
         if cuda:
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(dev)
-        warm_s = time.perf_counter() - t0
         t0 = time.perf_counter()
         for _ in range(train_iters):
             step()
@@ -176,14 +167,12 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
             torch.cuda.synchronize()
         dt = (time.perf_counter() - t0) / train_iters
         mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
-        what = f"{model_kind}, torso {torso_field}, hash {hash_backend}, {Path(preset).name}, {n_rays} rays, " \
-            f"{cfg.image_size} px" + (
-            f", compiled (3 warm-up steps {warm_s:.0f} s)" if compile else "")
+        what = f"{model_kind}, hash {hash_backend}, {Path(preset).name}, {n_rays} rays, {cfg.image_size} px"
         rows.append({"row": f"training ({what})", "iterations_per_s": 1 / dt, "rays_per_s": n_rays / dt,
                      "peak_gpu_gib": mem, "parameters": sum(p.numel() for p in model.parameters())})
         print(f"  training ({what}): {1 / dt:.2f} it/s, {n_rays / dt:.3g} rays/s, peak {mem:.2f} GiB")
     if profile_dir:
-        _profile(Path(profile_dir) / f"profile_train_{model_kind}_{torso_field}_{hash_backend}.txt", step, 5, cuda)
+        _profile(Path(profile_dir) / f"profile_train_{model_kind}_{hash_backend}.txt", step, 5, cuda)
     if not render:
         return rows
     if ckpt:  # render a trained model (an untrained one is dense everywhere: no occupancy grid can help it)
@@ -191,8 +180,6 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
 
         del model, opt
         model, persons, cfg = load_model(ckpt, list(data), str(dev))
-        if compile:
-            compile_fields(model)
         if train_iters:
             rows += _grid_training_rows(model, persons, cfg, dev, train_iters, cuda)
     model.eval()
@@ -218,8 +205,7 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
             torch.cuda.reset_peak_memory_stats(dev)
         spf = _timer(lambda amp=amp: render_persons(model, frames_of(next(turn)), amp=amp), render_frames, cuda)
         mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
-        what = f"{model_kind}, torso {cfg.torso_field}, {len(persons)} persons x {cfg.image_size}^2, batched" + (
-            ", compiled" if compile else "") + (
+        what = f"{model_kind}, {len(persons)} persons x {cfg.image_size}^2, batched" + (
             f", occupancy grid ({share} occupied, built in {built:.1f} s)" if with_grid else ", every sample") + (
             ", float16 autocast" if amp else "")
         row = {"row": f"render ({what})", "frames_per_s": 1 / spf, "peak_gpu_gib": mem}
@@ -253,7 +239,7 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
             spf = _timer(lambda amp=amp: render_persons(model, frames_of(next(turn)), amp=amp), render_frames, cuda)
             mem = torch.cuda.max_memory_allocated(dev) / 2**30 if cuda else float("nan")
             other = render_persons(model, frames_of(0), amp=amp)
-            what = f"{model_kind}, torso {cfg.torso_field}, {len(persons)} persons x {cfg.image_size}^2, " \
+            what = f"{model_kind}, {len(persons)} persons x {cfg.image_size}^2, " \
                 f"occupancy grid, {label}" \
                 + (", float16 autocast" if amp else "")
             row = {"row": f"render ({what})", "frames_per_s": 1 / spf, "peak_gpu_gib": mem,
@@ -267,7 +253,7 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
                   + f"{row['psnr_vs_sampled_db']:.1f} dB PSNR against the {trained[0]}+{trained[1]} sampled render")
         if profile_dir:
             name = "_".join(f"{k}{v}" for k, v in settings.items())
-            _profile(Path(profile_dir) / f"profile_render_{model_kind}_{cfg.torso_field}_{name}.txt",
+            _profile(Path(profile_dir) / f"profile_render_{model_kind}_{name}.txt",
                      lambda: render_persons(model, frames_of(next(turn))), 1, cuda)
         rc.march_steps, (rc.n_coarse, rc.n_importance), rc.fused = 0, trained, True
         fused_march.BLOCK, fused_march.NUM_WARPS = default_shape
@@ -277,7 +263,7 @@ def bench_model(dev: torch.device, data: list[str], preset: str, train_iters: in
         print(f"  fused kernel check ({what}): {db:.1f} dB PSNR against the PyTorch marcher on its first render")
     fused_march.checks.clear()  # (the next model's kernels are checked afresh)
     if profile_dir:
-        _profile(Path(profile_dir) / f"profile_render_{model_kind}_{cfg.torso_field}.txt",
+        _profile(Path(profile_dir) / f"profile_render_{model_kind}.txt",
                  lambda: render_persons(model, frames_of(next(turn))), 1, cuda)
     model.occupancy = None
     return rows
@@ -397,17 +383,12 @@ def main(argv=None) -> int:
     p.add_argument("--ckpt", default="", help="a checkpoint trained on --data for the render rows (default: the "
                    "untrained model, which says nothing about the occupancy grid)")
     p.add_argument("--models", default="shared", help="comma-separated training rows: shared, per_person")
-    p.add_argument("--torso_fields", default="volume",
-                   help="comma-separated torso fields of the training and untrained render rows: volume (sampled "
-                        "along each ray, train.py's default), layer (one query per ray behind the head); e.g. volume,layer")
     p.add_argument("--hash_backends", default="auto",
                    help="comma-separated hash backends of the training rows (auto, torch, cuda, tcnn)")
     p.add_argument("--batch_rays", default="",
                    help="comma-separated rays per training batch, one training row each (default: the preset's)")
     p.add_argument("--profile", default="", help="also write torch.profiler tables of training and rendering "
                    "(operators by time, operator calls, kernel launches, host syncs) into this folder")
-    p.add_argument("--compile", action="store_true", help="torch.compile the fields (train.py --compile true); the "
-                   "training row's label gives the warm-up time, which includes the compiling")
     p.add_argument("--march_steps", default="", help="comma-separated step counts: render rows marching through the "
                    "occupancy grid (render.py --march_steps)")
     p.add_argument("--march_shapes", default="", help="comma-separated BLOCKxWARPS shapes of the fused marching "
@@ -434,9 +415,6 @@ def main(argv=None) -> int:
             shapes = parse_shapes(args.march_shapes)
         except ValueError as err:
             raise ValueError(f"--march_shapes: {err}") from None
-        torsos = args.torso_fields.split(",")
-        if not set(torsos) <= {"volume", "layer"}:
-            raise ValueError(f"--torso_fields takes volume and layer, not {args.torso_fields!r}")
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -457,15 +435,14 @@ def main(argv=None) -> int:
     sizes = [2**18, 2**20] if dev.type == "cuda" else [2**14, 2**16]
     rows = bench_hashgrid(dev, sizes, args.repeats)
     if args.data:
-        rendered = set()
-        for kind, torso, backend in itertools.product(args.models.split(","), torsos, args.hash_backends.split(",")):
+        rendered = False
+        for kind, backend in itertools.product(args.models.split(","), args.hash_backends.split(",")):
             its = args.train_iters if backend != "torch" else max(5, args.train_iters // 5)
-            # render rows: once for a checkpoint (its own torso field), else once per torso field (untrained)
-            render = (key := "ckpt" if args.ckpt else torso) not in rendered
-            rendered.add(key)
+            render = not rendered  # the render rows once
+            rendered = True
             rows += bench_model(dev, args.data, args.preset, its, args.render_frames, kind, backend, render=render,
-                                ckpt=args.ckpt, batch_rays=rays, profile_dir=args.profile, compile=args.compile,
-                                march_steps=march, march_shapes=shapes, ray_samples=samples, torso_field=torso)
+                                ckpt=args.ckpt, batch_rays=rays, profile_dir=args.profile, march_steps=march,
+                                march_shapes=shapes, ray_samples=samples)
     text = table(rows, name)
     print(text)
     if args.out:

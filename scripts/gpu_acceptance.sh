@@ -7,9 +7,8 @@
 #
 #   check              parity tests of the fused hash grid and the fused marcher; bench: hash grid,
 #                      training at 4096 and 16384 rays and render rows of the untrained model (marching
-#                      at 32 steps fused, the kernel at 64x4 and 64x8, and in PyTorch included), each
-#                      with the volume torso and the
-#                      torso layer (--torso_field layer), profiler tables                     (~6 min)
+#                      at 32 steps fused, the kernel at 64x4 and 64x8, and in PyTorch included),
+#                      profiler tables                                                         (~6 min)
 #   lipsync DATASET    audio pre-training + gpu_full training for LIPSYNC_S seconds (default 150) on a
 #                      dataset whose held-out frames hold speech, then evaluate.py --save_rendered
 #                      (score the frames on a CPU machine: evaluate.py --rendered OUT/eval_<name>)
@@ -29,8 +28,8 @@
 #   python scripts/prepare.py --config configs/prepare.txt --video data/devmap.mp4 --out data/devmap_512 \
 #       --roles data/devmap.turns.json
 # Runs go to RUNS (default runs/gpu); CONFIG (default configs/gpu_full.txt) is the training preset; TRAIN_ARGS
-# adds train.py flags (e.g. TRAIN_ARGS='--torso_field layer' RUNS=runs/layer, or '--pose_norm false' for the A/B of
-# those options: the same stages with the same RUNS and TRAIN_ARGS, beside a default run); finish:
+# adds train.py flags (e.g. TRAIN_ARGS='--hash_half true' RUNS=runs/half for an A/B: the same stages with the same
+# RUNS and TRAIN_ARGS, beside a default run); finish:
 # EVAL=0 skips its evaluation, RENDER_ARGS replaces its render's '--pose_from tracked' (e.g. '--audio A.wav --roles
 # R.json --pose_from data/other' for a novel-pose replay longer than the dataset's own audio);
 # OUT_DIR receives at most 8 files (the lent machine's limit).
@@ -76,7 +75,7 @@ check)
     log "bench"
     $py scripts/bench.py --data "${BENCH_DATA:-data/dev2_512}" --preset "${CONFIG:-configs/gpu_full.txt}" \
         --train_iters 30 --render_frames 3 \
-        --batch_rays 4096,16384 --torso_fields volume,layer --march_steps 32 --march_shapes 64x4,64x8 \
+        --batch_rays 4096,16384 --march_steps 32 --march_shapes 64x4,64x8 \
         --profile "$out/prof" \
         --out "$out/bench_check.json" \
         | tee "$out/bench_check.txt"

@@ -8,13 +8,17 @@ the speaker's mouth, the NeRF renders each person, and the frames are laid out a
 original video (over its background plate) or as an N-person conference grid. The mp4 has the
 audio muxed in.
 
+The avatar checkpoint holds everything rendering needs (the fields, the audio encoder, every person's buffers,
+background plates and crop boxes, the occupancy grid, the enrolled voices): no dataset is read, except the one
+whose own audio is rendered when --audio is not given (--data).
+
 Examples:
     python scripts/render.py --ckpt runs/talk/checkpoint.pt --posegen runs/pg/checkpoint.pt \\
-        --data data/talk --audio new.wav --out out/conversation.mp4
+        --audio new.wav --out out/conversation.mp4
     python scripts/render.py ... --audio new.wav --layout conference --persons 0,1 --out out/conf.mp4
     python scripts/render.py ... --audio new.wav --samples 3 --out out/reactions.mp4   # 3 reactions side by side
     python scripts/render.py --ckpt runs/talk/checkpoint.pt --data data/talk --pose_from tracked --out out/recon.mp4
-    python scripts/render.py --ckpt runs/talk/checkpoint.pt --data data/talk --pose_from data/other:0 --out out/replay.mp4
+    python scripts/render.py --ckpt runs/talk/checkpoint.pt --audio new.wav --pose_from data/other:0 --out out/replay.mp4
 
 roles.json: [{"person": "talk:0", "start": 0.0, "end": 3.5}, {"person": 1, "start": 3.9, "end": 8.0}]
 (person: a name "<dataset>:<id>" or an index into --persons; times in seconds).
@@ -57,7 +61,8 @@ def build_parser() -> configargparse.ArgumentParser:
     p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter)
     p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines")
     p.add_argument("--ckpt", required=True, help="the avatar NeRF checkpoint (scripts/train.py)")
-    p.add_argument("--data", action="append", required=True, help="the datasets the NeRF was trained on (repeatable)")
+    p.add_argument("--data", default=None, help="a dataset the avatar was trained on, whose own audio (and recorded "
+                   "motion, --pose_from tracked) is rendered when --audio is not given")
     p.add_argument("--out", required=True, help="the mp4 to write")
     p.add_argument("--audio", default=None, help="new speech (any format, rate, channels); default: the dataset's own")
     p.add_argument("--posegen", default=None, help="the posegen checkpoint (scripts/train_posegen.py); needed with --audio "
@@ -107,6 +112,8 @@ def _check_args(args) -> None:
                           "or --pose_from")
     if not args.audio and args.pose_from is None:
         raise RenderError("give --audio (new speech) or --pose_from tracked (the recorded video)")
+    if not args.audio and not args.data:
+        raise RenderError("without --audio, --data names the dataset whose own audio is rendered")
     if args.chunk < 1:
         raise RenderError("--chunk must be at least 1")
 
@@ -118,11 +125,10 @@ def _check_persons(spec: str | None, names: list[str]) -> None:
             raise RenderError(f"the checkpoint has no person {tok!r}; it has {', '.join(names)}")
 
 
-def _pick_persons(spec: str | None, all_persons, data: list[str], layout: str):
+def _pick_persons(spec: str | None, all_persons, first: str, layout: str):
     if spec is None:
         if layout == "conference":
             return list(all_persons)
-        first = Path(data[0]).name
         return [p for p in all_persons if p.name.split(":")[0] == first]
     chosen = []
     for tok in spec.split(","):
@@ -135,10 +141,10 @@ def _pick_persons(spec: str | None, all_persons, data: list[str], layout: str):
     return chosen
 
 
-def _speaking(args, persons, audio, T, fps, T_audio) -> np.ndarray:
-    """[T, P] who speaks, from roles.json or from the voices. A roles file is checked against the whole
+def _speaking(args, persons, audio, T, fps, T_audio, bank: dict | None) -> np.ndarray:
+    """[T, P] who speaks, from roles.json or from the checkpoint's voices. A roles file is checked against the whole
     audio (T_audio frames), so that --max_seconds may cut a conversation whose later turns it names."""
-    from render import voices
+    from speech import voices
 
     names = [p.name for p in persons]
     if args.roles:
@@ -146,20 +152,25 @@ def _speaking(args, persons, audio, T, fps, T_audio) -> np.ndarray:
             return voices.roles_from_json(args.roles, names, T_audio, fps)[:T]
         except (ValueError, OSError) as e:
             raise RenderError(f"{args.roles}: {e}") from e
-    bank = voices.enroll(args.data)
-    return voices.assign(audio, T, fps, bank, names).speaking
+    if bank is None:
+        raise RenderError("this avatar has no enrolled voices (its datasets' speech was too short or missing): "
+                          "say who speaks when with --roles roles.json")
+    return voices.assign(audio, T, fps, voices.VoiceBank.from_dict(bank), names).speaking
 
 
-def make_plan(args, model, all_persons, encoder) -> Plan:
-    persons = _pick_persons(args.persons, all_persons, args.data, args.layout)
-    meta = dataset.read_meta(args.data[0])
-    fps = float(meta["fps"])
+def make_plan(args, model, all_persons, encoder, infos, bank) -> Plan:
+    persons = _pick_persons(args.persons, all_persons, infos[0].name, args.layout)
+    fps = infos[0].fps
     if args.audio:
         audio, T = load_audio(args.audio, fps)
     else:
         from data_prep.video_io import read_audio
 
-        audio = read_audio(Path(args.data[0]) / "audio.wav")
+        meta = dataset.read_meta(args.data)
+        if Path(args.data).name not in [i.name for i in infos]:
+            raise RenderError(f"the avatar was not trained on {args.data}: it was trained on "
+                              f"{', '.join(i.name for i in infos)}")
+        audio = read_audio(Path(args.data) / "audio.wav")
         T = int(meta["n_frames"])
     T_audio = T
     if args.max_seconds:
@@ -170,7 +181,7 @@ def make_plan(args, model, all_persons, encoder) -> Plan:
         if not args.audio:
             drives = [from_track(p, np.arange(T) % len(p.euler)) for p in persons]
         else:
-            speaking = _speaking(args, persons, audio, T, fps, T_audio)
+            speaking = _speaking(args, persons, audio, T, fps, T_audio, bank)
             drives = []
             for i, p in enumerate(persons):
                 d = from_track(p, np.arange(T) % len(p.euler))
@@ -187,7 +198,7 @@ def make_plan(args, model, all_persons, encoder) -> Plan:
             pose, expr, valid = source_motion(src, pid)
         except (PrepareError, ValueError) as e:
             raise RenderError(f"--pose_from {args.pose_from}: {e}") from e
-        speaking = _speaking(args, persons, audio, T, fps, T_audio) if args.audio else \
+        speaking = _speaking(args, persons, audio, T, fps, T_audio, bank) if args.audio else \
             np.stack([p.speaking[:T].numpy() for p in persons], 1)
         drives = [replay_drive(pose, expr, valid, p, T, speaking[:, i]) for i, p in enumerate(persons)]
         return Plan(fps, audio, persons, [drives], codes)
@@ -199,11 +210,11 @@ def make_plan(args, model, all_persons, encoder) -> Plan:
         pg, stats, pg_ckpt = load_checkpoint(args.posegen)
     except PoseGenError as e:
         raise RenderError(str(e)) from e
-    check_posegen_matches(pg_ckpt, persons, args.data)
+    check_posegen_matches(pg_ckpt, persons, infos)
     if abs(float(pg_ckpt["fps"]) - fps) > 1e-6:
         raise RenderError(f"the posegen checkpoint runs at {pg_ckpt['fps']} fps, the datasets at {fps}")
     feats, _ = posegen_audio_features(audio, T, fps, pg.cfg.mel_bands)
-    speaking = _speaking(args, persons, audio, T, fps, T_audio)
+    speaking = _speaking(args, persons, audio, T, fps, T_audio, bank)
     names = [p.name for p in persons]
     g = generate(pg, stats, names, feats, speaking, fps, samples=args.samples, seed=args.seed)
     from render.drive import Drive
@@ -233,19 +244,21 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     try:
+        from nerf.avatar import unpack
         from nerf.evaluate import load_model, parse_ray_samples
         from nerf.trainer import checkpoint_audio_encoder, load_checkpoint
 
         _check_args(args)
         ckpt = load_checkpoint(Path(args.ckpt))
-        _check_persons(args.persons, ckpt["persons"])  # before the slow loading of every frame
-        model, all_persons, cfg = load_model(args.ckpt, args.data, args.device, occupancy=not args.no_occupancy,
+        _check_persons(args.persons, ckpt["persons"])
+        model, all_persons, cfg = load_model(args.ckpt, None, args.device, occupancy=not args.no_occupancy,
                                              ckpt=ckpt, march_steps=args.march_steps,
                                              ray_samples=parse_ray_samples(args.ray_samples))
+        infos = unpack(ckpt["avatar"])[1]
         encoder = checkpoint_audio_encoder(ckpt, Path(args.ckpt))
-        plan = make_plan(args, model, all_persons, encoder)
+        plan = make_plan(args, model, all_persons, encoder, infos, ckpt["avatar"].get("voices"))
         conference = conference_layout(plan.persons, args.tile or cfg.image_size, not args.no_highlight)
-        layout = original_layout(args.data[0], plan.persons, args.scale) if args.layout == "original" else conference
+        layout = original_layout(infos, plan.persons, args.scale) if args.layout == "original" else conference
         outputs = [(layout, out)] + ([(conference, Path(args.conference_out))] if args.conference_out else [])
         # The chunks' key: everything that decides their pixels (the plan, the checkpoint's content, the grid).
         key_extra = {"ckpt_sha256": sha256_of(args.ckpt), "occupancy": not args.no_occupancy}

@@ -372,8 +372,8 @@ def test_an_offset_that_could_not_be_scored_reads_as_none_not_as_in_sync():
 
 
 def test_evaluate_audio_scores_speech_against_silence_on_audio_files_without_video(synthetic, pretrained, tmp_path):
-    from data_prep.speaking import voice_activity
     from data_prep.video_io import read_audio, write_wav
+    from speech.speaking import voice_activity
 
     audio = read_audio(synthetic["video"])
     write_wav(tmp_path / "voice.wav", audio)

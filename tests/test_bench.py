@@ -67,7 +67,6 @@ def test_bench_refuses_a_folder_that_is_no_dataset_and_bad_row_lists(tmp_path):
     proc = bench("--data", str(tmp_path))
     assert proc.returncode == 1 and "Traceback" not in proc.stderr and "no meta.json" in proc.stderr
     for flag, value, said in (("--ray_samples", "24-16", "COARSE+IMPORTANCE"), ("--march_steps", "0", "positive"),
-                              ("--torso_fields", "volume,plane", "volume and layer"),
                               ("--march_shapes", "60x4", "BLOCKxWARPS"), ("--march_shapes", "64x", "BLOCKxWARPS")):
         proc = bench(flag, value)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr and said in proc.stderr, proc.stderr

@@ -52,14 +52,13 @@ def dev(monkeypatch):
     return torch.device("cpu")
 
 
-def _scene(dev, R=64, hidden=16, bias=0.0, seed=0, torso=False, steps=16, density_pose=True):
+def _scene(dev, R=64, hidden=16, bias=0.0, seed=0, torso=False, steps=16):
     """A head field (and a torso field) with lively random weights; R rays of two persons through their head
     spheres (some miss) and torso boxes, the two overlapping along the rays; occupancy grids with empty cells;
     per-ray codes, in the layout of ``AvatarModel._geometry`` and ``_conditions``."""
     g = torch.Generator().manual_seed(seed)
     torch.manual_seed(seed)
-    cfg = FieldConfig(head_grid=GRID, torso_grid=GRID, hidden=hidden, hash_backend="torch",
-                      torso_density_pose=density_pose)
+    cfg = FieldConfig(head_grid=GRID, torso_grid=GRID, hidden=hidden, hash_backend="torch")
     fields = [HeadField(cfg)] + ([TorsoField(cfg)] if torso else [])
     with torch.no_grad():
         for f in fields:
@@ -167,9 +166,8 @@ def test_the_fused_kernel_marches_the_head_as_the_pytorch_marcher_does(dev):
     assert (out["samples"][~hit] == 0).all() and (out["head_acc"][~hit] == 0).all()
 
 
-@pytest.mark.parametrize("density_pose", [True, pytest.param(False, marks=pytest.mark.slow)])  # (True: the default)
-def test_the_fused_kernel_marches_head_and_torso_together_as_the_pytorch_marcher_does(dev, density_pose):
-    fields, g, c, m = _scene(dev, seed=3, torso=True, density_pose=density_pose)
+def test_the_fused_kernel_marches_head_and_torso_together_as_the_pytorch_marcher_does(dev):
+    fields, g, c, m = _scene(dev, seed=3, torso=True)
     ref, out = _reference(fields, g, c, m, 0.0), _fused(fields, g, c, m, 0.0)
     both = g["hit_h"] & g["hit_t"]
     assert both.sum() > 12 and ref["head_acc"][both].mean() > 0.05 and ref["torso_acc"][both].mean() > 0.05
@@ -220,15 +218,14 @@ def test_the_kernels_model_tensors_are_kept_between_calls_and_remade_when_the_we
     _close(_fused(fields, g, c, m, 0.0), _reference(fields, g, c, m, 0.0), TOL)
 
 
-@pytest.mark.parametrize("mode,layer,track", [pytest.param("per_person", True, False, marks=pytest.mark.slow),
-                                              pytest.param("shared", False, False, marks=pytest.mark.slow),
-                                              ("shared", False, True)])  # (the default: shared, volume torso, tracked)
-def test_a_models_marched_render_is_the_same_with_the_fused_kernel(dev, mode, layer, track):
+@pytest.mark.parametrize("mode,track", [pytest.param("per_person", False, marks=pytest.mark.slow),
+                                        pytest.param("shared", False, marks=pytest.mark.slow), ("shared", True)])
+def test_a_models_marched_render_is_the_same_with_the_fused_kernel(dev, mode, track):
     """Also with a tracked torso: the kernel reads the volume torso along each ray's moved direction, without the
-    learned warp (``torso_pose`` untracked: the rendered person is tracked, the other not)."""
+    learned warp (the rendered person is tracked, the other not)."""
     from nerf.render import render_frame
 
-    model, persons = _model(dev, mode, layer, track)
+    model, persons = _model(dev, mode, track)
     assert model.pose_gate.tolist() == ([1.0, 0.0] if track else [1.0, 1.0])
     calls = []
     real = fused_march.march_fused
@@ -236,9 +233,9 @@ def test_a_models_marched_render_is_the_same_with_the_fused_kernel(dev, mode, la
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # no fallback, and no warning when the kernel is turned off
-            fused = [render_frame(model, p, 2) for p in persons[-2 if layer else -1:]]  # (the interpreter is slow)
+            fused = [render_frame(model, p, 2) for p in persons[-1:]]  # (the interpreter is slow)
             model.render_cfg.fused = False
-            plain = [render_frame(model, p, 2) for p in persons[-2 if layer else -1:]]
+            plain = [render_frame(model, p, 2) for p in persons[-1:]]
     finally:
         fused_march.march_fused = real
     assert len(calls) == len(plain)  # one kernel launch per person's frame (one chunk of rays)
@@ -251,9 +248,8 @@ def test_a_models_marched_render_is_the_same_with_the_fused_kernel(dev, mode, la
     assert db > (46.0 if torch.cuda.is_available() else 100.0)
 
 
-def _model(dev, mode="shared", layer=False, track=False):
-    """A small two-person model with lively random weights and its occupancy grid (volume torso: 8 marching steps;
-    torso layer: 24)."""
+def _model(dev, mode="shared", track=False):
+    """A small two-person model with lively random weights and its occupancy grid (8 marching steps)."""
     from test_nerf_model import TINY, _person
 
     from nerf.model import AvatarModel, RenderConfig
@@ -267,8 +263,7 @@ def _model(dev, mode="shared", layer=False, track=False):
         persons[1].torso_motion = torch.stack([torch.cos(a) * 1.05, -torch.sin(a), 0.1 * a, torch.sin(a),
                                                torch.cos(a), -0.05 + 0 * a], -1)
     model = AvatarModel(persons, FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4),
-                        RenderConfig(8, 8, march_steps=24 if layer else 8), mode=mode, torso_layer=layer,
-                        torso_track=track, torso_pose="untracked").to(dev)
+                        RenderConfig(8, 8, march_steps=8), mode=mode).to(dev)
     with torch.no_grad():
         for f in [*model.head, *model.torso]:
             f.encoding.tables.uniform_(-1.0, 1.0)

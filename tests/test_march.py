@@ -96,29 +96,6 @@ def test_the_models_marched_render_converges_to_its_sampled_one():
             assert "samples" not in model(frame_batch(persons[1], 0, model.cfg.audio_window), jitter=False)
 
 
-def test_training_sees_a_distortion_loss_only_when_weighted():
-    from test_nerf_model import TINY, _person
-
-    from nerf.data import sample_rays
-    from nerf.fields import FieldConfig
-    from nerf.model import AvatarModel, RenderConfig
-    from nerf.trainer import TrainConfig, losses
-
-    torch.manual_seed(0)
-    persons = [_person(0), _person(1)]
-    model = AvatarModel(persons, FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4), RenderConfig(8, 8))
-    batch = sample_rays(persons, 64, torch.Generator().manual_seed(0), audio_window=4)
-    assert "distortion" not in model(batch)  # (not computed unless asked for)
-    out = model(batch, distortion=True)
-    assert out["distortion"].shape == (64,) and (out["distortion"] >= 0).all()
-    plain = losses(out, batch, model, TrainConfig())
-    weighted = losses(out, batch, model, TrainConfig(lambda_dist=0.5))
-    assert "distortion" not in plain and weighted["distortion"] > 0
-    torch.testing.assert_close(weighted["total"], plain["total"] + 0.5 * weighted["distortion"])
-    weighted["total"].backward()  # and it has a gradient path into the fields
-    assert model.head[0].density[-1].bias.grad.abs().sum() > 0
-
-
 def test_a_field_at_a_coarser_step_is_sampled_at_its_intervals_midpoints():
     from nerf.march import coarse_t
 

@@ -169,8 +169,8 @@ def test_mouth_lmd_zero_on_itself_and_three_px_when_shifted():
 
 def test_mouth_opening_on_frames_follows_the_planted_jaw():
     pytest.importorskip("mediapipe")
-    from data_prep.speaking import mouth_opening
     from data_prep.synthetic import astronaut_sprite, open_mouth
+    from speech.speaking import mouth_opening
 
     sprite = astronaut_sprite()
     cx, cy = sprite.center.astype(int)

@@ -64,7 +64,10 @@ def tiny_run(synthetic, tmp_path_factory):
     from nerf.trainer import TrainConfig, train
 
     out = tmp_path_factory.mktemp("render_run")
-    cfg = TrainConfig(data=[str(synthetic["dataset"])], out=str(out), iters=3, image_size=32, batch_rays=64,
+    # trained on a copy of the dataset (same name and content), which a test moves away: the avatar renders without it
+    copy = tmp_path_factory.mktemp("render_data") / synthetic["dataset"].name
+    shutil.copytree(synthetic["dataset"], copy)
+    cfg = TrainConfig(data=[str(copy)], out=str(out), iters=3, image_size=32, batch_rays=64,
                       n_coarse=8, n_importance=4, hidden=16, n_levels=4, log2_hashmap_size=10, base_resolution=8,
                       finest_resolution=64, val_every=10**9, ckpt_every=10**9, audio_pretrain_iters=1)
     train(cfg, progress=False)
@@ -175,18 +178,20 @@ def test_driven_person_renders_frames_it_never_recorded(synthetic, tiny_run):
 
 
 def test_a_posegen_checkpoint_of_other_data_is_refused(synthetic, tiny_run):
-    from nerf.evaluate import load_model
+    from nerf.avatar import unpack
+    from nerf.trainer import load_checkpoint
     from render.conversation import RenderError, check_posegen_matches
 
-    _, persons, _ = load_model(tiny_run, [str(synthetic["dataset"])])
+    persons, infos = unpack(load_checkpoint(tiny_run)["avatar"])
     name = synthetic["dataset"].name
+    assert [i.name for i in infos] == [name] and infos[0].sha256
     good = {"datasets": [{"name": name, "sha256": ""}], "persons": [p.name for p in persons]}
-    check_posegen_matches(good, persons, [str(synthetic["dataset"])])
+    check_posegen_matches(good, persons, infos)
     for bad in ({**good, "datasets": [{"name": "other", "sha256": ""}]},
                 {**good, "datasets": [{"name": name, "sha256": "f" * 64}]},
                 {**good, "persons": [persons[0].name]}):
         with pytest.raises(RenderError):
-            check_posegen_matches(bad, persons, [str(synthetic["dataset"])])
+            check_posegen_matches(bad, persons, infos)
 
 
 def test_render_from_new_audio_with_posegen_roles_and_two_reactions(synthetic, tiny_run, tmp_path):
@@ -203,11 +208,25 @@ def test_render_from_new_audio_with_posegen_roles_and_two_reactions(synthetic, t
     # (the third turn lies past --max_seconds: the roles file names the whole audio, the render cuts it)
     roles.write_text(json.dumps([{"person": 0, "start": 0.0, "end": 0.2}, {"person": 1, "start": 0.2, "end": 0.4},
                                  {"person": 0, "start": 0.6, "end": 0.9}]))
-    out = tmp_path / "conf.mp4"
-    proc = _render_cli("--ckpt", tiny_run, "--data", synthetic["dataset"], "--posegen", pg / "checkpoint.pt",
-                       "--audio", synthetic["video"], "--roles", roles, "--layout", "conference", "--samples", 2,
-                       "--max_seconds", 0.4, "--out", out)
-    assert proc.returncode == 0, proc.stderr
-    info = probe(out)
-    # two persons in a 2-column grid of 32 px tiles with 4 px gaps (76 x 40), two reactions side by side
-    assert (info.width, info.height) == (152, 40) and info.has_audio and round(info.duration * info.fps) == 10
+    trained_on = Path(json.loads((tiny_run.parent / "config.json").read_text())["data"][0])
+    away = trained_on.with_name("moved_away")
+    trained_on.rename(away)  # the avatar's dataset is gone: the checkpoint alone renders
+    try:
+        out = tmp_path / "conf.mp4"
+        proc = _render_cli("--ckpt", tiny_run, "--posegen", pg / "checkpoint.pt", "--audio", synthetic["video"],
+                           "--roles", roles, "--layout", "conference", "--samples", 2, "--max_seconds", 0.4,
+                           "--out", out)
+        assert proc.returncode == 0, proc.stderr
+        info = probe(out)
+        # two persons in a 2-column grid of 32 px tiles with 4 px gaps (76 x 40), two reactions side by side
+        assert (info.width, info.height) == (152, 40) and info.has_audio and round(info.duration * info.fps) == 10
+        # who speaks from the voices the checkpoint enrolled; the original layout over its plate, and the grid
+        proc = _render_cli("--ckpt", tiny_run, "--posegen", pg / "checkpoint.pt", "--audio", synthetic["video"],
+                           "--max_seconds", 0.4, "--out", tmp_path / "orig.mp4", "--conference_out", tmp_path / "g.mp4")
+        assert proc.returncode == 0, proc.stderr
+        original, grid = probe(tmp_path / "orig.mp4"), probe(tmp_path / "g.mp4")
+        frame_size = json.loads((synthetic["dataset"] / "meta.json").read_text())["frame_size"]
+        assert [original.width, original.height] == frame_size and original.has_audio
+        assert (grid.width, grid.height) == (76, 40) and grid.has_audio and round(grid.duration * grid.fps) == 10
+    finally:
+        away.rename(trained_on)

@@ -3,9 +3,10 @@ import socket
 import numpy as np
 import pytest
 
-from data_prep import speaking
 from data_prep.errors import PrepareError
-from data_prep.speaking import (
+from data_prep.video_io import fit_audio, read_audio
+from speech import speaking
+from speech.speaking import (
     LEFT_EYE_OUTER,
     LOWER_INNER_LIP,
     RIGHT_EYE_OUTER,
@@ -15,7 +16,6 @@ from data_prep.speaking import (
     speaking_timeline,
     voice_activity,
 )
-from data_prep.video_io import fit_audio, read_audio
 
 SR = 16000
 FPS = 25.0
@@ -200,7 +200,7 @@ def test_voice_activity_leaves_the_process_on_as_many_threads_as_it_found():
     from pathlib import Path
 
     code = ("import numpy as np, torch; torch.set_num_threads(2)\n"
-            "from data_prep.speaking import voice_activity\n"
+            "from speech.speaking import voice_activity\n"
             "voice_activity(np.zeros(16000, np.float32), 25, 25.0)\n"
             "print(torch.get_num_threads())")
     done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,

@@ -135,7 +135,7 @@ def test_roll_sign_matches_the_eye_line(clip, mesh):
 def test_silero_vad_agrees_with_planted_speaking(clip):
     import torch
 
-    from data_prep.speaking import _silero  # (imports silero_vad keeping torch's thread count: see data_prep.speaking)
+    from speech.speaking import _silero  # (imports silero_vad keeping torch's thread count: see speech.speaking)
 
     _silero()
     from silero_vad import get_speech_timestamps, load_silero_vad

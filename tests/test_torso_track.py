@@ -112,8 +112,7 @@ def _tracked_person(T=6, motions=None):
 
 def test_a_tracked_motion_moves_the_volume_torsos_points_along_its_pixels_ray():
     p = _tracked_person()
-    model = AvatarModel([p], FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4), RenderConfig(8, 8),
-                        torso_track=True)
+    model = AvatarModel([p], FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4), RenderConfig(8, 8))
     S, f = p.size, torch.tensor([p.focal])
     M = torch.tensor([[[1.02, -0.05, 0.01], [0.04, 0.99, -0.02]]])
     uv = torch.tensor([[0.3, 0.7]])
@@ -135,9 +134,8 @@ def test_a_tracked_motion_moves_the_volume_torsos_points_along_its_pixels_ray():
 def test_untracked_frames_get_the_motion_predicted_from_the_head_pose():
     T = 12
     p = _tracked_person(T=T)
-    model = AvatarModel([p], FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4), RenderConfig(8, 8),
-                        torso_track=True)
-    assert "motion_W" not in model.state_dict()  # derived from the tracks, like pose_mean
+    model = AvatarModel([p], FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4), RenderConfig(8, 8))
+    assert "motion_W" in model.state_dict()  # a checkpoint predicts motions without the tracks
     b = frame_batch(p, T - 1, 4)  # the held-out frame, tracked
     torch.testing.assert_close(model.torso_motion(b)[0].reshape(6), p.torso_motion[T - 1])
     # a driven person (no tracks) or a failed track (NaN) gets the prediction: here the motion is linear in the
@@ -148,20 +146,18 @@ def test_untracked_frames_get_the_motion_predicted_from_the_head_pose():
         torch.testing.assert_close(got, p.torso_motion[T - 1], atol=2e-3, rtol=0)
     # an untracked person's prediction is the identity
     plain = AvatarModel([_person(0)], FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4),
-                        RenderConfig(8, 8), torso_track=True)
+                        RenderConfig(8, 8))
     torch.testing.assert_close(plain.motion_W[0, 6], torch.tensor(torso_track.IDENTITY))
 
 
-@pytest.mark.parametrize("pose_norm", [True, False])
-def test_a_tracked_persons_torso_field_reads_no_head_pose_nor_warps_and_an_untracked_ones_does(pose_norm):
+def test_a_tracked_persons_torso_field_reads_no_head_pose_nor_warps_and_an_untracked_ones_does():
     T = 12
     tracked, plain = _tracked_person(T=T), _moving_person(angle=0.1, shift=0.02, T=T)
     plain.row = 1
     cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
-    model = AvatarModel([tracked, plain], cfg, RenderConfig(8, 8), pose_norm=pose_norm, torso_track=True,
-                        torso_pose="untracked")
+    model = AvatarModel([tracked, plain], cfg, RenderConfig(8, 8))
     torch.testing.assert_close(model.pose_gate, torch.tensor([0.0, 1.0]))
-    assert "pose_gate" not in model.state_dict()  # derived from the tracks, like motion_W
+    assert "pose_gate" in model.state_dict()
     with torch.no_grad():  # a warp that moves points (it starts as the identity)
         model.torso[0].deform[-1].weight.normal_(0.0, 0.3)
     seen, offsets = [], []  # the pose inputs the torso field gets, its warps (coarse and importance calls), per frame
@@ -179,7 +175,7 @@ def test_a_tracked_persons_torso_field_reads_no_head_pose_nor_warps_and_an_untra
                 seen.append([])
                 offsets.append([])
                 model(frame_batch(p, frame, 4), jitter=False)
-    still = model.pose_mean[0] if not pose_norm else torch.zeros(6)
+    still = torch.zeros(6)  # the mean pose, standardized
     # ... and no learned warp: the tracked motion alone moves it; the untracked torso warps
     assert all((o == 0).all() for o in offsets[0] + offsets[1])
     assert all(o.abs().max() > 1e-3 for o in offsets[2] + offsets[3])
@@ -189,50 +185,10 @@ def test_a_tracked_persons_torso_field_reads_no_head_pose_nor_warps_and_an_untra
     # the occupancy grid reads the torso through the same input
     assert torch.equal(model.torso_pose(torch.randn(3, 6), torch.zeros(3, dtype=torch.long)),
                        still.expand(3, 6))
-    # torso_pose "all", or no tracking at all: every torso reads the pose, as before
-    for kw in (dict(torso_track=True, torso_pose="all"), dict(torso_track=False, torso_pose="untracked")):
-        other = AvatarModel([tracked, plain], cfg, RenderConfig(8, 8), pose_norm=pose_norm, **kw)
-        torch.testing.assert_close(other.pose_gate, torch.ones(2))
     # a person with fewer than MIN_TRACKED tracked training frames counts as untracked
     few = dataclasses.replace(tracked, torso_motion=tracked.torso_motion.clone())
     few.torso_motion[AvatarModel.MIN_TRACKED - 1:] = float("nan")
-    assert AvatarModel([few], cfg, RenderConfig(8, 8), torso_track=True, torso_pose="untracked").pose_gate[0] == 1.0
-    with pytest.raises(ValueError, match="torso_pose"):
-        AvatarModel([tracked], cfg, RenderConfig(8, 8), torso_pose="some")
-
-
-def test_the_torso_layer_reads_the_pixel_the_motion_names_and_the_volume_renders_through_it():
-    p = _tracked_person()
-    cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
-    torch.manual_seed(1)
-    layer = AvatarModel([p], cfg, RenderConfig(8, 8), torso_layer=True, torso_track=True)
-    got = []
-    forward = layer.torso[0].forward
-    layer.torso[0].forward = lambda uv, *a, **k: got.append(uv) or forward(uv, *a, **k)
-    b = frame_batch(p, 2, 4)
-    with torch.no_grad():
-        layer(b, jitter=False)
-    S = p.size
-    uv = torch.stack([(b["u"] + 0.5) / S, (b["v"] + 0.5) / S], -1)
-    M = p.torso_motion[2].reshape(2, 3)
-    torch.testing.assert_close(got[0], uv @ M[:, :2].T + M[:, 2])
-    # the volume torso: the motion changes the picture, the identity motion does not
-    vol = AvatarModel([p], cfg, RenderConfig(8, 8), torso_track=True)
-    with torch.no_grad():  # a torso whose content varies over its box (fresh tables are near zero)
-        vol.torso[0].encoding.tables.normal_(0.0, 1.0)
-        vol.torso[0].density[-1].bias[0] += 4.0  # and an opaque one, so that its colour shows
-        vol.torso[0].color[-1].weight *= 300.0  # (a fresh colour MLP hardly varies)
-    plain = AvatarModel([p], cfg, RenderConfig(8, 8))
-    plain.load_state_dict(vol.state_dict())
-    shifted = dict(b, torso_motion=torch.tensor([1.0, 0.0, 0.25, 0.0, 1.0, -0.1]).expand(len(b["row"]), 6))
-    with torch.no_grad():
-        moved = vol(shifted, jitter=False)["rgb"]
-        still = plain(b, jitter=False)["rgb"]
-        eye = dict(b, torso_motion=torch.tensor(torso_track.IDENTITY).expand(len(b["row"]), 6))
-        torch.testing.assert_close(vol(eye, jitter=False)["rgb"], still)
-    assert (moved - still).abs().max() > 1e-2
-    with pytest.raises(ValueError, match="torso_follow"):
-        AvatarModel([p], cfg, RenderConfig(8, 8), torso_track=True, torso_follow=True)
+    assert AvatarModel([few], cfg, RenderConfig(8, 8)).pose_gate[0] == 1.0
 
 
 def test_the_loader_tracks_small_training_crops_on_larger_ones(synthetic, monkeypatch):
@@ -245,7 +201,7 @@ def test_the_loader_tracks_small_training_crops_on_larger_ones(synthetic, monkey
     real = torso_track.track_torso
     monkeypatch.setattr(torso_track, "track_torso", lambda im, lab, ref: seen.append((im.shape, lab.shape)) or
                         real(im, lab, ref))
-    persons = load_datasets([str(synthetic["dataset"])], 32, Wav2LipAudioEncoder().eval(), torso_track=True)
+    persons = load_datasets([str(synthetic["dataset"])], 32, Wav2LipAudioEncoder().eval())
     n = min(SYNTHETIC_CROP, torso_track.WORK_SIZE)
     T = len(persons[0].euler)
     assert seen == [((T, n, n), (T, n, n))] * len(persons)  # grey crops and labels at the tracking size
@@ -258,19 +214,17 @@ def test_a_tracked_torso_trains_evaluates_both_ways_and_drives(synthetic, tmp_pa
 
     from nerf.evaluate import evaluate, load_model
     from nerf.render import render_frame
-    from nerf.trainer import TrainConfig, TrainError, build, train
+    from nerf.trainer import TrainConfig, TrainError, train
     from render.drive import driven_person, from_track
 
     cfg = dict(data=[str(synthetic["dataset"])], image_size=64, batch_rays=64, n_coarse=8, n_importance=4, hidden=16,
-               n_levels=4, log2_hashmap_size=10, audio_pretrain_iters=1, ckpt_every=1, val_every=10**9,
-               torso_track=True)
+               n_levels=4, log2_hashmap_size=10, audio_pretrain_iters=1, ckpt_every=1, val_every=10**9)
     lines = []
     run = train(TrainConfig(out=str(tmp_path / "a"), iters=3, **cfg), log=lines.append, progress=False)
     assert np.isfinite(run["loss_history"]).all()
     assert (tmp_path / "a" / "torso_track.png").is_file()  # the tracks' QA picture
     assert sum("torso tracked on" in line and "reads no head pose" in line for line in lines) == 2, lines
     model, persons, _ = load_model(tmp_path / "a" / "checkpoint.pt", cfg["data"])
-    assert model.torso_track
     for p in persons:  # the synthetic torsos move rigidly: nearly every frame tracks
         assert p.torso_motion.shape == (len(p.euler), 6) and torch.isfinite(p.torso_motion).all(1).float().mean() > 0.9
     rows = {}
@@ -285,7 +239,3 @@ def test_a_tracked_torso_trains_evaluates_both_ways_and_drives(synthetic, tmp_pa
     p = persons[0]  # a driven person has no tracks: its torso moves as its head pose predicts
     q = driven_person(p, from_track(p, np.arange(4)), torch.zeros(4, p.audio.shape[1]))
     assert q.torso_motion is None and torch.isfinite(render_frame(model, q, 3)["rgb"]).all()
-    with pytest.raises(TrainError, match="choose one"):
-        build(TrainConfig(torso_track=True, torso_follow=True), persons)
-    with pytest.raises(TrainError, match="torso_pose"):
-        build(TrainConfig(torso_pose="some"), persons)

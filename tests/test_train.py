@@ -19,10 +19,8 @@ from nerf.render import render_frame
 from nerf.trainer import TrainConfig, TrainError, train
 
 ROOT = Path(__file__).resolve().parents[1]
-# configs/cpu_tiny.txt, the CI and demo preset.
-TINY = dict(image_size=64, batch_rays=256, n_coarse=16, n_importance=8, hidden=32, n_levels=8,
-            log2_hashmap_size=14, base_resolution=8, finest_resolution=256, lr=5e-3, lr_hash=3e-2,
-            lr_decay=0.3, lambda_parse=0.01, audio_pretrain_iters=40)
+# configs/cpu_tiny.txt, the CI and demo preset: the tiny size at 64 px.
+TINY = dict(**trainer.SIZES["tiny"], image_size=64, batch_rays=256, audio_pretrain_iters=40)
 
 
 def test_one_network_reaches_24_db_on_held_out_frames_of_both_persons(synthetic, tmp_path, monkeypatch):
@@ -94,14 +92,12 @@ def _assert_same_run(a: dict, b: dict) -> None:
     assert a["iteration"] == b["iteration"]
 
 
-@pytest.mark.parametrize("sampler", [{}, {"error_share": 0.3, "error_grid": 4, "error_refresh": 2},
-                                     {"occupancy_every": 2, "occupancy_from": 1, "occupancy_resolution": 16}])
+@pytest.mark.parametrize("sampler", [{}, {"occupancy_every": 2}])
 def test_a_run_stopped_by_sigterm_between_checkpoints_and_resumed_is_the_uninterrupted_run(synthetic, tmp_path,
                                                                                             monkeypatch, sampler):
     """SIGTERM during step 2 (checkpoints every 4): the step finishes, a checkpoint holds 3 steps, and --resume
-    ends 4 steps later bit-identical to the run that was never stopped. Also with the error map (its state in the
-    checkpoint) and with an occupancy grid in training (rebuilt at 1, 3, 5: a resume goes on with the
-    checkpoint's)."""
+    ends 4 steps later bit-identical to the run that was never stopped. Also with an occupancy grid in training
+    (rebuilt at 2, 4, 6: a resume goes on with the checkpoint's)."""
     import os
     import signal
 
@@ -124,7 +120,6 @@ def test_a_run_stopped_by_sigterm_between_checkpoints_and_resumed_is_the_uninter
     assert signal.getsignal(signal.SIGTERM) is before  # the handler is given back
     ckpt = _final_state(tmp_path / "b")
     assert ckpt["iteration"] == 3 and ckpt["train_seconds"] > 0  # not a checkpoint step: the stop wrote it
-    assert ("error_map" in ckpt) == ("error_share" in sampler)
     assert ("occupancy" in ckpt) == ("occupancy_every" in sampler)
     monkeypatch.setattr(trainer, "losses", real_losses)
     resumed = train(_small(synthetic, tmp_path / "b", 7, ckpt_every=4, resume=True, **sampler), progress=False)
@@ -165,11 +160,10 @@ def test_a_run_killed_hard_resumes_from_its_last_checkpoint_as_the_uninterrupted
     _assert_same_run(_final_state(tmp_path / "a"), _final_state(tmp_path / "b"))
 
 
-@pytest.mark.parametrize("bad", [{"torso_share": 0.6}, {"head_share": -0.1}, {"error_share": 0.2, "error_grid": 0},
-                                 {"error_share": 0.2, "error_refresh": 0}, {"occupancy_every": -1},
-                                 {"occupancy_resolution": -8}])
-def test_ray_sampler_settings_out_of_range_are_refused_before_anything_is_written(synthetic, tmp_path, bad):
-    with pytest.raises(TrainError, match="share|error_grid|error_refresh|occupancy_every"):
+@pytest.mark.parametrize("bad", [{"model": "mixed"}, {"ckpt_every": 0}, {"batch_rays": -1}, {"occupancy_every": -1},
+                                 {"time_budget_s": -5.0}])
+def test_settings_out_of_range_are_refused_before_anything_is_written(synthetic, tmp_path, bad):
+    with pytest.raises(TrainError, match="model must|at least 1|0 or more"):
         train(_small(synthetic, tmp_path / "r", 2, **bad), progress=False)
     assert not (tmp_path / "r").exists()
 
@@ -179,9 +173,9 @@ def _half_empty_grids(monkeypatch, step=None) -> list:
     all occupied); returns the list of step["it"] at each build."""
     real, built = trainer.build_occupancy, []
 
-    def build(model, persons, resolution=None):
+    def build(model, persons):
         built.append(step["it"] if step else None)
-        grid = real(model, persons, resolution)
+        grid = real(model, persons, 8)  # (8 cells per axis: quick)
         grid.head[:, : grid.head.shape[1] // 2] = False
         return grid
 
@@ -190,7 +184,7 @@ def _half_empty_grids(monkeypatch, step=None) -> list:
 
 
 def test_training_samples_through_an_occupancy_grid_rebuilt_on_schedule(synthetic, tmp_path, monkeypatch):
-    """Built at occupancy_from and every occupancy_every iterations after it, from the model as trained so far;
+    """Built every occupancy_every iterations, from the model as trained so far;
     from then on the training batches skip the field queries of samples in its empty cells."""
     from nerf.fields import HeadField, TorsoField
 
@@ -212,49 +206,17 @@ def test_training_samples_through_an_occupancy_grid_rebuilt_on_schedule(syntheti
             return _forward(self, x01, *rest)
         monkeypatch.setattr(cls, "forward", spy)
     monkeypatch.setattr(trainer, "losses", count)
-    train(_small(synthetic, tmp_path / "o", 7, occupancy_every=3, occupancy_from=2, occupancy_resolution=8,
-                 ckpt_every=10**9), progress=False)
-    assert built == [2, 5]
+    train(_small(synthetic, tmp_path / "o", 7, occupancy_every=3, ckpt_every=10**9), progress=False)
+    assert built == [3, 6]
     grid = torch.load(tmp_path / "o" / "checkpoint.pt", map_location="cpu", weights_only=True)["occupancy"]
-    assert grid["head"].shape[1:] == grid["torso"].shape[1:] == (8, 8, 8)  # occupancy_resolution cells per axis
-    assert max(queried[2:]) < min(queried[:2])  # fewer field queries per step once the grid is there
+    assert grid["head"].shape[1:] == grid["torso"].shape[1:] == (8, 8, 8)
+    assert max(queried[3:]) < min(queried[:3])  # fewer field queries per step once the grid is there
 
 
 def test_a_checkpoint_of_another_config_is_refused(synthetic, tmp_path):
     train(_small(synthetic, tmp_path / "r", 1), progress=False)
     with pytest.raises(TrainError, match="another config"):
         train(_small(synthetic, tmp_path / "r", 2, hidden=24, resume=True), progress=False)
-
-
-def test_the_torso_pixel_box_reaches_the_model_only_with_torso_cull(synthetic):
-    from nerf.audio import Wav2LipAudioEncoder
-    from nerf.data import load_datasets
-
-    persons = load_datasets([str(synthetic["dataset"])], 32, Wav2LipAudioEncoder().eval())
-    full = torch.tensor([0.0, 0.0, 31.0, 31.0])
-    for p in persons:
-        u0, v0, u1, v1 = p.bounds.torso_pixels  # the shoulders: the lower part of the crop
-        assert v0 > 8 and v1 == 31 and u1 > u0
-    small = dict(image_size=32, hidden=16, n_levels=4, log2_hashmap_size=10, base_resolution=4, finest_resolution=32)
-    culled, _ = trainer.build(TrainConfig(torso_cull=True, **small), persons)
-    assert all(torch.equal(culled.torso_pixels[p.row], torch.tensor(p.bounds.torso_pixels, dtype=torch.float32))
-               for p in persons)
-    assert (trainer.build(TrainConfig(**small), persons)[0].torso_pixels == full).all()
-
-
-def test_a_checkpoint_from_before_a_model_key_existed_has_that_key_s_value_then():
-    import dataclasses
-
-    # (pose_norm changed its default later: such a checkpoint still loads as it was trained)
-    for key, then, other in (("torso_cull", False, True), ("pose_norm", False, True), ("torso_field", "volume", "layer"),
-                             ("torso_track", False, True), ("torso_pose", "all", "untracked")):
-        saved = {"config": json.dumps({k: v for k, v in dataclasses.asdict(TrainConfig()).items() if k != key})}
-        assert getattr(trainer.config_of(saved), key) == then
-        trainer.check_config(saved, TrainConfig(**{key: then}))  # trained without it
-        with pytest.raises(TrainError, match=f"{key}: {then} vs {other}"):
-            trainer.check_config(saved, TrainConfig(**{key: other}))
-    assert (TrainConfig().pose_norm, TrainConfig().torso_field, TrainConfig().torso_track,
-            TrainConfig().torso_pose) == (True, "volume", True, "untracked")  # today's defaults
 
 
 def test_a_nan_loss_stops_and_keeps_the_last_good_checkpoint(synthetic, tmp_path, monkeypatch):
@@ -364,3 +326,17 @@ def test_devices_asked_for_but_absent_or_unknown_are_clear_errors(synthetic, tmp
     torch.save(ckpt, path)
     with pytest.raises(TrainError, match="written by a run on cuda"):
         train(_small(synthetic, tmp_path / "d", 2, device="cpu", resume=True), progress=False)
+
+
+def test_a_checkpoint_of_another_version_or_no_checkpoint_is_refused_in_one_line(tmp_path):
+    old = tmp_path / "old.pt"
+    torch.save({"model": {}, "config": "{}"}, old)  # written before checkpoints had a version
+    with pytest.raises(TrainError, match=r"old.pt is an avatar checkpoint of version 1; .*train the avatar again"):
+        trainer.load_checkpoint(old)
+    other = tmp_path / "other.pt"
+    torch.save({"state_dict": {}}, other)  # e.g. an audio encoder file
+    with pytest.raises(TrainError, match="other.pt is not an avatar checkpoint"):
+        trainer.load_checkpoint(other)
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(TrainError, match="cannot read checkpoint"):
+        trainer.load_checkpoint(tmp_path / "junk.pt")

@@ -1,4 +1,4 @@
-"""render.voices: enrolled voices, who speaks when in new audio, roles files."""
+"""speech.voices: enrolled voices, who speaks when in new audio, roles files."""
 
 import json
 import socket
@@ -12,8 +12,8 @@ import torch
 
 from data_prep.synthetic import conversation_audio, plan_turns
 from data_prep.video_io import AUDIO_SR, fit_audio, read_audio, write_wav
-from render import voices
-from render.voices import Assignment, VoiceBank, VoiceError, assign, change_points, enroll, roles_from_json
+from speech import voices
+from speech.voices import Assignment, VoiceBank, VoiceError, assign, change_points, enroll, roles_from_json
 
 FPS = 25.0
 # A new conversation: person 0, then person 1 with no pause (one voiced run that must be split by voice),

@@ -166,18 +166,3 @@ def test_agrees_with_nerfacc_dense_rendering():
     torch.testing.assert_close(alphas_from_density(sigma, deltas), alphas, atol=1e-12, rtol=0)
     torch.testing.assert_close(transmittance(alphas), trans, atol=1e-12, rtol=0)
 
-
-def test_distortion_matches_its_double_sum_and_prefers_weight_in_one_place():
-    from nerf.volrend import distortion
-
-    g = torch.Generator().manual_seed(0)
-    w = torch.rand(4, 12, generator=g) / 12
-    s = torch.sort(torch.rand(4, 12, generator=g), 1)[0]
-    d = torch.rand(4, 12, generator=g) * 0.1
-    brute = (w[:, :, None] * w[:, None, :] * (s[:, :, None] - s[:, None, :]).abs()).sum((1, 2)) + (w**2 * d).sum(1) / 3
-    torch.testing.assert_close(distortion(w, s, d), brute)
-    s = torch.linspace(0, 1, 10)[None]
-    d = torch.full((1, 10), 0.1)
-    together = torch.zeros(1, 10).index_fill_(1, torch.tensor([4, 5]), 0.5)
-    apart = torch.zeros(1, 10).index_fill_(1, torch.tensor([0, 9]), 0.5)
-    assert distortion(together, s, d) < distortion(apart, s, d)
