@@ -15,6 +15,8 @@ Layout (../shared/DESIGN.md, as built; docs/DATASET.md describes every field):
     persons/<id>/track.npz       landmarks [T,478,3], valid [T], found [T], R [T,3,3], t [T,3],
                                  euler [T,3], expr [T,K], id_coeff [G], canonical [478,3],
                                  rigid [M], focal [], reproj_px [T]
+    persons/<id>/torso.npz       motion [T,6] (the torso's 2 x 3 affine onto the reference frame's, crop
+                                 fractions, NaN where not tracked), reference [], correlation [T]
     persons/<id>/background.png  the crop's background plate
     qa/                   pictures to check at a glance
 """
@@ -30,7 +32,8 @@ import numpy as np
 from data_prep import video_io
 from data_prep.errors import PrepareError
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
+"""2: persons/<id>/torso.npz (the torso's motion per frame) added."""
 LABEL_SCALE = 100
 
 
@@ -46,8 +49,11 @@ def read_meta(root: str | Path) -> dict:
     meta = json.loads(path.read_text())
     version = meta.get("schema_version")
     if version != SCHEMA_VERSION:
-        raise PrepareError(f"{root} has dataset schema version {version}, this code reads version "
-                           f"{SCHEMA_VERSION}; prepare the video again with this version")
+        video = meta.get("source", {}).get("path", "VIDEO")
+        how = (f"scripts/prepare.py --video {video} --out {root} upgrades it (only the torso stage runs)"
+               if version == 1 else f"prepare the video again: scripts/prepare.py --video {video} --out {root} --force")
+        raise PrepareError(f"{root} has dataset schema version {version}, this code reads version {SCHEMA_VERSION}; "
+                           + how)
     return meta
 
 

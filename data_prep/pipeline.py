@@ -18,10 +18,11 @@ import time
 from importlib import metadata
 from pathlib import Path
 
+import cv2
 import numpy as np
 from tqdm import tqdm
 
-from data_prep import dataset, expression, head_pose, people, person_track, qa, video_io
+from data_prep import dataset, expression, head_pose, people, person_track, qa, torso_track, video_io
 from data_prep.atomic_io import save_image, save_json, save_npz, sha256_of
 from data_prep.audio_features import audio_features
 from data_prep.errors import PrepareError
@@ -78,7 +79,7 @@ class Prepare:
         t_all = time.perf_counter()
         ctx = self._check_source()
         for name, stage in [("people", self._people), ("persons", self._persons), ("tracks", self._tracks),
-                            ("audio", self._audio), ("qa", self._qa)]:
+                            ("torso", self._torso), ("audio", self._audio), ("qa", self._qa)]:
             t0 = time.perf_counter()
             stage(ctx)
             self.timings[name] = time.perf_counter() - t0
@@ -258,7 +259,36 @@ class Prepare:
         kept = np.cumsum(basis.explained_variance_ratio)[basis.k - 1]
         self.log(f"expression basis: K = {basis.k}, {kept:.1%} of the variance")
 
-    # -- stage 4: audio features and who speaks -----------------------------------------------
+    # -- stage 4: each person's torso motion, torso.npz -----------------------------------------
+    def _torso(self, ctx: dict) -> None:
+        ids = [p["id"] for p in ctx["people"]["persons"]]
+        outputs = [dataset.person_dir(self.out, i) / "torso.npz" for i in ids] + [self.out / "qa" / "torso_motion.png"]
+        if self._done(*outputs):
+            return
+        a, b = dataset.splits(ctx["n_frames"])["train"]
+        size = min(self.cfg.crop_size, torso_track.WORK_SIZE)
+        motions, held = [], []
+        for pid in ids:
+            tr = dataset.load_track(self.out, pid)
+            grey = np.stack([cv2.cvtColor(_fit(c, size, cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+                             for c in dataset.iter_crops(self.out, pid)])
+            labels = np.stack([_fit(lab, size, cv2.INTER_NEAREST) for lab in dataset.iter_parsing(self.out, pid)])
+            idx = np.arange(len(grey))
+            train = idx[a:b][tr["valid"][a:b]]
+            ref = torso_track.reference_frame(tr["euler"], tr["t"], train if len(train) else idx[a:b])
+            motion, ok, corr = torso_track.track_torso(grey, labels, ref)
+            motion = np.where(ok[:, None], motion, np.nan).astype(np.float32)
+            save_npz(dataset.person_dir(self.out, pid) / "torso.npz", motion=motion, reference=np.int64(ref),
+                     correlation=corr.astype(np.float32))
+            motions.append(motion)
+            held.append((idx < a) | (idx >= b))
+            self.log(f"person {pid}: torso tracked in {ok.mean():.1%} of frames" if ok.any() else
+                     f"person {pid}: torso not tracked (too little torso in the crop, or no frame aligned): the NeRF "
+                     "moves it with the head pose")
+        save_image(self.out / "qa" / "torso_motion.png",
+                   qa.torso_motion_curves(motions, size, [f"person {i}" for i in ids], held))
+
+    # -- stage 5: audio features and who speaks -----------------------------------------------
     def _audio(self, ctx: dict) -> None:
         out_wav, out_npz = self.out / "audio.wav", self.out / "audio_features.npz"
         source = f"roles {sha256_of(self.cfg.roles)}" if self.cfg.roles else "audio-visual"
@@ -291,7 +321,7 @@ class Prepare:
         share = who["speaking"].mean(0)
         self.log("speaking share per person: " + ", ".join(f"{i}: {s:.0%}" for i, s in zip(ids, share)))
 
-    # -- stage 5: pictures to check at a glance -------------------------------------------------
+    # -- stage 6: pictures to check at a glance -------------------------------------------------
     def _qa(self, ctx: dict) -> None:
         qdir = self.out / "qa"
         names = ["contact_sheet.png", "pose_curves.png", "speaking_timeline.png", "mouth_and_speaking.png",
@@ -368,6 +398,10 @@ def _run_person_reporting(job: person_track.PersonJob, queue) -> dict:
     res = person_track.run_person(job, report)
     queue.put(pending[0])
     return res
+
+
+def _fit(img: np.ndarray, size: int, interpolation: int) -> np.ndarray:
+    return img if img.shape[0] == size else cv2.resize(img, (size, size), interpolation=interpolation)
 
 
 def _square_pad(frame: np.ndarray) -> np.ndarray:

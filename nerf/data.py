@@ -18,7 +18,6 @@ import numpy as np
 import torch
 
 from data_prep import dataset
-from data_prep import torso_track as torso_track_mod
 from data_prep.audio_features import mel_windows
 from data_prep.errors import PrepareError
 from nerf.audio import Wav2LipAudioEncoder, code_windows, frame_codes
@@ -51,7 +50,7 @@ class PersonFrames:
     size: int
     bounds: PersonBounds
     torso_motion: torch.Tensor | None = None
-    """[T, 6]: each frame's tracked torso motion onto the reference frame's
+    """[T, 6]: each frame's tracked torso motion (prepare's torso.npz) onto the reference frame's
     (``data_prep.torso_track``: a 2 x 3 affine on crop fractions, row-major), NaN where the tracking failed (the
     model then predicts it from the head pose); None: not tracked (a driven person: always predicted)."""
 
@@ -88,33 +87,15 @@ def _label_boxes(mask: np.ndarray) -> np.ndarray:
 
 def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr: int,
                 audio_codes: torch.Tensor) -> PersonFrames:
-    """Load one person of a prepared dataset at ``size`` px; ``audio_codes`` [T, 512] are the dataset's.
-
-    The torso's motion is tracked (``PersonFrames.torso_motion``), onto the training frame
-    nearest the mean pose, on the crops at ``size`` or at torso_track.WORK_SIZE (256) px if the video's crops have
-    that many and ``size`` is smaller: about 2.2 s per 500 frames.
-    """
+    """Load one person of a prepared dataset at ``size`` px; ``audio_codes`` [T, 512] are the dataset's."""
     import imageio.v3 as iio
 
     tr = dataset.load_track(root, person)
     info = next(p for p in meta["persons"] if p["id"] == person)
     scale = size / info["crop_size"]
     T = meta["n_frames"]
-    # The torso is tracked on crops of at least torso_track.WORK_SIZE px where the video has them (its motions are
-    # crop fractions, the same at any size): at 128 px a real torso's texture is too fine to align steadily.
-    track_size = max(size, min(info["crop_size"], torso_track_mod.WORK_SIZE))
-    images, grey = [], []
-    for c in dataset.iter_crops(root, person):
-        images.append(_resize(c, size))
-        if track_size != size:
-            grey.append(cv2.cvtColor(_resize(c, track_size), cv2.COLOR_RGB2GRAY))
-    images = np.stack(images)
-    labels, track_labels = [], []
-    for lab in dataset.iter_parsing(root, person):
-        labels.append(_resize(lab, size, nearest=True))
-        if track_size != size:
-            track_labels.append(_resize(lab, track_size, nearest=True))
-    labels = np.stack(labels)
+    images = np.stack([_resize(c, size) for c in dataset.iter_crops(root, person)])
+    labels = np.stack([_resize(lab, size, nearest=True) for lab in dataset.iter_parsing(root, person)])
     if len(images) != T or len(labels) != T:
         raise PrepareError(f"{root} person {person}: {len(images)} crops and {len(labels)} label maps for "
                            f"{T} frames; prepare the video again")
@@ -132,11 +113,7 @@ def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr
     idx = np.arange(T)
     R = np.where(valid[:, None, None], tr["R"], np.eye(3, dtype=np.float32))
     t = np.where(valid[:, None], tr["t"], np.nanmedian(tr["t"], 0))
-    train = idx[a:b][valid[a:b]]
-    ref = torso_track_mod.reference_frame(tr["euler"], tr["t"], train if len(train) else idx[a:b])
-    m, ok, _ = (torso_track_mod.track_torso(np.stack(grey), np.stack(track_labels), ref) if grey else
-                torso_track_mod.track_torso(images, labels, ref))
-    motion = torch.from_numpy(np.where(ok[:, None], m, np.nan).astype(np.float32))
+    motion = torch.from_numpy(dataset.load_npz(dataset.person_dir(root, person) / "torso.npz")["motion"])
     return PersonFrames(
         row=row, name=f"{root.name}:{person}", images=torch.from_numpy(images), labels=torch.from_numpy(labels),
         background=torch.from_numpy(bg).float() / 255.0,

@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 
 from data_prep import dataset
+from data_prep.errors import PrepareError
 from data_prep.pipeline import PrepareConfig, sha256_of
 from data_prep.video_io import iter_frames, read_audio, write_video
 
@@ -106,6 +107,26 @@ def test_a_redone_stage_redoes_everything_after_it(synthetic):
     assert (root / "expression_basis.npz").is_file()
     assert (root / "persons" / "0" / "frames.mp4").stat().st_mtime_ns == persons_before  # upstream kept
     assert (root / "audio_features.npz").stat().st_mtime_ns != audio_before  # downstream redone
+
+
+def test_prepare_upgrades_a_dataset_of_schema_1_by_running_the_torso_stage(synthetic, tmp_path):
+    import shutil
+
+    root = tmp_path / "dataset"
+    shutil.copytree(synthetic["dataset"], root)
+    meta = json.loads((root / "meta.json").read_text())
+    meta["schema_version"] = 1  # as written before the torso stage: no torso.npz
+    (root / "meta.json").write_text(json.dumps(meta))
+    for p in root.glob("persons/*/torso.npz"):
+        p.unlink()
+    track_before = (root / "persons" / "0" / "track.npz").stat().st_mtime_ns
+    with pytest.raises(PrepareError, match="upgrades it"):
+        dataset.read_meta(root)
+    out = run_cli("--video", synthetic["video"], "--out", root, "--crop_size", str(CROP))
+    assert out.returncode == 0, out.stderr[-2000:]
+    assert dataset.read_meta(root)["schema_version"] == dataset.SCHEMA_VERSION
+    assert all((root / "persons" / str(p["id"]) / "torso.npz").is_file() for p in meta["persons"])
+    assert (root / "persons" / "0" / "track.npz").stat().st_mtime_ns == track_before  # tracking kept
 
 
 # -- bad input: one line on stderr, non-zero exit, no traceback, nothing half-written -----------------

@@ -1,6 +1,8 @@
 """Tracking the torso's image motion (data_prep.torso_track) and reading the torso through it (nerf.model)."""
 
 import dataclasses
+import json
+import shutil
 
 import cv2
 import numpy as np
@@ -9,7 +11,8 @@ import torch
 from skimage import data as skdata
 from test_nerf_model import TINY, _moving_person, _person
 
-from data_prep import torso_track
+from data_prep import dataset, torso_track
+from data_prep.errors import PrepareError
 from nerf.fields import FieldConfig
 from nerf.model import AvatarModel, RenderConfig
 from nerf.render import frame_batch
@@ -191,22 +194,27 @@ def test_a_tracked_persons_torso_field_reads_no_head_pose_nor_warps_and_an_untra
     assert AvatarModel([few], cfg, RenderConfig(8, 8)).pose_gate[0] == 1.0
 
 
-def test_the_loader_tracks_small_training_crops_on_larger_ones(synthetic, monkeypatch):
-    from conftest import SYNTHETIC_CROP
-
+def test_prepare_tracks_each_torso_and_the_loader_reads_it(synthetic, tmp_path):
     from nerf.audio import Wav2LipAudioEncoder
     from nerf.data import load_datasets
 
-    seen = []
-    real = torso_track.track_torso
-    monkeypatch.setattr(torso_track, "track_torso", lambda im, lab, ref: seen.append((im.shape, lab.shape)) or
-                        real(im, lab, ref))
-    persons = load_datasets([str(synthetic["dataset"])], 32, Wav2LipAudioEncoder().eval())
-    n = min(SYNTHETIC_CROP, torso_track.WORK_SIZE)
-    T = len(persons[0].euler)
-    assert seen == [((T, n, n), (T, n, n))] * len(persons)  # grey crops and labels at the tracking size
-    assert persons[0].images.shape[1] == 32
-    assert all(torch.isfinite(p.torso_motion).all(1).float().mean() > 0.9 for p in persons)
+    root = synthetic["dataset"]
+    meta = dataset.read_meta(root)
+    for p in meta["persons"]:  # the synthetic torsos move rigidly: nearly every frame tracks
+        z = dataset.load_npz(dataset.person_dir(root, p["id"]) / "torso.npz")
+        assert z["motion"].shape == (meta["n_frames"], 6) and np.isfinite(z["motion"]).all(1).mean() > 0.9
+        np.testing.assert_allclose(z["motion"][int(z["reference"])], torso_track.IDENTITY, atol=1e-4)
+    assert (root / "qa" / "torso_motion.png").is_file()
+    persons = load_datasets([str(root)], 32, Wav2LipAudioEncoder().eval())  # at any training size, the same motion
+    np.testing.assert_array_equal(persons[0].torso_motion.numpy(),
+                                  dataset.load_npz(dataset.person_dir(root, 0) / "torso.npz")["motion"])
+    # a dataset of schema 1 (before the torso stage) is refused with the command that upgrades it
+    old = tmp_path / "old"
+    shutil.copytree(root, old)
+    meta["schema_version"] = 1
+    (old / "meta.json").write_text(json.dumps(meta))
+    with pytest.raises(PrepareError, match=r"schema version 1.*scripts/prepare.py --video .* upgrades it"):
+        dataset.read_meta(old)
 
 
 def test_a_tracked_torso_trains_evaluates_both_ways_and_drives(synthetic, tmp_path):
