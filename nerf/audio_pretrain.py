@@ -394,7 +394,13 @@ def pretrain_audio(cfg: AudioPretrainConfig, out: str | Path, log=print, progres
     if writer:
         writer.close()
     which = {"trained": "", "fine-tuned": " (fine-tuned)", "start": f" (kept {cfg.init}: fine-tuning did not raise it)"}
-    log(f"audio encoder{which[kept]}: held-out mouth-opening correlation {val['mouth_open_corr']:.3f}, sync "
-        f"accuracy {val['sync_acc']:.2f} over {val['frames']} frames; {facts['seconds']} s -> {out}")
+    if val["frames"] and math.isfinite(val["mouth_open_corr"]):
+        score = (f"on {val['frames']} held-out speaking frames, its predicted mouth opening follows the tracked one "
+                 f"with correlation {val['mouth_open_corr']:.3f} (1: perfectly; 0: not at all), sync accuracy "
+                 f"{val['sync_acc']:.2f}")
+    else:
+        score = ("not scored: the held-out frames hold no speech (the last tenth of the clip; give a clip where "
+                 "someone speaks there to measure it)")
+    log(f"audio encoder{which[kept]}: {score}; {facts['seconds']} s -> {out}")
     return facts
 

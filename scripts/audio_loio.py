@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configargparse  # noqa: E402
 
 from data_prep.atomic_io import save_json  # noqa: E402
+from data_prep.console import quiet  # noqa: E402
 from data_prep.errors import PrepareError  # noqa: E402
 from nerf.audio_eval import identity_folds, leave_one_identity_out, table  # noqa: E402
 from nerf.audio_pretrain import AudioPretrainConfig  # noqa: E402
@@ -33,6 +34,8 @@ from scripts.pretrain_audio import add_pretrain_options  # noqa: E402
 
 def build_parser() -> configargparse.ArgumentParser:
     p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="also show third-party warnings and logs "
+                   "(TensorFlow Lite, absl, protobuf)")
     p.add_argument("--config", is_config_file=True, help="pre-training options as 'key = value' lines (configs/audio.txt)")
     p.add_argument("--data", nargs="+", action="extend", required=True, help="prepared dataset directories")
     p.add_argument("--out", required=True, help="a folder for the fold encoders and loio.json")
@@ -46,6 +49,7 @@ def build_parser() -> configargparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    quiet(args.verbose)
     data = sorted({Path(d) for d in args.data if (Path(d) / "meta.json").is_file()})
     skipped = sorted({str(Path(d)) for d in args.data} - set(map(str, data)))
     if skipped:

@@ -374,6 +374,8 @@ def _positive_ints(text: str, flag: str) -> list[int]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="also show third-party warnings and logs "
+                   "(TensorFlow Lite, absl, protobuf)")
     p.add_argument("--data", action="append", default=[], help="prepared dataset(s) for the training and render rows")
     p.add_argument("--preset", default="configs/gpu_full.txt", help="config whose sizes the training row uses")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default auto)")
@@ -398,6 +400,9 @@ def main(argv=None) -> int:
                    "render rows with these samples per field (render.py --ray_samples)")
     p.add_argument("--out", default="", help="also write the rows as JSON here")
     args = p.parse_args(argv)
+    from data_prep.console import quiet
+
+    quiet(args.verbose)
     from nerf.device import prepare_device, resolve_device
     from nerf.errors import TrainError
 

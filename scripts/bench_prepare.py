@@ -19,6 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configargparse  # noqa: E402
 
 from data_prep.compose import ComposeConfig, compose_conversation  # noqa: E402
+from data_prep.console import quiet  # noqa: E402
 from data_prep.pipeline import PrepareConfig, prepare  # noqa: E402
 from data_prep.synthetic import make_conversation  # noqa: E402
 
@@ -44,11 +45,14 @@ def bench(name: str, video: Path, out: Path, crop: int) -> dict:
 
 def main(argv=None) -> int:
     p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="also show third-party warnings and logs "
+                   "(TensorFlow Lite, absl, protobuf)")
     p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines")
     p.add_argument("--crop_size", type=int, default=512, help="crop side to benchmark at")
     p.add_argument("--seconds", type=float, default=15.0, help="length of each benchmark clip")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
+    quiet(args.verbose)
     rows = []
     with tempfile.TemporaryDirectory() as td:
         td = Path(td)

@@ -17,6 +17,7 @@ import configargparse
 from tqdm import tqdm
 
 from data_prep.compose import ComposeConfig, compose_conversation, turns_json_path
+from data_prep.console import quiet  # noqa: E402
 from data_prep.errors import PrepareError
 
 DESCRIPTION = """\
@@ -53,6 +54,8 @@ def build_parser() -> configargparse.ArgumentParser:
     defaults = ComposeConfig()
     p = configargparse.ArgumentParser(description=DESCRIPTION, epilog=EXAMPLE,
                                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="also show third-party warnings and logs "
+                   "(TensorFlow Lite, absl, protobuf)")
     p.add_argument("--config", is_config_file=True, help="config file with 'key = value' lines")
     p.add_argument("--clips", nargs="+", required=True, help="two or more single-person clips with audio")
     p.add_argument("--out", required=True, help="output .mp4; OUT.turns.json is written beside it")
@@ -72,6 +75,7 @@ def build_parser() -> configargparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    quiet(args.verbose)
     cfg = ComposeConfig(height=args.height, fps=args.fps, seconds=args.seconds, turn_seconds=args.turn_seconds,
                         gap_seconds=args.gap_seconds, seed=args.seed, crf=args.crf)
     warnings.formatwarning = lambda message, *_, **__: f"warning: {message}\n"

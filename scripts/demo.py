@@ -24,6 +24,7 @@ import configargparse  # noqa: E402
 import numpy as np  # noqa: E402
 
 from data_prep import dataset  # noqa: E402
+from data_prep.console import quiet  # noqa: E402
 from data_prep.errors import PrepareError  # noqa: E402
 from data_prep.pipeline import PrepareConfig, prepare  # noqa: E402
 from data_prep.synthetic import make_conversation  # noqa: E402
@@ -31,6 +32,8 @@ from data_prep.synthetic import make_conversation  # noqa: E402
 
 def main(argv=None) -> int:
     p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="also show third-party warnings and logs "
+                   "(TensorFlow Lite, absl, protobuf)")
     p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines")
     p.add_argument("--out", default="demo", help="folder for the example video and its dataset")
     p.add_argument("--seconds", type=float, default=8.0, help="length of the synthetic conversation")
@@ -40,6 +43,7 @@ def main(argv=None) -> int:
     p.add_argument("--render_seconds", type=float, default=3.0,
                    help="seconds of the new speech rendered (on 2 CPU cores about 1.5 s per frame at 64 px)")
     args = p.parse_args(argv)
+    quiet(args.verbose)
     out = Path(args.out)
     try:
         t0 = time.perf_counter()
@@ -77,8 +81,9 @@ def main(argv=None) -> int:
               *budget],
              [sys.executable, str(scripts / "evaluate.py"), "--ckpt", str(run / "checkpoint.pt"), "--data", str(ds),
               "--out", str(run / "eval")]]
+    verbose = ["--verbose"] if args.verbose else []
     for cmd in steps:
-        if subprocess.run(cmd).returncode != 0:
+        if subprocess.run(cmd + verbose).returncode != 0:
             return 1
     if args.skip_render:
         print(f"\nTensorBoard: tensorboard --logdir {run / 'tb'}")
@@ -92,11 +97,11 @@ def main(argv=None) -> int:
              [sys.executable, str(scripts / "evaluate_posegen.py"), "--ckpt", str(pg / "checkpoint.pt"), "--data", str(ds),
               "--samples", "5"]]
     steps.append([sys.executable, str(scripts / "render.py"), "--ckpt", str(run / "checkpoint.pt"), "--posegen",
-                  str(pg / "checkpoint.pt"), "--data", str(ds), "--audio", str(new["video"]), "--out",
+                  str(pg / "checkpoint.pt"), "--audio", str(new["video"]), "--out",
                   str(out / "conversation.mp4"), "--conference_out", str(out / "conference.mp4"),
                   "--max_seconds", str(args.render_seconds)])
     for cmd in steps:
-        if subprocess.run(cmd).returncode != 0:
+        if subprocess.run(cmd + verbose).returncode != 0:
             return 1
     print(f"\nvideos: {out / 'conversation.mp4'} (the original layout), {out / 'conference.mp4'} (conference grid), "
           f"from the new speech in {new['video']}")

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import configargparse  # noqa: E402
 
+from data_prep.console import quiet  # noqa: E402
 from data_prep.errors import PrepareError  # noqa: E402
 from nerf.evaluate import evaluate, parse_ray_samples  # noqa: E402
 from nerf.trainer import TrainError  # noqa: E402
@@ -31,6 +32,8 @@ from nerf.trainer import TrainError  # noqa: E402
 
 def main(argv=None) -> int:
     p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="also show third-party warnings and logs "
+                   "(TensorFlow Lite, absl, protobuf)")
     p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines")
     p.add_argument("--ckpt", help="checkpoint.pt written by scripts/train.py")
     p.add_argument("--data", action="append", required=True, help="the dataset(s) the checkpoint was trained on")
@@ -58,6 +61,7 @@ def main(argv=None) -> int:
     p.add_argument("--rendered", default=None,
                    help="score the frames a --save_rendered run wrote into this folder (no --ckpt needed)")
     args = p.parse_args(argv)
+    quiet(args.verbose)
     if args.rendered is None and (args.ckpt is None or not Path(args.ckpt).is_file()):
         print(f"error: checkpoint not found: {args.ckpt}" if args.ckpt else "error: give --ckpt (or --rendered)",
               file=sys.stderr)

@@ -32,6 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import configargparse  # noqa: E402
 
+from data_prep.console import quiet  # noqa: E402
 from data_prep.errors import PrepareError  # noqa: E402
 from nerf.audio import SHIPPED_ENCODER  # noqa: E402
 from nerf.audio_eval import load_predictor, score_dataset, score_speech, speech_table, table  # noqa: E402
@@ -42,6 +43,8 @@ from nerf.errors import TrainError  # noqa: E402
 
 def build_parser() -> configargparse.ArgumentParser:
     p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="also show third-party warnings and logs "
+                   "(TensorFlow Lite, absl, protobuf)")
     p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines")
     p.add_argument("--data", action="append", default=[], help="a prepared dataset directory (repeatable)")
     p.add_argument("--speech", action="append", default=[],
@@ -58,6 +61,7 @@ def build_parser() -> configargparse.ArgumentParser:
 def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    quiet(args.verbose)
     if not args.data and not args.speech:
         parser.error("give --data (prepared datasets) or --speech (audio files) to score the encoder on")
     audio = [f for s in map(Path, args.speech) for f in (sorted(x for x in s.iterdir() if x.suffix.lower() in AUDIO_SUFFIXES)

@@ -27,6 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configargparse  # noqa: E402
 import torch  # noqa: E402
 
+from data_prep.console import quiet  # noqa: E402
 from data_prep.errors import PrepareError  # noqa: E402
 from posegen.evaluate import evaluate  # noqa: E402
 from posegen.train import PoseGenError  # noqa: E402
@@ -34,6 +35,8 @@ from posegen.train import PoseGenError  # noqa: E402
 
 def build_parser() -> configargparse.ArgumentParser:
     p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="also show third-party warnings and logs "
+                   "(TensorFlow Lite, absl, protobuf)")
     p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines")
     p.add_argument("--ckpt", required=True, help="a checkpoint written by scripts/train_posegen.py")
     p.add_argument("--data", action="append", required=True, help="a dataset the checkpoint was trained on (repeatable)")
@@ -45,6 +48,7 @@ def build_parser() -> configargparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    quiet(args.verbose)
     torch.set_num_threads(1)
     if args.samples < 1:
         print("error: --samples must be at least 1", file=sys.stderr)

@@ -28,11 +28,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configargparse  # noqa: E402
 
 from data_prep.atomic_io import save_json  # noqa: E402
+from data_prep.console import quiet  # noqa: E402
 from data_prep.errors import PrepareError  # noqa: E402
 
 
 def build_parser() -> configargparse.ArgumentParser:
     p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="also show third-party warnings and logs "
+                   "(TensorFlow Lite, absl, protobuf)")
     p.add_argument("--config", is_config_file=True, help="options as 'key = value' lines")
     p.add_argument("--video", required=True, help="a video with one face (its own audio track is used by default)")
     p.add_argument("--audio", default=None, help="the speech to compare with instead of the video's audio track")
@@ -44,6 +47,7 @@ def build_parser() -> configargparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    quiet(args.verbose)
     for path in filter(None, (args.video, args.audio)):
         if not Path(path).is_file():
             print(f"error: no such file: {path}", file=sys.stderr)

@@ -9,6 +9,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import configargparse
 
+from data_prep.console import quiet  # noqa: E402
 from data_prep.errors import PrepareError
 
 DESCRIPTION = """\
@@ -35,6 +36,8 @@ Runs offline on a CPU in seconds. Example:
 def parse_args(argv: list[str] | None = None) -> configargparse.Namespace:
     parser = configargparse.ArgumentParser(
         description=DESCRIPTION, formatter_class=configargparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--verbose", action="store_true", help="also show third-party warnings and logs "
+                   "(TensorFlow Lite, absl, protobuf)")
     parser.add_argument("--config", is_config_file=True, help="a config file of `key = value` lines for these flags")
     parser.add_argument("--out", required=True, help="directory to write into (created when missing)")
     parser.add_argument("--seconds", type=float, default=8.0, help="clip length in seconds, at least 6 (default 8)")
@@ -48,6 +51,7 @@ def parse_args(argv: list[str] | None = None) -> configargparse.Namespace:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
+    quiet(args.verbose)
     from data_prep.synthetic import make_conversation
 
     try:

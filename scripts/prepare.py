@@ -23,6 +23,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import configargparse  # noqa: E402
 
+from data_prep.console import quiet  # noqa: E402
 from data_prep.errors import PrepareError  # noqa: E402
 from data_prep.pipeline import PrepareConfig, prepare  # noqa: E402
 
@@ -30,6 +31,8 @@ from data_prep.pipeline import PrepareConfig, prepare  # noqa: E402
 def build_parser() -> configargparse.ArgumentParser:
     d = PrepareConfig()
     p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="also show third-party warnings and logs "
+                   "(TensorFlow Lite, absl, protobuf)")
     p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines (any flag below)")
     p.add_argument("--video", required=True, help="the conversation video (any container ffmpeg reads)")
     p.add_argument("--out", required=True, help="the dataset directory to write")
@@ -55,6 +58,7 @@ def build_parser() -> configargparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    quiet(args.verbose)
     cfg = PrepareConfig(fps=args.fps, crop_size=args.crop_size, persons=args.persons, expression_k=args.expression_k,
                         smooth_pose=args.smooth_pose, detect_per_second=args.detect_per_second,
                         allow_silent=args.allow_silent, workers=args.workers, force=args.force, crf=args.crf,

@@ -42,6 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configargparse  # noqa: E402
 import torch  # noqa: E402
 
+from data_prep.console import quiet  # noqa: E402
 from data_prep.errors import PrepareError  # noqa: E402
 from nerf.audio_pretrain import AudioPretrainConfig, pretrain_audio  # noqa: E402
 from nerf.errors import TrainError  # noqa: E402
@@ -65,6 +66,8 @@ HELP = {
 
 def build_parser() -> configargparse.ArgumentParser:
     p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="also show third-party warnings and logs "
+                   "(TensorFlow Lite, absl, protobuf)")
     p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines (configs/audio.txt)")
     p.add_argument("--data", action="append", required=True, help="a prepared dataset directory (repeatable)")
     p.add_argument("--out", required=True, help="the encoder checkpoint to write, e.g. runs/audio.pt")
@@ -84,6 +87,7 @@ def add_pretrain_options(p: configargparse.ArgumentParser) -> None:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    quiet(args.verbose)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -39,6 +39,7 @@ import torch  # noqa: E402
 
 from data_prep import dataset  # noqa: E402
 from data_prep.atomic_io import sha256_of  # noqa: E402
+from data_prep.console import quiet  # noqa: E402
 from data_prep.errors import PrepareError  # noqa: E402
 from nerf.errors import TrainError  # noqa: E402
 from render.conversation import (  # noqa: E402
@@ -59,6 +60,8 @@ from render.drive import from_track  # noqa: E402
 
 def build_parser() -> configargparse.ArgumentParser:
     p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="also show third-party warnings and logs "
+                   "(TensorFlow Lite, absl, protobuf)")
     p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines")
     p.add_argument("--ckpt", required=True, help="the avatar NeRF checkpoint (scripts/train.py)")
     p.add_argument("--data", default=None, help="a dataset the avatar was trained on, whose own audio (and recorded "
@@ -226,6 +229,7 @@ def make_plan(args, model, all_persons, encoder, infos, bank) -> Plan:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    quiet(args.verbose)
     if args.threads:
         torch.set_num_threads(args.threads)
     out = Path(args.out)

@@ -36,6 +36,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configargparse  # noqa: E402
 import torch  # noqa: E402
 
+from data_prep.console import quiet  # noqa: E402
 from data_prep.errors import PrepareError  # noqa: E402
 from nerf.trainer import SIZES, TrainConfig, TrainError, sized, train  # noqa: E402
 
@@ -47,6 +48,8 @@ OPTIONS = ("out", "image_size", "model", "iters", "batch_rays", "time_budget_s",
 
 def build_parser() -> configargparse.ArgumentParser:
     p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="also show third-party warnings and logs "
+                   "(TensorFlow Lite, absl, protobuf)")
     p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines (presets in configs/)")
     p.add_argument("--data", action="append", required=True, help="a prepared dataset directory (repeatable)")
     p.add_argument("--size", choices=tuple(SIZES), default="full",
@@ -93,6 +96,7 @@ def _doc(name: str) -> str:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    quiet(args.verbose)
     if args.threads:
         torch.set_num_threads(args.threads)
     try:

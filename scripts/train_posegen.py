@@ -29,6 +29,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configargparse  # noqa: E402
 import torch  # noqa: E402
 
+from data_prep.console import quiet  # noqa: E402
 from data_prep.errors import PrepareError  # noqa: E402
 from posegen.train import PoseGenError, PoseTrainConfig, train  # noqa: E402
 
@@ -47,6 +48,8 @@ HELP = {"out": "run directory (checkpoint.pt, tb/)", "epochs": "passes over the 
 
 def build_parser() -> configargparse.ArgumentParser:
     p = configargparse.ArgumentParser(description=__doc__, formatter_class=configargparse.RawDescriptionHelpFormatter)
+    p.add_argument("--verbose", action="store_true", help="also show third-party warnings and logs "
+                   "(TensorFlow Lite, absl, protobuf)")
     p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines (configs/posegen.txt)")
     p.add_argument("--data", action="append", required=True, help="a prepared dataset directory (repeatable)")
     for f in dataclasses.fields(PoseTrainConfig):
@@ -59,6 +62,7 @@ def build_parser() -> configargparse.ArgumentParser:
 
 def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
+    quiet(args.verbose)
     torch.set_num_threads(1)  # small networks: one thread is fastest, and leaves the other cores free
     cfg = PoseTrainConfig(**{f.name: getattr(args, f.name) for f in dataclasses.fields(PoseTrainConfig)})
     try:
