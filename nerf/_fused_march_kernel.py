@@ -192,7 +192,7 @@ def march_kernel(
     if TORSO:
         ux, uy, uz = _load3(cam_ptr, rays, rm, 1.0)
         # the direction whose points the torso's field reads: the ray's own, or with a tracked torso motion the ray
-        # of the pixel it names in the reference frame (AvatarModel.track_points keeps each point's depth)
+        # of the pixel it names in the reference frame (TorsoMotion.track_points keeps each point's depth)
         vx, vy, vz = _load3(camw_ptr, rays, rm, 1.0)
         lx, ly, lz = _load3(lo_ptr, rays, rm, 0.0)
         hx, hy, hz = _load3(hi_ptr, rays, rm, 1.0)

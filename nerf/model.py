@@ -19,6 +19,7 @@ from torch import nn
 from nerf import march, occupancy, rays, sampler, volrend
 from nerf.data import PersonFrames, select_rays
 from nerf.fields import AudioDrive, ExpressionEncoder, FieldConfig, HeadField, TorsoField
+from nerf.torso import TorsoMotion
 
 TORSO_HALF_DEPTH = 0.35  # the torso box's half depth (head units): its sample spacing is measured in it
 @dataclasses.dataclass
@@ -48,13 +49,10 @@ class RenderConfig:
 class AvatarModel(nn.Module):
     """Latent codes and fields for P persons; renders ray batches of ``nerf.data.sample_rays``.
 
-    Per-person buffers (head sphere, torso box, pose statistics, torso motion model) are derived from the persons'
-    tracks when a model is built for training and saved in its state dict, so a checkpoint renders without them.
+    Per-person buffers (head sphere, torso box, and the torso motion model's pose statistics and motion map) are
+    derived from the persons' tracks when a model is built for training and saved in its state dict, so a checkpoint
+    renders without them.
     """
-
-    MIN_TRACKED = 8
-    """Tracked training frames a person needs for the pose -> torso motion map (7 numbers per output) and for its
-    torso to count as tracked."""
 
     def __init__(self, persons: list[PersonFrames], cfg: FieldConfig, render: RenderConfig, mode: str = "shared"):
         super().__init__()
@@ -82,104 +80,12 @@ class AvatarModel(nn.Module):
         self.register_buffer("head_radius", torch.tensor([x.head_radius for x in b], dtype=torch.float32))
         self.register_buffer("torso_min", torch.tensor([x.torso_min for x in b], dtype=torch.float32))
         self.register_buffer("torso_max", torch.tensor([x.torso_max for x in b], dtype=torch.float32))
-        # The torso field reads each person's head pose (Euler angles, translation) standardized by the mean and
-        # spread of that person's training frames: the same scale for every person and pose axis.
-        # (on the CPU, whichever device the persons' frames live on: the same statistics for every device)
-        et = [torch.cat([p.euler.cpu()[p.train.cpu()], p.t.cpu()[p.train.cpu()]], -1).double() for p in persons]
-        self.register_buffer("pose_mean", torch.stack([x.mean(0) if len(x) else torch.zeros(6, dtype=x.dtype)
-                                                       for x in et]).float())
-        self.register_buffer("pose_std", torch.stack([x.std(0, unbiased=False).clamp_min(1e-3) if len(x) > 1
-                                                      else torch.ones(6, dtype=x.dtype) for x in et]).float())
-        # The torso's points are read through its tracked image motion onto a reference frame (PersonFrames.torso_motion,
-        # data_prep.torso_track). Where a frame has none (tracking failed, or a driven person), the motion is predicted
-        # from the head pose: motion_W[p] is the least-squares linear map from [standardized pose, 1] to the motion's
-        # 6 numbers over the person's tracked training frames.
-        self.register_buffer("motion_W", torch.stack([self._motion_regression(p, i) for i, p in enumerate(persons)]))
-        # A person whose torso is tracked has one canonical torso that the tracked motion alone moves: its torso
-        # field's pose input is held at the person's mean pose and its learned warp is off (pose_gate 0). A person
-        # with no track (too little torso in the crop) keeps both (pose_gate 1), its torso's only cue to its motion.
-        self.register_buffer("pose_gate", torch.tensor([0.0 if self.tracked(p) else 1.0 for p in persons]))
-        self._gated = bool((self.pose_gate < 1).any())
-
-    @property
-    def gated(self) -> bool:
-        """Whether some person's torso reads no pose (a Python flag: the batch code branches on it)."""
-        return self._gated
-
-    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
-        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
-        self._gated = bool((self.pose_gate < 1).any())
-
-    def tracked(self, p: PersonFrames) -> bool:
-        """Whether person p's torso counts as tracked: at least MIN_TRACKED tracked training frames."""
-        if p.torso_motion is None:
-            return False
-        return int(torch.isfinite(p.torso_motion.cpu()[p.train.cpu()]).all(1).sum()) >= self.MIN_TRACKED
-
-    def _motion_regression(self, p: PersonFrames, row: int) -> torch.Tensor:
-        """[7, 6]: the linear map from [standardized head pose (6), 1] to person p's torso motion (identity if untracked)."""
-        W = torch.zeros(7, 6, dtype=torch.float64)
-        W[6] = torch.tensor([1.0, 0.0, 0.0, 0.0, 1.0, 0.0], dtype=torch.float64)
-        if p.torso_motion is None:
-            return W.float()
-        train = p.train.cpu()
-        y = p.torso_motion.cpu()[train].double()
-        ok = torch.isfinite(y).all(1)
-        if int(ok.sum()) < self.MIN_TRACKED:  # too few tracked frames for the map: the mean motion, or identity
-            if ok.any():
-                W[6] = y[ok].mean(0)
-            return W.float()
-        pose = torch.cat([p.euler.cpu()[train], p.t.cpu()[train]], -1).double()[ok]
-        x = torch.cat([(pose - self.pose_mean[row].double()) / self.pose_std[row].double(),
-                       torch.ones(len(pose), 1, dtype=torch.float64)], -1)
-        ridge = 1e-3 * torch.eye(7, dtype=torch.float64)
-        ridge[6, 6] = 0.0  # (the intercept is not shrunk)
-        return torch.linalg.solve(x.T @ x + ridge * len(x), x.T @ y[ok]).float()
-
-    def torso_motion(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[R, 2, 3] each ray's torso motion (crop fractions of its frame -> of the reference frame): the tracked one
-        where the batch has it (``torso_motion``, finite), else the one predicted from the head pose."""
-        row = b["row"]
-        z = (torch.cat([b["euler"], b["t"]], -1) - self.pose_mean[row]) / self.pose_std[row]
-        pred = torch.einsum("ri,rio->ro", torch.cat([z, torch.ones_like(z[:, :1])], -1), self.motion_W[row])
-        if "torso_motion" in b:
-            tracked = b["torso_motion"]
-            pred = torch.where(torch.isfinite(tracked).all(-1, keepdim=True), tracked, pred)
-        return pred.reshape(-1, 2, 3)
-
-    @staticmethod
-    def apply_motion(uv01: torch.Tensor, motion: torch.Tensor) -> torch.Tensor:
-        """Crop fractions uv01 [R, 2] through the torso motions [R, 2, 3]: where each pixel lies in the reference frame."""
-        return (motion[:, :, :2] @ uv01[:, :, None])[..., 0] + motion[:, :, 2]
-
-    def torso_dirs(self, dirs: torch.Tensor, motion: torch.Tensor, focal: torch.Tensor) -> torch.Tensor:
-        """[R, 3] camera directions (z = 1) of the pixels the torso motions [R, 2, 3] name for rays dirs [R, 3] (any
-        z > 0) of focal [R]: ``track_points`` moves every point of a ray onto the ray of that pixel, at its own depth."""
-        S = self.image_size
-        uv = self.apply_motion((dirs[:, :2] / dirs[:, 2:] * focal[:, None] + S / 2) / S, motion)
-        return torch.cat([(uv * S - S / 2) / focal[:, None], torch.ones_like(dirs[:, 2:])], -1)
-
-    def track_points(self, x01: torch.Tensor, row: torch.Tensor, motion: torch.Tensor, focal: torch.Tensor,
-                     ray: torch.Tensor | None = None) -> torch.Tensor:
-        """Torso-box coordinates x01 [N, 3] moved by the torso motion [R, 2, 3] of their rays: each point's image
-        position (crop fractions) goes through the motion at its own depth, so a ray maps to the ray of the
-        reference frame's pixel. focal [R]; ray [N] each point's ray (None: rows align)."""
-        if ray is not None:
-            row, motion, focal = row[ray], motion[ray], focal[ray]
-        lo, hi = self.torso_min[row], self.torso_max[row]
-        p = lo + x01 * (hi - lo)
-        return (p[:, 2:] * self.torso_dirs(p, motion, focal) - lo) / (hi - lo)
+        self.torso_motion = TorsoMotion(persons, self.image_size)
+        """Each person's torso motion model (``nerf.torso``): how the torso's points are read, and its pose input."""
 
     def hash_parameters(self) -> list[nn.Parameter]:
         """The hash tables (trained at a higher learning rate, as instant-ngp does)."""
         return [p for f in [*self.head, *self.torso] for p in f.encoding.parameters()]
-
-    def torso_pose(self, et: torch.Tensor, row: torch.Tensor) -> torch.Tensor:
-        """The torso field's pose input from head poses et [R, 6] (Euler angles, translation) of persons row [R]:
-        held at the person's mean pose where ``pose_gate`` is 0, then standardized per person."""
-        mean = self.pose_mean[row]
-        et = mean + self.pose_gate[row, None] * (et - mean)
-        return (et - mean) / self.pose_std[row]
 
     def _net(self, row: torch.Tensor) -> list[tuple[int, torch.Tensor]]:
         """(network index, ray mask) pairs: one network for all, or each person's own."""
@@ -261,12 +167,12 @@ class AvatarModel(nn.Module):
         """Per ray: the view directions of each field (head space, camera space), the latent codes, the drive and
         the torso's pose input."""
         row = b["row"]
-        et = self.torso_pose(torch.cat([b["euler"], b["t"]], -1), row)
+        tm = self.torso_motion
+        et = tm.pose_input(torch.cat([b["euler"], b["t"]], -1), row)
         return {"unit_h": g["d_h"] / g["d_h"].norm(dim=-1, keepdim=True),
                 "unit": g["dirs"] / g["dirs"].norm(dim=-1, keepdim=True),
                 "z_shape": self.z_shape(row), "z_app": self.z_app(row), "drive": self.drive_code(net, b), "et": et,
-                "motion": self.torso_motion(b),
-                "warp": self.pose_gate[row] if self.gated else None}
+                "motion": tm(b), "warp": tm.pose_gate[row] if tm.gated else None}
 
     def _render(self, net: int, b: dict[str, torch.Tensor], jitter: bool, gen,
                 amp: bool = False) -> dict[str, torch.Tensor]:
@@ -308,7 +214,7 @@ class AvatarModel(nn.Module):
         def torso_query(t, hidden=None):
             x01 = g["torso_01"](t)
             ray, k = live_samples(x01, hit_t, occ.torso if occ is not None else None, hidden)
-            x = self.track_points(x01[ray, k], row, c["motion"], b["focal"], ray)
+            x = self.torso_motion.track_points(x01[ray, k], g["lo"], g["hi"], c["motion"], b["focal"], ray)
             with half:
                 sigma, rgb, offset = self.torso[net](x, unit, et, z_shape, z_app, ray, c["warp"])
             return scatter(sigma, ray, k, t.shape), scatter(rgb, ray, k, t.shape), scatter(offset, ray, k, t.shape)
@@ -367,8 +273,9 @@ class AvatarModel(nn.Module):
 
         def torso(r, t):
             t = march.coarse_t(t, t0[r], dt[r], stride[r])
-            x01 = self.track_points(rays.normalize_to_unit(t[:, None] * g["dirs"][r], g["lo"][r], g["hi"][r]),
-                                    row, c["motion"], b["focal"], r)
+            x01 = self.torso_motion.track_points(rays.normalize_to_unit(t[:, None] * g["dirs"][r], g["lo"][r],
+                                                                        g["hi"][r]), g["lo"], g["hi"], c["motion"],
+                                                 b["focal"], r)
             with half:
                 sigma, rgb, _ = self.torso[net](x01, c["unit"], c["et"], c["z_shape"], c["z_app"], r, c["warp"])
             return sigma.float() / (2 * TORSO_HALF_DEPTH), rgb
@@ -426,7 +333,7 @@ class AvatarModel(nn.Module):
 
         head, torso = self.head[net], self.torso[net]
         # the kernel reads the torso along each ray's moved direction
-        c = dict(c, torso_dirs=self.torso_dirs(g["dirs"], c["motion"], g["focal"]))
+        c = dict(c, torso_dirs=self.torso_motion.directions(g["dirs"], c["motion"], g["focal"]))
         ok, why = self.fused_marching(t0.device, net)
         if not ok:  # (turned off: no warning)
             if self.render_cfg.fused and (t0.device.type == "cuda" or fused_march.interpreting()):

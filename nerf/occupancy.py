@@ -100,12 +100,13 @@ def build(model, persons: list, resolution: int | None = None, n_frames: int = 8
         expr = model.expr[net](p.expr[frames.to(p.expr.device)].to(dev))
         drives = torch.cat([audio, expr])
         at = frames.to(p.euler.device)
-        pose = model.torso_pose(torch.cat([p.euler, p.t], 1)[at].to(dev), rowt.expand(len(at)))
+        tm = model.torso_motion
+        pose = tm.pose_input(torch.cat([p.euler, p.t], 1)[at].to(dev), rowt.expand(len(at)))
         fb = {"row": rowt.expand(len(at)), "euler": p.euler[at].to(dev), "t": p.t[at].to(dev)}
         if p.torso_motion is not None:
             fb["torso_motion"] = p.torso_motion[at].to(dev)
-        motion = model.torso_motion(fb)  # (the torso seen through each frame's motion)
-        warp = model.pose_gate[rowt] if model.gated else None  # (the warp's share, as the renderer applies it)
+        motion = tm(fb)  # (the torso seen through each frame's motion)
+        warp = tm.pose_gate[rowt] if tm.gated else None  # (the warp's share, as the renderer applies it)
         focal = torch.full((1,), float(p.focal), device=dev)
         h_max = torch.zeros(n, device=dev)
         t_max = torch.zeros(n, device=dev)
@@ -117,7 +118,7 @@ def build(model, persons: list, resolution: int | None = None, n_frames: int = 8
                 h_max[a:a + m] = torch.maximum(h_max[a:a + m], sigma)
             one = torch.zeros(m, dtype=torch.long, device=dev)
             for et, m_f in zip(pose, motion):
-                xf = model.track_points(x, rowt, m_f[None], focal, one)
+                xf = tm.track_points(x, model.torso_min[rowt], model.torso_max[rowt], m_f[None], focal, one)
                 sigma, _, _ = model.torso[net](xf, any_dir, et[None], z_shape, z_app, None, warp)
                 t_max[a:a + m] = torch.maximum(t_max[a:a + m], sigma)
         for grid, dens in ((head, h_max), (torso, t_max)):

@@ -297,7 +297,7 @@ def report_torso_tracks(model: AvatarModel, persons: list[PersonFrames], picture
         h[p.val.cpu().numpy()] = True
         held.append(h)
         n = 0 if m is None else int(np.isfinite(m).all(1).sum())
-        pose = ("reads the head pose" if float(model.pose_gate[p.row]) > 0
+        pose = ("reads the head pose" if float(model.torso_motion.pose_gate[p.row]) > 0
                 else "reads no head pose (the tracked motion moves it)")
         rest = f" (the other {len(h) - n} predicted from the head pose)" if n < len(h) else ""
         what = (f"tracked on {n} of {len(h)} frames{rest}" if n else

@@ -226,7 +226,7 @@ def test_a_models_marched_render_is_the_same_with_the_fused_kernel(dev, mode, tr
     from nerf.render import render_frame
 
     model, persons = _model(dev, mode, track)
-    assert model.pose_gate.tolist() == ([1.0, 0.0] if track else [1.0, 1.0])
+    assert model.torso_motion.pose_gate.tolist() == ([1.0, 0.0] if track else [1.0, 1.0])
     calls = []
     real = fused_march.march_fused
     fused_march.march_fused = lambda *a, **k: calls.append(1) or real(*a, **k)

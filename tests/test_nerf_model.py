@@ -58,22 +58,22 @@ def test_the_torso_reads_the_pose_standardized_by_the_persons_training_frames(mo
     cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
     model = AvatarModel([p], cfg, RenderConfig(8, 8))
     seen = torch.cat([p.euler[:5], p.t[:5]], -1)  # the training frames (frame 5 is held out)
-    torch.testing.assert_close(model.pose_mean[0], seen.mean(0))
-    torch.testing.assert_close(model.pose_std[0], seen.std(0, unbiased=False).clamp_min(1e-3))
-    assert "pose_mean" in model.state_dict()  # a checkpoint renders without the tracks it was derived from
+    torch.testing.assert_close(model.torso_motion.pose_mean[0], seen.mean(0))
+    torch.testing.assert_close(model.torso_motion.pose_std[0], seen.std(0, unbiased=False).clamp_min(1e-3))
+    assert "torso_motion.pose_mean" in model.state_dict()  # a checkpoint renders without the tracks it was derived from
     got = []
     forward = model.torso[0].forward
     monkeypatch.setattr(model.torso[0], "forward", lambda x, d, et, *a: got.append(et) or forward(x, d, et, *a))
     with torch.no_grad():
         model(frame_batch(p, 5, model.cfg.audio_window), jitter=False)
-    expected = (torch.cat([p.euler[5], p.t[5]]) - model.pose_mean[0]) / model.pose_std[0]
+    expected = (torch.cat([p.euler[5], p.t[5]]) - model.torso_motion.pose_mean[0]) / model.torso_motion.pose_std[0]
     torch.testing.assert_close(got[0][0], expected)
     # the occupancy grid is built from the torso field under the same standardized poses
     from nerf import occupancy
 
     got.clear()
     occupancy.build(model, [p], resolution=4, n_frames=2)
-    standardized = (torch.cat([p.euler, p.t], -1) - model.pose_mean[0]) / model.pose_std[0]
+    standardized = (torch.cat([p.euler, p.t], -1) - model.torso_motion.pose_mean[0]) / model.torso_motion.pose_std[0]
     built = torch.cat(got)  # each a frame's standardized pose (raw, tz would be about 3)
     assert len(built) and ((built[:, None] - standardized[None]).abs().sum(-1).min(1).values < 1e-4).all()
     # the pose enters as it is (6 numbers), not through sin/cos frequencies

@@ -16,6 +16,7 @@ from data_prep.errors import PrepareError
 from nerf.fields import FieldConfig
 from nerf.model import AvatarModel, RenderConfig
 from nerf.render import frame_batch
+from nerf.torso import MIN_TRACKED
 
 
 def _frames(T=8, S=128, seed=0):
@@ -123,7 +124,7 @@ def test_a_tracked_motion_moves_the_volume_torsos_points_along_its_pixels_ray():
         xy = (uv * S - S / 2) * z / f
         lo, hi = model.torso_min[0], model.torso_max[0]
         x01 = (torch.cat([xy, torch.tensor([[z]])], -1) - lo) / (hi - lo)
-        moved = model.track_points(x01, torch.tensor([0]), M, f) * (hi - lo) + lo
+        moved = model.torso_motion.track_points(x01, model.torso_min[[0]], model.torso_max[[0]], M, f) * (hi - lo) + lo
         # ... goes to the point at the same depth on the ray of the pixel M(uv)
         target = M[0, :, :2] @ uv[0] + M[0, :, 2]
         torch.testing.assert_close(moved[0, 2], torch.tensor(z))
@@ -131,14 +132,15 @@ def test_a_tracked_motion_moves_the_volume_torsos_points_along_its_pixels_ray():
     # the identity motion leaves every point where it is
     x = torch.rand(10, 3)
     eye = torch.tensor([[[1.0, 0, 0], [0, 1.0, 0]]]).expand(10, 2, 3)
-    torch.testing.assert_close(model.track_points(x, torch.zeros(10, dtype=torch.long), eye, f.expand(10)), x)
+    torch.testing.assert_close(model.torso_motion.track_points(x, model.torso_min[[0] * 10], model.torso_max[[0] * 10], eye,
+                                                               f.expand(10)), x)
 
 
 def test_untracked_frames_get_the_motion_predicted_from_the_head_pose():
     T = 12
     p = _tracked_person(T=T)
     model = AvatarModel([p], FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4), RenderConfig(8, 8))
-    assert "motion_W" in model.state_dict()  # a checkpoint predicts motions without the tracks
+    assert "torso_motion.motion_W" in model.state_dict()  # a checkpoint predicts motions without the tracks
     b = frame_batch(p, T - 1, 4)  # the held-out frame, tracked
     torch.testing.assert_close(model.torso_motion(b)[0].reshape(6), p.torso_motion[T - 1])
     # a driven person (no tracks) or a failed track (NaN) gets the prediction: here the motion is linear in the
@@ -150,7 +152,7 @@ def test_untracked_frames_get_the_motion_predicted_from_the_head_pose():
     # an untracked person's prediction is the identity
     plain = AvatarModel([_person(0)], FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4),
                         RenderConfig(8, 8))
-    torch.testing.assert_close(plain.motion_W[0, 6], torch.tensor(torso_track.IDENTITY))
+    torch.testing.assert_close(plain.torso_motion.motion_W[0, 6], torch.tensor(torso_track.IDENTITY))
 
 
 def test_a_tracked_persons_torso_field_reads_no_head_pose_nor_warps_and_an_untracked_ones_does():
@@ -159,8 +161,8 @@ def test_a_tracked_persons_torso_field_reads_no_head_pose_nor_warps_and_an_untra
     plain.row = 1
     cfg = FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4)
     model = AvatarModel([tracked, plain], cfg, RenderConfig(8, 8))
-    torch.testing.assert_close(model.pose_gate, torch.tensor([0.0, 1.0]))
-    assert "pose_gate" in model.state_dict()
+    torch.testing.assert_close(model.torso_motion.pose_gate, torch.tensor([0.0, 1.0]))
+    assert "torso_motion.pose_gate" in model.state_dict()
     with torch.no_grad():  # a warp that moves points (it starts as the identity)
         model.torso[0].deform[-1].weight.normal_(0.0, 0.3)
     seen, offsets = [], []  # the pose inputs the torso field gets, its warps (coarse and importance calls), per frame
@@ -186,12 +188,12 @@ def test_a_tracked_persons_torso_field_reads_no_head_pose_nor_warps_and_an_untra
         torch.testing.assert_close(et, still.expand_as(et))
     assert (seen[2][0] - seen[3][0]).abs().max() > 1e-3  # the untracked person's follows its head pose
     # the occupancy grid reads the torso through the same input
-    assert torch.equal(model.torso_pose(torch.randn(3, 6), torch.zeros(3, dtype=torch.long)),
+    assert torch.equal(model.torso_motion.pose_input(torch.randn(3, 6), torch.zeros(3, dtype=torch.long)),
                        still.expand(3, 6))
     # a person with fewer than MIN_TRACKED tracked training frames counts as untracked
     few = dataclasses.replace(tracked, torso_motion=tracked.torso_motion.clone())
-    few.torso_motion[AvatarModel.MIN_TRACKED - 1:] = float("nan")
-    assert AvatarModel([few], cfg, RenderConfig(8, 8)).pose_gate[0] == 1.0
+    few.torso_motion[MIN_TRACKED - 1:] = float("nan")
+    assert AvatarModel([few], cfg, RenderConfig(8, 8)).torso_motion.pose_gate[0] == 1.0
 
 
 def test_prepare_tracks_each_torso_and_the_loader_reads_it(synthetic, tmp_path):

@@ -207,9 +207,11 @@ def test_training_samples_through_an_occupancy_grid_rebuilt_on_schedule(syntheti
         monkeypatch.setattr(cls, "forward", spy)
     monkeypatch.setattr(trainer, "losses", count)
     train(_small(synthetic, tmp_path / "o", 7, occupancy_every=3, ckpt_every=10**9), progress=False)
-    assert built == [3, 6]
-    grid = torch.load(tmp_path / "o" / "checkpoint.pt", map_location="cpu", weights_only=True)["occupancy"]
+    assert built == [3, 6, 7]  # every 3 iterations, then once more for rendering after the last (stored apart)
+    ckpt = torch.load(tmp_path / "o" / "checkpoint.pt", map_location="cpu", weights_only=True)
+    grid = ckpt["occupancy"]
     assert grid["head"].shape[1:] == grid["torso"].shape[1:] == (8, 8, 8)
+    assert ckpt["render_occupancy"]["head"].shape == grid["head"].shape
     assert max(queried[3:]) < min(queried[:3])  # fewer field queries per step once the grid is there
 
 
