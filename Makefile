@@ -6,7 +6,7 @@ PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 PIP := $(PY) -m pip install --quiet -c constraints.txt
 
-.PHONY: install demo test test-all lint bench lock clean
+.PHONY: install demo test bench lock clean
 
 $(STAMP): requirements.txt constraints.txt
 	test -x $(PY) || python3 -m venv $(VENV)
@@ -23,14 +23,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out demo
 
-# CI's suite (under 12 minutes on 2 cores); test-all adds the end-to-end runs marked slow
+# The whole suite (CI's: under 12 minutes on 2 cores), one test file per worker process; TEST_WORKERS=1 runs it in
+# one process. The quick loop while editing: .venv/bin/python -m pytest -q -m "not slow" tests
+TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PY) -m ruff check --quiet .
-	$(PY) -m pytest -q -m "not slow" tests
-
-test-all: $(STAMP)
-	$(PY) -m ruff check --quiet .
-	$(PY) -m pytest -q tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
 
 bench: $(STAMP)
 	$(PY) scripts/bench_prepare.py

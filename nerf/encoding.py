@@ -170,7 +170,7 @@ def hash_grid_corners(x: Tensor, cfg: HashGridConfig) -> tuple[Tensor, Tensor]:
     return torch.cat([dense, spatial], dim=-1) % sizes, weights
 
 
-BACKENDS = ("auto", "torch", "cuda", "tcnn")
+BACKENDS = ("auto", "torch", "cuda")
 
 
 def hash_grid_encode(x: Tensor, tables: Tensor, cfg: HashGridConfig, backend: str = "torch",
@@ -182,7 +182,7 @@ def hash_grid_encode(x: Tensor, tables: Tensor, cfg: HashGridConfig, backend: st
         tables: [L, T, F] per-level feature tables.
         cfg: the grid; must match tables' shape.
         backend: torch (this reference; any device and dtype), cuda (the fused kernel of
-            nerf/hashgrid_cuda.py; CUDA float32), tcnn (tiny-cuda-nn, if installed), or auto (the
+            nerf/hashgrid_cuda.py; CUDA float32), or auto (the
             fused kernel for CUDA tensors when it builds, else the reference, warning once).
         half: the fused kernel gathers from a float16 copy of the tables (float32 sums and gradients).
 
@@ -213,10 +213,6 @@ def hash_grid_encode(x: Tensor, tables: Tensor, cfg: HashGridConfig, backend: st
         if not x.is_cuda:
             raise ValueError("the cuda hash-grid backend needs CUDA tensors; use backend torch or auto")
         return hashgrid_cuda.fused_encode(x.reshape(-1, 3), tables, cfg, half).reshape(*lead, levels * feats)
-    if backend == "tcnn":
-        from nerf import hashgrid_cuda
-
-        return hashgrid_cuda.tcnn_encode(x.reshape(-1, 3), tables, cfg).reshape(*lead, levels * feats)
     rows, weights = hash_grid_corners(x.reshape(-1, 3), cfg)
     flat_rows = rows + torch.arange(levels, device=x.device) * size  # level l starts at row l * T
     # index_select: its backward (index_add) is the fastest scatter on CPU

@@ -55,7 +55,7 @@ class FieldConfig:
     et_freqs: int = 0
     """Frequencies of gamma(et) alone (0: the pose, standardized per person by the model, enters as it is)."""
     hash_backend: str = "auto"
-    """Who computes the hash grids: auto (the fused CUDA kernel on a GPU, else PyTorch), torch, cuda, tcnn."""
+    """Who computes the hash grids: auto (the fused CUDA kernel on a GPU, else PyTorch), torch or cuda."""
     hash_half: bool = False
     """The fused kernel gathers from float16 copies of the tables."""
 

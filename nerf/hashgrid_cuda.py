@@ -104,37 +104,3 @@ def fused_encode(x: Tensor, tables: Tensor, cfg, half: bool = False) -> Tensor:
     if x.dtype != torch.float32 or tables.dtype != torch.float32:
         raise ValueError(f"the fused hash grid takes float32 points and tables, got {x.dtype} and {tables.dtype}")
     return FusedHashGrid.apply(x, tables, cfg, half)
-
-
-# ---- tiny-cuda-nn, when it is installed: the same parameters, in tcnn's flat layout ----
-
-_tcnn_modules: dict = {}
-
-
-def tcnn_available() -> bool:
-    try:
-        import tinycudann  # noqa: F401
-    except Exception:
-        return False
-    return torch.cuda.is_available()
-
-
-def tcnn_encode(x: Tensor, tables: Tensor, cfg) -> Tensor:
-    """tiny-cuda-nn's HashGrid encoding of x with our tables.
-
-    tcnn keeps level l's P_l rows back to back in one flat vector; that vector is built from the
-    tables each call (a differentiable gather, so the gradient lands in the tables). tcnn computes
-    in its own parameter precision (float16 by default builds) and its scale_l with exp2f, so it
-    agrees with the reference to float16 rounding, not bit for bit.
-    """
-    import tinycudann as tcnn
-
-    key = (x.device, tuple(sorted(cfg.to_tcnn().items())))
-    if key not in _tcnn_modules:
-        _tcnn_modules[key] = tcnn.Encoding(3, cfg.to_tcnn()).to(x.device)
-    enc = _tcnn_modules[key]
-    flat = torch.cat([tables[level, :rows].reshape(-1) for level, rows in enumerate(cfg.level_sizes())])
-    precision = torch.float16 if enc.native_tcnn_module.param_precision() == tcnn.Precision.Fp16 else torch.float32
-    out = tcnn.modules._module_function.apply(enc.native_tcnn_module, x.contiguous(), flat.to(precision).contiguous(),
-                                              enc.loss_scale)
-    return out.float()

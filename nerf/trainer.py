@@ -88,7 +88,7 @@ class TrainConfig:
     device: str = "auto"
     """auto (a CUDA GPU when torch sees one, else the CPU), cpu, cuda or cuda:N."""
     hash_backend: str = "auto"
-    """auto (the fused CUDA hash grid on a GPU, else PyTorch), torch, cuda or tcnn."""
+    """auto (the fused CUDA hash grid on a GPU, else PyTorch), torch or cuda."""
     hash_half: bool = False
     """The fused hash grid gathers from float16 copies of the tables (float32 master tables and gradients)."""
     log_every: int = 10

@@ -4,7 +4,7 @@
 Rows:
 - hash grid (16 levels x 2 features, 2^19 rows: the gpu_full grid) forward and forward+backward,
   in samples (points) per second, at 2^18 and 2^20 points, for each backend present: the PyTorch
-  reference, the fused CUDA kernel (float32 and float16 gathers), tiny-cuda-nn when installed.
+  reference and the fused CUDA kernel (float32 and float16 gathers).
   Random points in [0, 1]^3, several input sets in rotation, CUDA-event timing, median of repeats.
 - training iterations per second at the --preset (default configs/gpu_full.txt) on --data, from an untrained
   model, every sample queried (its preset's occupancy_every aside: an untrained model's density is everywhere;
@@ -101,8 +101,6 @@ def bench_hashgrid(dev: torch.device, sizes: list[int], repeats: int) -> list[di
             backends += [("fused fp32", "cuda", False), ("fused fp16", "cuda", True)]
         else:
             print(f"fused kernel unavailable: {why}")
-        if hashgrid_cuda.tcnn_available():
-            backends.append(("tcnn", "tcnn", False))
     rows = []
     gen = torch.Generator(device=dev).manual_seed(0)
     tables = (torch.rand(cfg.n_levels, cfg.table_size, cfg.n_features_per_level, device=dev, generator=gen) - 0.5)
@@ -386,7 +384,7 @@ def main(argv=None) -> int:
                    "untrained model, which says nothing about the occupancy grid)")
     p.add_argument("--models", default="shared", help="comma-separated training rows: shared, per_person")
     p.add_argument("--hash_backends", default="auto",
-                   help="comma-separated hash backends of the training rows (auto, torch, cuda, tcnn)")
+                   help="comma-separated hash backends of the training rows (auto, torch, cuda)")
     p.add_argument("--batch_rays", default="",
                    help="comma-separated rays per training batch, one training row each (default: the preset's)")
     p.add_argument("--profile", default="", help="also write torch.profiler tables of training and rendering "

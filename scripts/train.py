@@ -86,7 +86,7 @@ def _doc(name: str) -> str:
             "audio_pretrain_iters": "steps of fine-tuning the shipped prior on --data, kept only where it raises the held-out "
                                     "mouth correlation (0: the prior frozen)",
             "device": "auto (a CUDA GPU when torch sees one), cpu, cuda or cuda:N",
-            "hash_backend": "auto (the fused CUDA hash grid on a GPU, else PyTorch), torch, cuda or tcnn",
+            "hash_backend": "auto (the fused CUDA hash grid on a GPU, else PyTorch), torch or cuda",
             "hash_half": "true: the fused hash grid gathers from float16 table copies (faster on an H100)",
             "time_budget_s": "stop after this many seconds of training, resumes included (0: none); the lr decay "
                              "follows iterations or time, whichever runs out first",

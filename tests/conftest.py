@@ -10,7 +10,8 @@ DEV_DIR = ROOT.parent / "shared" / "data" / "dev"
 
 def pytest_configure(config):
     config.addinivalue_line("markers", "cuda: needs a CUDA GPU (skipped on CPU machines)")
-    config.addinivalue_line("markers", "slow: long end-to-end runs (benchmarks, compilers): in `make test-all`, not `make test`")
+    config.addinivalue_line("markers", "slow: long end-to-end runs (benchmarks, compilers): `pytest -m \"not slow\"` skips "
+                            "them for a quick loop; `make test` runs them")
 
 
 SYNTHETIC_CROP = 128

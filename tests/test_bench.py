@@ -10,7 +10,7 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-@pytest.mark.slow  # a benchmark's end-to-end run (80 s): make test-all
+@pytest.mark.slow  # a benchmark's end-to-end run (80 s)
 def test_bench_runs_on_cpu_with_training_and_render_rows(synthetic, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "cpu", "--repeats", "2",
@@ -33,7 +33,7 @@ def test_bench_runs_on_cpu_with_training_and_render_rows(synthetic, tmp_path):
                for r in render[5:])
 
 
-@pytest.mark.slow  # a benchmark's end-to-end run (40 s): make test-all
+@pytest.mark.slow  # a benchmark's end-to-end run (40 s)
 def test_bench_of_a_trained_model_times_its_training_step_through_its_occupancy_grid(synthetic, tmp_path):
     """On a trained model the grid leaves out the queries of empty cells: the same batches, about the same loss (the
     culled samples held next to no density); every render row still comes."""
@@ -58,7 +58,7 @@ def test_bench_of_a_trained_model_times_its_training_step_through_its_occupancy_
     assert sum(name.startswith("render") for name in rows) == 3
 
 
-@pytest.mark.slow  # the benchmark's command, started a dozen times (12 s): make test-all
+@pytest.mark.slow  # the benchmark's command, started a dozen times (12 s)
 def test_bench_refuses_a_folder_that_is_no_dataset_and_bad_row_lists(tmp_path):
     def bench(*args):
         return subprocess.run([sys.executable, str(ROOT / "scripts" / "bench.py"), "--device", "cpu", *args],

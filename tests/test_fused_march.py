@@ -196,7 +196,7 @@ def test_the_fused_kernel_in_float16_is_the_autocast_march(dev):
     _close(out, ref, 4e-3)
 
 
-@pytest.mark.slow  # a speed-up's bookkeeping, in the interpreter (11 s): make test-all
+@pytest.mark.slow  # a speed-up's bookkeeping, in the interpreter (11 s)
 def test_the_kernels_model_tensors_are_kept_between_calls_and_remade_when_the_weights_change(dev):
     """The per-model arguments (transposed and padded layers, the grid's level tables) are made once per model, not
     at every call of a render; an optimizer step or a loaded state (in-place changes) makes them again."""

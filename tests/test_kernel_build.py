@@ -25,7 +25,7 @@ def _report(*args):
                           capture_output=True, text=True, timeout=600)
 
 
-@pytest.mark.slow  # Triton's ahead-of-time build for sm_90 (25 s): make test-all
+@pytest.mark.slow  # Triton's ahead-of-time build for sm_90 (25 s)
 def test_the_fused_kernel_builds_for_sm90_without_a_gpu(tmp_path):
     from nerf import fused_march
 

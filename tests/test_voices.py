@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from data_prep import dataset
 from data_prep.synthetic import conversation_audio, plan_turns
 from data_prep.video_io import AUDIO_SR, fit_audio, read_audio, write_wav
 from speech import voices
@@ -35,7 +36,7 @@ def write_dataset(root, audio, speaking, fps=FPS):
     """The parts of a prepared dataset that enrollment reads: meta.json, audio.wav, audio_features.npz."""
     root.mkdir(parents=True)
     n_frames = speaking.shape[0]
-    meta = {"schema_version": 1, "fps": fps, "n_frames": n_frames,
+    meta = {"schema_version": dataset.SCHEMA_VERSION, "fps": fps, "n_frames": n_frames,
             "persons": [{"id": p} for p in range(speaking.shape[1])]}
     (root / "meta.json").write_text(json.dumps(meta))
     write_wav(root / "audio.wav", fit_audio(audio, n_frames, fps))
