@@ -23,12 +23,12 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(PY) scripts/demo.py --out demo
 
-# The whole suite (CI's: under 12 minutes on 2 cores), one test file per worker process; TEST_WORKERS=1 runs it in
-# one process. The quick loop while editing: .venv/bin/python -m pytest -q -m "not slow" tests
+# The whole suite (CI's: under 12 minutes on 2 cores), spread over worker processes (one thread each);
+# TEST_WORKERS=1 runs it in one process. The quick loop while editing: .venv/bin/python -m pytest -q -m "not slow" tests
 TEST_WORKERS ?= 2
 test: $(STAMP)
 	$(PY) -m ruff check --quiet .
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist loadfile tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
 
 bench: $(STAMP)
 	$(PY) scripts/bench_prepare.py

@@ -163,18 +163,26 @@ def test_render_bad_inputs_exit_with_one_line(synthetic, tiny_run, tmp_path, cap
 
 
 def test_driven_person_renders_frames_it_never_recorded(synthetic, tiny_run):
+    """A person driven by its own tracked signals renders what the recorded person renders (its torso's motion then
+    predicted from the head pose, as in any driven frame), and frames past the recording's end too."""
+    import dataclasses
+
     from nerf.evaluate import load_model
     from nerf.render import render_frame
     from render.drive import driven_person
 
     model, persons, _ = load_model(tiny_run, [str(synthetic["dataset"])])
     p = persons[0]
-    T = len(p.euler) + 3  # longer than the recording
-    d = from_track(p, np.arange(T) % len(p.euler))
-    q = driven_person(p, d, torch.zeros(T, p.audio.shape[1]))
-    assert len(q.images) == 0
-    rgb = render_frame(model, q, T - 1)["rgb"]
-    assert rgb.shape == (32, 32, 3) and torch.isfinite(rgb).all()
+    n = len(p.euler)
+    T = n + 3  # longer than the recording
+    q = driven_person(p, from_track(p, np.arange(T) % n), p.audio[np.arange(T) % n])
+    assert len(q.images) == 0 and q.torso_motion is None
+    recorded = dataclasses.replace(p, torso_motion=None)
+    for f in (2, n // 2):  # (frames whose audio windows lie inside the recording in both)
+        torch.testing.assert_close(render_frame(model, q, f)["rgb"], render_frame(model, recorded, f)["rgb"],
+                                   atol=1e-5, rtol=0)
+    past = render_frame(model, q, n + 2)["rgb"]  # past the end: the loop's frame 2 again, its own audio window
+    assert past.shape == (32, 32, 3) and 0 <= past.min() and past.max() <= 1
 
 
 def test_a_posegen_checkpoint_of_other_data_is_refused(synthetic, tiny_run):
