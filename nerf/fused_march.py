@@ -33,7 +33,7 @@ Used by ``AvatarModel._march`` (rendering with ``--march_steps``) when Triton ca
 ``triton`` package (CUDA builds of torch bring it), or anywhere with ``TRITON_INTERPRET=1`` set before triton is
 first imported (Triton's interpreter: slow, for tests). Otherwise, or if the kernel fails to build, the PyTorch
 marcher renders the same picture (with one warning, except on a CPU without the interpreter, where that is the
-plain path). So do shapes the kernel does not take (``supports``) and ``--torso_follow`` models. Each compiled
+plain path). So do shapes the kernel does not take (``supports``). Each compiled
 kernel's first render in a process is checked against the PyTorch marcher on some of its rays (``verify``): a
 kernel that disagrees is not used again, after one warning.
 """

@@ -44,7 +44,7 @@ def main(argv=None) -> int:
                    help="score the held-out frames (val, default) or the frames trained on (train): a region that "
                         "scores as low on train as on val underfits, one that scores low only on val does not generalize")
     p.add_argument("--torso_motion", choices=("tracked", "predicted"), default="tracked",
-                   help="for a --torso_track model: each frame's torso motion tracked on it, as its head pose is "
+                   help="each frame's torso motion tracked on it, as its head pose is "
                         "(default), or predicted from the head pose alone, as a driven conversation gets it")
     p.add_argument("--device", default="auto", help="where frames are rendered: auto (a GPU if torch sees one), cpu, "
                    "cuda (default auto); the landmark metrics always run on the CPU")
