@@ -1,5 +1,5 @@
-"""data_prep: a conversation video becomes a per-person training dataset.
+"""data_prep: a conversation video becomes a per-person training dataset (``common.dataset``).
 
-Stages (see ``data_prep.pipeline``): decode, people, landmarks, head pose,
-expression, parsing and background plates, audio features, who speaks (``speech``), QA.
+Stages (see ``data_prep.pipeline``): people, landmarks and parsing per person, head pose and expression, the
+torso's motion, audio features and who speaks (``speech``), QA pictures.
 """

@@ -1,6 +1,6 @@
 """Per-frame audio features: Wav2Lip mel windows, zero-crossing rate and RMS.
 
-All features share the video clock of ``data_prep.video_io``: video frame i is
+All features share the video clock of ``common.video_io``: video frame i is
 the picture at time i / fps, and every per-frame feature is centred on that
 time. The mel spectrogram runs at 80 frames per second (hop 200 samples at
 16 kHz), its frame k centred on time k / 80 s, so video frame i sits at mel
@@ -21,8 +21,8 @@ import librosa
 import numpy as np
 from scipy import signal
 
-from data_prep.errors import PrepareError
-from data_prep.video_io import AUDIO_SR
+from common.errors import PrepareError
+from common.video_io import AUDIO_SR
 
 MEL_FPS = 80
 MEL_WINDOW = 16

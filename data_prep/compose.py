@@ -25,9 +25,9 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data_prep.atomic_io import atomic_path, save_json
-from data_prep.errors import PrepareError
-from data_prep.video_io import (
+from common.atomic_io import atomic_path, save_json
+from common.errors import PrepareError
+from common.video_io import (
     AUDIO_SR,
     VideoInfo,
     fit_audio,

@@ -24,36 +24,11 @@ import dataclasses
 
 import numpy as np
 
-# Face-mesh indices: outer eye corners (person's right, left), top of forehead, chin.
-EYE_R_OUTER, EYE_L_OUTER, FOREHEAD, CHIN = 33, 263, 10, 152
+from common.geometry import euler_pyr
+from common.landmarks import CHIN, FOREHEAD, LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+
 # Outer-eye-corner span of the canonical face in head units (an adult's is about 9 cm).
 EYE_SPAN = 0.09
-
-
-def rotation_from_euler_pyr(euler: np.ndarray) -> np.ndarray:
-    """R = Rx(pitch) @ Ry(yaw) @ Rz(roll), the one Euler convention of the project.
-
-    Args:
-        euler: [..., 3] (pitch, yaw, roll) in radians; nodding is pitch.
-
-    Returns:
-        [..., 3, 3] rotation matrices.
-    """
-    p, y, r = np.moveaxis(np.asarray(euler, dtype=np.float64), -1, 0)
-    cp, sp, cy, sy, cr, sr = np.cos(p), np.sin(p), np.cos(y), np.sin(y), np.cos(r), np.sin(r)
-    row0 = np.stack([cy * cr, -cy * sr, sy], -1)
-    row1 = np.stack([cp * sr + sp * sy * cr, cp * cr - sp * sy * sr, -sp * cy], -1)
-    row2 = np.stack([sp * sr - cp * sy * cr, sp * cr + cp * sy * sr, cp * cy], -1)
-    return np.stack([row0, row1, row2], -2)
-
-
-def euler_pyr(R: np.ndarray) -> np.ndarray:
-    """Inverse of ``rotation_from_euler_pyr``: [..., 3, 3] -> [..., 3] (pitch, yaw, roll) radians."""
-    R = np.asarray(R, dtype=np.float64)
-    yaw = np.arcsin(np.clip(R[..., 0, 2], -1.0, 1.0))
-    pitch = np.arctan2(-R[..., 1, 2], R[..., 2, 2])
-    roll = np.arctan2(-R[..., 0, 1], R[..., 0, 0])
-    return np.stack([pitch, yaw, roll], -1)
 
 
 def _rotate(R: np.ndarray, points: np.ndarray) -> np.ndarray:
@@ -215,14 +190,14 @@ def _solve_poses(R: np.ndarray, t: np.ndarray, canon: np.ndarray, uv: np.ndarray
 
 def _frontal(shape: np.ndarray) -> np.ndarray:
     """Turn a [N, 3] face frontal, centre it and scale it to head units (module doc)."""
-    x = shape[EYE_L_OUTER] - shape[EYE_R_OUTER]
+    x = shape[LEFT_EYE_OUTER] - shape[RIGHT_EYE_OUTER]
     x = x / np.linalg.norm(x)
     y = shape[CHIN] - shape[FOREHEAD]
     y = y - (y @ x) * x
     y = y / np.linalg.norm(y)
     basis = np.stack([x, y, np.cross(x, y)])  # rows: head axes in the shape's frame
     canon = (shape - shape.mean(0)) @ basis.T
-    return canon * (EYE_SPAN / np.linalg.norm(canon[EYE_L_OUTER] - canon[EYE_R_OUTER]))
+    return canon * (EYE_SPAN / np.linalg.norm(canon[LEFT_EYE_OUTER] - canon[RIGHT_EYE_OUTER]))
 
 
 def _fit_poses(canon: np.ndarray, lm: np.ndarray, rigid: np.ndarray, c: float,

@@ -16,8 +16,9 @@ import functools
 import cv2
 import numpy as np
 
+from common.landmarks import CHEEK_L, CHEEK_R, CHIN, FOREHEAD
+
 BACKGROUND, HEAD, TORSO = 0, 1, 2
-CHIN, FOREHEAD, CHEEK_R, CHEEK_L = 152, 10, 234, 454
 # Hair reaches past the cheeks; beyond this many face widths from the centre it is not head.
 HEAD_HALF_WIDTH = 0.9
 SEG_SIZE = 256  # the selfie model's own input size; running it larger buys nothing

@@ -15,7 +15,7 @@ import dataclasses
 import numpy as np
 from scipy.optimize import linear_sum_assignment
 
-from data_prep.errors import PrepareError
+from common.errors import PrepareError
 
 # The face detector's box spans brows to chin; the whole head with hair is about this much taller.
 HEAD_OVER_FACE_BOX = 1.45

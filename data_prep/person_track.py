@@ -13,9 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep import parsing, video_io
-from data_prep.atomic_io import save_image
-from data_prep.dataset import LABEL_SCALE
+from common import video_io
+from common.atomic_io import save_image
+from common.dataset import LABEL_SCALE
+from data_prep import parsing
 
 MAX_GAP = 5  # frames; a face lost for longer stays invalid and is left out of training
 PLATE_SAMPLES = 48  # frames sampled for the background median

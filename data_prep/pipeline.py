@@ -1,4 +1,4 @@
-"""prepare: a conversation video becomes the dataset directory of ``data_prep.dataset``.
+"""prepare: a conversation video becomes the dataset directory of ``common.dataset``.
 
 Stages run in order; each writes its outputs atomically and is skipped on a
 re-run when they exist (``force`` redoes everything). ``meta.json`` is
@@ -22,10 +22,12 @@ import cv2
 import numpy as np
 from tqdm import tqdm
 
-from data_prep import dataset, expression, head_pose, people, person_track, qa, torso_track, video_io
-from data_prep.atomic_io import save_image, save_json, save_npz, sha256_of
+from common import dataset, video_io
+from common.atomic_io import save_image, save_json, save_npz, sha256_of
+from common.errors import PrepareError
+from common.geometry import euler_pyr
+from data_prep import expression, head_pose, people, person_track, qa, torso_track
 from data_prep.audio_features import audio_features
-from data_prep.errors import PrepareError
 from data_prep.parsing import PersonSegmenter, median_plate
 from speech import speaking
 from speech.roles import read_roles
@@ -239,7 +241,7 @@ class Prepare:
                                    f"{MIN_VALID_FRACTION:.0%} needed); the face is lost for most of the clip")
             fit = head_pose.fit_head_pose(lm, valid, cfg.crop_size)
             fit.R, fit.t = head_pose.smooth_poses(fit.R, fit.t, valid, cfg.smooth_pose)
-            fit.euler = head_pose.euler_pyr(fit.R)
+            fit.euler = euler_pyr(fit.R)
             fits.append(fit)
             raws.append((lm, valid, raw["found"]))
         shapes = [expression.pose_normalize(lm, fit.canonical, fit.rigid) for (lm, _, _), fit in zip(raws, fits)]
@@ -422,5 +424,5 @@ def _versions() -> dict[str, str]:
 
 
 def prepare(video: str | Path, out: str | Path, cfg: PrepareConfig | None = None, log=print) -> Path:
-    """Turn ``video`` into a dataset directory at ``out`` (see data_prep.dataset)."""
+    """Turn ``video`` into a dataset directory at ``out`` (see common.dataset)."""
     return Prepare(video, out, cfg or PrepareConfig(), log).run()

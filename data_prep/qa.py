@@ -21,16 +21,7 @@ from matplotlib.figure import Figure
 from matplotlib.lines import Line2D
 from matplotlib.patches import Patch
 
-# Closed rings of mediapipe face-mesh indices (from face_mesh_connections).
-LIPS_OUTER = (61, 146, 91, 181, 84, 17, 314, 405, 321, 375, 291,
-              409, 270, 269, 267, 0, 37, 39, 40, 185)
-LIPS_INNER = (78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308,
-              415, 310, 311, 312, 13, 82, 81, 80, 191)
-RIGHT_EYE = (33, 7, 163, 144, 145, 153, 154, 155, 133,
-             173, 157, 158, 159, 160, 161, 246)
-LEFT_EYE = (263, 249, 390, 373, 374, 380, 381, 382, 362,
-            398, 384, 385, 386, 387, 388, 466)
-N_LANDMARKS = 478
+from common.landmarks import LEFT_EYE, LIPS_INNER, LIPS_OUTER, N_LANDMARKS, RIGHT_EYE
 
 HEAD_RGB = (255, 140, 0)
 TORSO_RGB = (40, 120, 255)

@@ -38,9 +38,10 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from data_prep.atomic_io import save_json, save_npz
-from data_prep.errors import PrepareError
-from data_prep.video_io import AUDIO_SR, write_video
+from common.atomic_io import save_json, save_npz
+from common.errors import PrepareError
+from common.landmarks import EYE_LIDS, LOWER_INNER_LIP_CONTOUR, UPPER_INNER_LIP_CONTOUR
+from common.video_io import AUDIO_SR, write_video
 
 N_PERSONS = 2
 FACE_HEIGHT_FRAC = 0.30  # face height / frame height: ~108 px at 360 p, enough for face mesh
@@ -60,13 +61,6 @@ VOWELS = {
 FORMANT_BW = np.array([80.0, 100.0, 140.0, 220.0, 300.0])
 HIGH_FORMANTS = (3400.0, 4300.0)
 
-# face-mesh contours (refine_landmarks=True indexing) used to place the local warps
-UPPER_INNER_LIP = [78, 191, 80, 81, 82, 13, 312, 311, 310, 415, 308]
-LOWER_INNER_LIP = [78, 95, 88, 178, 87, 14, 317, 402, 318, 324, 308]
-EYES = (  # (upper lid, lower lid) of the photo's right eye, then its left eye
-    ([33, 246, 161, 160, 159, 158, 157, 173, 133], [33, 7, 163, 144, 145, 153, 154, 155, 133]),
-    ([362, 398, 384, 385, 386, 387, 388, 466, 263], [362, 382, 381, 380, 374, 373, 390, 249, 263]),
-)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -368,9 +362,9 @@ def _inverse_columns(y: np.ndarray, src: list[np.ndarray], dst: list[np.ndarray]
     return out, seg
 
 
-def _contour(lm: np.ndarray, idx: list[int], xs: np.ndarray) -> np.ndarray:
+def _contour(lm: np.ndarray, idx: tuple[int, ...], xs: np.ndarray) -> np.ndarray:
     """[C] the y of a landmark contour at columns ``xs`` (linear between landmarks, flat past the ends)."""
-    pts = lm[idx]
+    pts = lm[list(idx)]
     order = np.argsort(pts[:, 0])
     return np.interp(xs, pts[order, 0], pts[order, 1])
 
@@ -389,7 +383,7 @@ def open_mouth(base: np.ndarray, out: np.ndarray, sprite: Sprite, amount: float)
     fall = 0.5 * fh
     y0, y1 = int(y_nose) - 1, int(y_chin + fall) + 2
     xs = np.arange(x0, x1, dtype=np.float64)
-    lip = (_contour(lm, UPPER_INNER_LIP, xs) + _contour(lm, LOWER_INNER_LIP, xs)) / 2
+    lip = (_contour(lm, UPPER_INNER_LIP_CONTOUR, xs) + _contour(lm, LOWER_INNER_LIP_CONTOUR, xs)) / 2
     drop = amount * MOUTH_MAX_FRAC * fh * np.cos(np.clip((xs - cx) / (0.5 * fh), -1, 1) * np.pi / 2) ** 2
     u = (xs - cx) / (0.55 * (lm[291, 0] - lm[61, 0]))
     lens = np.sqrt(np.clip(1 - u * u, 0, 1))
@@ -411,8 +405,8 @@ def close_eyes(base: np.ndarray, out: np.ndarray, sprite: Sprite, amount: float)
     if amount < 0.01:  # under a tenth of a pixel: leave the photo untouched
         return
     lm, fh = sprite.landmarks, sprite.face_h
-    for upper_idx, lower_idx in EYES:
-        pts = lm[upper_idx + lower_idx]
+    for upper_idx, lower_idx in EYE_LIDS:
+        pts = lm[list(upper_idx + lower_idx)]
         x0, x1 = int(pts[:, 0].min()) - 2, int(pts[:, 0].max()) + 3
         xs = np.arange(x0, x1, dtype=np.float64)
         upper, lower = _contour(lm, upper_idx, xs), _contour(lm, lower_idx, xs)

@@ -20,8 +20,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from common.errors import TrainError
 from data_prep.audio_features import MEL_WINDOW
-from nerf.errors import TrainError
 
 AUDIO_CODE_DIM = 512
 N_MELS = 80

@@ -15,10 +15,10 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_prep import dataset
+from common import dataset
+from common.errors import TrainError
 from data_prep.audio_features import mel_windows
 from nerf.audio import AUDIO_CODE_DIM, HEAD_PREFIX, encoder_from_state, frame_codes, read_encoder_state
-from nerf.errors import TrainError
 from nerf.metrics import av_offset, pearson
 
 MAX_SHIFT = 10
@@ -196,9 +196,9 @@ def score_speech(predictor: MouthPredictor, paths: list[str | Path], fps: float 
     Raises:
         PrepareError: a file that cannot be read as audio.
     """
+    from common.errors import PrepareError
+    from common.video_io import AUDIO_SR, read_audio
     from data_prep.audio_features import wav2lip_mel
-    from data_prep.errors import PrepareError
-    from data_prep.video_io import AUDIO_SR, read_audio
     from speech.speaking import voice_activity
 
     rows, pooled = [], ([], [])
@@ -249,9 +249,9 @@ def mouth_on_speech(video: str | Path, audio: str | Path | None = None, max_seco
     Raises:
         PrepareError: unreadable video, no audio, or no face in any frame.
     """
+    from common.errors import PrepareError
+    from common.video_io import AUDIO_SR, iter_frames, probe, read_audio
     from data_prep.audio_features import frame_zcr_rms
-    from data_prep.errors import PrepareError
-    from data_prep.video_io import AUDIO_SR, iter_frames, probe, read_audio
     from nerf.metrics import face_mesh_landmarks
     from speech.speaking import mouth_opening, voice_activity
 
@@ -289,7 +289,7 @@ def speech_figure(result: dict, path: str | Path, title: str = "") -> None:
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    from data_prep.atomic_io import atomic_path
+    from common.atomic_io import atomic_path
 
     t = np.arange(result["frames"]) / result["fps"]
     fig = Figure(figsize=(10, 4), dpi=100)

@@ -37,18 +37,19 @@ import torch.nn.functional as F
 from torch import nn
 from tqdm import tqdm
 
-from data_prep import dataset
-from data_prep.atomic_io import atomic_path
+from common import dataset
+from common.atomic_io import atomic_path
+from common.errors import TrainError
+from common.landmarks import LIPS
+from common.tb import tensorboard_writer
+from common.video_io import AUDIO_SR
 from data_prep.audio_features import mel_windows, wav2lip_mel
-from data_prep.tb import tensorboard_writer
-from data_prep.video_io import AUDIO_SR
 from nerf.audio import HEAD_PREFIX, Wav2LipAudioEncoder, encoder_from_state, read_encoder_state
 from nerf.device import resolve_device
-from nerf.errors import TrainError
 from nerf.fields import mlp
-from nerf.metrics import MOUTH_INDICES, pearson
+from nerf.metrics import pearson
 
-LIP_DIM = 3 * len(MOUTH_INDICES)  # the lip landmarks' x, y, z
+LIP_DIM = 3 * len(LIPS)  # the lip landmarks' x, y, z
 TARGET_DIM = LIP_DIM + 1  # and the mouth opening, last
 LIP_WINDOW = 2  # frames each side of the lips compared with a mel window (5 frames = 200 ms at 25 fps)
 SYNC_DIM = 128
@@ -115,7 +116,7 @@ def load_speakers(roots: list[str | Path]) -> list[SpeakerData]:
         T, fps = meta["n_frames"], meta["fps"]
         af = dataset.load_npz(root / "audio_features.npz")
         basis = dataset.load_npz(root / "expression_basis.npz")["exp_basis"]
-        lip_basis = basis.reshape(-1, 3, basis.shape[1])[list(MOUTH_INDICES)].reshape(LIP_DIM, -1)  # [120, K]
+        lip_basis = basis.reshape(-1, 3, basis.shape[1])[list(LIPS)].reshape(LIP_DIM, -1)  # [120, K]
         mel = torch.from_numpy(mel_windows(af["mel"], T, fps))
         (a, b), (c, d) = meta["splits"]["train"], meta["splits"]["val"]
         for person in meta["persons"]:

@@ -23,7 +23,7 @@ import cv2
 import numpy as np
 import torch
 
-from data_prep import dataset
+from common import dataset
 from nerf.data import PersonFrames
 from nerf.rays import PersonBounds
 

@@ -17,14 +17,12 @@ import cv2
 import numpy as np
 import torch
 
-from data_prep import dataset
+from common import dataset
+from common.errors import PrepareError
+from common.landmarks import MOUTH_BOX
 from data_prep.audio_features import mel_windows
-from data_prep.errors import PrepareError
 from nerf.audio import Wav2LipAudioEncoder, code_windows, frame_codes
 from nerf.rays import PersonBounds
-
-# Face-mesh indices of the mouth corners and the outer lip's top and bottom: the mouth box.
-MOUTH = (61, 291, 0, 17)
 
 
 @dataclasses.dataclass
@@ -102,7 +100,7 @@ def load_person(root: Path, meta: dict, person: int, row: int, size: int, k_expr
     bg = _resize(iio.imread(dataset.person_dir(root, person) / "background.png")[..., :3], size)
     af = dataset.load_npz(root / "audio_features.npz")
     valid = tr["valid"]
-    lm = np.nan_to_num(tr["landmarks"][:, MOUTH, :2]) * scale
+    lm = np.nan_to_num(tr["landmarks"][:, MOUTH_BOX, :2]) * scale
     mouth = np.stack([lm[:, 0, 0], lm[:, 2, 1], lm[:, 1, 0], lm[:, 3, 1]], -1)
     pad = (mouth[:, 2:] - mouth[:, :2]).max(-1, keepdims=True) * 0.25
     mouth = np.clip(np.concatenate([mouth[:, :2] - pad, mouth[:, 2:] + pad], -1), 0, size - 1)
@@ -165,7 +163,7 @@ MOUTH_SHARE = 0.15
 
 def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, audio_window: int,
                 split: str = "train", head_share: float = HEAD_SHARE,
-                mouth_share: float = MOUTH_SHARE) -> dict[str, torch.Tensor]:
+                mouth_share: float = MOUTH_SHARE) -> RayBatch:
     """A random ray batch over persons, frames and pixels, biased toward the head and the mouth.
 
     Each ray falls in its frame's mouth box or head-label box with these shares, and anywhere in the crop
@@ -176,17 +174,13 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
         head_share, mouth_share: the batch's shares drawn from the boxes (each >= 0, summing to at most 1).
 
     Returns:
-        dict of per-ray tensors: row, frame [R] long; u, v [R] float pixel coordinates; rgb [R, 3];
-        label [R] long; background [R, 3]; R [R, 3, 3]; t [R, 3]; euler [R, 3]; expr [R, K];
-        speaking [R] bool; focal [R]; torso_motion [R, 6] (persons with a tracked torso only);
-        pair [R] long, the ray's (person, frame) pair; and per pair
-        (``PAIR_KEYS``): audio [Q, 2 audio_window + 1, 512], the pair's audio code window.
+        the rays, with their frames, recorded colours and labels (``RayBatch``).
     """
     if min(head_share, mouth_share) < 0 or head_share + mouth_share > 1 + 1e-6:
         raise ValueError(f"ray shares must be >= 0 and sum to at most 1, not {head_share} and {mouth_share}")
     P = len(persons)
     who = torch.randint(0, P, (n_rays,), generator=gen)
-    out: dict[str, list] = {}
+    out: list[RayBatch] = []
     n_pairs = 0
     for i, p in enumerate(persons):
         sel = (who == i).nonzero()[:, 0]
@@ -212,25 +206,62 @@ def sample_rays(persons: list[PersonFrames], n_rays: int, gen: torch.Generator, 
         dev = p.device
         frame, u, v = frame.to(dev), u.to(dev), v.to(dev)
         ui, vi = u.long(), v.long()
-        batch = {
-            "row": torch.full((n,), p.row, device=dev), "frame": frame, "u": u, "v": v,
-            "rgb": p.images[frame, vi, ui].float() / 255.0, "label": p.labels[frame, vi, ui].long(),
-            "background": p.background[vi, ui], "R": p.R[frame], "t": p.t[frame], "euler": p.euler[frame],
-            "expr": p.expr[frame], "speaking": p.speaking[frame], "focal": torch.full((n,), p.focal, device=dev),
-            "pair": (pair + n_pairs).to(dev), "audio": code_windows(p.audio, frames_of_pairs.to(dev), audio_window),
-        }
-        if p.torso_motion is not None:
-            batch["torso_motion"] = p.torso_motion[frame]
+        out.append(RayBatch(
+            row=torch.full((n,), p.row, device=dev), frame=frame, u=u, v=v,
+            rgb=p.images[frame, vi, ui].float() / 255.0, label=p.labels[frame, vi, ui].long(),
+            background=p.background[vi, ui], R=p.R[frame], t=p.t[frame], euler=p.euler[frame],
+            expr=p.expr[frame], speaking=p.speaking[frame], focal=torch.full((n,), p.focal, device=dev),
+            pair=(pair + n_pairs).to(dev), audio=code_windows(p.audio, frames_of_pairs.to(dev), audio_window),
+            torso_motion=None if p.torso_motion is None else p.torso_motion[frame]))
         n_pairs += len(frames_of_pairs)
-        for k, val in batch.items():
-            out.setdefault(k, []).append(val)
-    return {k: torch.cat(v) for k, v in out.items()}
+    return RayBatch.cat(out)
 
 
-PAIR_KEYS = ("audio",)
-"""Batch entries with one row per (person, frame) pair, not per ray; ``batch["pair"]`` indexes them."""
+@dataclasses.dataclass
+class RayBatch:
+    """Rays of persons' frames: per-ray tensors [R, ...], and per (person, frame) pair the audio code window.
 
+    ``sample_rays`` draws them for training; ``nerf.render.frame_batch`` makes every ray of one frame.
+    """
 
-def select_rays(batch: dict[str, torch.Tensor], index) -> dict[str, torch.Tensor]:
-    """The rays ``index`` (a slice, a bool mask or indices) of a batch; the per-pair entries stay whole."""
-    return {k: v if k in PAIR_KEYS else v[index] for k, v in batch.items()}
+    row: torch.Tensor  # [R] long: the person's row in the latent-code tables
+    u: torch.Tensor  # [R] float pixel column
+    v: torch.Tensor  # [R] float pixel row
+    focal: torch.Tensor  # [R]
+    R: torch.Tensor  # [R, 3, 3] head rotation
+    t: torch.Tensor  # [R, 3] head translation
+    euler: torch.Tensor  # [R, 3]
+    expr: torch.Tensor  # [R, K]
+    speaking: torch.Tensor  # [R] bool
+    background: torch.Tensor  # [R, 3] the plate's colour at the pixel
+    pair: torch.Tensor  # [R] long: the ray's (person, frame) pair, an index into ``audio``
+    audio: torch.Tensor  # [Q, 2 audio_window + 1, 512] per pair: the audio codes of its frame's neighbours
+    frame: torch.Tensor | None = None  # [R] long
+    rgb: torch.Tensor | None = None  # [R, 3] the recorded colour (training, evaluation)
+    label: torch.Tensor | None = None  # [R] long: 0 background, 1 head, 2 torso
+    torso_motion: torch.Tensor | None = None  # [R, 6] the frame's tracked torso motion (NaN: predict it)
+
+    PAIR_FIELDS = ("audio",)
+    """Fields with one row per (person, frame) pair, not per ray."""
+
+    def __len__(self) -> int:
+        return len(self.row)
+
+    def select(self, index) -> RayBatch:
+        """The rays ``index`` (a slice, a bool mask or indices); the per-pair fields stay whole."""
+        return dataclasses.replace(self, **{f.name: getattr(self, f.name)[index] for f in dataclasses.fields(self)
+                                            if f.name not in self.PAIR_FIELDS and getattr(self, f.name) is not None})
+
+    @classmethod
+    def cat(cls, batches: list[RayBatch]) -> RayBatch:
+        """The batches one after the other (their ``pair`` indices already count the pairs before them)."""
+        out = {}
+        for f in dataclasses.fields(cls):
+            values = [getattr(b, f.name) for b in batches]
+            if all(v is None for v in values):
+                out[f.name] = None
+            elif any(v is None for v in values):
+                raise ValueError(f"some batches have {f.name} and others not")
+            else:
+                out[f.name] = torch.cat(values)
+        return cls(**out)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from nerf.errors import TrainError
+from common.errors import TrainError
 
 
 def resolve_device(name: str) -> torch.device:

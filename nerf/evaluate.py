@@ -17,8 +17,9 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from data_prep import dataset
-from data_prep.atomic_io import save_image, save_json, save_npz
+from common import dataset
+from common.atomic_io import save_image, save_json, save_npz
+from common.landmarks import LIPS
 from nerf import metrics
 from nerf.data import load_datasets
 from nerf.device import prepare_device, resolve_device
@@ -167,7 +168,7 @@ def evaluate(ckpt_path: str | Path | None, data: list[str], out_dir: str | Path,
         labels, plate = p.labels[frames].numpy(), p.background.numpy()
         as_u8 = lambda a: (a * 255).round().astype(np.uint8)  # noqa: E731
         lm_rendered, lm_real = landmarks(as_u8(rendered)), landmarks(as_u8(real))
-        lips = list(metrics.MOUTH_INDICES)
+        lips = list(LIPS)
         open_rendered, open_real = mouth_opening(lm_rendered), mouth_opening(lm_real)
         for role, sel in (("speaking", speaking), ("listening", ~speaking)):
             if not sel.any():

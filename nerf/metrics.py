@@ -22,10 +22,7 @@ import torch
 from scipy import ndimage
 from skimage.feature import canny
 
-# Face-mesh lip landmarks (outer and inner rings, 20 each): the sorted indices of
-# mediapipe.solutions.face_mesh.FACEMESH_LIPS, kept literal so importing skips mediapipe.
-MOUTH_INDICES = (0, 13, 14, 17, 37, 39, 40, 61, 78, 80, 81, 82, 84, 87, 88, 91, 95, 146, 178, 181,
-                 185, 191, 267, 269, 270, 291, 308, 310, 311, 312, 314, 317, 318, 321, 324, 375, 402, 405, 409, 415)
+from common.landmarks import LIPS
 
 SSIM_WINDOW = 11  # Gaussian window of sigma 1.5 (Wang et al. 2004)
 
@@ -307,9 +304,9 @@ def mouth_landmarks(frames: np.ndarray) -> np.ndarray:
         frames: [N, H, W, 3] uint8 RGB frames (or a list of [H, W, 3]).
 
     Returns:
-        [N, len(MOUTH_INDICES), 2] x, y in pixels (x * W, y * H); NaN rows where no face was found.
+        [N, len(LIPS), 2] x, y in pixels (x * W, y * H); NaN rows where no face was found.
     """
-    return face_mesh_landmarks(frames)[:, list(MOUTH_INDICES), :2]
+    return face_mesh_landmarks(frames)[:, list(LIPS), :2]
 
 
 def mouth_lmd(pred_frames: np.ndarray, real_frames: np.ndarray) -> MouthLMD:
@@ -323,7 +320,7 @@ def mouth_lmd(pred_frames: np.ndarray, real_frames: np.ndarray) -> MouthLMD:
         real_frames: [N, H, W, 3] uint8 RGB real frames, same N and size.
 
     Returns:
-        MouthLMD(px, n_frames, n_skipped): ``lmd`` over MOUTH_INDICES on the frames where both
+        MouthLMD(px, n_frames, n_skipped): ``lmd`` over LIPS on the frames where both
         have a face.
     """
     if len(pred_frames) != len(real_frames):

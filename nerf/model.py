@@ -17,7 +17,7 @@ import torch
 from torch import nn
 
 from nerf import march, occupancy, rays, sampler, volrend
-from nerf.data import PersonFrames, select_rays
+from nerf.data import PersonFrames, RayBatch
 from nerf.fields import AudioDrive, ExpressionEncoder, FieldConfig, HeadField, TorsoField
 from nerf.torso import TorsoMotion
 
@@ -93,23 +93,23 @@ class AvatarModel(nn.Module):
             return [(0, torch.ones_like(row, dtype=torch.bool))]
         return [(int(i), row == i) for i in torch.unique(row)]
 
-    def drive_code(self, net: int, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def drive_code(self, net: int, batch: RayBatch) -> torch.Tensor:
         """[R, drive_dim]: the audio drive where the person speaks, the expression code where it listens.
 
-        Rays of one (person, frame) share their audio window (``batch["audio"]`` holds one per pair,
-        ``batch["pair"]`` says whose), so the attention runs once per pair.
+        Rays of one (person, frame) share their audio window (``batch.audio`` holds one per pair,
+        ``batch.pair`` says whose), so the attention runs once per pair.
         """
-        a = self.audio[net](batch["audio"]).index_select(0, batch["pair"])
-        e = self.expr[net](batch["expr"])
-        return torch.where(batch["speaking"][:, None], a, e)
+        a = self.audio[net](batch.audio).index_select(0, batch.pair)
+        e = self.expr[net](batch.expr)
+        return torch.where(batch.speaking[:, None], a, e)
 
-    def ray_hits(self, batch: dict[str, torch.Tensor]) -> torch.Tensor:
+    def ray_hits(self, batch: RayBatch) -> torch.Tensor:
         """[R] bool: whether a ray meets its person's head sphere or torso box (with an occupancy grid set:
         crosses an occupied cell of either); the others show the background."""
         g = self._geometry(batch, cull=True)
         return g["hit_h"] | g["hit_t"]
 
-    def _geometry(self, b: dict[str, torch.Tensor], cull: bool = False) -> dict[str, torch.Tensor]:
+    def _geometry(self, b: RayBatch, cull: bool = False) -> dict[str, torch.Tensor]:
         """Each ray in head space and camera space, and its interval through each field's domain (float32).
 
         With ``cull`` and an occupancy grid set (rendering), a ray that crosses no occupied cell of a field
@@ -117,9 +117,9 @@ class AvatarModel(nn.Module):
         dilated by a cell, which covers a corner the probes step over). Inside ``_render`` this is not
         needed: a sample in an empty cell is skipped anyway.
         """
-        row = b["row"]
-        dirs = rays.pixel_rays(b["u"], b["v"], b["focal"], self.image_size)
-        o_h, d_h = rays.to_head_space(dirs, b["R"], b["t"])
+        row = b.row
+        dirs = rays.pixel_rays(b.u, b.v, b.focal, self.image_size)
+        o_h, d_h = rays.to_head_space(dirs, b.R, b.t)
         center, radius = self.head_center[row], self.head_radius[row]
         near_h, far_h, hit_h = rays.sphere_interval(o_h, d_h, center, radius)
         lo, hi = self.torso_min[row], self.torso_max[row]
@@ -132,12 +132,12 @@ class AvatarModel(nn.Module):
         if cull and occ is not None:  # a ray that crosses no occupied cell of a field cannot see it
             hit_h = hit_h & _crosses_occupied(occ.head, row, head_01, near_h, far_h)
             hit_t = hit_t & _crosses_occupied(occ.torso, row, torso_01, near_t, far_t)
-        return {"dirs": dirs, "focal": b["focal"], "o_h": o_h, "d_h": d_h, "center": center, "radius": radius,
+        return {"dirs": dirs, "focal": b.focal, "o_h": o_h, "d_h": d_h, "center": center, "radius": radius,
                 "lo": lo, "hi": hi,
                 "near_h": near_h, "far_h": far_h, "hit_h": hit_h,
                 "near_t": near_t, "far_t": far_t, "hit_t": hit_t, "head_01": head_01, "torso_01": torso_01}
 
-    def forward(self, batch: dict[str, torch.Tensor], jitter: bool = True,
+    def forward(self, batch: RayBatch, jitter: bool = True,
                 gen: torch.Generator | None = None, amp: bool = False) -> dict[str, torch.Tensor]:
         """Render a ray batch.
 
@@ -153,32 +153,32 @@ class AvatarModel(nn.Module):
         """
         if self.mode == "shared":  # one network renders every ray: no split, no scatter back
             return self._render(0, batch, jitter, gen, amp)
-        dev = batch["row"].device
-        out = {k: torch.zeros(len(batch["row"]), *s, device=dev) for k, s in
+        dev = batch.row.device
+        out = {k: torch.zeros(len(batch), *s, device=dev) for k, s in
                (("rgb", (3,)), ("head_acc", ()), ("torso_acc", ()), ("offset_sq", ()), ("torso_hit", ()))}
-        for net, mask in self._net(batch["row"]):
-            part = select_rays(batch, mask)
+        for net, mask in self._net(batch.row):
+            part = batch.select(mask)
             for k, v in self._render(net, part, jitter, gen, amp).items():
-                base = out[k] if k in out else v.new_zeros(len(batch["row"]), *v.shape[1:])
+                base = out[k] if k in out else v.new_zeros(len(batch.row), *v.shape[1:])
                 out[k] = base.index_put((mask,), v)
         return out
 
-    def _conditions(self, net: int, b: dict[str, torch.Tensor], g: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def _conditions(self, net: int, b: RayBatch, g: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         """Per ray: the view directions of each field (head space, camera space), the latent codes, the drive and
         the torso's pose input."""
-        row = b["row"]
+        row = b.row
         tm = self.torso_motion
-        et = tm.pose_input(torch.cat([b["euler"], b["t"]], -1), row)
+        et = tm.pose_input(torch.cat([b.euler, b.t], -1), row)
         return {"unit_h": g["d_h"] / g["d_h"].norm(dim=-1, keepdim=True),
                 "unit": g["dirs"] / g["dirs"].norm(dim=-1, keepdim=True),
                 "z_shape": self.z_shape(row), "z_app": self.z_app(row), "drive": self.drive_code(net, b), "et": et,
-                "motion": tm(b), "warp": tm.pose_gate[row] if tm.gated else None}
+                "motion": tm(b.row, b.euler, b.t, b.torso_motion), "warp": tm.pose_gate[row] if tm.gated else None}
 
-    def _render(self, net: int, b: dict[str, torch.Tensor], jitter: bool, gen,
+    def _render(self, net: int, b: RayBatch, jitter: bool, gen,
                 amp: bool = False) -> dict[str, torch.Tensor]:
         if self.render_cfg.march_steps > 0 and self.occupancy is not None and not torch.is_grad_enabled():
             return self._march(net, b, amp)
-        row = b["row"]
+        row = b.row
         g = self._geometry(b)
         radius = g["radius"]
         hit_h, hit_t = g["hit_h"], g["hit_t"]
@@ -214,7 +214,7 @@ class AvatarModel(nn.Module):
         def torso_query(t, hidden=None):
             x01 = g["torso_01"](t)
             ray, k = live_samples(x01, hit_t, occ.torso if occ is not None else None, hidden)
-            x = self.torso_motion.track_points(x01[ray, k], g["lo"], g["hi"], c["motion"], b["focal"], ray)
+            x = self.torso_motion.track_points(x01[ray, k], g["lo"], g["hi"], c["motion"], b.focal, ray)
             with half:
                 sigma, rgb, offset = self.torso[net](x, unit, et, z_shape, z_app, ray, c["warp"])
             return scatter(sigma, ray, k, t.shape), scatter(rgb, ray, k, t.shape), scatter(offset, ray, k, t.shape)
@@ -229,17 +229,17 @@ class AvatarModel(nn.Module):
         weights = volrend.render_weights(vals["sigma"], vals["delta"])
         rgb = volrend.accumulate(weights, vals["rgb"])
         acc = weights.sum(-1)
-        out = {"rgb": volrend.composite_over(rgb, acc, b["background"]),
+        out = {"rgb": volrend.composite_over(rgb, acc, b.background),
                "head_acc": (weights * (source == 0)).sum(-1), "torso_acc": (weights * (source == 1)).sum(-1),
                "offset_sq": (torso["offset"] ** 2).sum(-1).mean(-1), "torso_hit": hit_t.float()}
         return out
 
-    def _march(self, net: int, b: dict[str, torch.Tensor], amp: bool = False) -> dict[str, torch.Tensor]:
+    def _march(self, net: int, b: RayBatch, amp: bool = False) -> dict[str, torch.Tensor]:
         """Render (no gradient) by occupancy-grid marching (``nerf.march``): both fields on one fixed step along
         each ray, only samples in occupied cells queried, each ray stopped once opaque. Densities enter per
         unit t: the head's divided by the sphere's diameter, the torso's by the box's depth, as the sampler's
         deltas are measured."""
-        rc, occ, row = self.render_cfg, self.occupancy, b["row"]
+        rc, occ, row = self.render_cfg, self.occupancy, b.row
         g = self._geometry(b)
         c = self._conditions(net, b, g)
         hit_h, hit_t, radius = g["hit_h"], g["hit_t"], g["radius"]
@@ -275,7 +275,7 @@ class AvatarModel(nn.Module):
             t = march.coarse_t(t, t0[r], dt[r], stride[r])
             x01 = self.torso_motion.track_points(rays.normalize_to_unit(t[:, None] * g["dirs"][r], g["lo"][r],
                                                                         g["hi"][r]), g["lo"], g["hi"], c["motion"],
-                                                 b["focal"], r)
+                                                 b.focal, r)
             with half:
                 sigma, rgb, _ = self.torso[net](x01, c["unit"], c["et"], c["z_shape"], c["z_app"], r, c["warp"])
             return sigma.float() / (2 * TORSO_HALF_DEPTH), rgb
@@ -286,7 +286,7 @@ class AvatarModel(nn.Module):
 
             key = fused_march.check_key(self.head[net], self.torso[net], t0.device, amp)
             res = self._march_composite(net, b, c, hit_h, hit_t, out, amp)
-            if fused_march.verify(key, res, lambda pick: self._march_unfused(net, select_rays(b, pick), amp), n_steps):
+            if fused_march.verify(key, res, lambda pick: self._march_unfused(net, b.select(pick), amp), n_steps):
                 return res
         # (the PyTorch marcher queries the torso at every fine sample, at its interval's midpoint)
         fields = [march.MarchField(live(g["head_01"], occ.head, hit_h, g["near_h"], g["far_h"]), head),
@@ -296,15 +296,15 @@ class AvatarModel(nn.Module):
         out["torso_acc"] = out["field_acc"][1]
         return self._march_composite(net, b, c, hit_h, hit_t, out, amp)
 
-    def _march_composite(self, net: int, b: dict[str, torch.Tensor], c: dict[str, torch.Tensor], hit_h: torch.Tensor,
+    def _march_composite(self, net: int, b: RayBatch, c: dict[str, torch.Tensor], hit_h: torch.Tensor,
                          hit_t: torch.Tensor, out: dict[str, torch.Tensor], amp: bool) -> dict[str, torch.Tensor]:
         """The marched fields (rgb not over the background, head_acc, torso_acc, samples) as ``_march``'s output: over
         the plate."""
-        return {"rgb": volrend.composite_over(out["rgb"], out["head_acc"] + out["torso_acc"], b["background"]),
+        return {"rgb": volrend.composite_over(out["rgb"], out["head_acc"] + out["torso_acc"], b.background),
                 "head_acc": out["head_acc"], "torso_acc": out["torso_acc"],
                 "offset_sq": torch.zeros_like(out["head_acc"]), "torso_hit": hit_t.float(), "samples": out["samples"]}
 
-    def _march_unfused(self, net: int, b: dict[str, torch.Tensor], amp: bool) -> dict[str, torch.Tensor]:
+    def _march_unfused(self, net: int, b: RayBatch, amp: bool) -> dict[str, torch.Tensor]:
         """``_march`` with the PyTorch marcher (the fused kernel's check)."""
         fused, self.render_cfg.fused = self.render_cfg.fused, False
         try:

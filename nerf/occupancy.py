@@ -102,10 +102,8 @@ def build(model, persons: list, resolution: int | None = None, n_frames: int = 8
         at = frames.to(p.euler.device)
         tm = model.torso_motion
         pose = tm.pose_input(torch.cat([p.euler, p.t], 1)[at].to(dev), rowt.expand(len(at)))
-        fb = {"row": rowt.expand(len(at)), "euler": p.euler[at].to(dev), "t": p.t[at].to(dev)}
-        if p.torso_motion is not None:
-            fb["torso_motion"] = p.torso_motion[at].to(dev)
-        motion = tm(fb)  # (the torso seen through each frame's motion)
+        tracked = None if p.torso_motion is None else p.torso_motion[at].to(dev)
+        motion = tm(rowt.expand(len(at)), p.euler[at].to(dev), p.t[at].to(dev), tracked)  # (each frame's motion)
         warp = tm.pose_gate[rowt] if tm.gated else None  # (the warp's share, as the renderer applies it)
         focal = torch.full((1,), float(p.focal), device=dev)
         h_max = torch.zeros(n, device=dev)

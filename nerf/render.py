@@ -15,15 +15,17 @@ float16 tensor cores it is meant for.
 
 from __future__ import annotations
 
+import dataclasses
+
 import torch
 
 from nerf.audio import code_windows
-from nerf.data import PersonFrames, select_rays
+from nerf.data import PersonFrames, RayBatch
 from nerf.model import AvatarModel
 
 
 def frame_batch(p: PersonFrames, frame: int, audio_window: int,
-                device: torch.device | None = None) -> dict[str, torch.Tensor]:
+                device: torch.device | None = None) -> RayBatch:
     """All S*S rays of one frame of one person, in the layout of ``nerf.data.sample_rays``.
 
     Per-frame values are broadcast views (no copy per ray); the frame's audio code window is its
@@ -39,18 +41,15 @@ def frame_batch(p: PersonFrames, frame: int, audio_window: int,
     here = lambda x: x.to(dev, non_blocking=True)  # noqa: E731
     rep = lambda x: here(x)[None].expand(n, *x.shape)  # noqa: E731
     audio = code_windows(p.audio, torch.tensor([frame], device=p.audio.device), audio_window)  # [1, 2 h + 1, 512]
-    batch = {"row": torch.full((n,), p.row, device=dev),
-             "frame": torch.full((n,), frame, device=dev), "u": u.float(), "v": v.float(),
-             "background": here(p.background).reshape(n, 3), "R": rep(p.R[frame]), "t": rep(p.t[frame]),
-             "euler": rep(p.euler[frame]), "expr": rep(p.expr[frame]), "audio": here(audio),
-             "pair": torch.zeros(n, dtype=torch.long, device=dev),
-             "speaking": here(p.speaking[frame]).expand(n), "focal": torch.full((n,), p.focal, device=dev)}
-    if p.torso_motion is not None:
-        batch["torso_motion"] = rep(p.torso_motion[frame])
-    if frame < len(p.images):  # a recorded frame (a driven person has none: render/drive.py)
-        batch["rgb"] = here(p.images[frame]).reshape(n, 3).float() / 255.0
-        batch["label"] = here(p.labels[frame]).reshape(n).long()
-    return batch
+    recorded = frame < len(p.images)  # (a driven person has no recorded frame: render/drive.py)
+    return RayBatch(
+        row=torch.full((n,), p.row, device=dev), frame=torch.full((n,), frame, device=dev), u=u.float(), v=v.float(),
+        background=here(p.background).reshape(n, 3), R=rep(p.R[frame]), t=rep(p.t[frame]), euler=rep(p.euler[frame]),
+        expr=rep(p.expr[frame]), audio=here(audio), pair=torch.zeros(n, dtype=torch.long, device=dev),
+        speaking=here(p.speaking[frame]).expand(n), focal=torch.full((n,), p.focal, device=dev),
+        torso_motion=None if p.torso_motion is None else rep(p.torso_motion[frame]),
+        rgb=here(p.images[frame]).reshape(n, 3).float() / 255.0 if recorded else None,
+        label=here(p.labels[frame]).reshape(n).long() if recorded else None)
 
 
 def tile_order(u: torch.Tensor, v: torch.Tensor, size: int, tile: int = 8) -> torch.Tensor:
@@ -73,7 +72,7 @@ def render_persons(model: AvatarModel, items: list[tuple[PersonFrames, int]], ch
         items: (person, frame) pairs, e.g. every person of one output frame.
         chunk: rays per model call (default: 4096 on the CPU, 65536 on a GPU, and all of them when marching
             with the fused kernel on a GPU: its per-call work, about 700 small operations for the rays' geometry,
-            codes and the torso layer, is then paid once per frame).
+            codes and the torso's motion, is then paid once per frame).
         amp: the field queries under float16 autocast (see the module docstring).
 
     Returns:
@@ -87,30 +86,26 @@ def render_persons(model: AvatarModel, items: list[tuple[PersonFrames, int]], ch
             and model.fused_marching(dev)[0]:
         chunk = 1 << 22  # fused marching keeps no [rays, samples] tensors: the whole frame in one launch
     chunk = chunk or (4096 if dev.type == "cpu" else 65536)
-    keep = ("row", "u", "v", "focal", "R", "t", "euler", "expr", "speaking")
-    if all(p.torso_motion is not None for p, _ in items):
-        keep += ("torso_motion",)
+    tracked = all(p.torso_motion is not None for p, _ in items)
     parts, casts, backgrounds = [], [], []
     for k, (p, frame) in enumerate(items):
         b = frame_batch(p, frame, model.cfg.audio_window, device=dev)
         # (in slices: the occupancy probes of a whole 512 px crop at once would take gigabytes)
-        hit = torch.cat([model.ray_hits(select_rays(b, slice(a, a + probe)))
-                         for a in range(0, len(b["u"]), probe)])
+        hit = torch.cat([model.ray_hits(b.select(slice(a, a + probe))) for a in range(0, len(b), probe)])
         ray = hit.nonzero()[:, 0]
-        ray = ray[tile_order(b["u"][ray], b["v"][ray], p.size)]
+        ray = ray[tile_order(b.u[ray], b.v[ray], p.size)]
         casts.append(ray)  # the rays cast, in the order they are rendered
-        backgrounds.append(b["background"])
-        part = {key: b[key][ray] for key in (*keep, "background")}
-        part["pair"] = torch.full((len(ray),), k, dtype=torch.long, device=dev)
-        part["audio"] = b["audio"]
-        parts.append(part)
-    batch = {key: torch.cat([q[key] for q in parts]) for key in parts[0]}
-    n = len(batch["row"])
+        backgrounds.append(b.background)
+        part = dataclasses.replace(b.select(ray), frame=None, rgb=None, label=None,
+                                   pair=torch.full((len(ray),), k, dtype=torch.long, device=dev))
+        parts.append(part if tracked else dataclasses.replace(part, torso_motion=None))
+    batch = RayBatch.cat(parts)
+    n = len(batch)
     outs: dict[str, list[torch.Tensor]] = {"rgb": [], "head_acc": [], "torso_acc": []}
     if model.render_cfg.march_steps > 0 and model.occupancy is not None:  # (what the model then marches)
         outs["samples"] = []
     for a in range(0, n, chunk):
-        out = model(select_rays(batch, slice(a, a + chunk)), jitter=False, amp=amp)
+        out = model(batch.select(slice(a, a + chunk)), jitter=False, amp=amp)
         for key in outs:
             outs[key].append(out[key])
     flat = {key: torch.cat(v) if v else torch.zeros((0, 3) if key == "rgb" else (0,), device=dev)

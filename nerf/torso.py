@@ -70,14 +70,14 @@ class TorsoMotion(nn.Module):
         ridge[6, 6] = 0.0  # (the intercept is not shrunk)
         return torch.linalg.solve(x.T @ x + ridge * len(x), x.T @ y[ok]).float()
 
-    def forward(self, b: dict[str, torch.Tensor]) -> torch.Tensor:
-        """[R, 2, 3] each ray's torso motion (crop fractions of its frame -> of the reference frame): the tracked one
-        where the batch has it (``torso_motion``, finite), else the one predicted from the head pose."""
-        row = b["row"]
-        z = (torch.cat([b["euler"], b["t"]], -1) - self.pose_mean[row]) / self.pose_std[row]
+    def forward(self, row: torch.Tensor, euler: torch.Tensor, t: torch.Tensor,
+                tracked_motion: torch.Tensor | None = None) -> torch.Tensor:
+        """[R, 2, 3] each ray's torso motion (crop fractions of its frame -> of the reference frame) from its person
+        row [R] and head pose (euler, t [R, 3]): the tracked one where ``tracked_motion`` [R, 6] has it (finite),
+        else the one predicted from the head pose."""
+        z = (torch.cat([euler, t], -1) - self.pose_mean[row]) / self.pose_std[row]
         pred = torch.einsum("ri,rio->ro", torch.cat([z, torch.ones_like(z[:, :1])], -1), self.motion_W[row])
-        if "torso_motion" in b:
-            tracked_motion = b["torso_motion"]
+        if tracked_motion is not None:
             pred = torch.where(torch.isfinite(tracked_motion).all(-1, keepdim=True), tracked_motion, pred)
         return pred.reshape(-1, 2, 3)
 

@@ -24,14 +24,14 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
-from data_prep.atomic_io import atomic_path, save_image
-from data_prep.tb import tensorboard_writer
+from common.atomic_io import atomic_path, save_image
+from common.errors import TrainError
+from common.tb import tensorboard_writer
 from nerf.audio import SHIPPED_ENCODER, Wav2LipAudioEncoder, encoder_from_state, load_audio_encoder
 from nerf.audio_pretrain import AudioPretrainConfig, pretrain_audio
-from nerf.data import PersonFrames, load_datasets, sample_rays
+from nerf.data import PersonFrames, RayBatch, load_datasets, sample_rays
 from nerf.device import prepare_device, resolve_device
 from nerf.encoding import HashGridConfig
-from nerf.errors import TrainError
 from nerf.fields import FieldConfig
 from nerf.model import AvatarModel, RenderConfig
 from nerf.occupancy import OccupancyGrid
@@ -141,21 +141,21 @@ def psnr_of_mse(mse: float) -> float:
     return -10.0 * math.log10(max(mse, 1e-10))
 
 
-def losses(out: dict[str, torch.Tensor], batch: dict[str, torch.Tensor], model: AvatarModel,
+def losses(out: dict[str, torch.Tensor], batch: RayBatch, model: AvatarModel,
            cfg: TrainConfig) -> dict[str, torch.Tensor]:
     """Photometric, parsing and regularizer losses of one rendered batch."""
-    photo = F.mse_loss(out["rgb"], batch["rgb"])
-    head_target = (batch["label"] == 1).float()
-    torso_target = (batch["label"] == 2).float()
+    photo = F.mse_loss(out["rgb"], batch.rgb)
+    head_target = (batch.label == 1).float()
+    torso_target = (batch.label == 2).float()
     # Head opacity only in the head region; torso opacity in the torso region and never in the
     # background (behind the head it is unconstrained: the head covers it there).
     parse_head = F.binary_cross_entropy(out["head_acc"].clamp(1e-4, 1 - 1e-4), head_target)
     # (masked means rather than boolean indexing: no host sync on a GPU)
-    held = (batch["label"] != 1).float()  # the pixels whose torso opacity is held to the labels
+    held = (batch.label != 1).float()  # the pixels whose torso opacity is held to the labels
     bce_torso = F.binary_cross_entropy(out["torso_acc"].clamp(1e-4, 1 - 1e-4), torso_target, reduction="none")
     parse_torso = (bce_torso * held).sum() / held.sum().clamp_min(1.0)
     # the codes of the persons in the batch, each counted once
-    present = torch.zeros(len(model.z_shape.weight), device=photo.device).index_fill_(0, batch["row"], 1.0)
+    present = torch.zeros(len(model.z_shape.weight), device=photo.device).index_fill_(0, batch.row, 1.0)
     norms = (model.z_shape.weight ** 2).sum(-1) + (model.z_app.weight ** 2).sum(-1)
     code = (norms * present).sum() / present.sum()
     # the warp's regularizer over the rays that meet the torso field
@@ -343,6 +343,8 @@ def pack_avatar(persons: list[PersonFrames], roots: list[str], log=print) -> dic
         bank = enroll(roots)
         voices = bank.to_dict()
         missing = [n for n, ok in zip(bank.names, bank.has_voice) if not ok]
+        log(f"voices: {len(bank.names) - len(missing)} of {len(bank.names)} persons enrolled (render.py recognizes them "
+            "in new audio)")
         if missing:
             log(f"voices: {', '.join(missing)} spoke too little to be recognized by voice; render.py --roles can "
                 "still make them speak")

@@ -20,9 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep import dataset
+from common import dataset
+from common.errors import PrepareError
 from data_prep.audio_features import MEL_FPS
-from data_prep.errors import PrepareError
 
 POSE_DIM = 6
 POSE_NAMES = ("pitch", "yaw", "roll", "tx", "ty", "tz")

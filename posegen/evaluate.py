@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.atomic_io import atomic_path, save_image, save_json
+from common.atomic_io import atomic_path, save_image, save_json
 from posegen import data as pdata
 from posegen import metrics as M
 from posegen.model import PoseGenerator, generate

@@ -28,9 +28,9 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data_prep.atomic_io import atomic_path
-from data_prep.errors import PrepareError
-from data_prep.tb import tensorboard_writer
+from common.atomic_io import atomic_path
+from common.errors import PrepareError
+from common.tb import tensorboard_writer
 from posegen import data as pdata
 from posegen.model import PoseGenConfig, PoseGenerator, fit_noise_pole, generate
 

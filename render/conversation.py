@@ -21,10 +21,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from data_prep import dataset
-from data_prep.atomic_io import atomic_path, save_json
+from common import dataset
+from common.atomic_io import atomic_path, save_json
+from common.video_io import AUDIO_SR, FrameWriter, fit_audio, read_audio
 from data_prep.audio_features import frame_zcr_rms, mel_windows, wav2lip_mel
-from data_prep.video_io import AUDIO_SR, FrameWriter, fit_audio, read_audio
 from nerf.audio import frame_codes
 from nerf.data import PersonFrames
 from nerf.model import AvatarModel

@@ -20,7 +20,7 @@ import dataclasses
 import numpy as np
 import torch
 
-from data_prep.head_pose import rotation_from_euler_pyr
+from common.geometry import rotation_from_euler_pyr
 from nerf.data import PersonFrames
 from posegen.data import POSE_STD_FLOOR
 

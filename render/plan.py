@@ -12,9 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep import dataset
-from data_prep.atomic_io import sha256_of
-from data_prep.errors import PrepareError
+from common import dataset
+from common.atomic_io import sha256_of
+from common.errors import PrepareError
 from render.conversation import (
     Plan,
     RenderError,
@@ -94,7 +94,7 @@ def make_plan(args, model, all_persons, encoder, infos, bank) -> Plan:
     if args.audio:
         audio, T = load_audio(args.audio, fps)
     else:
-        from data_prep.video_io import read_audio
+        from common.video_io import read_audio
 
         meta = dataset.read_meta(args.data)
         if Path(args.data).name not in [i.name for i in infos]:
@@ -159,7 +159,7 @@ def render_conversation(args) -> dict:
     conversation, render it in resumable chunks and write the videos. Returns ``render_video``'s facts.
 
     Raises:
-        RenderError, nerf.errors.TrainError, data_prep.errors.PrepareError, ValueError: one-line user errors.
+        RenderError, common.errors.TrainError, common.errors.PrepareError, ValueError: one-line user errors.
     """
     from nerf.avatar import unpack
     from nerf.evaluate import load_model, parse_ray_samples

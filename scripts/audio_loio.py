@@ -23,12 +23,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import configargparse  # noqa: E402
 
-from data_prep.atomic_io import save_json  # noqa: E402
-from data_prep.console import quiet  # noqa: E402
-from data_prep.errors import PrepareError  # noqa: E402
+from common.atomic_io import save_json  # noqa: E402
+from common.console import quiet  # noqa: E402
+from common.errors import (
+    PrepareError,  # noqa: E402
+    TrainError,  # noqa: E402
+)
 from nerf.audio_eval import identity_folds, leave_one_identity_out, table  # noqa: E402
 from nerf.audio_pretrain import AudioPretrainConfig  # noqa: E402
-from nerf.errors import TrainError  # noqa: E402
 from scripts.pretrain_audio import add_pretrain_options  # noqa: E402
 
 

@@ -317,7 +317,7 @@ def _profile(path: Path, fn, repeats: int, cuda: bool) -> None:
     device (CUDA) or the host, the count of operator calls and kernel launches, and the host syncs."""
     from torch.profiler import ProfilerActivity, profile
 
-    from data_prep.atomic_io import atomic_path
+    from common.atomic_io import atomic_path
 
     fn()
     activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if cuda else [])
@@ -398,11 +398,11 @@ def main(argv=None) -> int:
                    "render rows with these samples per field (render.py --ray_samples)")
     p.add_argument("--out", default="", help="also write the rows as JSON here")
     args = p.parse_args(argv)
-    from data_prep.console import quiet
+    from common.console import quiet
 
     quiet(args.verbose)
+    from common.errors import TrainError
     from nerf.device import prepare_device, resolve_device
-    from nerf.errors import TrainError
 
     try:
         dev = resolve_device(args.device)
@@ -449,7 +449,7 @@ def main(argv=None) -> int:
     text = table(rows, name)
     print(text)
     if args.out:
-        from data_prep.atomic_io import save_json
+        from common.atomic_io import save_json
 
         save_json(Path(args.out), {"device": name, "torch": torch.__version__, "date": time.strftime("%Y-%m-%d"),
                                    "rows": rows})

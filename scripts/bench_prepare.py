@@ -18,8 +18,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import configargparse  # noqa: E402
 
+from common.console import quiet  # noqa: E402
 from data_prep.compose import ComposeConfig, compose_conversation  # noqa: E402
-from data_prep.console import quiet  # noqa: E402
 from data_prep.pipeline import PrepareConfig, prepare  # noqa: E402
 from data_prep.synthetic import make_conversation  # noqa: E402
 

@@ -16,9 +16,9 @@ import warnings
 import configargparse
 from tqdm import tqdm
 
+from common.console import quiet  # noqa: E402
+from common.errors import PrepareError
 from data_prep.compose import ComposeConfig, compose_conversation, turns_json_path
-from data_prep.console import quiet  # noqa: E402
-from data_prep.errors import PrepareError
 
 DESCRIPTION = """\
 Place N >= 2 single-person talking clips side by side (clip k in column k,

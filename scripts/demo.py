@@ -23,9 +23,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configargparse  # noqa: E402
 import numpy as np  # noqa: E402
 
-from data_prep import dataset  # noqa: E402
-from data_prep.console import quiet  # noqa: E402
-from data_prep.errors import PrepareError  # noqa: E402
+from common import dataset  # noqa: E402
+from common.console import quiet  # noqa: E402
+from common.errors import PrepareError  # noqa: E402
 from data_prep.pipeline import PrepareConfig, prepare  # noqa: E402
 from data_prep.synthetic import make_conversation  # noqa: E402
 

@@ -24,8 +24,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import configargparse  # noqa: E402
 
-from data_prep.console import quiet  # noqa: E402
-from data_prep.errors import PrepareError  # noqa: E402
+from common.console import quiet  # noqa: E402
+from common.errors import PrepareError  # noqa: E402
 from nerf.evaluate import evaluate, parse_ray_samples  # noqa: E402
 from nerf.trainer import TrainError  # noqa: E402
 

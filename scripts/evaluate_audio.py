@@ -32,13 +32,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import configargparse  # noqa: E402
 
-from data_prep.console import quiet  # noqa: E402
-from data_prep.errors import PrepareError  # noqa: E402
+from common.console import quiet  # noqa: E402
+from common.errors import PrepareError  # noqa: E402
 from nerf.audio import SHIPPED_ENCODER  # noqa: E402
 from nerf.audio_eval import load_predictor, score_dataset, score_speech, speech_table, table  # noqa: E402
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".mp3", ".m4a", ".ogg")
-from nerf.errors import TrainError  # noqa: E402
+from common.errors import TrainError  # noqa: E402
 
 
 def build_parser() -> configargparse.ArgumentParser:

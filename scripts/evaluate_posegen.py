@@ -27,8 +27,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configargparse  # noqa: E402
 import torch  # noqa: E402
 
-from data_prep.console import quiet  # noqa: E402
-from data_prep.errors import PrepareError  # noqa: E402
+from common.console import quiet  # noqa: E402
+from common.errors import PrepareError  # noqa: E402
 from posegen.evaluate import evaluate  # noqa: E402
 from posegen.train import PoseGenError  # noqa: E402
 

@@ -27,9 +27,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import configargparse  # noqa: E402
 
-from data_prep.atomic_io import save_json  # noqa: E402
-from data_prep.console import quiet  # noqa: E402
-from data_prep.errors import PrepareError  # noqa: E402
+from common.atomic_io import save_json  # noqa: E402
+from common.console import quiet  # noqa: E402
+from common.errors import PrepareError  # noqa: E402
 
 
 def build_parser() -> configargparse.ArgumentParser:

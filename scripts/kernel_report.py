@@ -27,7 +27,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configargparse  # noqa: E402
 import torch  # noqa: E402
 
-from data_prep.atomic_io import save_json  # noqa: E402
+from common.atomic_io import save_json  # noqa: E402
 from scripts.train import _flag  # noqa: E402  (the boolean options as train.py reads them)
 
 DTYPES = {torch.float32: "fp32", torch.float16: "fp16", torch.int32: "i32", torch.int64: "i64", torch.uint8: "u8"}

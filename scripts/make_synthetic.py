@@ -9,8 +9,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 import configargparse
 
-from data_prep.console import quiet  # noqa: E402
-from data_prep.errors import PrepareError
+from common.console import quiet  # noqa: E402
+from common.errors import PrepareError
 
 DESCRIPTION = """\
 Make a synthetic conversation video whose motion, mouth, blinks and turns are known.

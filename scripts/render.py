@@ -36,9 +36,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configargparse  # noqa: E402
 import torch  # noqa: E402
 
-from data_prep.console import quiet  # noqa: E402
-from data_prep.errors import PrepareError  # noqa: E402
-from nerf.errors import TrainError  # noqa: E402
+from common.console import quiet  # noqa: E402
+from common.errors import (
+    PrepareError,  # noqa: E402
+    TrainError,  # noqa: E402
+)
 from render.conversation import RenderError  # noqa: E402
 from render.plan import render_conversation  # noqa: E402
 

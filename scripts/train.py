@@ -36,8 +36,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configargparse  # noqa: E402
 import torch  # noqa: E402
 
-from data_prep.console import quiet  # noqa: E402
-from data_prep.errors import PrepareError  # noqa: E402
+from common.console import quiet  # noqa: E402
+from common.errors import PrepareError  # noqa: E402
 from nerf.trainer import SIZES, TrainConfig, TrainError, sized, train  # noqa: E402
 
 OPTIONS = ("out", "image_size", "model", "iters", "batch_rays", "time_budget_s", "val_every", "ckpt_every", "seed",

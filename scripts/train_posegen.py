@@ -29,8 +29,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configargparse  # noqa: E402
 import torch  # noqa: E402
 
-from data_prep.console import quiet  # noqa: E402
-from data_prep.errors import PrepareError  # noqa: E402
+from common.console import quiet  # noqa: E402
+from common.errors import PrepareError  # noqa: E402
 from posegen.train import PoseGenError, PoseTrainConfig, train  # noqa: E402
 
 HELP = {"out": "run directory (checkpoint.pt, tb/)", "epochs": "passes over the training windows",

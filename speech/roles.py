@@ -21,8 +21,8 @@ from typing import Any
 
 import numpy as np
 
+from common.errors import PrepareError
 from data_prep.audio_features import check_clock
-from data_prep.errors import PrepareError
 
 FORMAT = '[{"person": "<name or index>", "start": seconds, "end": seconds}, ...]'
 

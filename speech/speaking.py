@@ -3,7 +3,7 @@
 ``voice_activity`` says when anybody speaks; ``active_speaker`` says who. The
 choice is audio-visual: the speaker is the person whose mouth moves while the
 audio is voiced and whose mouth opening rises and falls with the audio
-envelope. Every array is on the video clock of ``data_prep.video_io`` (frame
+envelope. Every array is on the video clock of ``common.video_io`` (frame
 i at time i / fps).
 
 Limits: one speaker per frame, so overlapping speech goes to whoever's lips
@@ -18,15 +18,10 @@ import warnings
 
 import numpy as np
 
+from common.errors import PrepareError
+from common.landmarks import LEFT_EYE_OUTER, LOWER_INNER_LIP, RIGHT_EYE_OUTER, UPPER_INNER_LIP
+from common.video_io import AUDIO_SR
 from data_prep.audio_features import check_clock, clean_audio, frame_zcr_rms
-from data_prep.errors import PrepareError
-from data_prep.video_io import AUDIO_SR
-
-# Face-mesh indices (mediapipe, 468 or 478 points): inner lips and outer eye corners.
-UPPER_INNER_LIP = 13
-LOWER_INNER_LIP = 14
-RIGHT_EYE_OUTER = 33
-LEFT_EYE_OUTER = 263
 
 VAD_THRESHOLD = 0.5
 MIN_SPEECH_MS = 250

@@ -23,8 +23,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from common.video_io import AUDIO_SR
 from data_prep.audio_features import clean_audio
-from data_prep.video_io import AUDIO_SR
 
 ENCODER_NAME = "resemblyzer-0.1.4-ge2e"
 EMBED_DIM = 256

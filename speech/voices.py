@@ -63,9 +63,9 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
-from data_prep import dataset
+from common import dataset
+from common.video_io import AUDIO_SR, fit_audio, read_wav
 from data_prep.audio_features import check_clock, clean_audio
-from data_prep.video_io import AUDIO_SR, fit_audio, read_wav
 from speech.roles import RolesError, read_roles
 from speech.voice_encoder import (  # noqa: F401  (the embedding's names, as voices.X too)
     _HOP,
@@ -334,7 +334,7 @@ def enroll(dataset_dirs: list[str | os.PathLike], min_voice_s: float = MIN_VOICE
 
     Raises:
         VoiceError: no dataset, a dataset without audio or speaking, or one given twice.
-        data_prep.errors.PrepareError: a directory is not a finished dataset of this schema version.
+        common.errors.PrepareError: a directory is not a finished dataset of this schema version.
     """
     if not dataset_dirs:
         raise VoiceError("enroll needs at least one prepared dataset directory")
@@ -392,7 +392,7 @@ def assign(audio: np.ndarray, n_frames: int, fps: float, bank: VoiceBank,
 
     Args:
         audio: [N] float32 mono samples at 16 kHz; padded with silence or trimmed
-            to n_frames / fps seconds (``data_prep.video_io.fit_audio``, which warns on a mismatch).
+            to n_frames / fps seconds (``common.video_io.fit_audio``, which warns on a mismatch).
         n_frames: T, the number of video frames to render.
         fps: video frames per second.
         bank: enrolled voices (``enroll``).
@@ -408,7 +408,7 @@ def assign(audio: np.ndarray, n_frames: int, fps: float, bank: VoiceBank,
     Raises:
         VoiceError: unknown or repeated names, a bank from another encoder, or
             speech to assign but no chosen person with a voice.
-        data_prep.errors.PrepareError: no frame, or fps not positive.
+        common.errors.PrepareError: no frame, or fps not positive.
     """
     check_clock(n_frames, fps)
     if bank.encoder != ENCODER_NAME:
@@ -507,7 +507,7 @@ def roles_from_json(path: str | os.PathLike, persons: list[str], n_frames: int, 
     Raises:
         VoiceError: unreadable or malformed JSON, unknown persons, negative, inverted, overlapping or
             out-of-clip intervals.
-        data_prep.errors.PrepareError: no frame, or fps not positive.
+        common.errors.PrepareError: no frame, or fps not positive.
     """
     try:
         return read_roles(path, persons, n_frames, fps)

@@ -13,9 +13,9 @@ import pytest
 import torch
 from torch import nn
 
+from common.errors import TrainError
 from nerf.audio import load_audio_encoder
 from nerf.audio_pretrain import AudioPretrainConfig, pretrain_audio
-from nerf.errors import TrainError
 from nerf.trainer import TrainConfig, train
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -178,7 +178,7 @@ def _evaluate_audio(*args) -> subprocess.CompletedProcess:
 
 
 def test_evaluate_audio_scores_an_encoder_and_the_energy_envelope_per_person(synthetic, pretrained):
-    from data_prep import dataset
+    from common import dataset
     from data_prep.audio_features import mel_windows
     from nerf.audio_eval import load_predictor
     from nerf.metrics import pearson
@@ -329,7 +329,7 @@ def test_the_shipped_prior_loads_as_a_wav2lip_encoder_with_its_mouth_head_and_na
 
 
 def test_evaluate_speech_finds_the_mouth_that_follows_the_voice_and_not_a_frozen_one(synthetic, tmp_path):
-    from data_prep.video_io import iter_frames, read_audio, write_video
+    from common.video_io import iter_frames, read_audio, write_video
 
     # person 0 of the synthetic conversation alone (the left half): the jaw opens with its voice
     frames = [f[:, : f.shape[1] // 2] for f in iter_frames(synthetic["video"])]
@@ -372,7 +372,7 @@ def test_an_offset_that_could_not_be_scored_reads_as_none_not_as_in_sync():
 
 
 def test_evaluate_audio_scores_speech_against_silence_on_audio_files_without_video(synthetic, pretrained, tmp_path):
-    from data_prep.video_io import read_audio, write_wav
+    from common.video_io import read_audio, write_wav
     from speech.speaking import voice_activity
 
     audio = read_audio(synthetic["video"])

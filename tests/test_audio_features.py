@@ -2,6 +2,7 @@ import librosa
 import numpy as np
 import pytest
 
+from common.errors import PrepareError
 from data_prep.audio_features import (
     MEL_FPS,
     audio_features,
@@ -10,7 +11,6 @@ from data_prep.audio_features import (
     mel_windows,
     wav2lip_mel,
 )
-from data_prep.errors import PrepareError
 
 SR = 16000
 

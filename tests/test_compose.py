@@ -15,6 +15,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from common.errors import PrepareError
+from common.video_io import AUDIO_SR, iter_frames, probe, read_audio, write_video
 from data_prep.compose import (
     ComposeConfig,
     compose_conversation,
@@ -24,8 +26,6 @@ from data_prep.compose import (
     turn_audio,
     turns_json_path,
 )
-from data_prep.errors import PrepareError
-from data_prep.video_io import AUDIO_SR, iter_frames, probe, read_audio, write_video
 
 REPO = Path(__file__).resolve().parents[1]
 SCRIPT = REPO / "scripts" / "compose_conversation.py"

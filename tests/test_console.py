@@ -1,4 +1,4 @@
-"""data_prep.console: third-party C++ logs and library warnings off the console unless --verbose."""
+"""common.console: third-party C++ logs and library warnings off the console unless --verbose."""
 
 import subprocess
 import sys
@@ -9,7 +9,7 @@ ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = r"""
 import os, sys, warnings
 sys.path.insert(0, {root!r})
-from data_prep.console import quiet
+from common.console import quiet
 quiet({verbose})
 os.write(2, b"INFO: Created TensorFlow Lite XNNPACK delegate for CPU.\n")
 os.write(2, b"W0000 00:00:1796220867.122867   15342 inference_feedback_manager.cc:114] Feedback manager\n")

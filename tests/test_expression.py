@@ -2,8 +2,8 @@
 
 import numpy as np
 
+from common.geometry import rotation_from_euler_pyr
 from data_prep.expression import decode, encode, fit_expression_basis, identity_coefficients, pose_normalize
-from data_prep.head_pose import rotation_from_euler_pyr
 
 UPPER_LID, LOWER_LID = 159, 145  # right eye, face-mesh indices
 

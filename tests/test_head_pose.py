@@ -3,16 +3,9 @@
 import numpy as np
 from scipy.spatial.transform import Rotation
 
-from data_prep.head_pose import (
-    EYE_L_OUTER,
-    EYE_R_OUTER,
-    EYE_SPAN,
-    euler_pyr,
-    fit_head_pose,
-    rotation_from_euler_pyr,
-    similarity_procrustes,
-    smooth_poses,
-)
+from common.geometry import euler_pyr, rotation_from_euler_pyr
+from common.landmarks import LEFT_EYE_OUTER, RIGHT_EYE_OUTER
+from data_prep.head_pose import EYE_SPAN, fit_head_pose, similarity_procrustes, smooth_poses
 
 
 def test_euler_matches_intrinsic_xyz_and_round_trips():
@@ -45,8 +38,8 @@ def _face_like_points(rng, n=478):
     u = rng.uniform(-1.2, 1.2, n)
     v = rng.uniform(-1.4, 1.4, n)
     pts = np.stack([0.07 * np.sin(u), 0.09 * np.sin(v), -0.08 * np.cos(u) * np.cos(v)], -1)
-    pts[EYE_R_OUTER] = [-0.045, -0.02, -0.05]
-    pts[EYE_L_OUTER] = [0.045, -0.02, -0.05]
+    pts[RIGHT_EYE_OUTER] = [-0.045, -0.02, -0.05]
+    pts[LEFT_EYE_OUTER] = [0.045, -0.02, -0.05]
     pts[10] = [0.0, -0.09, -0.05]
     pts[152] = [0.0, 0.09, -0.05]
     return pts
@@ -68,7 +61,7 @@ def test_fit_recovers_poses_and_focal_from_perspective_projections():
     fit = fit_head_pose(lm, valid, S)
     assert np.isnan(fit.euler[10:13]).all()
     # The canonical face comes out frontal and in head units.
-    assert abs(np.linalg.norm(fit.canonical[EYE_L_OUTER] - fit.canonical[EYE_R_OUTER]) - EYE_SPAN) < 1e-9
+    assert abs(np.linalg.norm(fit.canonical[LEFT_EYE_OUTER] - fit.canonical[RIGHT_EYE_OUTER]) - EYE_SPAN) < 1e-9
     # A strongly perspective view (the face spans a third of its distance): depth and focal
     # trade off against the face's own depth, so pitch and yaw carry a few degrees of error.
     err = np.degrees(np.abs(fit.euler[valid] - e_true[valid])).max(0)

@@ -7,8 +7,9 @@ from scipy import ndimage
 from skimage import data
 from skimage.metrics import structural_similarity
 
+from common.landmarks import LIPS
 from nerf import metrics
-from nerf.metrics import MOUTH_INDICES, av_offset, cpbd, lmd, mouth_lmd, pearson, psnr, ssim, summarize
+from nerf.metrics import av_offset, cpbd, lmd, mouth_lmd, pearson, psnr, ssim, summarize
 
 
 def _blurred_camera(sigma: float) -> np.ndarray:
@@ -151,7 +152,7 @@ def test_lmd_skips_nan_frames():
 def test_mouth_indices_are_mediapipe_lips():
     mp = pytest.importorskip("mediapipe")
     lips = sorted({i for edge in mp.solutions.face_mesh.FACEMESH_LIPS for i in edge})
-    assert list(MOUTH_INDICES) == lips and len(lips) == 40
+    assert list(LIPS) == lips and len(lips) == 40
 
 
 def test_mouth_lmd_zero_on_itself_and_three_px_when_shifted():

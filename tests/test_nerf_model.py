@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep.head_pose import rotation_from_euler_pyr
+from common.geometry import rotation_from_euler_pyr
 from nerf import rays
 from nerf.data import PersonFrames
 from nerf.encoding import HashGridConfig
@@ -259,16 +259,16 @@ def test_rays_carry_their_frames_audio_window_and_share_its_drive_code():
     model = AvatarModel(persons, cfg, RenderConfig(8, 8))
     batch = sample_rays(persons, 64, torch.Generator().manual_seed(0), audio_window=2)
     # one audio window per (person, frame) pair, at most 2 persons x 6 frames of them
-    assert batch["audio"].shape[1:] == (5, 512) and len(batch["audio"]) <= 12
-    assert len({(int(r), int(f)) for r, f in zip(batch["row"], batch["frame"])}) == len(batch["audio"])
+    assert batch.audio.shape[1:] == (5, 512) and len(batch.audio) <= 12
+    assert len({(int(r), int(f)) for r, f in zip(batch.row, batch.frame)}) == len(batch.audio)
     for i in (0, 17, 40):
-        p = persons[int(batch["row"][i])]
-        torch.testing.assert_close(batch["audio"][batch["pair"][i]], code_windows(p.audio, batch["frame"][i:i + 1], 2)[0])
+        p = persons[int(batch.row[i])]
+        torch.testing.assert_close(batch.audio[batch.pair[i]], code_windows(p.audio, batch.frame[i:i + 1], 2)[0])
     with torch.no_grad():
         shared = model.drive_code(0, batch)  # once per (person, frame)
         per_ray = torch.stack([code_windows(persons[int(r)].audio, f[None], 2)[0]
-                               for r, f in zip(batch["row"], batch["frame"])])
-        alone = torch.where(batch["speaking"][:, None], model.audio[0](per_ray), model.expr[0](batch["expr"]))
+                               for r, f in zip(batch.row, batch.frame)])
+        alone = torch.where(batch.speaking[:, None], model.audio[0](per_ray), model.expr[0](batch.expr))
     torch.testing.assert_close(shared, alone)
 
 
@@ -284,7 +284,7 @@ def test_ray_shares_land_in_their_boxes():
 
     def share_in(box, **shares):
         b = sample_rays(persons, 4000, gen, audio_window=1, **shares)
-        inside = (b["u"] >= box[0]) & (b["u"] <= box[2]) & (b["v"] >= box[1]) & (b["v"] <= box[3])
+        inside = (b.u >= box[0]) & (b.u <= box[2]) & (b.v >= box[1]) & (b.v <= box[3])
         return inside.float().mean().item()
 
     head = p.head_box[0].tolist()

@@ -8,10 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data_prep import dataset
-from data_prep.errors import PrepareError
+from common import dataset
+from common.errors import PrepareError
+from common.video_io import iter_frames, read_audio, write_video
 from data_prep.pipeline import PrepareConfig, sha256_of
-from data_prep.video_io import iter_frames, read_audio, write_video
 
 ROOT = Path(__file__).resolve().parents[1]
 CROP = 128  # conftest.SYNTHETIC_CROP: the size the shared fixture prepares at
@@ -217,7 +217,7 @@ def test_out_holding_another_videos_dataset(synthetic, tmp_path):
 
 
 def test_changed_options_start_over_and_same_options_resume(tmp_path):
-    from data_prep.atomic_io import save_json
+    from common.atomic_io import save_json
     from data_prep.pipeline import Prepare
 
     cfg = PrepareConfig(crop_size=256)

@@ -106,7 +106,7 @@ def _render_cli(*args):
 
 
 def test_render_command_replays_the_video_into_an_mp4_with_audio(synthetic, tiny_run, tmp_path):
-    from data_prep.video_io import probe
+    from common.video_io import probe
 
     out = tmp_path / "recon.mp4"
     # The tiles first (as on a GPU machine without ffmpeg), from a copy of the checkpoint elsewhere...
@@ -205,7 +205,7 @@ def test_a_posegen_checkpoint_of_other_data_is_refused(synthetic, tiny_run):
 def test_render_from_new_audio_with_posegen_roles_and_two_reactions(synthetic, tiny_run, tmp_path):
     import json
 
-    from data_prep.video_io import probe
+    from common.video_io import probe
 
     pg = tmp_path / "pg"
     proc = subprocess.run([sys.executable, str(ROOT / "scripts" / "train_posegen.py"), "--data", str(synthetic["dataset"]),

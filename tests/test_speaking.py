@@ -3,8 +3,8 @@ import socket
 import numpy as np
 import pytest
 
-from data_prep.errors import PrepareError
-from data_prep.video_io import fit_audio, read_audio
+from common.errors import PrepareError
+from common.video_io import fit_audio, read_audio
 from speech import speaking
 from speech.speaking import (
     LEFT_EYE_OUTER,

@@ -11,9 +11,9 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from data_prep.errors import PrepareError
+from common.errors import PrepareError
+from common.video_io import AUDIO_SR, iter_frames, probe, read_audio
 from data_prep.synthetic import make_conversation, plan_turns
-from data_prep.video_io import AUDIO_SR, iter_frames, probe, read_audio
 
 CLIP = dict(seconds=6.0, fps=25, width=568, height=320, seed=3)
 

@@ -11,8 +11,9 @@ import torch
 from skimage import data as skdata
 from test_nerf_model import TINY, _moving_person, _person
 
-from data_prep import dataset, torso_track
-from data_prep.errors import PrepareError
+from common import dataset
+from common.errors import PrepareError
+from data_prep import torso_track
 from nerf.fields import FieldConfig
 from nerf.model import AvatarModel, RenderConfig
 from nerf.render import frame_batch
@@ -142,12 +143,14 @@ def test_untracked_frames_get_the_motion_predicted_from_the_head_pose():
     model = AvatarModel([p], FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4), RenderConfig(8, 8))
     assert "torso_motion.motion_W" in model.state_dict()  # a checkpoint predicts motions without the tracks
     b = frame_batch(p, T - 1, 4)  # the held-out frame, tracked
-    torch.testing.assert_close(model.torso_motion(b)[0].reshape(6), p.torso_motion[T - 1])
+    torch.testing.assert_close(model.torso_motion(b.row, b.euler, b.t, b.torso_motion)[0].reshape(6),
+                               p.torso_motion[T - 1])
     # a driven person (no tracks) or a failed track (NaN) gets the prediction: here the motion is linear in the
     # pose, so the prediction from the training frames gives the held-out frame's motion
     for q in (dataclasses.replace(p, torso_motion=None),
               dataclasses.replace(p, torso_motion=torch.full_like(p.torso_motion, float("nan")))):
-        got = model.torso_motion(frame_batch(q, T - 1, 4))[0].reshape(6)
+        b = frame_batch(q, T - 1, 4)
+        got = model.torso_motion(b.row, b.euler, b.t, b.torso_motion)[0].reshape(6)
         torch.testing.assert_close(got, p.torso_motion[T - 1], atol=2e-3, rtol=0)
     # an untracked person's prediction is the identity
     plain = AvatarModel([_person(0)], FieldConfig(head_grid=TINY, torso_grid=TINY, hidden=16, expr_dim=4),

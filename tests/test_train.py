@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep import dataset
-from data_prep.errors import PrepareError
+from common import dataset
+from common.errors import PrepareError
 from nerf import trainer
 from nerf.evaluate import load_model
 from nerf.metrics import pearson

@@ -6,8 +6,8 @@ import warnings
 import numpy as np
 import pytest
 
-from data_prep.errors import PrepareError
-from data_prep.video_io import FrameWriter, fit_audio, iter_frames, probe, read_audio, write_video
+from common.errors import PrepareError
+from common.video_io import FrameWriter, fit_audio, iter_frames, probe, read_audio, write_video
 
 
 def _numbered_frames(n, h=48, w=64):

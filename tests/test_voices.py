@@ -10,9 +10,9 @@ import numpy as np
 import pytest
 import torch
 
-from data_prep import dataset
+from common import dataset
+from common.video_io import AUDIO_SR, fit_audio, read_audio, write_wav
 from data_prep.synthetic import conversation_audio, plan_turns
-from data_prep.video_io import AUDIO_SR, fit_audio, read_audio, write_wav
 from speech import voices
 from speech.voices import Assignment, VoiceBank, VoiceError, assign, change_points, enroll, roles_from_json
 

@@ -29,8 +29,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep import video_io
-from data_prep.errors import PrepareError
+from common import video_io
+from common.errors import PrepareError
 
 SCHEMA_VERSION = 2
 """2: persons/<id>/torso.npz (the torso's motion per frame) added."""

@@ -20,8 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
-from data_prep.atomic_io import atomic_path
-from data_prep.errors import PrepareError
+from common.atomic_io import atomic_path
+from common.errors import PrepareError
 
 AUDIO_SR = 16000
 
