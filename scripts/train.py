@@ -41,7 +41,7 @@ from common.errors import PrepareError  # noqa: E402
 from nerf.trainer import SIZES, TrainConfig, TrainError, sized, train  # noqa: E402
 
 OPTIONS = ("out", "image_size", "model", "iters", "batch_rays", "time_budget_s", "val_every", "ckpt_every", "seed",
-           "device", "hash_backend", "hash_half", "occupancy_every", "wav2lip_ckpt", "audio_pretrain_iters")
+           "device", "hash_backend", "hash_half", "occupancy_every", "wav2lip_ckpt", "audio_pretrain_iters", "log_every")
 """The TrainConfig fields a user sets; --size sets the model's widths, grids, samples and learning rates
 (``nerf.trainer.SIZES``)."""
 
@@ -90,6 +90,7 @@ def _doc(name: str) -> str:
             "hash_half": "true: the fused hash grid gathers from float16 table copies (faster on an H100)",
             "time_budget_s": "stop after this many seconds of training, resumes included (0: none); the lr decay "
                              "follows iterations or time, whichever runs out first",
+            "log_every": "iterations between TensorBoard scalars (each a host sync on a GPU)",
             "occupancy_every": "iterations between builds of an occupancy grid that training samples through (its empty "
                                "cells' samples not queried, as when rendering; 0: every sample queried)"}[name]
 

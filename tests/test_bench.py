@@ -71,3 +71,26 @@ def test_bench_refuses_a_folder_that_is_no_dataset_and_bad_row_lists(tmp_path):
         proc = bench(flag, value)
         assert proc.returncode == 1 and "Traceback" not in proc.stderr and said in proc.stderr, proc.stderr
         assert "hash grid" not in proc.stdout  # refused before any benchmark ran
+
+
+def test_the_gpu_script_passes_only_options_its_commands_have():
+    """scripts/gpu_acceptance.sh runs only on a lent GPU: a flag a command no longer has would fail there, unseen."""
+    import importlib
+    import re
+
+    sys.path.insert(0, str(ROOT))
+    text = (ROOT / "scripts" / "gpu_acceptance.sh").read_text()
+    # each command with its continuation lines, the comments' example commands included
+    commands = re.findall(r"scripts/(\w+)\.py((?:[^\n]*\\\n)*[^\n]*)", text)
+    assert {name for name, _ in commands} >= {"train", "evaluate", "bench", "render", "prepare"}
+    for name, args in commands:
+        parser = importlib.import_module(f"scripts.{name}")
+        known = set()
+        if hasattr(parser, "build_parser"):
+            known = {s for a in parser.build_parser()._actions for s in a.option_strings}
+        if not known:  # (scripts whose parser lives inside main: their --help lists the options)
+            out = subprocess.run([sys.executable, str(ROOT / "scripts" / f"{name}.py"), "--help"], capture_output=True,
+                                 text=True, timeout=120).stdout
+            known = set(re.findall(r"(--[a-z_]+)", out))
+        used = set(re.findall(r"(?<![\w-])(--[a-z][a-z_]*)", args))
+        assert used <= known, f"{name}.py has no {sorted(used - known)}"
