@@ -10,7 +10,8 @@ new speech with its datasets moved away or on another machine.
 - the voices of the persons (``speech.voices.VoiceBank``) where they could be enrolled, for who-speaks-when in new
   audio.
 
-``unpack(avatar)`` gives the persons back (as ``nerf.data.PersonFrames`` without images) and the datasets' facts.
+``persons_of(avatar)`` gives the persons back (as ``nerf.data.PersonFrames`` without images), ``datasets_of(avatar)``
+the datasets' facts.
 The per-person model buffers (pose statistics, torso motion model, bounds) are in the model's state dict.
 """
 
@@ -83,14 +84,15 @@ def pack(persons: list[PersonFrames], roots: list[str | Path], voices: dict | No
     return {"datasets": datasets, "persons": packed, "voices": voices}
 
 
-def unpack(avatar: dict) -> tuple[list[PersonFrames], list[DatasetInfo]]:
-    """The persons a checkpoint was trained on (no images: nothing to compare with) and its datasets' facts."""
-    infos, codes = [], {}
-    for d in avatar["datasets"]:
-        infos.append(DatasetInfo(d["name"], float(d["fps"]), int(d["n_frames"]), d["sha256"], _unpng(d["background"]),
-                                 {n: tuple(b) for n, b in zip(d["persons"], d["boxes"])}))
-        for n in d["persons"]:
-            codes[n] = d["audio"].float()
+def datasets_of(avatar: dict) -> list[DatasetInfo]:
+    """The facts of the datasets a checkpoint was trained on (their plates decoded)."""
+    return [DatasetInfo(d["name"], float(d["fps"]), int(d["n_frames"]), d["sha256"], _unpng(d["background"]),
+                        {n: tuple(b) for n, b in zip(d["persons"], d["boxes"])}) for d in avatar["datasets"]]
+
+
+def persons_of(avatar: dict) -> list[PersonFrames]:
+    """The persons a checkpoint was trained on, without images (nothing to compare with)."""
+    codes = {n: d["audio"].float() for d in avatar["datasets"] for n in d["persons"]}
     persons = []
     for d in avatar["persons"]:
         S = int(d["size"])
@@ -103,4 +105,4 @@ def unpack(avatar: dict) -> tuple[list[PersonFrames], list[DatasetInfo]]:
             mouth_box=torch.zeros(0, 4), head_box=torch.zeros(0, 4), train=d["train"], val=d["val"],
             focal=float(d["focal"]), size=S, bounds=PersonBounds(tuple(center), float(radius), tuple(lo), tuple(hi)),
             torso_motion=d.get("torso_motion")))
-    return persons, infos
+    return persons

@@ -41,7 +41,7 @@ def load_model(ckpt_path: str | Path, data: list[str] | None = None, device: str
     rendering, instead of the training run's. ``ckpt``: the checkpoint's contents when the caller has already
     read them (not read again).
     """
-    from nerf.avatar import unpack
+    from nerf.avatar import persons_of
     from nerf.occupancy import OccupancyGrid
 
     if march_steps < 0:
@@ -59,7 +59,7 @@ def load_model(ckpt_path: str | Path, data: list[str] | None = None, device: str
             raise TrainError(f"{ckpt_path} holds no avatar section (a run stopped before its first checkpoint?): "
                              "give the datasets it was trained on")
         cfg = config_of(ckpt)
-        persons = unpack(ckpt["avatar"])[0]
+        persons = persons_of(ckpt["avatar"])
     dev = resolve_device(device)
     prepare_device(dev)
     model, _ = build(cfg, persons, dev)

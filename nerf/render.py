@@ -96,7 +96,7 @@ def render_persons(model: AvatarModel, items: list[tuple[PersonFrames, int]], ch
         ray = ray[tile_order(b.u[ray], b.v[ray], p.size)]
         casts.append(ray)  # the rays cast, in the order they are rendered
         backgrounds.append(b.background)
-        part = dataclasses.replace(b.select(ray), frame=None, rgb=None, label=None,
+        part = dataclasses.replace(dataclasses.replace(b, frame=None, rgb=None, label=None).select(ray),
                                    pair=torch.full((len(ray),), k, dtype=torch.long, device=dev))
         parts.append(part if tracked else dataclasses.replace(part, torso_motion=None))
     batch = RayBatch.cat(parts)

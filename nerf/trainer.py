@@ -121,8 +121,7 @@ class TrainConfig:
 SIZES = {
     "tiny": dict(hidden=32, n_levels=8, log2_hashmap_size=14, base_resolution=8, finest_resolution=256, n_coarse=16,
                  n_importance=8, lr=5e-3, lr_hash=3e-2, lr_decay=0.3, lambda_parse=0.01),
-    "full": dict(hidden=64, n_levels=16, log2_hashmap_size=19, base_resolution=16, finest_resolution=2048, n_coarse=48,
-                 n_importance=48, lr=1e-3, lr_hash=1e-2, lr_decay=0.1, lambda_parse=0.05),
+    "full": {},  # TrainConfig's defaults
 }
 """Model sizes (``train.py --size``): the fields' widths, hash grids, samples per ray, and the learning rates and
 parsing weight that suit them. tiny: CI and the demo, 64-128 px crops, hundreds of iterations on a CPU (the learning
@@ -429,8 +428,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
             frac = it / max(cfg.iters - 1, 1)
             if cfg.time_budget_s > 0:
                 if spent() >= cfg.time_budget_s:
-                    stopped_at = it
-                    checkpoint(it)
+                    stopped_at = it  # (its checkpoint is the final one, below)
                     log(f"time budget of {cfg.time_budget_s:.0f} s reached at iteration {it}")
                     break
                 frac = max(frac, spent() / cfg.time_budget_s)
@@ -463,7 +461,7 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
                     writer.add_scalar("lr/mlp", opt.param_groups[0]["lr"], it)
                     writer.add_scalar("lr/hash", opt.param_groups[1]["lr"], it)
             done = it + 1
-            if done % cfg.ckpt_every == 0 or done == cfg.iters:
+            if done % cfg.ckpt_every == 0 and done != cfg.iters:  # (the last one is written once, below)
                 checkpoint(done)
             if done % cfg.val_every == 0 or done == cfg.iters:
                 val = evaluate_psnr(model, persons)
@@ -472,8 +470,8 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
                         writer.add_scalar(f"val_psnr/{name}", v, done)
                 _save_val_pictures(model, persons, out, done, writer)
     bar.close()
-    # The occupancy grid rendering skips empty cells with, built once from the trained fields: stored in the
-    # checkpoint so that render.py starts without the training data.
+    # The final checkpoint, with the occupancy grid rendering skips empty cells with, built once from the trained
+    # fields, so that render.py starts without the training data.
     checkpoint(stopped_at if stopped_at is not None else cfg.iters, build_occupancy(model, persons))
     val = evaluate_psnr(model, persons)
     facts = {"iterations": stopped_at if stopped_at is not None else cfg.iters,

@@ -161,7 +161,7 @@ def render_conversation(args) -> dict:
     Raises:
         RenderError, common.errors.TrainError, common.errors.PrepareError, ValueError: one-line user errors.
     """
-    from nerf.avatar import unpack
+    from nerf.avatar import datasets_of
     from nerf.evaluate import load_model, parse_ray_samples
     from nerf.trainer import checkpoint_audio_encoder, load_checkpoint
 
@@ -172,7 +172,7 @@ def render_conversation(args) -> dict:
     model, all_persons, cfg = load_model(args.ckpt, None, args.device, occupancy=not args.no_occupancy,
                                          ckpt=ckpt, march_steps=args.march_steps,
                                          ray_samples=parse_ray_samples(args.ray_samples))
-    infos = unpack(ckpt["avatar"])[1]
+    infos = datasets_of(ckpt["avatar"])
     encoder = checkpoint_audio_encoder(ckpt, Path(args.ckpt))
     plan = make_plan(args, model, all_persons, encoder, infos, ckpt["avatar"].get("voices"))
     conference = conference_layout(plan.persons, args.tile or cfg.image_size, not args.no_highlight)

@@ -186,11 +186,12 @@ def test_driven_person_renders_frames_it_never_recorded(synthetic, tiny_run):
 
 
 def test_a_posegen_checkpoint_of_other_data_is_refused(synthetic, tiny_run):
-    from nerf.avatar import unpack
+    from nerf.avatar import datasets_of, persons_of
     from nerf.trainer import load_checkpoint
     from render.conversation import RenderError, check_posegen_matches
 
-    persons, infos = unpack(load_checkpoint(tiny_run)["avatar"])
+    avatar = load_checkpoint(tiny_run)["avatar"]
+    persons, infos = persons_of(avatar), datasets_of(avatar)
     name = synthetic["dataset"].name
     assert [i.name for i in infos] == [name] and infos[0].sha256
     good = {"datasets": [{"name": name, "sha256": ""}], "persons": [p.name for p in persons]}
