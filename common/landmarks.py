@@ -8,6 +8,7 @@ N_LANDMARKS = 478
 
 # single points
 FOREHEAD, CHIN = 10, 152
+NOSE_TIP = 1
 CHEEK_R, CHEEK_L = 234, 454
 RIGHT_EYE_OUTER, LEFT_EYE_OUTER = 33, 263
 UPPER_INNER_LIP, LOWER_INNER_LIP = 13, 14  # the inner lips' midpoints: the mouth's opening

@@ -3,10 +3,13 @@
 Labels: 0 background, 1 head, 2 torso. The person is mediapipe's selfie
 segmentation (model inside the wheel), kept to the columns nearer this
 person's face than any other's. Head = the convex hull of the face-mesh
-landmarks plus the person's pixels above the chin line (hair, ears), within
-a band around the face; the chin line passes through the chin perpendicular
-to the face's own up direction, so it tilts with the head. Torso = the rest
-of the person (neck, shoulders, clothes).
+landmarks plus the person's pixels (hair, ears, the back of the head) inside
+the outline of a head-sized ellipsoid placed on the face and turned with it
+(``head_ellipse``), above the chin line; the chin line passes through the chin
+perpendicular to the face's own up direction, so it tilts with the head. A
+face seen in profile thus keeps the back of its head and its hair, which a
+band around the face hull gave to the torso. Torso = the rest of the person
+(neck, shoulders, clothes).
 """
 
 from __future__ import annotations
@@ -16,11 +19,14 @@ import functools
 import cv2
 import numpy as np
 
-from common.landmarks import CHEEK_L, CHEEK_R, CHIN, FOREHEAD
+from common.landmarks import CHIN, FOREHEAD, LEFT_EYE_OUTER, NOSE_TIP, RIGHT_EYE_OUTER
 
 BACKGROUND, HEAD, TORSO = 0, 1, 2
-# Hair reaches past the cheeks; beyond this many face widths from the centre it is not head.
-HEAD_HALF_WIDTH = 0.9
+HEAD_SEMI_AXES = (1.25, 1.65, 1.45)
+"""The head ellipsoid's half width, half height and half depth in outer-eye-corner spans (an adult's span is about
+9 cm, the head about 15 x 23 x 20 cm; hair adds a little)."""
+HEAD_CENTRE = (0.25, 0.85)
+"""The ellipsoid's centre above the eye corners' midpoint and behind it, in the same spans."""
 SEG_SIZE = 256  # the selfie model's own input size; running it larger buys nothing
 
 
@@ -64,15 +70,45 @@ def parse_labels(person_prob: np.ndarray, landmarks: np.ndarray | None, own_colu
     cv2.fillConvexPoly(hull, cv2.convexHull(pts).astype(np.int32), 1)
     up = pts[FOREHEAD] - pts[CHIN]
     up /= max(np.linalg.norm(up), 1e-6)
-    side = np.array([-up[1], up[0]])
-    centre = (pts[CHEEK_R] + pts[CHEEK_L]) / 2
-    width = np.linalg.norm(pts[CHEEK_L] - pts[CHEEK_R])
     ys, xs = _pixel_grid(s)
     above = (xs - pts[CHIN, 0]) * up[0] + (ys - pts[CHIN, 1]) * up[1] > 0
-    near = np.abs((xs - centre[0]) * side[0] + (ys - centre[1]) * side[1]) < HEAD_HALF_WIDTH * width
-    head = (hull > 0) | (person & above & near)
+    centre, A = head_ellipse(landmarks)
+    dx, dy = xs - centre[0], ys - centre[1]
+    inside = A[0, 0] * dx * dx + 2 * A[0, 1] * dx * dy + A[1, 1] * dy * dy <= 1.0
+    head = (hull > 0) | (person & above & inside)
     labels[head] = HEAD
     return labels
+
+
+def head_ellipse(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The image outline of the head: an ellipsoid fixed to the face mesh, projected along the camera axis.
+
+    The face's axes come from the mesh's own 3D points (x along the eye corners, y up the face, z into the head,
+    away from the nose), the ellipsoid (``HEAD_SEMI_AXES``, ``HEAD_CENTRE``) is set in them, and its silhouette
+    under orthographic projection is the ellipse d^T A d <= 1 (A: the Schur complement of the depth axis).
+    Landmarks without depth ([478, 2]) are taken as a frontal face.
+
+    Returns:
+        centre [2] and A [2, 2] in crop pixels.
+    """
+    p = np.asarray(landmarks, np.float64)
+    if p.shape[1] == 2:
+        p = np.column_stack([p, np.zeros(len(p))])
+    right, left = p[RIGHT_EYE_OUTER], p[LEFT_EYE_OUTER]
+    span = max(np.linalg.norm(left - right), 1e-6)
+    x = (left - right) / span
+    y = p[FOREHEAD] - p[CHIN]
+    y -= (y @ x) * x
+    y /= max(np.linalg.norm(y), 1e-6)
+    z = np.cross(x, y)
+    mid = (left + right) / 2
+    if (p[NOSE_TIP] - mid) @ z > 0:  # z points into the head, away from the nose
+        z = -z
+    centre = mid + span * (HEAD_CENTRE[0] * y + HEAD_CENTRE[1] * z)
+    axes = np.stack([x, y, z], 1)
+    A3 = axes @ np.diag(1.0 / (span * np.asarray(HEAD_SEMI_AXES)) ** 2) @ axes.T
+    A = A3[:2, :2] - np.outer(A3[:2, 2], A3[2, :2]) / A3[2, 2]
+    return centre[:2], A
 
 
 @functools.lru_cache(maxsize=4)

@@ -35,6 +35,7 @@ from speech.roles import read_roles
 MIN_SECONDS = 2.0
 MAX_ROLE_PERSONS = 64  # a roles file is checked up front against this many persons, then against those found
 MIN_VALID_FRACTION = 0.5  # a person whose face is lost for more than this is refused
+MAX_DROPPED_SHOWN = 6  # dropped face tracks named in the log, most seen first; the rest are counted
 
 
 @dataclasses.dataclass
@@ -155,11 +156,14 @@ class Prepare:
         # Finding people needs only a few frames a second: ffmpeg drops the rest before the pipe.
         detector, segmenter = people.FaceDetector(), PersonSegmenter()
         est = int(info.duration * cfg.detect_per_second) if info.duration else None
-        dets, samples = [], []
+        dets, samples, tiled = [], [], set()
         plate_every = max(1, (est or 1) // 48)
+        tile_every = max(1, round(cfg.detect_per_second))  # small faces: a tiled search about once a second
         with tqdm(total=est, desc="find people", unit="frame", leave=False) as bar:
             for i, frame in enumerate(video_io.iter_frames(self.video, cfg.detect_per_second)):
-                dets.append(detector(frame, i))
+                if i % tile_every == 0:
+                    tiled.add(i)
+                dets.append(detector(frame, i, tiled=i in tiled))
                 if i % plate_every == 0 and len(samples) < 64:
                     samples.append((frame, segmenter(_square_pad(frame))[: frame.shape[0], : frame.shape[1]]))
                 bar.update(1)
@@ -168,7 +172,7 @@ class Prepare:
         if len(dets) / cfg.detect_per_second < MIN_SECONDS:
             raise PrepareError(f"{self.video} lasts {len(dets) / cfg.detect_per_second:.2f} s; "
                                f"prepare needs at least {MIN_SECONDS:.0f} s")
-        persons = people.select_persons(people.link_tracks(dets), len(dets), expected=cfg.persons)
+        persons, dropped = people.select_persons(people.link_tracks(dets), len(dets), tiled, expected=cfg.persons)
         boxes = people.crop_boxes(persons, info.width, info.height)
         bands = people.split_columns(persons, info.width)
         frames = np.stack([f for f, _ in samples])
@@ -176,11 +180,22 @@ class Prepare:
         save_image(self.out / "background.png", plate)
         result = {"n_frames_expected": int(round(info.duration * cfg.fps)), "persons": [
             {"id": k, "bbox": list(boxes[k]), "columns": list(bands[k]),
-             "face_median": [float(v) for v in p.median()], "detections": len(p.detections)}
-            for k, p in enumerate(persons)]}
+             "face_median": [float(v) for v in p.median()], "detections": len(p.detections),
+             "presence": people.presence(p, len(dets), tiled)}
+            for k, p in enumerate(persons)],
+            "dropped": [{"face_median": [float(v) for v in d.track.median()], "detections": len(d.track.detections),
+                         "reason": d.reason} for d in dropped]}
         save_json(path, result)
         ctx["people"] = result
-        self.log(f"found {len(persons)} person(s); crop boxes (x0, y0, side): {[tuple(b) for b in boxes]}")
+        self.log(f"found {len(persons)} person(s):")
+        for k, (p, box) in enumerate(zip(persons, boxes)):
+            cx, cy, w, _ = p.median()
+            self.log(f"  person {k}: face at x {cx:.0f}, y {cy:.0f} ({w:.0f} px), seen in "
+                     f"{people.presence(p, len(dets), tiled):.0%} of the frames searched; crop box (x0, y0, side) {box}")
+        for d in dropped[:MAX_DROPPED_SHOWN]:
+            self.log(f"  dropped {d.describe()}")
+        if len(dropped) > MAX_DROPPED_SHOWN:
+            self.log(f"  dropped {len(dropped) - MAX_DROPPED_SHOWN} more face tracks seen in one frame or two")
 
     # -- stage 2: per person crops, landmarks, parsing (one process each) ------------------------
     def _persons(self, ctx: dict) -> None:

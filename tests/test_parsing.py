@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from data_prep.parsing import BACKGROUND, HEAD, TORSO, median_plate, parse_labels
+from data_prep.parsing import BACKGROUND, HEAD, TORSO, head_ellipse, median_plate, parse_labels
 from data_prep.person_track import fill_short_gaps
 
 
@@ -26,14 +26,29 @@ def test_median_plate_recovers_background_and_flags_never_seen_pixels():
 
 
 def _face_landmarks(cx, cy, w, h):
-    """478 points on an ellipse-filled face; forehead (10) on top, chin (152) at the bottom."""
+    """478 points on an ellipse-filled face; forehead (10) on top, chin (152) at the bottom, outer eye corners
+    (33, 263) at a third of the height, the nose tip (1) in the middle."""
     rng = np.random.default_rng(1)
     a = rng.uniform(0, 2 * np.pi, 478)
     r = np.sqrt(rng.uniform(0, 1, 478))
     lm = np.stack([cx + w / 2 * r * np.cos(a), cy + h / 2 * r * np.sin(a)], -1)
     lm[10], lm[152] = [cx, cy - h / 2], [cx, cy + h / 2]
-    lm[234], lm[454] = [cx - w / 2, cy], [cx + w / 2, cy]
+    lm[33], lm[263] = [cx - 0.4 * w, cy - h / 6], [cx + 0.4 * w, cy - h / 6]
+    lm[1] = [cx, cy]
     return lm
+
+
+def _turned_face(yaw_deg, span=40.0, centre=(64.0, 60.0)):
+    """[478, 3] face-mesh-like points of a head turned by ``yaw`` (positive: the nose to the image's left),
+    depth z growing away from the camera, in crop pixels."""
+    rng = np.random.default_rng(2)
+    pts = rng.uniform([-0.5, -0.9, -0.4], [0.5, 1.3, 0.0], (478, 3)) * span  # a face's front, y down
+    pts[33], pts[263] = [-0.5 * span, 0, 0], [0.5 * span, 0, 0]  # outer eye corners
+    pts[10], pts[152] = [0, -0.9 * span, -0.1 * span], [0, 1.3 * span, -0.1 * span]  # forehead, chin
+    pts[1] = [0, 0.5 * span, -0.45 * span]  # nose tip, towards the camera
+    a = np.radians(yaw_deg)
+    R = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
+    return pts @ R.T + [*centre, 0.0]
 
 
 def test_labels_split_head_above_the_chin_and_torso_below():
@@ -51,6 +66,26 @@ def test_labels_split_head_above_the_chin_and_torso_below():
     own[100:] = False
     assert (parse_labels(prob, lm, own)[:, 100:] == BACKGROUND).all()
     assert (parse_labels(prob, None, np.ones(s, bool)) != HEAD).all()
+
+
+def test_head_outline_turns_with_the_head_and_keeps_the_back_of_a_profile():
+    frontal_c, frontal_A = head_ellipse(_turned_face(0))
+    assert abs(frontal_c[0] - 64) < 1e-6 and abs(frontal_A[0, 1]) < 1e-9  # centred, upright
+    for yaw, back in ((70, +1), (-70, -1)):  # the nose points left: the back of the head lies to the right
+        lm = _turned_face(yaw)
+        c, A = head_ellipse(lm)
+        assert back * (c[0] - 64) > 0.3 * 40
+        s = 160
+        prob = np.zeros((s, s), np.float32)
+        prob[10:, 20:140] = 1.0  # the person (hair at the back of the head included)
+        labels = parse_labels(prob, lm, np.ones(s, bool))
+        hull_edge = lm[:, 0].max() if back > 0 else lm[:, 0].min()
+        x_back = int(hull_edge + back * 0.6 * 40)  # the back of the head, beyond the face mesh's hull
+        assert labels[50, x_back] == HEAD
+        assert labels[150, x_back] == TORSO  # under the chin line: the shoulders
+    # The old band around the face hull gave that hair to the torso; a frontal face keeps its width.
+    labels = parse_labels(np.ones((160, 160), np.float32), _turned_face(0), np.ones(160, bool))
+    assert labels[40, 64 + 40] == HEAD and labels[40, 64 + 70] == TORSO
 
 
 def test_short_gaps_are_filled_and_long_ones_stay_invalid():
