@@ -68,16 +68,33 @@ def parse_labels(person_prob: np.ndarray, landmarks: np.ndarray | None, own_colu
     pts = landmarks[:, :2].astype(np.float32)
     hull = np.zeros((s, s), np.uint8)
     cv2.fillConvexPoly(hull, cv2.convexHull(pts).astype(np.int32), 1)
-    up = pts[FOREHEAD] - pts[CHIN]
-    up /= max(np.linalg.norm(up), 1e-6)
+    above = above_chin(landmarks, s)
     ys, xs = _pixel_grid(s)
-    above = (xs - pts[CHIN, 0]) * up[0] + (ys - pts[CHIN, 1]) * up[1] > 0
     centre, A = head_ellipse(landmarks)
     dx, dy = xs - centre[0], ys - centre[1]
     inside = A[0, 0] * dx * dx + 2 * A[0, 1] * dx * dy + A[1, 1] * dy * dy <= 1.0
     head = (hull > 0) | (person & above & inside)
     labels[head] = HEAD
     return labels
+
+
+def above_chin(landmarks: np.ndarray, s: int) -> np.ndarray:
+    """[s, s] bool: the crop's pixels above the chin line (through the chin, perpendicular to the face's up)."""
+    pts = landmarks[:, :2].astype(np.float32)
+    up = pts[FOREHEAD] - pts[CHIN]
+    up /= max(np.linalg.norm(up), 1e-6)
+    ys, xs = _pixel_grid(s)
+    return (xs - pts[CHIN, 0]) * up[0] + (ys - pts[CHIN, 1]) * up[1] > 0
+
+
+def head_cover(labels: np.ndarray, landmarks: np.ndarray) -> float:
+    """Share of the person's pixels above the chin line that are labelled head (NaN: none there).
+
+    Above the chin there is the head, with its hair, and little else (a raised hand, a shoulder of a tilted head): a
+    low share means hair or the back of the head went to the torso. prepare's QA reports it per person."""
+    above = above_chin(landmarks, labels.shape[0])
+    person = above & (labels != BACKGROUND)
+    return float((labels[person] == HEAD).mean()) if person.any() else float("nan")
 
 
 def head_ellipse(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -131,13 +148,15 @@ def median_plate(frames: np.ndarray, background: np.ndarray, margin: int) -> tup
     """
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
     bg = np.stack([cv2.erode(b.astype(np.uint8), kernel) > 0 for b in background])
-    # Masked median by sorting: covered samples become 256, sort to the end, and are never picked.
-    stack = np.where(bg[..., None], frames, np.uint16(256)).astype(np.uint16)
-    stack.sort(axis=0)
     count = bg.sum(0)
+    # Masked median by sorting: covered samples become 256, sort to the end, and are never picked. The samples are
+    # moved to the last axis first, where numpy sorts the short rows in a tenth of the time it takes along the first.
+    last = [np.ascontiguousarray(np.moveaxis(a, 0, -1)) for a in (bg, frames)]  # copies: where() reads them fast
+    stack = np.where(last[0][:, :, None, :], last[1], np.uint16(256))
+    stack.sort(axis=-1)
     hole = count == 0
     k = np.maximum(count - 1, 0) // 2
-    plate = np.take_along_axis(stack, np.broadcast_to(k[None, ..., None], (1, *stack.shape[1:])), 0)[0]
+    plate = np.take_along_axis(stack, np.broadcast_to(k[..., None, None], (*stack.shape[:3], 1)), -1)[..., 0]
     plate = np.where(hole[..., None], 0, plate).astype(np.uint8)
     if hole.any():
         plate = _inpaint(plate, hole)

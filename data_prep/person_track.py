@@ -3,7 +3,11 @@
 Runs in its own process per person (``pipeline`` fans persons out over the
 cores): it decodes the video itself, so nothing large crosses processes.
 Writes ``frames.mp4`` (the crops), ``parsing.mkv`` (labels, lossless) and
-``background.png`` into the person's folder and returns the landmarks.
+``background.png`` into the person's folder and returns the landmarks. For
+the later stages, so they decode nothing again, it leaves in the stages
+folder each frame's grey crop and labels at the torso tracker's working size
+(``torso_frames``, raw bytes) and the crops and labels of the QA contact
+sheet's frames (``qa_tiles``).
 """
 
 from __future__ import annotations
@@ -11,15 +15,17 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from common import video_io
-from common.atomic_io import save_image
+from common.atomic_io import atomic_path, save_image, save_npz
 from common.dataset import LABEL_SCALE
-from data_prep import parsing
+from data_prep import parsing, torso_track
 
 MAX_GAP = 5  # frames; a face lost for longer stays invalid and is left out of training
 PLATE_SAMPLES = 48  # frames sampled for the background median
+HEAD_COVER_EVERY = 5  # frames between two measures of the head label's cover (``parsing.head_cover``)
 
 
 @dataclasses.dataclass
@@ -33,6 +39,8 @@ class PersonJob:
     own_columns: tuple[float, float]  # frame columns [left, right) that are this person's
     crop_size: int
     out_dir: str
+    stages_dir: str  # where the torso stage's working frames and the QA tiles go
+    qa_frames: tuple[int, ...] = ()  # the frames the contact sheet shows (past the clip's end: its last frame)
     crf: int = 17
 
 
@@ -79,16 +87,37 @@ def fill_short_gaps(landmarks: np.ndarray, found: np.ndarray, max_gap: int = MAX
     return lm, valid
 
 
-def run_person(job: PersonJob, progress=None) -> dict[str, np.ndarray]:
+def torso_frames_paths(stages_dir: str | Path, pid: int) -> tuple[Path, Path]:
+    """The raw [T, n, n] uint8 grey crops and label maps at the torso tracker's working size."""
+    return Path(stages_dir) / f"torso_grey_{pid}.u8", Path(stages_dir) / f"torso_labels_{pid}.u8"
+
+
+def read_torso_frames(stages_dir: str | Path, pid: int, n_frames: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The person's working frames (memory-mapped), or None when the person pass left none or other counts."""
+    paths = torso_frames_paths(stages_dir, pid)
+    if not all(p.is_file() for p in paths):
+        return None
+    side = int(round(np.sqrt(paths[0].stat().st_size / max(n_frames, 1))))
+    if any(p.stat().st_size != n_frames * side * side for p in paths) or side < 1:
+        return None
+    return tuple(np.memmap(p, np.uint8, "r", shape=(n_frames, side, side)) for p in paths)
+
+
+def qa_tiles_path(stages_dir: str | Path, pid: int) -> Path:
+    return Path(stages_dir) / f"qa_tiles_{pid}.npz"
+
+
+def run_person(job: PersonJob, pid: int, progress=None) -> dict[str, np.ndarray]:
     """Crop, mesh, segment and label every frame of one person; write its files.
 
     Args:
-        job: the person's job.
+        job: the person's job; pid: the person's id (names its files in the stages folder).
         progress: optional callable(n) told after each frame.
 
     Returns:
-        landmarks [T, 478, 3] float32 (NaN where lost) and found [T] bool, straight from the mesh;
-        T is the number of frames the decoder delivered.
+        landmarks [T, 478, 3] float32 (NaN where lost) and found [T] bool, straight from the mesh (T is the number
+        of frames the decoder delivered); head_cover [K]: ``parsing.head_cover`` on every ``HEAD_COVER_EVERY``-th
+        frame with a face.
     """
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -99,21 +128,36 @@ def run_person(job: PersonJob, progress=None) -> dict[str, np.ndarray]:
     expected = max(1, job.n_frames)
     plate_at = set(np.linspace(0, expected - 1, min(PLATE_SAMPLES, expected)).round().astype(int).tolist())
     plate_frames, plate_bg, landmarks = [], [], []
-    last_lm = None
+    qa_at, qa = set(job.qa_frames), {}
+    work = min(job.crop_size, torso_track.WORK_SIZE)
+    last_lm = last = None
+    cover = []
+    grey_path, label_path = torso_frames_paths(job.stages_dir, pid)
     try:
         with video_io.FrameWriter(out / "frames.mp4", job.fps, crf=job.crf, pix_fmt="yuv444p",
                                   preset="superfast") as crop_out, \
-                video_io.FrameWriter(out / "parsing.mkv", job.fps, gray=True) as label_out:
+                video_io.FrameWriter(out / "parsing.mkv", job.fps, gray=True) as label_out, \
+                atomic_path(grey_path) as grey_tmp, atomic_path(label_path) as label_tmp, \
+                open(grey_tmp, "wb") as grey_file, open(label_tmp, "wb") as label_file:
             for i, crop in enumerate(video_io.iter_frames(job.video, job.fps, crop=job.box, size=job.crop_size)):
                 lm = mesher(crop)
                 landmarks.append(np.full((478, 3), np.nan, np.float32) if lm is None else lm)
                 last_lm = lm if lm is not None else last_lm
                 labels = parsing.parse_labels(segmenter(crop), last_lm, own)
+                if lm is not None and i % HEAD_COVER_EVERY == 0:
+                    cover.append(parsing.head_cover(labels, lm))
                 crop_out.write(crop)
                 label_out.write(labels * LABEL_SCALE)
+                small = crop if work == job.crop_size else cv2.resize(crop, (work, work), interpolation=cv2.INTER_AREA)
+                grey_file.write(cv2.cvtColor(small, cv2.COLOR_RGB2GRAY).tobytes())
+                label_file.write((labels if work == job.crop_size else
+                                  cv2.resize(labels, (work, work), interpolation=cv2.INTER_NEAREST)).tobytes())
                 if i in plate_at:
                     plate_frames.append(crop)
                     plate_bg.append(labels == parsing.BACKGROUND)
+                if i in qa_at:
+                    qa[i] = (crop, labels)
+                last = (i, crop, labels)
                 if progress:
                     progress(1)
     finally:
@@ -122,4 +166,10 @@ def run_person(job: PersonJob, progress=None) -> dict[str, np.ndarray]:
     plate, _ = parsing.median_plate(np.stack(plate_frames), np.stack(plate_bg), margin=max(2, job.crop_size // 100))
     save_image(out / "background.png", plate)
     landmarks = np.stack(landmarks)
-    return {"landmarks": landmarks, "found": np.isfinite(landmarks).all(axis=(1, 2))}
+    if job.qa_frames:  # frames planned past the end of the stream show its last one
+        shown = sorted({f if f in qa else last[0] for f in job.qa_frames})
+        qa[last[0]] = last[1:]
+        save_npz(qa_tiles_path(job.stages_dir, pid), frames=np.array(shown),
+                 crops=np.stack([qa[f][0] for f in shown]), labels=np.stack([qa[f][1] for f in shown]))
+    return {"landmarks": landmarks, "found": np.isfinite(landmarks).all(axis=(1, 2)),
+            "head_cover": np.array(cover, np.float32)}

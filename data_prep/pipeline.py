@@ -35,6 +35,8 @@ from speech.roles import read_roles
 MIN_SECONDS = 2.0
 MAX_ROLE_PERSONS = 64  # a roles file is checked up front against this many persons, then against those found
 MIN_VALID_FRACTION = 0.5  # a person whose face is lost for more than this is refused
+QA_FRAMES = 6  # frames per person on the contact sheet
+FRAME_PLATE_SAMPLES = 32  # frames whose median is the full-frame background plate
 MAX_DROPPED_SHOWN = 6  # dropped face tracks named in the log, most seen first; the rest are counted
 
 
@@ -57,7 +59,7 @@ class PrepareConfig:
     allow_silent: bool = False
     """Accept a video without an audio track (silence; nobody speaks)."""
     workers: int = 0
-    """Processes for the per-person pass (0: one per person, at most the CPU count)."""
+    """Processes for the per-person passes and torso tracking (0: one per CPU core; 1: everything in this one)."""
     force: bool = False
     """Redo every stage, and overwrite another video's dataset."""
     crf: int = 17
@@ -75,20 +77,41 @@ class Prepare:
         self.stages = self.out / ".stages"
         self.timings: dict[str, float] = {}
         self._redo = False
+        self._pool: concurrent.futures.ProcessPoolExecutor | None = None
 
     # -- orchestration --------------------------------------------------------------------------
     def run(self) -> Path:
         """Run every stage; returns the dataset directory."""
         t_all = time.perf_counter()
         ctx = self._check_source()
-        for name, stage in [("people", self._people), ("persons", self._persons), ("tracks", self._tracks),
-                            ("torso", self._torso), ("audio", self._audio), ("qa", self._qa)]:
-            t0 = time.perf_counter()
-            stage(ctx)
-            self.timings[name] = time.perf_counter() - t0
+        try:
+            # The torso stage's processes run while this one does the audio and the QA pictures (``_torso_done``).
+            for name, stage in [("people", self._people), ("persons", self._persons), ("tracks", self._tracks),
+                                ("torso", self._torso), ("audio", self._audio), ("qa", self._qa),
+                                ("torso", self._torso_done)]:
+                t0 = time.perf_counter()
+                stage(ctx)
+                self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+        finally:
+            if self._pool is not None:
+                self._pool.shutdown(cancel_futures=True)
         self.timings["total"] = time.perf_counter() - t_all
         self._write_meta(ctx)
         return self.out
+
+    def _workers(self) -> concurrent.futures.ProcessPoolExecutor | None:
+        """The per-person processes (None: one process does everything), started once and shared by the stages.
+
+        Started at the first stage, they import mediapipe while the main process finds the people."""
+        workers = self.cfg.workers or (os.cpu_count() or 1)
+        if workers <= 1:
+            return None
+        if self._pool is None:
+            ctx_mp = multiprocessing.get_context("spawn")  # TFLite threads do not survive fork
+            self._pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx_mp)
+            for _ in range(workers):
+                self._pool.submit(_warm_up)
+        return self._pool
 
     def _done(self, *paths: Path) -> bool:
         """Whether a stage may be skipped: its outputs exist and no earlier stage had to run."""
@@ -153,18 +176,19 @@ class Prepare:
             ctx["people"] = json.loads(path.read_text())
             return
         info, cfg = ctx["info"], self.cfg
+        self._workers()
         # Finding people needs only a few frames a second: ffmpeg drops the rest before the pipe.
         detector, segmenter = people.FaceDetector(), PersonSegmenter()
         est = int(info.duration * cfg.detect_per_second) if info.duration else None
         dets, samples, tiled = [], [], set()
-        plate_every = max(1, (est or 1) // 48)
+        plate_every = max(1, (est or 1) // FRAME_PLATE_SAMPLES)
         tile_every = max(1, round(cfg.detect_per_second))  # small faces: a tiled search about once a second
         with tqdm(total=est, desc="find people", unit="frame", leave=False) as bar:
             for i, frame in enumerate(video_io.iter_frames(self.video, cfg.detect_per_second)):
                 if i % tile_every == 0:
                     tiled.add(i)
                 dets.append(detector(frame, i, tiled=i in tiled))
-                if i % plate_every == 0 and len(samples) < 64:
+                if i % plate_every == 0 and len(samples) < FRAME_PLATE_SAMPLES:
                     samples.append((frame, segmenter(_square_pad(frame))[: frame.shape[0], : frame.shape[1]]))
                 bar.update(1)
         detector.close()
@@ -201,16 +225,18 @@ class Prepare:
     def _persons(self, ctx: dict) -> None:
         cfg, pp = self.cfg, ctx["people"]
         todo = []
+        n_expected = pp["n_frames_expected"]
+        qa_frames = tuple(np.linspace(0, max(n_expected - 1, 0), QA_FRAMES).round().astype(int).tolist())
         for p in pp["persons"]:
             pdir = dataset.person_dir(self.out, p["id"])
-            job = person_track.PersonJob(self.video, cfg.fps, pp["n_frames_expected"], tuple(p["bbox"]),
-                                         tuple(p["columns"]), cfg.crop_size, str(pdir), cfg.crf)
+            job = person_track.PersonJob(self.video, cfg.fps, n_expected, tuple(p["bbox"]), tuple(p["columns"]),
+                                         cfg.crop_size, str(pdir), str(self.stages), qa_frames, cfg.crf)
             outputs = [pdir / "frames.mp4", pdir / "parsing.mkv", pdir / "background.png",
                        self.stages / f"landmarks_{p['id']}.npz"]
             if not self._done(*outputs):
                 todo.append((p["id"], job))
         if todo:
-            self._run_persons(todo, pp["n_frames_expected"])
+            self._run_persons(todo, n_expected)
         counts = {len(dataset.load_npz(self.stages / f"landmarks_{p['id']}.npz")["found"]) for p in pp["persons"]}
         if len(counts) != 1:
             raise PrepareError(f"the decoder delivered different frame counts per person ({sorted(counts)}); "
@@ -218,16 +244,15 @@ class Prepare:
         ctx["n_frames"] = counts.pop()
 
     def _run_persons(self, todo: list, n_expected: int) -> None:
-        workers = self.cfg.workers or min(len(todo), os.cpu_count() or 1)
+        pool = self._workers()
         with tqdm(total=n_expected * len(todo), desc="landmarks+parsing", unit="crop", leave=False) as bar:
-            if workers <= 1:
+            if pool is None:
                 for pid, job in todo:
-                    self._save_landmarks(pid, person_track.run_person(job, bar.update))
+                    self._save_landmarks(pid, person_track.run_person(job, pid, bar.update))
                 return
-            ctx_mp = multiprocessing.get_context("spawn")  # TFLite threads do not survive fork
-            queue = ctx_mp.Manager().Queue()
-            with concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx_mp) as pool:
-                futures = {pool.submit(_run_person_reporting, job, queue): pid for pid, job in todo}
+            with multiprocessing.get_context("spawn").Manager() as manager:
+                queue = manager.Queue()
+                futures = {pool.submit(_run_person_reporting, job, pid, queue): pid for pid, job in todo}
                 pending = set(futures)
                 while pending:
                     finished, pending = concurrent.futures.wait(pending, timeout=0.2)
@@ -271,39 +296,44 @@ class Prepare:
                      id_coeff=expression.identity_coefficients(basis, person_mean).astype(np.float32),
                      canonical=fit.canonical.astype(np.float32), rigid=fit.rigid, focal=np.float32(fit.focal),
                      reproj_px=fit.reproj_px.astype(np.float32))
+            cover = _head_cover(self.stages, pid)
             self.log(f"person {pid}: face tracked in {valid.mean():.1%} of frames, focal {fit.focal:.0f} px, "
-                     f"reprojection {np.nanmedian(fit.reproj_px):.2f} px")
+                     f"reprojection {np.nanmedian(fit.reproj_px):.2f} px"
+                     + (f", head label {cover:.0%} of the person above the chin" if np.isfinite(cover) else ""))
         kept = np.cumsum(basis.explained_variance_ratio)[basis.k - 1]
         self.log(f"expression basis: K = {basis.k}, {kept:.1%} of the variance")
 
     # -- stage 4: each person's torso motion, torso.npz -----------------------------------------
     def _torso(self, ctx: dict) -> None:
+        """Start each person's torso tracking (in the worker processes when there are several persons)."""
         ids = [p["id"] for p in ctx["people"]["persons"]]
         outputs = [dataset.person_dir(self.out, i) / "torso.npz" for i in ids] + [self.out / "qa" / "torso_motion.png"]
         if self._done(*outputs):
             return
-        a, b = dataset.splits(ctx["n_frames"])["train"]
-        size = min(self.cfg.crop_size, torso_track.WORK_SIZE)
-        motions, held = [], []
-        for pid in ids:
-            tr = dataset.load_track(self.out, pid)
-            grey = np.stack([cv2.cvtColor(_fit(c, size, cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
-                             for c in dataset.iter_crops(self.out, pid)])
-            labels = np.stack([_fit(lab, size, cv2.INTER_NEAREST) for lab in dataset.iter_parsing(self.out, pid)])
-            idx = np.arange(len(grey))
-            train = idx[a:b][tr["valid"][a:b]]
-            ref = torso_track.reference_frame(tr["euler"], tr["t"], train if len(train) else idx[a:b])
-            motion, ok, corr = torso_track.track_torso(grey, labels, ref)
-            motion = np.where(ok[:, None], motion, np.nan).astype(np.float32)
-            save_npz(dataset.person_dir(self.out, pid) / "torso.npz", motion=motion, reference=np.int64(ref),
-                     correlation=corr.astype(np.float32))
-            motions.append(motion)
-            held.append((idx < a) | (idx >= b))
+        jobs = [(str(self.out), str(self.stages), pid, ctx["n_frames"], self.cfg.crop_size) for pid in ids]
+        pool = self._workers()
+        ctx["torso"] = [pool.submit(_track_torso, *j) for j in jobs] if pool else [_track_torso(*j) for j in jobs]
+
+    def _torso_done(self, ctx: dict) -> None:
+        """Collect the torso motions: log them, draw them, drop the working frames."""
+        if "torso" not in ctx:
+            return
+        ids = [p["id"] for p in ctx["people"]["persons"]]
+        motions = [m.result() if isinstance(m, concurrent.futures.Future) else m for m in ctx.pop("torso")]
+        n = ctx["n_frames"]
+        a, b = dataset.splits(n)["train"]
+        idx = np.arange(n)
+        held = [(idx < a) | (idx >= b)] * len(ids)
+        for pid, ok in zip(ids, (np.isfinite(m).all(1) for m in motions)):
             self.log(f"person {pid}: torso tracked in {ok.mean():.1%} of frames" if ok.any() else
                      f"person {pid}: torso not tracked (too little torso in the crop, or no frame aligned): the NeRF "
                      "moves it with the head pose")
+        size = min(self.cfg.crop_size, torso_track.WORK_SIZE)
         save_image(self.out / "qa" / "torso_motion.png",
                    qa.torso_motion_curves(motions, size, [f"person {i}" for i in ids], held))
+        for pid in ids:  # the working frames are large (65 kB a frame); the dataset holds everything they were for
+            for path in person_track.torso_frames_paths(self.stages, pid):
+                path.unlink(missing_ok=True)
 
     # -- stage 5: audio features and who speaks -----------------------------------------------
     def _audio(self, ctx: dict) -> None:
@@ -315,9 +345,7 @@ class Prepare:
             return
         n, fps = ctx["n_frames"], self.cfg.fps
         audio = video_io.read_audio(self.video) if ctx["info"].has_audio else None
-        if audio is None:
-            audio = np.zeros(0, np.float32)
-        audio = video_io.fit_audio(audio, n, fps)
+        audio = video_io.fit_audio(np.zeros(0, np.float32) if audio is None else audio, n, fps)
         ids = [p["id"] for p in ctx["people"]["persons"]]
         tracks = [dataset.load_track(self.out, i) for i in ids]
         valid = np.stack([t["valid"] for t in tracks], 1)
@@ -349,16 +377,13 @@ class Prepare:
         ids = [p["id"] for p in ctx["people"]["persons"]]
         pnames = [f"person {i}" for i in ids]
         tracks = [dataset.load_track(self.out, i) for i in ids]
-        show = set(np.linspace(0, n - 1, 6).round().astype(int).tolist())
+        show = set(np.linspace(0, n - 1, QA_FRAMES).round().astype(int).tolist())
         tiles, captions = [], []
         for pid, tr in zip(ids, tracks):
-            for f, (crop, lab) in enumerate(zip(dataset.iter_crops(self.out, pid), dataset.iter_parsing(self.out, pid))):
-                if f > max(show):
-                    break
-                if f in show:
-                    lm = tr["landmarks"][f] if tr["valid"][f] else None
-                    tiles.append(qa.draw_landmarks(crop, lm, lab))
-                    captions.append(f"p{pid} f{f}" + ("" if tr["found"][f] else " (filled)" if tr["valid"][f] else ""))
+            for f, crop, lab in self._qa_tiles(pid, show):
+                lm = tr["landmarks"][f] if tr["valid"][f] else None
+                tiles.append(qa.draw_landmarks(crop, lm, lab))
+                captions.append(f"p{pid} f{f}" + ("" if tr["found"][f] else " (filled)" if tr["valid"][f] else ""))
         save_image(qdir / "contact_sheet.png", qa.contact_sheet(tiles, captions, columns=6, tile_size=200))
         euler = np.stack([t["euler"] for t in tracks], 1)
         trans = np.stack([t["t"] for t in tracks], 1)
@@ -373,6 +398,20 @@ class Prepare:
         save_image(qdir / "expression_spectrum.png",
                    qa.expression_spectrum(basis["explained_variance_ratio"], basis["exp_basis"].shape[1]))
 
+    def _qa_tiles(self, pid: int, show: set[int]):
+        """(frame, crop, labels) of the contact sheet's frames: those the person pass kept, else decoded."""
+        path = person_track.qa_tiles_path(self.stages, pid)
+        if path.is_file():
+            kept = dataset.load_npz(path)
+            if set(kept["frames"].tolist()) == show:
+                yield from zip(kept["frames"].tolist(), kept["crops"], kept["labels"])
+                return
+        for f, (crop, lab) in enumerate(zip(dataset.iter_crops(self.out, pid), dataset.iter_parsing(self.out, pid))):
+            if f > max(show):
+                return
+            if f in show:
+                yield f, crop, lab
+
     # -- meta.json, last -------------------------------------------------------------------------
     def _write_meta(self, ctx: dict) -> None:
         pp, cfg = ctx["people"], self.cfg
@@ -381,6 +420,7 @@ class Prepare:
             tr = dataset.load_track(self.out, p["id"])
             persons.append({"id": p["id"], "bbox": p["bbox"], "crop_size": cfg.crop_size, "focal": float(tr["focal"]),
                             "valid_fraction": float(tr["valid"].mean()),
+                            "head_cover": _none_if_nan(_head_cover(self.stages, p["id"])),
                             "reprojection_px": float(np.nanmedian(tr["reproj_px"]))})
         basis = dataset.load_npz(self.out / "expression_basis.npz")
         k = basis["exp_basis"].shape[1]
@@ -402,7 +442,22 @@ class Prepare:
         save_json(self.out / "meta.json", meta)
 
 
-def _run_person_reporting(job: person_track.PersonJob, queue) -> dict:
+def _head_cover(stages: Path, pid: int) -> float:
+    """The median share of the person above the chin that the head label covers (NaN: not measured)."""
+    cover = dataset.load_npz(stages / f"landmarks_{pid}.npz").get("head_cover")
+    return float(np.nanmedian(cover)) if cover is not None and np.isfinite(cover).any() else float("nan")
+
+
+def _none_if_nan(x: float) -> float | None:
+    return None if not np.isfinite(x) else round(x, 4)
+
+
+def _warm_up() -> None:
+    """A worker's first task: import what the person pass needs while the main process finds the people."""
+    import mediapipe  # noqa: F401
+
+
+def _run_person_reporting(job: person_track.PersonJob, pid: int, queue) -> dict:
     """Worker entry: run one person, reporting progress in batches of frames."""
     pending = [0]
 
@@ -412,9 +467,33 @@ def _run_person_reporting(job: person_track.PersonJob, queue) -> dict:
             queue.put(pending[0])
             pending[0] = 0
 
-    res = person_track.run_person(job, report)
+    res = person_track.run_person(job, pid, report)
     queue.put(pending[0])
     return res
+
+
+def _track_torso(out: str, stages: str, pid: int, n: int, crop_size: int) -> np.ndarray:
+    """One person's torso motion [n, 6] (NaN where not tracked), written to its torso.npz.
+
+    Reads the working frames the person pass left, or decodes the crops (a dataset prepared before that existed)."""
+    out = Path(out)
+    a, b = dataset.splits(n)["train"]
+    size = min(crop_size, torso_track.WORK_SIZE)
+    frames = person_track.read_torso_frames(stages, pid, n)
+    if frames is None:
+        frames = (np.stack([cv2.cvtColor(_fit(c, size, cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+                            for c in dataset.iter_crops(out, pid)]),
+                  np.stack([_fit(lab, size, cv2.INTER_NEAREST) for lab in dataset.iter_parsing(out, pid)]))
+    grey, labels = frames
+    tr = dataset.load_track(out, pid)
+    idx = np.arange(len(grey))
+    train = idx[a:b][tr["valid"][a:b]]
+    ref = torso_track.reference_frame(tr["euler"], tr["t"], train if len(train) else idx[a:b])
+    motion, ok, corr = torso_track.track_torso(grey, labels, ref)
+    motion = np.where(ok[:, None], motion, np.nan).astype(np.float32)
+    save_npz(dataset.person_dir(out, pid) / "torso.npz", motion=motion, reference=np.int64(ref),
+             correlation=corr.astype(np.float32))
+    return motion
 
 
 def _fit(img: np.ndarray, size: int, interpolation: int) -> np.ndarray:

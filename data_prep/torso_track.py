@@ -30,6 +30,7 @@ MAX_STRETCH = 1.3
 MAX_SHIFT = 0.2
 """Nor one that moves the torso's centroid by more than this share of the crop."""
 WORK_SIZE = 256
+RETRY_EVERY = 4
 """Frames are aligned at most at this size (larger crops are downscaled: a pixel here is then 2 of 512)."""
 
 
@@ -96,11 +97,20 @@ def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: i
     to_work = np.diag([scale, scale, 1.0])
     # outward from the reference, each frame started from its neighbour's alignment (motion is smooth)
     order = [*range(reference, T), *range(reference - 1, -1, -1)]
-    last = {reference: np.eye(2, 3, dtype=np.float32)}
+    rest = np.eye(2, 3, dtype=np.float32)
+    last = {reference: rest}
+    lost = 0  # frames in a row (this direction) that did not align
     for i in order:
-        start = last.get(i - 1 if i > reference else i + 1, np.eye(2, 3, dtype=np.float32))
+        if i == reference - 1:
+            lost = 0
+        start = last.get(i - 1 if i > reference else i + 1, rest)
         W, frame = None, gray(i)
-        for init in (start, np.eye(2, 3, dtype=np.float32)):  # from the neighbour, then from rest
+        # From the neighbour's alignment, then from rest; while the torso stays lost (hands in front of it, a turn),
+        # from rest only every RETRY_EVERY-th frame: each failed alignment costs ECC's every iteration.
+        inits = [start] if np.allclose(start, rest) else [start, rest]
+        if lost and lost % RETRY_EVERY and len(inits) == 2:
+            inits = inits[:1]
+        for init in inits:
             try:
                 cc, found = cv2.findTransformECC(template, frame, init.copy(), cv2.MOTION_AFFINE, criteria,
                                                  ecc_mask, 5)
@@ -111,6 +121,7 @@ def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: i
                 break
             corr[i] = max(corr[i], cc)
         last[i] = W if W is not None else start
+        lost = 0 if W is not None else lost + 1
         if W is None:
             continue
         # W maps the reference's (working) pixels to the frame's; the field needs the frame's to the reference's

@@ -2,9 +2,11 @@
 """Benchmark prepare: speed in multiples of real time, per stage, and dataset size.
 
 Runs prepare from scratch (--force) on the synthetic two-person conversation
-and, when ../shared/data/dev is present, on a two-person conversation composed
-from two real dev clips. Prints one table; --json writes the figures too.
-This is a benchmark, not a test: numbers depend on the machine.
+and, when ../shared/data/dev is present, on the real two-person recordings
+there (a split-screen interview, 17.5 s, and a debate, 8 s). Prints one
+table; --json writes the figures too. This is a benchmark, not a test:
+numbers depend on the machine, and a shared machine's speed drifts (compare
+two versions run in turn, not single figures).
 """
 
 import json
@@ -19,11 +21,12 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import configargparse  # noqa: E402
 
 from common.console import quiet  # noqa: E402
-from data_prep.compose import ComposeConfig, compose_conversation  # noqa: E402
 from data_prep.pipeline import PrepareConfig, prepare  # noqa: E402
 from data_prep.synthetic import make_conversation  # noqa: E402
 
 DEV = Path(__file__).resolve().parents[2] / "shared" / "data" / "dev"
+REAL_CLIPS = [("interview 1280x720 (real)", "conv_split_interview_17s.mp4"),
+              ("debate 1280x720 (real)", "conv_split_debate_8s.avi")]
 
 
 def dir_size(path: Path, pattern: str = "*") -> int:
@@ -49,7 +52,7 @@ def main(argv=None) -> int:
                    "(TensorFlow Lite, absl, protobuf)")
     p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines")
     p.add_argument("--crop_size", type=int, default=512, help="crop side to benchmark at")
-    p.add_argument("--seconds", type=float, default=15.0, help="length of each benchmark clip")
+    p.add_argument("--seconds", type=float, default=15.0, help="length of the synthetic clip (real ones are whole)")
     p.add_argument("--json", default=None, help="also write the figures to this JSON file")
     args = p.parse_args(argv)
     quiet(args.verbose)
@@ -59,12 +62,10 @@ def main(argv=None) -> int:
         made = make_conversation(td / "syn", seconds=args.seconds)
         rows.append(bench("synthetic 640x360", Path(made["video"]), td / "syn_ds", args.crop_size))
         if DEV.is_dir():
-            conv = td / "dev_conv.mp4"
-            compose_conversation([DEV / "talk_glasses_512.mp4", DEV / "talk_expressive_480.mp4"], conv,
-                                 ComposeConfig(height=512, seconds=min(args.seconds, 14.9)))
-            rows.append(bench("dev clips composed 1024x512", conv, td / "dev_ds", args.crop_size))
+            for name, clip in REAL_CLIPS:
+                rows.append(bench(name, DEV / clip, td / clip, args.crop_size))
         else:
-            print("../shared/data/dev absent: the real-clip row is skipped")
+            print("../shared/data/dev absent: the real clips' rows are skipped")
     print(f"\nprepare benchmark ({os.cpu_count()} CPU cores)")
     hdr = f"{'clip':30} {'persons':>7} {'sec':>6} {'crop':>5} {'wall s':>7} {'x realtime':>10} {'MB':>6} {'MB/30s':>7}"
     print(hdr)

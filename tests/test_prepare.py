@@ -90,6 +90,22 @@ def test_dataset_loads_back_with_the_contract_shapes(synthetic):
     assert (root / "background.png").is_file() and not list(root.rglob(".*.tmp*"))
 
 
+def test_the_person_pass_leaves_the_qa_tiles_and_the_torso_stage_its_working_frames_gone(synthetic):
+    from data_prep import person_track
+
+    ds = synthetic["dataset"]
+    meta = dataset.read_meta(ds)
+    n = meta["n_frames"]
+    for p in meta["persons"]:
+        assert not any(path.exists() for path in person_track.torso_frames_paths(ds / ".stages", p["id"]))
+        tiles = dataset.load_npz(person_track.qa_tiles_path(ds / ".stages", p["id"]))
+        assert tiles["frames"].tolist() == np.linspace(0, n - 1, 6).round().astype(int).tolist()
+        first = next(dataset.iter_crops(ds, p["id"]))  # the stored crop, through the x264 encoder
+        assert np.abs(tiles["crops"][0].astype(int) - first.astype(int)).mean() < 3
+        assert (tiles["labels"][0] == next(dataset.iter_parsing(ds, p["id"]))).all()
+        assert 0.85 < p["head_cover"] <= 1.0  # above the chin the astronaut is head
+
+
 def test_rerun_skips_finished_stages(synthetic):
     before = (synthetic["dataset"] / "persons" / "0" / "track.npz").stat().st_mtime_ns
     out = run_cli("--video", synthetic["video"], "--out", synthetic["dataset"], "--crop_size", str(CROP))
