@@ -3,13 +3,13 @@
 Labels: 0 background, 1 head, 2 torso. The person is mediapipe's selfie
 segmentation (model inside the wheel), kept to the columns nearer this
 person's face than any other's. Head = the convex hull of the face-mesh
-landmarks plus the person's pixels (hair, ears, the back of the head) inside
-the outline of a head-sized ellipsoid placed on the face and turned with it
-(``head_ellipse``), above the chin line; the chin line passes through the chin
-perpendicular to the face's own up direction, so it tilts with the head. A
-face seen in profile thus keeps the back of its head and its hair, which a
-band around the face hull gave to the torso. Torso = the rest of the person
-(neck, shoulders, clothes).
+landmarks plus the person's pixels above the chin line that lie in a band of the face's width
+around its centre line (hair hanging beside the face) or inside the outline of
+a head-sized ellipsoid placed on the face and turned with it
+(``head_ellipse``); the chin line passes through the chin perpendicular to the
+face's own up direction, so it tilts with the head. A face seen in profile
+thus keeps the back of its head and its hair, which the band alone gave to
+the torso. Torso = the rest of the person (neck, shoulders, clothes).
 """
 
 from __future__ import annotations
@@ -19,12 +19,16 @@ import functools
 import cv2
 import numpy as np
 
-from common.landmarks import CHIN, FOREHEAD, LEFT_EYE_OUTER, NOSE_TIP, RIGHT_EYE_OUTER
+from common.landmarks import CHEEK_L, CHEEK_R, CHIN, FOREHEAD, LEFT_EYE_OUTER, NOSE_TIP, RIGHT_EYE_OUTER
 
 BACKGROUND, HEAD, TORSO = 0, 1, 2
-HEAD_SEMI_AXES = (1.25, 1.65, 1.45)
+HEAD_HALF_WIDTH = 0.9
+"""Long hair hangs beside the face: the person above the chin line within this many face widths (cheek to cheek) of
+the face's centre line is head."""
+HEAD_SEMI_AXES = (1.45, 1.65, 1.45)
 """The head ellipsoid's half width, half height and half depth in outer-eye-corner spans (an adult's span is about
-9 cm, the head about 15 x 23 x 20 cm; hair adds a little)."""
+9 cm, the head about 15 x 23 x 20 cm; hair adds to it: at 1.25 spans wide a debate speaker's bob still went to the torso
+in every frame checked)."""
 HEAD_CENTRE = (0.25, 0.85)
 """The ellipsoid's centre above the eye corners' midpoint and behind it, in the same spans."""
 SEG_SIZE = 256  # the selfie model's own input size; running it larger buys nothing
@@ -70,10 +74,17 @@ def parse_labels(person_prob: np.ndarray, landmarks: np.ndarray | None, own_colu
     cv2.fillConvexPoly(hull, cv2.convexHull(pts).astype(np.int32), 1)
     above = above_chin(landmarks, s)
     ys, xs = _pixel_grid(s)
+    # Hair falls beside the face (a band of the face's width on either side, up to any height) ...
+    up = pts[FOREHEAD] - pts[CHIN]
+    up /= max(np.linalg.norm(up), 1e-6)
+    centre = (pts[CHEEK_R] + pts[CHEEK_L]) / 2
+    near = np.abs((xs - centre[0]) * -up[1] + (ys - centre[1]) * up[0]) < HEAD_HALF_WIDTH * np.linalg.norm(
+        pts[CHEEK_L] - pts[CHEEK_R])
+    # ... and the head reaches back, which a turned face shows: its ellipsoid's outline.
     centre, A = head_ellipse(landmarks)
     dx, dy = xs - centre[0], ys - centre[1]
     inside = A[0, 0] * dx * dx + 2 * A[0, 1] * dx * dy + A[1, 1] * dy * dy <= 1.0
-    head = (hull > 0) | (person & above & inside)
+    head = (hull > 0) | (person & above & (near | inside))
     labels[head] = HEAD
     return labels
 

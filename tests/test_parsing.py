@@ -46,6 +46,7 @@ def _turned_face(yaw_deg, span=40.0, centre=(64.0, 60.0)):
     pts[33], pts[263] = [-0.5 * span, 0, 0], [0.5 * span, 0, 0]  # outer eye corners
     pts[10], pts[152] = [0, -0.9 * span, -0.1 * span], [0, 1.3 * span, -0.1 * span]  # forehead, chin
     pts[1] = [0, 0.5 * span, -0.45 * span]  # nose tip, towards the camera
+    pts[234], pts[454] = [-0.65 * span, 0.4 * span, 0.1 * span], [0.65 * span, 0.4 * span, 0.1 * span]  # cheeks
     a = np.radians(yaw_deg)
     R = np.array([[np.cos(a), 0, np.sin(a)], [0, 1, 0], [-np.sin(a), 0, np.cos(a)]])
     return pts @ R.T + [*centre, 0.0]
