@@ -4,8 +4,11 @@
 Finds every person on screen, crops each one (head and shoulders), tracks 478
 face landmarks, fits head pose and focal, fits the expression basis of
 Eq. (1), parses head / torso / background, builds background plates, computes
-audio features and who speaks when, and draws QA pictures. Offline; about
-real time on a laptop CPU.
+audio features and who speaks when, and draws QA pictures. Offline. On 2
+CPU cores a two-person 1280x720 clip at 512 px crops takes about 2.3x its
+length (0.43x real time, measured on a real interview; docs/PERFORMANCE.md).
+Small faces are searched for in tiles; each person found and each face track
+dropped is logged with its reason.
 
 Example:
     python scripts/prepare.py --video talk.mp4 --out data/talk
@@ -43,9 +46,11 @@ def build_parser() -> configargparse.ArgumentParser:
                    help="expression PCA components (raised until they keep 95%% of the variance)")
     p.add_argument("--smooth_pose", type=float, default=d.smooth_pose, help="pose smoothing sigma in frames (0: off)")
     p.add_argument("--detect_per_second", type=float, default=d.detect_per_second,
-                   help="face-detection frames per second when finding people")
+                   help="face-detection frames per second when finding people (about one a second is also searched "
+                   "tile by tile, for faces too small for the whole frame)")
     p.add_argument("--workers", type=int, default=d.workers,
-                   help="processes for the per-person pass (0: one per person, at most the CPU count)")
+                   help="processes for the per-person passes and torso tracking (0: one per CPU core; 1: none besides "
+                   "this one)")
     p.add_argument("--crf", type=int, default=d.crf, help="x264 quality of the stored crops (lower = larger, closer)")
     p.add_argument("--roles", default=None,
                    help="who speaks when, instead of the audio-visual guess: a JSON list of {person, start, end} "
