@@ -102,7 +102,7 @@ class Prepare:
     def _workers(self) -> concurrent.futures.ProcessPoolExecutor | None:
         """The per-person processes (None: one process does everything), started once and shared by the stages.
 
-        Started at the first stage, they import mediapipe while the main process finds the people."""
+        Started once the people are found, they import mediapipe while the main process makes the plate."""
         workers = self.cfg.workers or (os.cpu_count() or 1)
         if workers <= 1:
             return None
@@ -176,7 +176,6 @@ class Prepare:
             ctx["people"] = json.loads(path.read_text())
             return
         info, cfg = ctx["info"], self.cfg
-        self._workers()
         # Finding people needs only a few frames a second: ffmpeg drops the rest before the pipe.
         detector, segmenter = people.FaceDetector(), PersonSegmenter()
         est = int(info.duration * cfg.detect_per_second) if info.duration else None
@@ -197,6 +196,7 @@ class Prepare:
             raise PrepareError(f"{self.video} lasts {len(dets) / cfg.detect_per_second:.2f} s; "
                                f"prepare needs at least {MIN_SECONDS:.0f} s")
         persons, dropped = people.select_persons(people.link_tracks(dets), len(dets), tiled, expected=cfg.persons)
+        self._workers()  # they start and import mediapipe while this process makes the plate
         boxes = people.crop_boxes(persons, info.width, info.height)
         bands = people.split_columns(persons, info.width)
         frames = np.stack([f for f, _ in samples])
@@ -305,7 +305,7 @@ class Prepare:
 
     # -- stage 4: each person's torso motion, torso.npz -----------------------------------------
     def _torso(self, ctx: dict) -> None:
-        """Start each person's torso tracking (in the worker processes when there are several persons)."""
+        """Start each person's torso tracking, in the worker processes (finished by ``_torso_done``)."""
         ids = [p["id"] for p in ctx["people"]["persons"]]
         outputs = [dataset.person_dir(self.out, i) / "torso.npz" for i in ids] + [self.out / "qa" / "torso_motion.png"]
         if self._done(*outputs):
