@@ -116,8 +116,9 @@ def test_every_person_of_a_real_multi_person_clip_is_found_and_tracked(dev_dir, 
     from data_prep.pipeline import PrepareConfig, prepare
 
     video = _panel(dev_dir, tmp_path / "panel.mp4") if clip == "panel" else dev_dir / clip
-    # Half the frame rate halves the person pass (the suite's time); people are still searched 5 times a second.
-    out = prepare(video, tmp_path / "ds", PrepareConfig(crop_size=128, fps=12.5), log=lambda *_: None)
+    # Half the frame rate halves the person pass (the suite's time; people are still searched 5 times a second), and one
+    # process per test spares the suite the worker processes' start (make test runs two tests at a time).
+    out = prepare(video, tmp_path / "ds", PrepareConfig(crop_size=128, fps=12.5, workers=1), log=lambda *_: None)
     meta = dataset.read_meta(out)
     assert len(meta["persons"]) == persons
     for p in meta["persons"]:
