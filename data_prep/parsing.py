@@ -77,8 +77,8 @@ def parse_labels(person_prob: np.ndarray, landmarks: np.ndarray | None, own_colu
     # Hair falls beside the face (a band of the face's width on either side, up to any height) ...
     up = pts[FOREHEAD] - pts[CHIN]
     up /= max(np.linalg.norm(up), 1e-6)
-    centre = (pts[CHEEK_R] + pts[CHEEK_L]) / 2
-    near = np.abs((xs - centre[0]) * -up[1] + (ys - centre[1]) * up[0]) < HEAD_HALF_WIDTH * np.linalg.norm(
+    mid = (pts[CHEEK_R] + pts[CHEEK_L]) / 2
+    near = np.abs((xs - mid[0]) * -up[1] + (ys - mid[1]) * up[0]) < HEAD_HALF_WIDTH * np.linalg.norm(
         pts[CHEEK_L] - pts[CHEEK_R])
     # ... and the head reaches back, which a turned face shows: its ellipsoid's outline.
     centre, A = head_ellipse(landmarks)
