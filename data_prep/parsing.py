@@ -75,8 +75,7 @@ def parse_labels(person_prob: np.ndarray, landmarks: np.ndarray | None, own_colu
     above = above_chin(landmarks, s)
     ys, xs = _pixel_grid(s)
     # Hair falls beside the face (a band of the face's width on either side, up to any height) ...
-    up = pts[FOREHEAD] - pts[CHIN]
-    up /= max(np.linalg.norm(up), 1e-6)
+    up = _face_up(pts)
     mid = (pts[CHEEK_R] + pts[CHEEK_L]) / 2
     near = np.abs((xs - mid[0]) * -up[1] + (ys - mid[1]) * up[0]) < HEAD_HALF_WIDTH * np.linalg.norm(
         pts[CHEEK_L] - pts[CHEEK_R])
@@ -92,10 +91,15 @@ def parse_labels(person_prob: np.ndarray, landmarks: np.ndarray | None, own_colu
 def above_chin(landmarks: np.ndarray, s: int) -> np.ndarray:
     """[s, s] bool: the crop's pixels above the chin line (through the chin, perpendicular to the face's up)."""
     pts = landmarks[:, :2].astype(np.float32)
-    up = pts[FOREHEAD] - pts[CHIN]
-    up /= max(np.linalg.norm(up), 1e-6)
+    up = _face_up(pts)
     ys, xs = _pixel_grid(s)
     return (xs - pts[CHIN, 0]) * up[0] + (ys - pts[CHIN, 1]) * up[1] > 0
+
+
+def _face_up(pts: np.ndarray) -> np.ndarray:
+    """[2] unit vector from the chin to the forehead in the image."""
+    up = pts[FOREHEAD] - pts[CHIN]
+    return up / max(np.linalg.norm(up), 1e-6)
 
 
 def head_cover(labels: np.ndarray, landmarks: np.ndarray) -> float:

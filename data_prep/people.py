@@ -77,15 +77,15 @@ class PersonTrack:
         return {d.frame for d in self.detections}
 
 
-def tiles(width: int, height: int, share: float = TILE_SHARE, overlap: float = TILE_OVERLAP) -> list[tuple[int, int, int]]:
+def tiles(width: int, height: int) -> list[tuple[int, int, int]]:
     """Overlapping square tiles (x0, y0, side) covering a frame; none for a frame of at most ``TILE_FROM`` px (the
     detector sees it shrunk at most 3.3 times, a 60 px face as 18 px: found whole)."""
     if max(width, height) <= TILE_FROM:
         return []
-    side = int(round(share * min(width, height)))
+    side = int(round(TILE_SHARE * min(width, height)))
 
     def starts(n: int) -> list[int]:
-        k = int(np.ceil((n - side) / ((1 - overlap) * side))) + 1 if n > side else 1
+        k = int(np.ceil((n - side) / ((1 - TILE_OVERLAP) * side))) + 1 if n > side else 1
         return np.linspace(0, n - side, k).round().astype(int).tolist() if k > 1 else [0]
 
     return [(x, y, side) for y in starts(height) for x in starts(width)]

@@ -92,13 +92,11 @@ def torso_frames_paths(stages_dir: str | Path, pid: int) -> tuple[Path, Path]:
     return Path(stages_dir) / f"torso_grey_{pid}.u8", Path(stages_dir) / f"torso_labels_{pid}.u8"
 
 
-def read_torso_frames(stages_dir: str | Path, pid: int, n_frames: int) -> tuple[np.ndarray, np.ndarray] | None:
-    """The person's working frames (memory-mapped), or None when the person pass left none or other counts."""
+def read_torso_frames(stages_dir: str | Path, pid: int, n_frames: int, side: int) -> tuple[np.ndarray, np.ndarray] | None:
+    """The person's [n_frames, side, side] working frames (memory-mapped), or None when the person pass left none or
+    another count or size."""
     paths = torso_frames_paths(stages_dir, pid)
-    if not all(p.is_file() for p in paths):
-        return None
-    side = int(round(np.sqrt(paths[0].stat().st_size / max(n_frames, 1))))
-    if any(p.stat().st_size != n_frames * side * side for p in paths) or side < 1:
+    if not all(p.is_file() and p.stat().st_size == n_frames * side * side for p in paths):
         return None
     return tuple(np.memmap(p, np.uint8, "r", shape=(n_frames, side, side)) for p in paths)
 

@@ -196,6 +196,7 @@ class Prepare:
             raise PrepareError(f"{self.video} lasts {len(dets) / cfg.detect_per_second:.2f} s; "
                                f"prepare needs at least {MIN_SECONDS:.0f} s")
         persons, dropped = people.select_persons(people.link_tracks(dets), len(dets), tiled, expected=cfg.persons)
+        seen = [people.presence(p, len(dets), tiled) for p in persons]
         self._workers()  # they start and import mediapipe while this process makes the plate
         boxes = people.crop_boxes(persons, info.width, info.height)
         bands = people.split_columns(persons, info.width)
@@ -205,7 +206,7 @@ class Prepare:
         result = {"n_frames_expected": int(round(info.duration * cfg.fps)), "persons": [
             {"id": k, "bbox": list(boxes[k]), "columns": list(bands[k]),
              "face_median": [float(v) for v in p.median()], "detections": len(p.detections),
-             "presence": people.presence(p, len(dets), tiled)}
+             "presence": seen[k]}
             for k, p in enumerate(persons)],
             "dropped": [{"face_median": [float(v) for v in d.track.median()], "detections": len(d.track.detections),
                          "reason": d.reason} for d in dropped]}
@@ -215,7 +216,7 @@ class Prepare:
         for k, (p, box) in enumerate(zip(persons, boxes)):
             cx, cy, w, _ = p.median()
             self.log(f"  person {k}: face at x {cx:.0f}, y {cy:.0f} ({w:.0f} px), seen in "
-                     f"{people.presence(p, len(dets), tiled):.0%} of the frames searched; crop box (x0, y0, side) {box}")
+                     f"{seen[k]:.0%} of the frames searched; crop box (x0, y0, side) {box}")
         for d in dropped[:MAX_DROPPED_SHOWN]:
             self.log(f"  dropped {d.describe()}")
         if len(dropped) > MAX_DROPPED_SHOWN:
@@ -283,11 +284,11 @@ class Prepare:
             fit.R, fit.t = head_pose.smooth_poses(fit.R, fit.t, valid, cfg.smooth_pose)
             fit.euler = euler_pyr(fit.R)
             fits.append(fit)
-            raws.append((lm, valid, raw["found"]))
-        shapes = [expression.pose_normalize(lm, fit.canonical, fit.rigid) for (lm, _, _), fit in zip(raws, fits)]
-        basis = expression.fit_expression_basis([s[v] for s, (_, v, _) in zip(shapes, raws)], k=cfg.expression_k)
+            raws.append((lm, valid, raw["found"], _head_cover(raw)))
+        shapes = [expression.pose_normalize(lm, fit.canonical, fit.rigid) for (lm, *_), fit in zip(raws, fits)]
+        basis = expression.fit_expression_basis([s[v] for s, (_, v, *_) in zip(shapes, raws)], k=cfg.expression_k)
         save_npz(self.out / "expression_basis.npz", **dataclasses.asdict(basis))
-        for pid, fit, shp, (lm, valid, found) in zip(ids, fits, shapes, raws):
+        for pid, fit, shp, (lm, valid, found, cover) in zip(ids, fits, shapes, raws):
             person_mean = shp[valid].reshape(valid.sum(), -1).mean(0)
             save_npz(dataset.person_dir(self.out, pid) / "track.npz",
                      landmarks=lm.astype(np.float32), valid=valid, found=found,
@@ -296,7 +297,6 @@ class Prepare:
                      id_coeff=expression.identity_coefficients(basis, person_mean).astype(np.float32),
                      canonical=fit.canonical.astype(np.float32), rigid=fit.rigid, focal=np.float32(fit.focal),
                      reproj_px=fit.reproj_px.astype(np.float32))
-            cover = _head_cover(self.stages, pid)
             self.log(f"person {pid}: face tracked in {valid.mean():.1%} of frames, focal {fit.focal:.0f} px, "
                      f"reprojection {np.nanmedian(fit.reproj_px):.2f} px"
                      + (f", head label {cover:.0%} of the person above the chin" if np.isfinite(cover) else ""))
@@ -420,7 +420,8 @@ class Prepare:
             tr = dataset.load_track(self.out, p["id"])
             persons.append({"id": p["id"], "bbox": p["bbox"], "crop_size": cfg.crop_size, "focal": float(tr["focal"]),
                             "valid_fraction": float(tr["valid"].mean()),
-                            "head_cover": _none_if_nan(_head_cover(self.stages, p["id"])),
+                            "head_cover": _none_if_nan(_head_cover(
+                                dataset.load_npz(self.stages / f"landmarks_{p['id']}.npz"))),
                             "reprojection_px": float(np.nanmedian(tr["reproj_px"]))})
         basis = dataset.load_npz(self.out / "expression_basis.npz")
         k = basis["exp_basis"].shape[1]
@@ -442,9 +443,10 @@ class Prepare:
         save_json(self.out / "meta.json", meta)
 
 
-def _head_cover(stages: Path, pid: int) -> float:
-    """The median share of the person above the chin that the head label covers (NaN: not measured)."""
-    cover = dataset.load_npz(stages / f"landmarks_{pid}.npz").get("head_cover")
+def _head_cover(person_pass: dict) -> float:
+    """The median share of the person above the chin that the head label covers (NaN: not measured), from the
+    person pass's results."""
+    cover = person_pass.get("head_cover")
     return float(np.nanmedian(cover)) if cover is not None and np.isfinite(cover).any() else float("nan")
 
 
@@ -479,7 +481,7 @@ def _track_torso(out: str, stages: str, pid: int, n: int, crop_size: int) -> np.
     out = Path(out)
     a, b = dataset.splits(n)["train"]
     size = min(crop_size, torso_track.WORK_SIZE)
-    frames = person_track.read_torso_frames(stages, pid, n)
+    frames = person_track.read_torso_frames(stages, pid, n, size)
     if frames is None:
         frames = (np.stack([cv2.cvtColor(_fit(c, size, cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
                             for c in dataset.iter_crops(out, pid)]),
