@@ -134,6 +134,13 @@ def load_datasets(roots: list[str | Path], size: int, audio_encoder: Wav2LipAudi
         size: crop side to load at.
         audio_encoder: codes every frame's mel window once (persons of a dataset share its audio).
     """
+    names: dict[str, Path] = {}
+    for r in map(Path, roots):  # persons are named "<folder>:<id>": two datasets of one folder name would collide
+        if r.name in names:
+            same = r.resolve() == names[r.name].resolve()
+            raise PrepareError(f"{r} is given twice" if same else f"two datasets are named {r.name} ({names[r.name]} "
+                               f"and {r}): persons are named by their dataset's folder; rename one")
+        names[r.name] = r
     metas = [(Path(r), dataset.read_meta(r)) for r in roots]
     k_expr = max(dataset.load_npz(r / "expression_basis.npz")["exp_basis"].shape[1] for r, _ in metas)
     persons, row = [], 0

@@ -24,7 +24,9 @@ import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
+from common import distributed
 from common.atomic_io import atomic_path, save_image
+from common.distributed import Ranks
 from common.errors import TrainError
 from common.tb import tensorboard_writer
 from nerf.audio import SHIPPED_ENCODER, Wav2LipAudioEncoder, encoder_from_state, load_audio_encoder
@@ -99,6 +101,9 @@ class TrainConfig:
     stopped run checkpoints, validates and summarizes as a finished one; --resume with a larger budget
     continues it, but not step for step (the time-based decay depends on the machine's speed)."""
     resume: bool = False
+    dist_timeout_s: float = distributed.DEFAULT_TIMEOUT_S
+    """Under torchrun: how long a rank waits for the others at a collective before the job stops with an error (the
+    audio encoder's fine-tuning and the validation pictures, done by rank 0 alone, must fit in it)."""
     occupancy_every: int = 0
     """Iterations between builds of an occupancy grid that training samples through, the first at this iteration
     (``nerf.occupancy.build``: the fields' density at a grid's cells under a spread of driving codes and poses, so a
@@ -192,15 +197,19 @@ class _StopRequest:
 def save_checkpoint(path: Path, model, opt, it: int, cfg: TrainConfig, persons: list[PersonFrames],
                     gens: dict[str, torch.Generator], audio_encoder: Wav2LipAudioEncoder,
                     train_seconds: float = 0.0, avatar: dict | None = None,
-                    render_grid: OccupancyGrid | None = None) -> None:
+                    render_grid: OccupancyGrid | None = None, rank_gens: list[dict] | None = None) -> None:
     """Everything a resume needs, and everything rendering needs (``avatar``: ``nerf.avatar.pack``'s section;
     ``render_grid``: the occupancy grid of the trained fields), written atomically; ``train_seconds``: training
-    time so far (resumes included)."""
+    time so far (resumes included); ``rank_gens``: under torchrun, every rank's generator states in rank order
+    (``gens`` are rank 0's)."""
     state = {"version": TrainConfig.CHECKPOINT_VERSION, "model": model.state_dict(),
              "audio_encoder": audio_encoder.state_dict(), "optimizer": opt.state_dict(),
              "iteration": it, "config": json.dumps(dataclasses.asdict(cfg)), "persons": [p.name for p in persons],
              "generators": {k: g.get_state() for k, g in gens.items()},
              "generator_devices": {k: g.device.type for k, g in gens.items()}, "train_seconds": train_seconds}
+    if rank_gens is not None and len(rank_gens) > 1:
+        state["world_size"] = len(rank_gens)
+        state["rank_generators"] = rank_gens
     if model.occupancy is not None:  # (training's grid: a resume goes on with it, step for step)
         state["occupancy"] = {"head": model.occupancy.head, "torso": model.occupancy.torso}
     if avatar is not None:
@@ -353,29 +362,67 @@ def pack_avatar(persons: list[PersonFrames], roots: list[str], log=print) -> dic
     return pack(persons, roots, voices)
 
 
-def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
-    """Train (or resume) a run; returns the final held-out PSNR per person and the run's facts."""
+RANK_SEED = 1_000_003
+"""Rank r draws its rays and jitter from seed + r * RANK_SEED: no two ranks draw the same batch, and rank 0 draws
+what a one-process run draws."""
+
+
+def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict | None:
+    """Train (or resume) a run; returns the final held-out PSNR per person and the run's facts.
+
+    Under ``torchrun --nproc_per_node N`` every process runs this: each rank draws its own rays (``RANK_SEED``),
+    DistributedDataParallel averages the gradients, and rank 0 alone logs and writes the audio encoder,
+    checkpoints, TensorBoard, validation and summary.json (the other ranks return None). One process, or one
+    not started by torchrun, runs exactly as before.
+    """
     check_config_values(cfg)
+    dev = resolve_device(cfg.device)
+    with distributed.session(dev, cfg.dist_timeout_s) as ranks:
+        try:
+            return _train(cfg, ranks, distributed.rank_device(dev, ranks), log if ranks.main else _quiet,
+                          progress and ranks.main)
+        except RuntimeError as e:
+            if not distributed.is_lost_rank(ranks, e):
+                raise
+            raise TrainError(distributed.lost_message(ranks, e, cfg.dist_timeout_s)) from None
+
+
+def _quiet(*_args, **_kw) -> None:
+    """The log of ranks other than 0."""
+
+
+def _generators(cfg: TrainConfig, dev: torch.device, rank: int) -> dict[str, torch.Generator]:
+    """Ray choices are drawn on the CPU; the sample jitter where the samples are made."""
+    seed = cfg.seed + rank * RANK_SEED
+    return {"rays": torch.Generator().manual_seed(seed), "jitter": torch.Generator(device=dev).manual_seed(seed + 1)}
+
+
+def _run_audio_encoder(cfg: TrainConfig, out: Path, ckpt: dict | None, ckpt_path: Path, ranks: Ranks, log,
+                       progress: bool) -> Wav2LipAudioEncoder:
+    """The run's frozen audio encoder: the checkpoint's on a resume, else rank 0's (``audio_encoder_of``: it alone
+    fine-tunes and writes it), sent to the other ranks."""
+    if ckpt is not None:
+        return checkpoint_audio_encoder(ckpt, ckpt_path)
+    encoder = audio_encoder_of(cfg, out, log, progress) if ranks.main else None
+    state = ranks.share(None if encoder is None else {k: v.cpu() for k, v in encoder.state_dict().items()})
+    return encoder if encoder is not None else encoder_from_state(state, f"rank 0's audio encoder of {out}")
+
+
+def _train(cfg: TrainConfig, ranks: Ranks, dev: torch.device, log, progress: bool) -> dict | None:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
-    ckpt = None
-    if cfg.resume and ckpt_path.is_file():
-        ckpt = load_checkpoint(ckpt_path)
+    ckpt = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.is_file() else None
+    if ckpt is not None:
         check_config(ckpt, cfg)
-        audio_encoder = checkpoint_audio_encoder(ckpt, ckpt_path)
-    else:
-        audio_encoder = audio_encoder_of(cfg, out, log, progress)
-    dev = resolve_device(cfg.device)
+    audio_encoder = _run_audio_encoder(cfg, out, ckpt, ckpt_path, ranks, log, progress)
     prepare_device(dev)
     persons = [p.to(dev) for p in load_datasets(cfg.data, cfg.image_size, audio_encoder)]
     model, opt = build(cfg, persons, dev)
     # The schedule's starting rates, read before a resume loads the optimizer (whose groups hold the decayed rates
     # of the step it stopped at: decaying from those would make a resumed run another run).
     base_lrs = [g["lr"] for g in opt.param_groups]
-    # Ray choices are drawn on the CPU; the sample jitter where the samples are made.
-    gens = {"rays": torch.Generator().manual_seed(cfg.seed),
-            "jitter": torch.Generator(device=dev).manual_seed(cfg.seed + 1)}
+    gens = _generators(cfg, dev, ranks.rank)
     start, spent_before = 0, 0.0
     if ckpt is not None:
         check_compatible(ckpt, cfg, persons)
@@ -385,23 +432,43 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
                              f"{saved_on}) to continue the same run step for step, or train afresh")
         model.load_state_dict(ckpt["model"])
         opt.load_state_dict(ckpt["optimizer"])
-        for k, g in gens.items():
-            g.set_state(ckpt["generators"][k])
+        start = ckpt["iteration"]
+        saved_world = int(ckpt.get("world_size", 1))
+        if saved_world == ranks.world:
+            states = ckpt["rank_generators"][ranks.rank] if ranks.active else ckpt["generators"]
+            for k, g in gens.items():
+                g.set_state(states[k])
+        else:  # the same model and optimizer, but other ray draws than an uninterrupted run's
+            gens = _generators(dataclasses.replace(cfg, seed=cfg.seed + start), dev, ranks.rank)
+            log(f"the checkpoint was written by {saved_world} rank(s), this run has {ranks.world}: training goes on "
+                "from it, with new ray draws (not step for step)")
         if cfg.occupancy_every and "occupancy" in ckpt:
             model.occupancy = OccupancyGrid(**{k: v.to(dev) for k, v in ckpt["occupancy"].items()})
-        start = ckpt["iteration"]
         spent_before = float(ckpt.get("train_seconds", 0.0))
         log(f"resumed from {ckpt_path} at iteration {start} ({spent_before:.0f} s of training so far)")
-    report_torso_tracks(model, persons, out / "torso_track.png", log)
-    avatar = ckpt["avatar"] if ckpt is not None and "avatar" in ckpt else pack_avatar(persons, cfg.data, log)
-    log(f"training on {dev}" + (f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""))
-    (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
-    writer = tensorboard_writer(out / "tb")
+    if ranks.main:
+        report_torso_tracks(model, persons, out / "torso_track.png", log)
+        avatar = ckpt["avatar"] if ckpt is not None and "avatar" in ckpt else pack_avatar(persons, cfg.data, log)
+        (out / "config.json").write_text(json.dumps(dataclasses.asdict(cfg), indent=2) + "\n")
+    else:
+        avatar = None
+    on = f" ({torch.cuda.get_device_name(dev)})" if dev.type == "cuda" else ""
+    log(f"training on {dev}{on}" + (f", {ranks.world} ranks ({cfg.batch_rays} rays each per step)"
+                                    if ranks.active else ""))
+    # Under DDP the wrapper runs the forward pass (its backward averages the gradients over the ranks); everything
+    # else (losses' code norms, occupancy, validation, checkpoints) reads the model itself.
+    # (device_ids None: the batch is made on the rank's device already, and stays a RayBatch)
+    net = model if not ranks.active else torch.nn.parallel.DistributedDataParallel(
+        model, device_ids=None, broadcast_buffers=False,
+        find_unused_parameters=cfg.model == "per_person")  # (a person's own network idles when its rays miss a batch)
+    writer = tensorboard_writer(out / "tb") if ranks.main else None
     t0 = time.perf_counter()
     spent = lambda: spent_before + time.perf_counter() - t0  # noqa: E731  (training seconds, resumes included)
     bar = tqdm(range(start, cfg.iters), desc="train", unit="it", disable=not progress, initial=start, total=cfg.iters)
     last_psnr = float("nan")
     history: list[torch.Tensor] = []
+    val_history: list[dict] = []  # (rank 0's held-out PSNR at each validation, and the training time until then)
+    val_seconds = 0.0  # (validation time in this process, left out of val_history's training time)
     stopped_at = None
     # Host syncs stall a GPU's queue: the loss is checked for NaN/inf on the device and read back only when
     # logging and before a checkpoint is written (so a checkpoint never holds a state after a bad step).
@@ -409,38 +476,57 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
     first_bad = torch.full((), -1, dtype=torch.long, device=dev)
 
     def check_finite() -> None:
-        if bool(bad):
-            raise TrainError(f"the loss became NaN or infinite at iteration {int(first_bad)}; training stopped and "
+        # (every rank at the same iterations: all stop together, whichever saw it)
+        never = float(cfg.iters + 1)
+        seen, first = ranks.max([float(bad), -(float(first_bad) if bool(bad) else never)])
+        if seen:
+            raise TrainError(f"the loss became NaN or infinite at iteration {int(-first)}; training stopped and "
                              f"{ckpt_path} keeps the last good state (try a lower --lr_hash or --lr)")
 
     def checkpoint(iteration: int, render_grid: OccupancyGrid | None = None) -> None:
         check_finite()
-        save_checkpoint(ckpt_path, model, opt, iteration, cfg, persons, gens, audio_encoder, spent(), avatar,
-                        render_grid)
+        rank_gens = ranks.gather({k: g.get_state() for k, g in gens.items()}) if ranks.active else None
+        if ranks.main:
+            save_checkpoint(ckpt_path, model, opt, iteration, cfg, persons, gens, audio_encoder, spent(), avatar,
+                            render_grid, rank_gens)
+
+    # What every rank must see alike, each step: whether to stop (a signal) and the training time (the time budget
+    # and the learning rates follow it). One process reads its own; ranks agree on rank-wise maxima at each logging
+    # step (a host sync there anyway) and hold them in between.
+    agreed = [0.0, spent_before]
+
+    def control(it: int, stop_requested: bool) -> tuple[bool, float]:
+        if not ranks.active:
+            return stop_requested, spent()
+        if it == start or it % cfg.log_every == 0:
+            agreed[:] = ranks.max([float(stop_requested), spent()])
+        return bool(agreed[0]), agreed[1]
 
     with _StopRequest() as stop:
         for it in bar:
-            if stop.requested:  # Ctrl-C or SIGTERM during the last step: it finished, keep it and stop
+            stop_now, seconds = control(it, stop.requested)
+            if stop_now:  # Ctrl-C or SIGTERM during the last step: it finished, keep it and stop
                 bar.close()
                 checkpoint(it)
                 log(f"stopped on request: {ckpt_path} holds iteration {it}; --resume continues from it")
                 raise KeyboardInterrupt
             frac = it / max(cfg.iters - 1, 1)
             if cfg.time_budget_s > 0:
-                if spent() >= cfg.time_budget_s:
+                if seconds >= cfg.time_budget_s:
                     stopped_at = it  # (its checkpoint is the final one, below)
                     log(f"time budget of {cfg.time_budget_s:.0f} s reached at iteration {it}")
                     break
-                frac = max(frac, spent() / cfg.time_budget_s)
+                frac = max(frac, seconds / cfg.time_budget_s)
             for g, lr0 in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr0 * cfg.lr_decay**frac
             if cfg.occupancy_every and it >= cfg.occupancy_every and it % cfg.occupancy_every == 0:
-                model.occupancy = build_occupancy(model, persons)
+                grid = build_occupancy(model, persons)  # (rank 0's, on every rank)
+                model.occupancy = OccupancyGrid(head=ranks.share_tensor(grid.head), torso=ranks.share_tensor(grid.torso))
                 if writer:
                     for k, v in model.occupancy.fraction().items():
                         writer.add_scalar(f"occupancy/{k}", v, it)
             batch = sample_rays(persons, cfg.batch_rays, gens["rays"], cfg.audio_window)
-            rendered = model(batch, jitter=True, gen=gens["jitter"])
+            rendered = net(batch, jitter=True, gen=gens["jitter"])
             loss = losses(rendered, batch, model, cfg)
             total = loss["total"].detach()
             newly_bad = ~torch.isfinite(total) & ~bad
@@ -463,21 +549,30 @@ def train(cfg: TrainConfig, log=print, progress: bool = True) -> dict:
             done = it + 1
             if done % cfg.ckpt_every == 0 and done != cfg.iters:  # (the last one is written once, below)
                 checkpoint(done)
-            if done % cfg.val_every == 0 or done == cfg.iters:
+            if ranks.main and (done % cfg.val_every == 0 or done == cfg.iters):
+                t_val = time.perf_counter()
                 val = evaluate_psnr(model, persons)
                 for name, v in val.items():
                     if writer:
                         writer.add_scalar(f"val_psnr/{name}", v, done)
                 _save_val_pictures(model, persons, out, done, writer)
+                val_seconds += time.perf_counter() - t_val
+                val_history.append({"iteration": done, "train_seconds": round(spent() - val_seconds, 2),
+                                    "psnr": {k: round(v, 3) for k, v in val.items()}})
     bar.close()
     # The final checkpoint, with the occupancy grid rendering skips empty cells with, built once from the trained
     # fields, so that render.py starts without the training data.
-    checkpoint(stopped_at if stopped_at is not None else cfg.iters, build_occupancy(model, persons))
+    checkpoint(stopped_at if stopped_at is not None else cfg.iters, build_occupancy(model, persons) if ranks.main
+               else None)
+    if not ranks.main:
+        return None
     val = evaluate_psnr(model, persons)
-    facts = {"iterations": stopped_at if stopped_at is not None else cfg.iters,
+    iterations = stopped_at if stopped_at is not None else cfg.iters
+    facts = {"iterations": iterations,
              "seconds": round(time.perf_counter() - t0, 1), "train_seconds_total": round(spent(), 1), "val_psnr": val,
              "train_psnr_last_batch": last_psnr, "parameters": sum(p.numel() for p in model.parameters()),
-             "first_iteration": start, "device": str(dev),
+             "first_iteration": start, "device": str(dev), "world_size": ranks.world,
+             "rays_per_step": cfg.batch_rays * ranks.world, "val_history": val_history,
              "loss_history": torch.stack(history).tolist() if history else []}
     if dev.type == "cuda":
         facts["gpu"] = torch.cuda.get_device_name(dev)

@@ -23,6 +23,7 @@ from tqdm import tqdm
 
 from common import dataset
 from common.atomic_io import atomic_path, save_json
+from common.distributed import Ranks
 from common.video_io import AUDIO_SR, FrameWriter, fit_audio, read_audio
 from data_prep.audio_features import frame_zcr_rms, mel_windows, wav2lip_mel
 from nerf.audio import frame_codes
@@ -158,26 +159,39 @@ def plan_key(plan: Plan, extra: dict) -> str:
 
 
 def render_chunks(model: AvatarModel, plan: Plan, parts: Path, chunk: int, key: str,
-                  progress: bool = True, amp: bool = False) -> tuple[list[Path], int, int]:
+                  progress: bool = True, amp: bool = False, ranks: Ranks | None = None) -> tuple[list[Path], int, int]:
     """Render the tiles of every frame in chunks of ``chunk`` frames into ``parts`` (chunk_<start>.npz,
     lossless; layout-free, so one render serves every layout), keeping the chunks an interrupted run
     of the same plan (``key``) left there.
 
+    Under torchrun (``ranks``) rank r renders chunks r, r + N, r + 2N, ... of the N ranks' shared ``parts`` (one
+    folder every rank sees); all return once every chunk is there. The progress bar counts this rank's chunks.
+
     Returns:
-        (chunk paths in frame order, chunks rendered now, frames rendered now).
+        (chunk paths in frame order, chunks rendered now, frames rendered now), the counts over all ranks.
     """
+    ranks = ranks or Ranks()
+    keys = ranks.gather(key)
+    if len(set(keys)) > 1:  # (each rank plans the conversation itself: they must have planned the same)
+        raise RenderError("the ranks planned different conversations (keys " + ", ".join(keys) + "); give every "
+                          "rank the same options and files")
     manifest = parts / "manifest.json"
-    if parts.exists() and (not manifest.is_file() or json.loads(manifest.read_text()).get("key") != key):
-        shutil.rmtree(parts)  # another render's leftovers
-    parts.mkdir(parents=True, exist_ok=True)
-    save_json(manifest, {"key": key, "frames": plan.n_frames, "chunk": chunk})
+    if ranks.main:
+        if parts.exists() and (not manifest.is_file() or json.loads(manifest.read_text()).get("key") != key):
+            shutil.rmtree(parts)  # another render's leftovers
+        parts.mkdir(parents=True, exist_ok=True)
+        save_json(manifest, {"key": key, "frames": plan.n_frames, "chunk": chunk})
+    ranks.barrier()
     T = plan.n_frames
-    paths, rendered, new_frames = [], 0, 0
-    bar = tqdm(total=T, desc="render", unit="frame", disable=not progress, dynamic_ncols=True)
-    for a in range(0, T, chunk):
+    starts = list(range(0, T, chunk))
+    mine = starts[ranks.rank::ranks.world]
+    paths = [parts / f"chunk_{a:07d}.npz" for a in starts]
+    rendered, new_frames = 0, 0
+    bar = tqdm(total=sum(min(T, a + chunk) - a for a in mine), desc="render", unit="frame", disable=not progress,
+               dynamic_ncols=True)
+    for a in mine:
         path = parts / f"chunk_{a:07d}.npz"
         b = min(T, a + chunk)
-        paths.append(path)
         if not path.is_file():
             tiles = []
             for t in render_tiles(model, plan, a, b, amp):
@@ -191,20 +205,26 @@ def render_chunks(model: AvatarModel, plan: Plan, parts: Path, chunk: int, key: 
         else:
             bar.update(b - a)
     bar.close()
+    if ranks.active:
+        counts = ranks.gather((rendered, new_frames))  # (and every rank waits here for the others' chunks)
+        rendered, new_frames = (sum(c[i] for c in counts) for i in (0, 1))
     return paths, rendered, new_frames
 
 
 def render_video(model: AvatarModel, plan: Plan, outputs: list[tuple[object, str | Path]], chunk: int = 50,
                  key_extra: dict | None = None, progress: bool = True, tiles_only: bool = False,
-                 amp: bool = False) -> dict:
+                 amp: bool = False, ranks: Ranks | None = None) -> dict:
     """Render every frame's tiles once, in chunks (``render_chunks``, resumable), then write one mp4 per
     (layout, path) in ``outputs`` with the audio muxed, each atomically; the parts are removed at the end.
     With ``tiles_only`` it stops after the chunks (kept in <first output>.parts/): the same render run
     later, here or on a machine the parts were copied to, composes and muxes them without re-rendering.
+    Under torchrun (``ranks``) the ranks share the chunks out and rank 0 alone writes the videos.
 
     Returns:
-        {"frames", "chunks_rendered", "chunks_reused", "seconds_per_frame"} (seconds per newly rendered frame).
+        {"frames", "chunks_rendered", "chunks_reused", "seconds_per_frame", "parts", "ranks"} (seconds per newly
+        rendered frame, wall time over all ranks).
     """
+    ranks = ranks or Ranks()
     import time
 
     first = Path(outputs[0][1])
@@ -212,11 +232,12 @@ def render_video(model: AvatarModel, plan: Plan, outputs: list[tuple[object, str
     t0 = time.time()
     # amp changes pixels: it is part of the chunks' key
     key = plan_key(plan, {**(key_extra or {}), **({"amp": True} if amp else {})})
-    paths, rendered, new_frames = render_chunks(model, plan, parts, chunk, key, progress, amp)
+    paths, rendered, new_frames = render_chunks(model, plan, parts, chunk, key, progress and ranks.main, amp, ranks)
     render_s = time.time() - t0
     facts = {"frames": plan.n_frames, "chunks_rendered": rendered, "chunks_reused": len(paths) - rendered,
-             "seconds_per_frame": render_s / new_frames if new_frames else 0.0, "parts": str(parts)}
-    if tiles_only:
+             "seconds_per_frame": render_s / new_frames if new_frames else 0.0, "parts": str(parts),
+             "ranks": ranks.world}
+    if tiles_only or not ranks.main:
         return facts
     active = speaking_of(plan)
     for layout, out in outputs:

@@ -156,20 +156,38 @@ def make_plan(args, model, all_persons, encoder, infos, bank) -> Plan:
 
 def render_conversation(args) -> dict:
     """What ``scripts/render.py`` does with its parsed options: load the avatar checkpoint (no dataset), plan the
-    conversation, render it in resumable chunks and write the videos. Returns ``render_video``'s facts.
+    conversation, render it in resumable chunks and write the videos. Returns ``render_video``'s facts (with
+    "main": False on the ranks other than 0 under torchrun, which share the chunks out and write no video).
 
     Raises:
         RenderError, common.errors.TrainError, common.errors.PrepareError, ValueError: one-line user errors.
     """
+    import torch
+
+    from common import distributed
+    from nerf.device import resolve_device
+
+    check_options(args)
+    dev = resolve_device(args.device)
+    with distributed.session(dev, args.dist_timeout_s) as ranks:
+        try:
+            facts = _render(args, ranks, str(distributed.rank_device(dev, ranks)))
+        except RuntimeError as e:
+            if not distributed.is_lost_rank(ranks, e):
+                raise
+            raise RenderError(distributed.lost_message(ranks, e, args.dist_timeout_s)) from None
+    return {**facts, "main": ranks.main}
+
+
+def _render(args, ranks, device: str) -> dict:
     from nerf.avatar import datasets_of
     from nerf.evaluate import load_model, parse_ray_samples
     from nerf.trainer import checkpoint_audio_encoder, load_checkpoint
 
     out = Path(args.out)
-    check_options(args)
     ckpt = load_checkpoint(Path(args.ckpt))
     check_persons(args.persons, ckpt["persons"])
-    model, all_persons, cfg = load_model(args.ckpt, None, args.device, occupancy=not args.no_occupancy,
+    model, all_persons, cfg = load_model(args.ckpt, None, device, occupancy=not args.no_occupancy,
                                          ckpt=ckpt, march_steps=args.march_steps,
                                          ray_samples=parse_ray_samples(args.ray_samples))
     infos = datasets_of(ckpt["avatar"])
@@ -185,4 +203,4 @@ def render_conversation(args) -> dict:
     if args.ray_samples:
         key_extra["ray_samples"] = [model.render_cfg.n_coarse, model.render_cfg.n_importance]
     return render_video(model, plan, outputs, chunk=args.chunk, key_extra=key_extra, tiles_only=args.tiles_only,
-                         amp=args.amp)
+                         amp=args.amp, ranks=ranks)

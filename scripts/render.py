@@ -26,6 +26,10 @@ roles.json: [{"person": "talk:0", "start": 0.0, "end": 3.5}, {"person": 1, "star
 Long audio renders in chunks (--chunk frames) into <out>.parts/; an interrupted run resumes there.
 --tiles_only stops after the chunks (a GPU machine without ffmpeg, say); the same command without it,
 here or wherever <out>.parts/ was copied (the checkpoint is recognized by its content), writes the videos.
+
+Under torchrun (docs/DISTRIBUTED.md) the ranks share the chunks out (<out>.parts/ must be a folder all of them
+see) and rank 0 writes the videos, bit for bit the one-process render's:
+    torchrun --nproc_per_node 4 scripts/render.py --ckpt runs/talk/checkpoint.pt ... --out out/long.mp4
 """
 
 import sys
@@ -37,6 +41,7 @@ import configargparse  # noqa: E402
 import torch  # noqa: E402
 
 from common.console import quiet  # noqa: E402
+from common.distributed import DEFAULT_TIMEOUT_S  # noqa: E402
 from common.errors import (
     PrepareError,  # noqa: E402
     TrainError,  # noqa: E402
@@ -74,6 +79,9 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--max_seconds", type=float, default=0.0, help="render at most this much (0: all)")
     p.add_argument("--threads", type=int, default=0, help="CPU threads for torch (0: torch's default)")
     p.add_argument("--device", default="auto", help="auto (a GPU if torch sees one), cpu or cuda (default auto)")
+    p.add_argument("--dist_timeout_s", type=float, default=DEFAULT_TIMEOUT_S,
+                   help="under torchrun: seconds a rank waits for the others (its last chunk included) before the job "
+                        "stops with an error (default %(default)s)")
     p.add_argument("--tiles_only", action="store_true",
                    help="render the tiles into <out>.parts/ and stop; run again without it to write the videos")
     p.add_argument("--no_occupancy", action="store_true",
@@ -119,13 +127,16 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; run the same command again to resume from the finished chunks", file=sys.stderr)
         return 130
+    if not facts["main"]:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
+    on = f" on {facts['ranks']} ranks" if facts["ranks"] > 1 else ""
     if args.tiles_only:
         print(f"{facts['parts']}: tiles of {facts['frames']} frames, {facts['seconds_per_frame']:.3f} s per frame "
-              f"({facts['chunks_reused']} chunks reused); run again without --tiles_only to write the videos")
+              f"({facts['chunks_reused']} chunks reused){on}; run again without --tiles_only to write the videos")
         return 0
     written = f"{out} and {args.conference_out}" if args.conference_out else str(out)
     print(f"{written}: {facts['frames']} frames, {facts['seconds_per_frame']:.3f} s per frame "
-          f"({facts['chunks_reused']} chunks reused)")
+          f"({facts['chunks_reused']} chunks reused){on}")
     return 0
 
 

@@ -22,6 +22,11 @@ Examples:
     python scripts/train.py --config configs/cpu_tiny.txt --data data/talk --model per_person  # baseline
     python scripts/train.py --config configs/gpu_full.txt --data data/talk --wav2lip_ckpt wav2lip_gan.pth
     python scripts/train.py --size tiny --image_size 128 --iters 1500 --batch_rays 512 --data data/talk
+    torchrun --nproc_per_node 4 scripts/train.py --config configs/gpu_full.txt --data data/talk   # 4 GPUs
+
+Under torchrun (docs/DISTRIBUTED.md) each process trains the same network on its own rays (--batch_rays each,
+so a step sees N x --batch_rays), gradients are averaged (DistributedDataParallel; NCCL on GPUs, gloo on CPUs),
+and rank 0 writes everything; --resume continues such a run on the same number of processes step for step.
 
 Logs go to <out>/tb (TensorBoard: losses, PSNR, learning rates, rendered validation frames beside
 the real ones); <out>/checkpoint.pt is rewritten atomically every --ckpt_every iterations.
@@ -41,7 +46,8 @@ from common.errors import PrepareError  # noqa: E402
 from nerf.trainer import SIZES, TrainConfig, TrainError, sized, train  # noqa: E402
 
 OPTIONS = ("out", "image_size", "model", "iters", "batch_rays", "time_budget_s", "val_every", "ckpt_every", "seed",
-           "device", "hash_backend", "hash_half", "occupancy_every", "wav2lip_ckpt", "audio_pretrain_iters", "log_every")
+           "device", "hash_backend", "hash_half", "occupancy_every", "wav2lip_ckpt", "audio_pretrain_iters", "log_every",
+           "dist_timeout_s")
 """The TrainConfig fields a user sets; --size sets the model's widths, grids, samples and learning rates
 (``nerf.trainer.SIZES``)."""
 
@@ -90,6 +96,7 @@ def _doc(name: str) -> str:
             "hash_half": "true: the fused hash grid gathers from float16 table copies (faster on an H100)",
             "time_budget_s": "stop after this many seconds of training, resumes included (0: none); the lr decay "
                              "follows iterations or time, whichever runs out first",
+            "dist_timeout_s": "under torchrun: seconds a rank waits for the others before the job stops with an error",
             "log_every": "iterations between TensorBoard scalars (each a host sync on a GPU)",
             "occupancy_every": "iterations between builds of an occupancy grid that training samples through (its empty "
                                "cells' samples not queried, as when rendering; 0: every sample queried)"}[name]
@@ -109,6 +116,8 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("interrupted; --resume continues from the checkpoint", file=sys.stderr)
         return 130
+    if facts is None:  # a rank other than 0 under torchrun: rank 0 reports
+        return 0
     print("held-out PSNR: " + ", ".join(f"{k} {v:.2f} dB" for k, v in facts["val_psnr"].items()))
     print(f"run: {cfg.out}")
     return 0
