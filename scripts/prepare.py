@@ -14,11 +14,18 @@ Example:
     python scripts/prepare.py --video talk.mp4 --out data/talk
     python scripts/prepare.py --config configs/prepare.txt --video talk.mp4 --out data/talk
     python scripts/prepare.py --video conv.mp4 --out data/conv --roles conv.turns.json   # who speaks is known
+    python scripts/prepare.py --video a.mp4 --video b.mkv --out data --jobs 2   # data/a and data/b
+    python scripts/prepare.py --videos studio.txt --out data                   # the videos listed, one per line
+
+Several videos (repeated --video, or --videos LIST) are prepared each into <out>/<video name>, --jobs at a time
+(a process pool; each job's per-person processes get its share of the cores); one that fails is reported and the
+others go on.
 
 Re-running skips finished stages (--force redoes them). The dataset layout is
 described in docs/DATASET.md; look at <out>/qa/ first.
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -28,6 +35,7 @@ import configargparse  # noqa: E402
 
 from common.console import quiet  # noqa: E402
 from common.errors import PrepareError  # noqa: E402
+from data_prep.many import prepare_many, read_list  # noqa: E402
 from data_prep.pipeline import PrepareConfig, prepare  # noqa: E402
 
 
@@ -37,8 +45,15 @@ def build_parser() -> configargparse.ArgumentParser:
     p.add_argument("--verbose", action="store_true", help="also show third-party warnings and logs "
                    "(TensorFlow Lite, absl, protobuf)")
     p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines (any flag below)")
-    p.add_argument("--video", required=True, help="the conversation video (any container ffmpeg reads)")
-    p.add_argument("--out", required=True, help="the dataset directory to write")
+    p.add_argument("--video", action="append", default=[], help="the conversation video (any container ffmpeg reads); "
+                   "repeat it to prepare several")
+    p.add_argument("--videos", default=None, help="a text file listing videos to prepare, one per line (relative to "
+                   "the file's folder; # comments)")
+    p.add_argument("--out", required=True, help="the dataset directory to write (with several videos: the folder "
+                   "that gets one dataset per video, named after it)")
+    p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1) // 4),
+                   help="with several videos: how many are prepared at once (default: a quarter of the CPU cores, "
+                        "at least 1; %(default)s here)")
     p.add_argument("--fps", type=float, default=d.fps, help="target frame rate; frames and audio resampled together")
     p.add_argument("--crop_size", type=int, default=d.crop_size, help="side of each person's crop in pixels")
     p.add_argument("--persons", type=int, default=None, help="insist on exactly N people (default: as found)")
@@ -72,7 +87,12 @@ def main(argv=None) -> int:
         print("error: --crop_size must be an even number of at least 64", file=sys.stderr)
         return 2
     try:
-        out = prepare(args.video, args.out, cfg)
+        videos = [Path(v) for v in args.video] + (read_list(args.videos) if args.videos else [])
+        if not videos:
+            raise PrepareError("give the video to prepare: --video talk.mp4 (or several, or --videos LIST)")
+        if len(videos) > 1:
+            return _report(prepare_many(videos, args.out, cfg, args.jobs, args.verbose))
+        out = prepare(videos[0], args.out, cfg)
     except PrepareError as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
@@ -81,6 +101,18 @@ def main(argv=None) -> int:
         return 130
     print(f"dataset: {out}\nQA pictures: {out / 'qa'}")
     return 0
+
+
+
+def _report(outcomes) -> int:
+    """The several videos' closing lines: each dataset, then each failure (exit 1 if any)."""
+    for o in outcomes:
+        if not o.error:
+            print(f"dataset: {o.out}  (QA pictures: {o.out / 'qa'})")
+    failed = [o for o in outcomes if o.error]
+    for o in failed:
+        print(f"error: {o.video}: {o.error}", file=sys.stderr)
+    return 1 if failed else 0
 
 
 if __name__ == "__main__":

@@ -177,6 +177,32 @@ def test_not_a_video(tmp_path):
     assert_refused(run_cli("--video", bad, "--out", tmp_path / "o"), tmp_path / "o", "not a video")
 
 
+def test_several_videos_go_each_into_its_folder_and_one_that_fails_does_not_stop_the_others(synthetic, tmp_path):
+    import shutil
+
+    out = tmp_path / "many"
+    shutil.copytree(synthetic["dataset"], out / "conversation")  # (finished: its stages are found done, not redone)
+    before = (out / "conversation" / "persons" / "0" / "track.npz").stat().st_mtime_ns
+    (tmp_path / "notes.mp4").write_text("not a video")
+    listing = tmp_path / "list.txt"
+    listing.write_text(f"# the studio's videos\n{synthetic['video']}\n\nnotes.mp4\n")
+    proc = run_cli("--videos", listing, "--out", out, "--jobs", 2, "--crop_size", CROP)  # (a pool of two)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert f"dataset: {out / 'conversation'}" in proc.stdout
+    assert (out / "conversation" / "persons" / "0" / "track.npz").stat().st_mtime_ns == before
+    errors = [ln for ln in proc.stderr.splitlines() if ln.startswith("error:")]
+    assert len(errors) == 1 and "notes.mp4" in errors[0] and "not a video" in errors[0], proc.stderr[-2000:]
+    assert not (out / "notes" / "meta.json").exists()
+
+
+def test_several_videos_that_would_share_a_folder_are_refused(tmp_path):
+    (tmp_path / "a").mkdir()
+    proc = run_cli("--video", tmp_path / "talk.mp4", "--video", tmp_path / "a" / "talk.mkv", "--out", tmp_path / "o")
+    assert_refused(proc, tmp_path / "o", "rename one")
+    assert_refused(run_cli("--videos", tmp_path / "none.txt", "--out", tmp_path / "o"), tmp_path / "o", "cannot read")
+    assert_refused(run_cli("--out", tmp_path / "o"), tmp_path / "o", "give the video")
+
+
 def test_no_audio_track_needs_allow_silent(synthetic, tmp_path):
     frames = [f for _, f in zip(range(75), iter_frames(synthetic["video"], 25))]
     silent = _clip(tmp_path / "silent.mp4", frames, audio=False)
