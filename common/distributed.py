@@ -86,6 +86,14 @@ def world_size() -> int:
         return 1
 
 
+def launched_rank() -> int:
+    """This process's rank as torchrun told it (0 when torchrun did not start it), for messages printed once."""
+    try:
+        return int(os.environ.get("RANK", "0"))
+    except ValueError:
+        return 0
+
+
 def rank_device(device: torch.device, ranks: Ranks) -> torch.device:
     """The device of this rank: its own GPU (``LOCAL_RANK``) when the run is on CUDA and several ranks share a
     machine, else ``device`` itself."""
@@ -106,11 +114,18 @@ def session(device: torch.device, timeout_s: float = DEFAULT_TIMEOUT_S) -> Itera
         raise ValueError(f"the ranks' timeout must be positive, not {timeout_s}")
     rank, local = int(os.environ["RANK"]), int(os.environ.get("LOCAL_RANK", "0"))
     if device.type == "cuda":
+        if local >= torch.cuda.device_count():
+            raise ValueError(f"rank {rank}: this machine has {torch.cuda.device_count()} GPU(s) and torchrun started "
+                             f"more processes on it; give --nproc_per_node {torch.cuda.device_count()} or fewer")
         torch.cuda.set_device(local)
         backend, where = "nccl", torch.device("cuda", local)
     else:
         backend, where = "gloo", torch.device("cpu")
-    dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    try:
+        dist.init_process_group(backend, timeout=datetime.timedelta(seconds=timeout_s))
+    except (RuntimeError, ValueError) as e:
+        raise ValueError(f"rank {rank}: the {world} ranks could not start their {backend} group: "
+                         f"{_first_line(e)}") from None
     try:
         yield Ranks(rank, world, local, where)
     finally:
@@ -132,7 +147,12 @@ def is_lost_rank(ranks: Ranks, error: BaseException) -> bool:
 
 def lost_message(ranks: Ranks, error: BaseException, timeout_s: float) -> str:
     """One line for a collective that failed: which rank saw it, and what the cause likely is."""
-    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
-    first = re.sub(r"^\[[^\]]*\]\s*", "", first)[:160]  # (gloo's "[source file:line]" prefix)
     return (f"rank {ranks.rank} of {ranks.world}: another rank stopped answering (it failed, was killed, or hangs "
-            f"longer than the {timeout_s:.0f} s timeout): {first}")
+            f"longer than the {timeout_s:.0f} s timeout): {_first_line(error)}")
+
+
+def _first_line(error: BaseException) -> str:
+    """An error's first sentence without gloo's "[source file:line]" prefix."""
+    first = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    first = re.sub(r"^\[[^\]]*\]\s*", "", first)
+    return first.split(". ")[0][:200]

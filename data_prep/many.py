@@ -53,16 +53,23 @@ def plan(videos: list[Path], out_root: Path) -> list[Outcome]:
     return [Outcome(v, out_root / v.stem) for v in videos]
 
 
+def _reason(e: BaseException) -> str:
+    """One line for a video that failed: prepare's own message, or what an unexpected error was."""
+    if isinstance(e, PrepareError):
+        return str(e)
+    first = (str(e).strip().splitlines() or [""])[0][:200]
+    return f"{type(e).__name__}: {first}" if first else type(e).__name__
+
+
 def _job(video: Path, out: Path, cfg: PrepareConfig, verbose: bool) -> str | None:
     """One video in a pool process: None when its dataset is written, else the reason."""
     from common.console import quiet
 
     quiet(verbose)
-    os.environ["TQDM_DISABLE"] = "1"  # (the parent's bar of videos stands for them)
     try:
         prepare(video, out, cfg, log=lambda msg: print(f"[{video.stem}] {msg}", flush=True))
-    except PrepareError as e:
-        return str(e)
+    except Exception as e:  # (any failure is this video's alone: the others go on)
+        return _reason(e)
     return None
 
 
@@ -75,6 +82,8 @@ def prepare_many(videos: list[Path], out_root: str | Path, cfg: PrepareConfig, j
     """
     if jobs < 1:
         raise PrepareError(f"--jobs must be at least 1, not {jobs}")
+    if cfg.roles:
+        raise PrepareError("--roles says who speaks in one video: prepare that video on its own")
     outcomes = plan(videos, Path(out_root))
     jobs = min(jobs, len(outcomes))
     if jobs > 1 and not cfg.workers:  # the cores shared out among the jobs' own per-person processes
@@ -85,17 +94,30 @@ def prepare_many(videos: list[Path], out_root: str | Path, cfg: PrepareConfig, j
             log(f"{o.video} -> {o.out}")
             try:
                 prepare(o.video, o.out, cfg, log=log)
-            except PrepareError as e:
-                o.error = str(e)
-                log(f"{o.video}: not prepared: {e}")
+            except Exception as e:  # (any failure is this video's alone: the others go on)
+                o.error = _reason(e)
+                log(f"{o.video}: not prepared: {o.error}")
             bar.update(1)
     else:
         pool = concurrent.futures.ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn"))
+        # The jobs' own progress bars stay off (the bar of videos stands for them): tqdm reads TQDM_DISABLE when a
+        # process imports it, so the jobs' processes are started with it set (all of them start at these submits).
+        before = os.environ.get("TQDM_DISABLE")
+        os.environ["TQDM_DISABLE"] = "1"
         try:
             running = {pool.submit(_job, o.video, o.out, cfg, verbose): o for o in outcomes}
+        finally:
+            if before is None:
+                del os.environ["TQDM_DISABLE"]
+            else:
+                os.environ["TQDM_DISABLE"] = before
+        try:
             for done in concurrent.futures.as_completed(running):
                 o = running[done]
-                o.error = done.result()
+                try:
+                    o.error = done.result()
+                except Exception as e:  # (its process died: killed for memory, say)
+                    o.error = _reason(e)
                 log(f"{o.video}: " + (f"not prepared: {o.error}" if o.error else f"prepared into {o.out}"))
                 bar.update(1)
         finally:

@@ -403,6 +403,8 @@ def _run_audio_encoder(cfg: TrainConfig, out: Path, ckpt: dict | None, ckpt_path
     fine-tunes and writes it), sent to the other ranks."""
     if ckpt is not None:
         return checkpoint_audio_encoder(ckpt, ckpt_path)
+    if not ranks.active:
+        return audio_encoder_of(cfg, out, log, progress)
     encoder = audio_encoder_of(cfg, out, log, progress) if ranks.main else None
     state = ranks.share(None if encoder is None else {k: v.cpu() for k, v in encoder.state_dict().items()})
     return encoder if encoder is not None else encoder_from_state(state, f"rank 0's audio encoder of {out}")
@@ -412,7 +414,11 @@ def _train(cfg: TrainConfig, ranks: Ranks, dev: torch.device, log, progress: boo
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     ckpt_path = out / "checkpoint.pt"
-    ckpt = load_checkpoint(ckpt_path) if cfg.resume and ckpt_path.is_file() else None
+    resuming = cfg.resume and ranks.share(ckpt_path.is_file())  # (rank 0 decides: every rank must do the same)
+    if resuming and not ckpt_path.is_file():
+        raise TrainError(f"rank {ranks.rank}: {ckpt_path} is not there; under torchrun --out must be a folder every "
+                         "rank sees")
+    ckpt = load_checkpoint(ckpt_path) if resuming else None
     if ckpt is not None:
         check_config(ckpt, cfg)
     audio_encoder = _run_audio_encoder(cfg, out, ckpt, ckpt_path, ranks, log, progress)

@@ -164,8 +164,9 @@ def render_chunks(model: AvatarModel, plan: Plan, parts: Path, chunk: int, key: 
     lossless; layout-free, so one render serves every layout), keeping the chunks an interrupted run
     of the same plan (``key``) left there.
 
-    Under torchrun (``ranks``) rank r renders chunks r, r + N, r + 2N, ... of the N ranks' shared ``parts`` (one
-    folder every rank sees); all return once every chunk is there. The progress bar counts this rank's chunks.
+    Under torchrun (``ranks``) the chunks still missing are dealt out in turn (rank r renders the missing chunks
+    r, r + N, ...) in the N ranks' shared ``parts`` (one folder every rank sees); all return once every chunk is
+    there. The progress bar counts this rank's frames.
 
     Returns:
         (chunk paths in frame order, chunks rendered now, frames rendered now), the counts over all ranks.
@@ -175,35 +176,33 @@ def render_chunks(model: AvatarModel, plan: Plan, parts: Path, chunk: int, key: 
     if len(set(keys)) > 1:  # (each rank plans the conversation itself: they must have planned the same)
         raise RenderError("the ranks planned different conversations (keys " + ", ".join(keys) + "); give every "
                           "rank the same options and files")
-    manifest = parts / "manifest.json"
-    if ranks.main:
-        if parts.exists() and (not manifest.is_file() or json.loads(manifest.read_text()).get("key") != key):
-            shutil.rmtree(parts)  # another render's leftovers
-        parts.mkdir(parents=True, exist_ok=True)
-        save_json(manifest, {"key": key, "frames": plan.n_frames, "chunk": chunk})
-    ranks.barrier()
     T = plan.n_frames
     starts = list(range(0, T, chunk))
-    mine = starts[ranks.rank::ranks.world]
     paths = [parts / f"chunk_{a:07d}.npz" for a in starts]
+    missing = None
+    if ranks.main:
+        manifest = parts / "manifest.json"
+        if parts.exists() and (not manifest.is_file() or
+                               json.loads(manifest.read_text()) != {"key": key, "frames": T, "chunk": chunk}):
+            shutil.rmtree(parts)  # another render's leftovers, or chunks of another length
+        parts.mkdir(parents=True, exist_ok=True)
+        save_json(manifest, {"key": key, "frames": T, "chunk": chunk})
+        missing = [a for a, path in zip(starts, paths) if not path.is_file()]
+    mine = ranks.share(missing)[ranks.rank::ranks.world]
     rendered, new_frames = 0, 0
     bar = tqdm(total=sum(min(T, a + chunk) - a for a in mine), desc="render", unit="frame", disable=not progress,
                dynamic_ncols=True)
     for a in mine:
-        path = parts / f"chunk_{a:07d}.npz"
         b = min(T, a + chunk)
-        if not path.is_file():
-            tiles = []
-            for t in render_tiles(model, plan, a, b, amp):
-                tiles.append(t)
-                bar.update(1)
-            with atomic_path(path) as tmp:
-                with open(tmp, "wb") as fh:
-                    np.savez_compressed(fh, tiles=np.stack(tiles))
-            rendered += 1
-            new_frames += b - a
-        else:
-            bar.update(b - a)
+        tiles = []
+        for t in render_tiles(model, plan, a, b, amp):
+            tiles.append(t)
+            bar.update(1)
+        with atomic_path(parts / f"chunk_{a:07d}.npz") as tmp:
+            with open(tmp, "wb") as fh:
+                np.savez_compressed(fh, tiles=np.stack(tiles))
+        rendered += 1
+        new_frames += b - a
     bar.close()
     if ranks.active:
         counts = ranks.gather((rendered, new_frames))  # (and every rank waits here for the others' chunks)

@@ -162,8 +162,6 @@ def render_conversation(args) -> dict:
     Raises:
         RenderError, common.errors.TrainError, common.errors.PrepareError, ValueError: one-line user errors.
     """
-    import torch
-
     from common import distributed
     from nerf.device import resolve_device
 

@@ -4,10 +4,11 @@
 For K growing as datasets are added in the order given (K = the persons of the first dataset, of the first two, ...),
 trains scripts/train.py twice on the same data, --model shared (one network, a latent code per person) and --model
 per_person (a network per person, the AD-NeRF-style baseline), each in its own process, and prints per K and model:
-parameters, peak memory of the process (RSS; on a GPU also the peak CUDA memory), training time and the mean
-held-out PSNR at the end, and the training time each took to first reach a common PSNR: the lower of the two final
-means at that K (read off the validation curve in summary.json, interpolated; validation time left out). --seed
-repeats it over several seeds (the table shows means). This is a benchmark, not a test: run it on a quiet machine.
+parameters, peak memory of the process (RSS; on a GPU also the peak CUDA memory), training time (validation left
+out), the mean held-out PSNR at the end, and the training time each took to first reach a common PSNR: the lower of
+the two final means at that K (read off the validation curve in summary.json, interpolated). --seed repeats it over
+several seeds (the table shows means); runs already finished in --out are reused. This is a benchmark, not a test:
+run it on a quiet machine.
 
 Example (the table of docs/PERFORMANCE.md, on the dev clips prepared with scripts/prepare.py):
     python scripts/bench_persons.py --data data/interview --data data/debate8 --data data/panel3 \\
@@ -33,7 +34,10 @@ MODELS = ("shared", "per_person")
 
 
 def run(data: list[str], model: str, seed: int, out: Path, args) -> dict:
-    """One training process; its summary.json with the process's peak RSS (MiB) added."""
+    """One training process; its summary.json with the process's peak RSS (MiB) added (kept in peak.json: a run
+    already finished in ``out`` is read, not repeated, so an interrupted benchmark goes on where it stopped)."""
+    if (out / "summary.json").is_file() and (out / "peak.json").is_file():
+        return {**json.loads((out / "summary.json").read_text()), **json.loads((out / "peak.json").read_text())}
     cmd = [sys.executable, str(ROOT / "scripts" / "train.py"), "--model", model, "--out", str(out),
            "--iters", str(args.iters), "--val_every", str(args.val_every), "--ckpt_every", str(args.iters),
            "--seed", str(seed)]
@@ -48,9 +52,14 @@ def run(data: list[str], model: str, seed: int, out: Path, args) -> dict:
     if os.waitstatus_to_exitcode(status) != 0:
         tail = (out / "train.log").read_text().strip().splitlines() or ["?"]
         raise SystemExit(f"error: {' '.join(cmd)} failed: {tail[-1]}")
-    facts = json.loads((out / "summary.json").read_text())
-    facts["peak_rss_mib"] = usage.ru_maxrss / 1024  # (KiB on Linux)
-    return facts
+    peak = {"peak_rss_mib": round(usage.ru_maxrss / 1024, 1)}  # (KiB on Linux)
+    (out / "peak.json").write_text(json.dumps(peak) + "\n")
+    return {**json.loads((out / "summary.json").read_text()), **peak}
+
+
+def final_psnr(facts: dict) -> float:
+    """The mean held-out PSNR over the persons at the last validation (as the curve has it)."""
+    return float(np.mean(list(facts["val_history"][-1]["psnr"].values())))
 
 
 def time_to(history: list[dict], target: float) -> float:
@@ -91,18 +100,18 @@ def main(argv=None) -> int:
             for m in MODELS:
                 print(f"K={K} {m} seed {seed} ...", flush=True)
                 runs[m].append(run(data, m, seed, out / f"K{K}_{m}_s{seed}", args))
-        finals = {m: [float(np.mean(list(r["val_psnr"].values()))) for r in rs] for m, rs in runs.items()}
+        finals = {m: [final_psnr(r) for r in rs] for m, rs in runs.items()}
         for m, rs in runs.items():
             reach = [time_to(r["val_history"], min(finals[o][i] for o in MODELS)) for i, r in enumerate(rs)]
             rows.append({"K": K, "model": m, "parameters": rs[0]["parameters"],
                          "peak_rss_mib": round(float(np.mean([r["peak_rss_mib"] for r in rs])), 0),
                          "peak_gpu_gib": rs[0].get("peak_gpu_memory_gib"),
-                         "train_s": round(float(np.mean([r["train_seconds_total"] for r in rs])), 1),
+                         "train_s": round(float(np.mean([r["val_history"][-1]["train_seconds"] for r in rs])), 1),
                          "psnr": round(float(np.mean(finals[m])), 2),
                          "psnr_seeds": [round(x, 2) for x in finals[m]],
                          "time_to_common_psnr_s": round(float(np.mean(reach)), 1)})
     (out / "table.json").write_text(json.dumps(rows, indent=2) + "\n")
-    print("| K | model | parameters | peak RSS (MiB) | train s | held-out PSNR (dB) | s to the common PSNR |")
+    print("| K | model | parameters | peak RSS (MiB) | training s | held-out PSNR (dB) | s to the common PSNR |")
     print("| --- | --- | --- | --- | --- | --- | --- |")
     for r in rows:
         print(f"| {r['K']} | {r['model']} | {r['parameters'] / 1e6:.2f} M | {r['peak_rss_mib']:.0f} | {r['train_s']:.0f} | "

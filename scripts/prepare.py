@@ -51,9 +51,10 @@ def build_parser() -> configargparse.ArgumentParser:
                    "the file's folder; # comments)")
     p.add_argument("--out", required=True, help="the dataset directory to write (with several videos: the folder "
                    "that gets one dataset per video, named after it)")
-    p.add_argument("--jobs", type=int, default=max(1, (os.cpu_count() or 1) // 4),
-                   help="with several videos: how many are prepared at once (default: a quarter of the CPU cores, "
-                        "at least 1; %(default)s here)")
+    p.add_argument("--jobs", type=int, default=os.cpu_count() or 1,
+                   help="with several videos: how many are prepared at once, each job's per-person passes on its "
+                        "share of the cores (default: one per CPU core, %(default)s here; on 2 cores two videos at "
+                        "once took 0.74x the time of one after the other, docs/PERFORMANCE.md)")
     p.add_argument("--fps", type=float, default=d.fps, help="target frame rate; frames and audio resampled together")
     p.add_argument("--crop_size", type=int, default=d.crop_size, help="side of each person's crop in pixels")
     p.add_argument("--persons", type=int, default=None, help="insist on exactly N people (default: as found)")
@@ -90,7 +91,7 @@ def main(argv=None) -> int:
         videos = [Path(v) for v in args.video] + (read_list(args.videos) if args.videos else [])
         if not videos:
             raise PrepareError("give the video to prepare: --video talk.mp4 (or several, or --videos LIST)")
-        if len(videos) > 1:
+        if len(videos) > 1 or args.videos:
             return _report(prepare_many(videos, args.out, cfg, args.jobs, args.verbose))
         out = prepare(videos[0], args.out, cfg)
     except PrepareError as e:

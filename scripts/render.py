@@ -32,6 +32,7 @@ see) and rank 0 writes the videos, bit for bit the one-process render's:
     torchrun --nproc_per_node 4 scripts/render.py --ckpt runs/talk/checkpoint.pt ... --out out/long.mp4
 """
 
+import os
 import sys
 from pathlib import Path
 
@@ -41,7 +42,7 @@ import configargparse  # noqa: E402
 import torch  # noqa: E402
 
 from common.console import quiet  # noqa: E402
-from common.distributed import DEFAULT_TIMEOUT_S  # noqa: E402
+from common.distributed import DEFAULT_TIMEOUT_S, launched_rank  # noqa: E402
 from common.errors import (
     PrepareError,  # noqa: E402
     TrainError,  # noqa: E402
@@ -110,7 +111,7 @@ def main(argv=None) -> int:
             if path.suffix.lower() != ".mp4":
                 raise RenderError(f"the output must end in .mp4, got {path.name}")
             path.parent.mkdir(parents=True, exist_ok=True)
-            probe = path.parent / f".{path.name}.writable"
+            probe = path.parent / f".{path.name}.{os.getpid()}.writable"  # (one per rank under torchrun)
             probe.touch()
             probe.unlink()
     except OSError as e:
@@ -125,7 +126,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; run the same command again to resume from the finished chunks", file=sys.stderr)
+        if launched_rank() == 0:  # (under torchrun every rank stops; one says so)
+            print("interrupted; run the same command again to resume from the finished chunks", file=sys.stderr)
         return 130
     if not facts["main"]:  # a rank other than 0 under torchrun: rank 0 reports
         return 0

@@ -42,6 +42,7 @@ import configargparse  # noqa: E402
 import torch  # noqa: E402
 
 from common.console import quiet  # noqa: E402
+from common.distributed import launched_rank  # noqa: E402
 from common.errors import PrepareError  # noqa: E402
 from nerf.trainer import SIZES, TrainConfig, TrainError, sized, train  # noqa: E402
 
@@ -114,7 +115,8 @@ def main(argv=None) -> int:
         print(f"error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:
-        print("interrupted; --resume continues from the checkpoint", file=sys.stderr)
+        if launched_rank() == 0:  # (under torchrun every rank stops; one says so)
+            print("interrupted; --resume continues from the checkpoint", file=sys.stderr)
         return 130
     if facts is None:  # a rank other than 0 under torchrun: rank 0 reports
         return 0

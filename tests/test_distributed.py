@@ -44,9 +44,10 @@ sys.exit(main(sys.argv[2:]))
 
 
 def _small(data: list[Path], out: Path, iters: int, *extra) -> list[str]:
-    """scripts/train.py's options of a small run (the tiny size, smaller still)."""
+    """scripts/train.py's options of a small run (the tiny size, smaller still), sampling through an occupancy grid
+    from step 4 (rank 0's, sent to the others)."""
     args = ["--size", "tiny", "--image_size", "32", "--batch_rays", "64", "--iters", str(iters), "--out", str(out),
-            "--audio_pretrain_iters", "0", "--val_every", str(10**6), "--log_every", "2"]
+            "--audio_pretrain_iters", "0", "--val_every", str(10**6), "--log_every", "2", "--occupancy_every", "4"]
     for d in data:
         args += ["--data", str(d)]
     return args + [str(a) for a in extra]
@@ -69,24 +70,29 @@ def _state(out: Path) -> dict:
 
 
 @pytest.mark.slow  # three torchrun jobs of two ranks (60 s)
-def test_two_ranks_train_one_network_and_a_rank_killed_hard_resumes_step_for_step(synthetic, tmp_path):
+def test_two_ranks_step_on_their_mean_gradient_and_a_rank_killed_hard_resumes_step_for_step(synthetic, tmp_path):
     data = [synthetic["dataset"]]
     straight = _torchrun(tmp_path, 2, _small(data, tmp_path / "a", 8, "--ckpt_every", 4))
     assert straight.returncode == 0, straight.stderr[-3000:]
-    assert "held-out PSNR" in straight.stdout and straight.stdout.count("held-out PSNR") == 1  # rank 0 alone reports
+    assert straight.stdout.count("held-out PSNR") == 1  # rank 0 alone reports
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["world_size"] == 2 and summary["rays_per_step"] == 128
+    losses = summary["loss_history"]
+    assert len(losses) == 8 and losses[-1] < losses[0]
     a = _state(tmp_path / "a")
     assert a["world_size"] == 2 and len(a["rank_generators"]) == 2
-    # the ranks drew different rays: their generators went different ways from their seeds
-    assert not torch.equal(a["rank_generators"][0]["rays"], a["rank_generators"][1]["rays"])
     assert torch.equal(a["rank_generators"][0]["rays"], a["generators"]["rays"])
 
-    # rank 1 killed hard during step 6: torchrun stops the job (no hang), the checkpoint of step 4 is kept
+    # rank 1 killed hard during step 2: torchrun stops the job (no hang); the checkpoint of step 1 is kept
     t0 = time.time()
-    killed = _torchrun(tmp_path, 2, _small(data, tmp_path / "b", 8, "--ckpt_every", 4), KILL_STEP=6)
-    assert killed.returncode != 0 and time.time() - t0 < 120
-    assert _state(tmp_path / "b")["iteration"] == 4
+    killed = _torchrun(tmp_path, 2, _small(data, tmp_path / "b", 8, "--ckpt_every", 1), KILL_STEP=2)
+    assert killed.returncode != 0 and time.time() - t0 < 300
+    # rank 0 says so in one line: its peer is gone ("Connection reset by peer", at once, not after the timeout)
+    assert "error: rank 0 of 2: another rank stopped answering" in killed.stderr, killed.stderr[-3000:]
+    after_one = _state(tmp_path / "b")
+    assert after_one["iteration"] == 1
+    _assert_the_step_of_the_mean_gradient(after_one["model"], synthetic["dataset"])
+
     resumed = _torchrun(tmp_path, 2, _small(data, tmp_path / "b", 8, "--ckpt_every", 4, "--resume"))
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from" in resumed.stdout
@@ -99,28 +105,24 @@ def test_two_ranks_train_one_network_and_a_rank_killed_hard_resumes_step_for_ste
             assert torch.equal(v, b["optimizer"]["state"][i][name]), f"optimizer state {i}.{name} differs"
     for ga, gb in zip(a["rank_generators"], b["rank_generators"]):
         assert all(torch.equal(ga[k], gb[k]) for k in ga)
+    assert all(torch.equal(a["occupancy"][k], b["occupancy"][k]) for k in ("head", "torso"))  # (built at step 4)
 
 
-@pytest.mark.slow  # a torchrun job of two ranks (20 s)
-def test_a_step_of_two_ranks_is_a_step_on_the_mean_gradient_of_each_ranks_own_rays(synthetic, tmp_path):
+def _assert_the_step_of_the_mean_gradient(ddp: dict, data: Path) -> None:
     """DistributedDataParallel averages the ranks' gradients, and rank r draws its rays from seed + r * RANK_SEED:
-    one step of two ranks is the one-process step on the mean of the two batches' gradients, not the step of rank
-    0's batch alone. (Adam's first step moves every weight by the learning rate times the sign of its gradient, so
-    the two steps are told apart wherever the batches disagree; float sums may flip a sign where the two all but
+    the first step of two ranks is the one-process step on the mean of the two batches' gradients, not the step of
+    rank 0's batch alone. (Adam's first step moves every weight by the learning rate times the sign of its gradient,
+    so the two are told apart wherever the batches disagree; float sums may flip a sign where they all but
     cancel.)"""
     from nerf.audio import load_audio_encoder
     from nerf.data import load_datasets, sample_rays
 
-    proc = _torchrun(tmp_path, 2, _small([synthetic["dataset"]], tmp_path / "run", 1))
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    ddp = _state(tmp_path / "run")["model"]
-    cfg = trainer.sized("tiny", data=[str(synthetic["dataset"])], image_size=32, batch_rays=64, iters=1,
-                        audio_pretrain_iters=0)
+    cfg = trainer.sized("tiny", data=[str(data)], image_size=32, batch_rays=64, iters=8, audio_pretrain_iters=0)
     persons = load_datasets(cfg.data, cfg.image_size, load_audio_encoder(trainer.SHIPPED_ENCODER))
 
     def one_step(ranks: list[int]) -> dict:
         model, opt = trainer.build(cfg, persons)
-        params = [p for p in model.parameters()]
+        params = list(model.parameters())
         total = [torch.zeros_like(p) for p in params]
         for r in ranks:
             gens = trainer._generators(cfg, torch.device("cpu"), r)
@@ -134,11 +136,12 @@ def test_a_step_of_two_ranks_is_a_step_on_the_mean_gradient_of_each_ranks_own_ra
         return model.state_dict()
 
     def agreement(state: dict) -> float:
-        same = sum(int(torch.isclose(state[k], ddp[k], rtol=0, atol=1e-6).sum()) for k in ddp if ddp[k].is_floating_point())
-        return same / sum(ddp[k].numel() for k in ddp if ddp[k].is_floating_point())
+        keys = [k for k in ddp if ddp[k].is_floating_point()]
+        same = sum(int(torch.isclose(state[k], ddp[k], rtol=0, atol=1e-6).sum()) for k in keys)
+        return same / sum(ddp[k].numel() for k in keys)
 
-    assert agreement(one_step([0, 1])) > 0.999
-    assert agreement(one_step([0])) < 0.9
+    assert agreement(one_step([0, 1])) > 0.999  # (1.0 measured)
+    assert agreement(one_step([0])) < 0.9  # (0.83: the weights whose gradient is 0 in both agree)
 
 
 @pytest.mark.slow  # a torchrun job of two ranks and a 10 s timeout (35 s)

@@ -195,6 +195,25 @@ def test_several_videos_go_each_into_its_folder_and_one_that_fails_does_not_stop
     assert not (out / "notes" / "meta.json").exists()
 
 
+def test_an_unexpected_failure_of_one_video_is_its_own_and_the_others_go_on(tmp_path, monkeypatch):
+    from data_prep import many
+
+    done = []
+
+    def prepare(video, out, cfg, log):
+        if video.stem == "b":
+            raise MemoryError("out of memory")
+        done.append(video.stem)
+
+    monkeypatch.setattr(many, "prepare", prepare)
+    videos = [tmp_path / f"{n}.mp4" for n in "abc"]
+    outcomes = many.prepare_many(videos, tmp_path / "o", PrepareConfig(), jobs=1, log=lambda *_: None)
+    assert done == ["a", "c"] and [o.error for o in outcomes] == [None, "MemoryError: out of memory", None]
+    assert [o.out for o in outcomes] == [tmp_path / "o" / n for n in "abc"]
+    with pytest.raises(PrepareError, match="--roles says who speaks in one video"):
+        many.prepare_many(videos, tmp_path / "o", PrepareConfig(roles="turns.json"))
+
+
 def test_several_videos_that_would_share_a_folder_are_refused(tmp_path):
     (tmp_path / "a").mkdir()
     proc = run_cli("--video", tmp_path / "talk.mp4", "--video", tmp_path / "a" / "talk.mkv", "--out", tmp_path / "o")

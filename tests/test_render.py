@@ -138,20 +138,25 @@ def _script(name):
     return mod
 
 
-@pytest.mark.slow  # a one-process render and a torchrun render of two ranks (25 s)
-def test_two_ranks_render_the_one_process_video_bit_for_bit(synthetic, tiny_run, tmp_path):
+@pytest.mark.slow  # two one-process renders and a torchrun render of two ranks (30 s)
+def test_two_ranks_finish_an_interrupted_render_into_the_one_process_video_bit_for_bit(synthetic, tiny_run, tmp_path):
     import os
 
     args = ["--ckpt", tiny_run, "--data", synthetic["dataset"], "--pose_from", "tracked", "--max_seconds", "0.8",
-            "--chunk", "4"]  # 20 frames in 5 chunks: rank 0 renders 3, rank 1 renders 2
+            "--chunk", "4"]  # 20 frames in 5 chunks
     one = _render_cli(*args, "--out", tmp_path / "one.mp4", "--threads", "1")
     assert one.returncode == 0, one.stderr[-2000:]
+    # an interrupted render: two of its five chunks are there; the two ranks share the three missing ones out
+    tiles = _render_cli(*args, "--out", tmp_path / "two.mp4", "--threads", "1", "--tiles_only")
+    assert tiles.returncode == 0, tiles.stderr[-2000:]
+    for start in (0, 4, 8):
+        (tmp_path / "two.mp4.parts" / f"chunk_{start:07d}.npz").unlink()
     two = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
                           str(ROOT / "scripts" / "render.py"), *map(str, args), "--out", str(tmp_path / "two.mp4")],
                          capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert two.returncode == 0, two.stderr[-3000:]
     last = two.stdout.strip().splitlines()
-    assert len(last) == 1 and last[0].endswith("(0 chunks reused) on 2 ranks"), two.stdout  # rank 0 alone reports
+    assert len(last) == 1 and last[0].endswith("(2 chunks reused) on 2 ranks"), two.stdout  # rank 0 alone reports
     assert (tmp_path / "one.mp4").read_bytes() == (tmp_path / "two.mp4").read_bytes()
     assert not (tmp_path / "two.mp4.parts").exists()
 
