@@ -144,12 +144,13 @@ def _assert_the_step_of_the_mean_gradient(ddp: dict, data: Path) -> None:
     assert agreement(one_step([0])) < 0.9  # (0.83: the weights whose gradient is 0 in both agree)
 
 
-@pytest.mark.slow  # a torchrun job of two ranks and a 10 s timeout (35 s)
+# (20 s: the timeout also bounds rank 1's wait while rank 0 alone enrolls the voices, on a busy CI machine)
+@pytest.mark.slow  # a torchrun job of two ranks and a 20 s timeout (45 s)
 def test_a_rank_that_stops_answering_ends_the_job_with_one_line(synthetic, tmp_path):
     pids = tmp_path / "pids"
     pids.mkdir()
     proc = _torchrun(tmp_path, 2, _small([synthetic["dataset"]], tmp_path / "run", 10**6, "--ckpt_every", 5,
-                                         "--dist_timeout_s", 10), wait=False, PID_DIR=pids)
+                                         "--dist_timeout_s", 20), wait=False, PID_DIR=pids)
     try:
         deadline = time.time() + 300
         while not (tmp_path / "run" / "checkpoint.pt").is_file():  # training is under way
@@ -168,7 +169,7 @@ def test_a_rank_that_stops_answering_ends_the_job_with_one_line(synthetic, tmp_p
             proc.kill()
     err = (tmp_path / "stderr.txt").read_text()
     line = next(s for s in err.splitlines() if "stopped answering" in s)
-    assert line.startswith("error: rank 0 of 2: another rank stopped answering") and "10 s timeout" in line
+    assert line.startswith("error: rank 0 of 2: another rank stopped answering") and "20 s timeout" in line
 
 
 def test_persons_of_several_datasets_share_one_network_each_with_its_own_codes(synthetic, tmp_path):
