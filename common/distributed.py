@@ -41,10 +41,6 @@ class Ranks:
         """More than one process: the collectives below talk to the others (with one, each is the identity)."""
         return self.world > 1
 
-    def barrier(self) -> None:
-        if self.active:
-            dist.barrier()
-
     def share(self, obj):
         """Rank 0's ``obj`` on every rank (any picklable value; the others' ``obj`` is ignored)."""
         if not self.active:
@@ -60,14 +56,6 @@ class Ranks:
         out = [None] * self.world
         dist.all_gather_object(out, obj)
         return out
-
-    def share_tensor(self, x: torch.Tensor) -> torch.Tensor:
-        """Rank 0's tensor (same shape and dtype on every rank), on every rank; booleans travel as bytes."""
-        if not self.active:
-            return x
-        y = x.to(self.device, torch.uint8 if x.dtype == torch.bool else x.dtype).contiguous()
-        dist.broadcast(y, src=0)
-        return y.to(x.device, x.dtype)
 
     def max(self, values: list[float]) -> list[float]:
         """The largest of every rank's ``values``, element by element."""

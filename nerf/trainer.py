@@ -526,8 +526,11 @@ def _train(cfg: TrainConfig, ranks: Ranks, dev: torch.device, log, progress: boo
             for g, lr0 in zip(opt.param_groups, base_lrs):
                 g["lr"] = lr0 * cfg.lr_decay**frac
             if cfg.occupancy_every and it >= cfg.occupancy_every and it % cfg.occupancy_every == 0:
-                grid = build_occupancy(model, persons)  # (rank 0's, on every rank)
-                model.occupancy = OccupancyGrid(head=ranks.share_tensor(grid.head), torso=ranks.share_tensor(grid.torso))
+                grid = build_occupancy(model, persons) if ranks.main else None
+                if ranks.active:  # (rank 0 built it; every rank samples through that one)
+                    shared = ranks.share(None if grid is None else {k: v.cpu() for k, v in vars(grid).items()})
+                    grid = OccupancyGrid(**{k: v.to(dev) for k, v in shared.items()})
+                model.occupancy = grid
                 if writer:
                     for k, v in model.occupancy.fraction().items():
                         writer.add_scalar(f"occupancy/{k}", v, it)

@@ -4,11 +4,11 @@
 For K growing as datasets are added in the order given (K = the persons of the first dataset, of the first two, ...),
 trains scripts/train.py twice on the same data, --model shared (one network, a latent code per person) and --model
 per_person (a network per person, the AD-NeRF-style baseline), each in its own process, and prints per K and model:
-parameters, peak memory of the process (RSS; on a GPU also the peak CUDA memory), training time (validation left
-out), the mean held-out PSNR at the end, and the training time each took to first reach a common PSNR: the lower of
-the two final means at that K (read off the validation curve in summary.json, interpolated). --seed repeats it over
-several seeds (the table shows means); runs already finished in --out are reused. This is a benchmark, not a test:
-run it on a quiet machine.
+parameters, peak memory of the process (RSS; table.json also keeps the peak CUDA memory on a GPU), training time
+(validation left out), the mean held-out PSNR at the end, and the training time each took to first reach a common
+PSNR: the lower of the two final means at that K (read off the validation curve in summary.json, interpolated).
+--seed repeats it over several seeds (the table shows means); runs already finished in --out are reused. This is a
+benchmark, not a test: run it on a quiet machine.
 
 Example (the table of docs/PERFORMANCE.md, on the dev clips prepared with scripts/prepare.py):
     python scripts/bench_persons.py --data data/interview --data data/debate8 --data data/panel3 \\
