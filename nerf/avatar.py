@@ -3,7 +3,8 @@ new speech with its datasets moved away or on another machine.
 
 ``pack(persons, roots)`` makes a dict of tensors, numbers and strings (``torch.load(weights_only=True)`` reads it):
 - per dataset: its name, fps, frame count, the source video's sha256, the full-frame background plate (PNG bytes),
-  each person's crop box in the frame, and the per-frame audio codes (float16) of its audio;
+  each person's crop box in the frame and name given in the studio (meta.json's optional ``name``; "" if none), and
+  the per-frame audio codes (float16) of its audio;
 - per person: name, row, crop size, focal, the crop's background plate (PNG bytes), the head sphere and torso box,
   and the per-frame tracks (head rotation, translation, Euler angles, expressions, who speaks, the torso's motion,
   the training and held-out frames): what the occupancy grid, a tracked replay and pose retargeting read;
@@ -69,6 +70,7 @@ def pack(persons: list[PersonFrames], roots: list[str | Path], voices: dict | No
                          "sha256": str(meta["source"].get("sha256", "")),
                          "background": _png(iio.imread(root / "background.png")[..., :3]),
                          "persons": names, "boxes": [[int(v) for v in p["bbox"]] for p in meta["persons"]],
+                         "labels": [str(p.get("name", "")) for p in meta["persons"]],
                          "audio": codes.detach().cpu().half()})
     packed = []
     for p in persons:

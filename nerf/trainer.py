@@ -577,6 +577,13 @@ def _train(cfg: TrainConfig, ranks: Ranks, dev: torch.device, log, progress: boo
         return None
     val = evaluate_psnr(model, persons)
     iterations = stopped_at if stopped_at is not None else cfg.iters
+    if not val_history or val_history[-1]["iteration"] != iterations:  # (the time budget stopped it between two)
+        for name, v in val.items():
+            if writer:
+                writer.add_scalar(f"val_psnr/{name}", v, iterations)
+        _save_val_pictures(model, persons, out, iterations, writer)
+        val_history.append({"iteration": iterations, "train_seconds": round(spent() - val_seconds, 2),
+                            "psnr": {k: round(v, 3) for k, v in val.items()}})
     facts = {"iterations": iterations,
              "seconds": round(time.perf_counter() - t0, 1), "train_seconds_total": round(spent(), 1), "val_psnr": val,
              "train_psnr_last_batch": last_psnr, "parameters": sum(p.numel() for p in model.parameters()),

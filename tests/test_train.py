@@ -278,6 +278,9 @@ def test_a_time_budget_stops_with_a_checkpoint_and_decays_the_rate_by_time(synth
     # the last step's rate followed the clock (most of the 5 s spent), not the iterations (under 1% done)
     last_lr = ckpt["optimizer"]["param_groups"][0]["lr"]
     assert last_lr < cfg.lr * cfg.lr_decay**0.5
+    # and it validates as a finished run does: held-out PSNR and picture at the iteration it stopped at
+    assert facts["val_history"][-1]["iteration"] == facts["iterations"]
+    assert (tmp_path / "t" / "val" / f"{facts['iterations']:07d}.png").is_file()
     # the budget counts training time across resumes: a larger one continues for the difference only
     before = ckpt["train_seconds"]
     assert before >= 5.0
