@@ -19,7 +19,7 @@ import pandas as pd
 
 from studio import turns
 from studio.jobs import DONE, FAILED, QUEUED, RUNNING, Job, JobQueue
-from studio.workspace import VIDEO_TYPES, StudioError, Workspace, avatar_persons, check_name, write_roles
+from studio.workspace import VIDEO_TYPES, StudioError, Workspace, avatar_persons, check_name, safe_stem, write_roles
 
 ROOT = Path(__file__).resolve().parents[1]
 PRESETS = {"CPU quick look (64 px, tiny model)": "cpu_tiny.txt", "GPU full (512 px)": "gpu_full.txt"}
@@ -94,13 +94,12 @@ class Studio:
 
     # --- Prepare ---
     def prepare(self, upload, existing, name, persons, crop) -> tuple:
-        name = check_name(name, "dataset name")
-        if upload:
-            video = self.ws.add_video(upload)
-        elif existing:
-            video = self.ws.inside(self.ws.root / "uploads" / existing)
-        else:
+        if not upload and not existing:
             raise StudioError("upload a video, or choose one already in the workspace")
+        if name:
+            check_name(name, "dataset name")
+        video = self.ws.add_video(upload) if upload else self.ws.upload(existing)
+        name = check_name(name or safe_stem(video.parent if video.parent.name != "uploads" else video), "dataset name")
         out = self.ws.root / "datasets" / name
         if (out / "meta.json").is_file():
             raise StudioError(f"a dataset named {name} exists already: choose another name")
@@ -109,6 +108,18 @@ class Studio:
             cmd += ["--persons", str(int(persons))]
         self.queue.submit("prepare", f"prepare {name}", [cmd], self.ws.rel(out))
         return gr.update(choices=self.ws.videos(), value=video.name), _message(f"queued: prepare {video.name} into {name}")
+
+    def make_examples(self) -> str:
+        """The synthetic example: a two-person conversation to prepare, and other speech to direct it with."""
+        up = self.ws.root / "uploads"
+        if (up / "example" / "conversation.mp4").is_file() and (up / "example_speech" / "conversation.mp4").is_file():
+            raise StudioError("the example clips are in the workspace already: example/conversation.mp4 (to prepare) "
+                              "and example_speech/conversation.mp4 (speech for Direct)")
+        steps = [["scripts/make_synthetic.py", "--out", str(up / "example"), "--seconds", "8"],
+                 ["scripts/make_synthetic.py", "--out", str(up / "example_speech"), "--seconds", "8", "--seed", "7"]]
+        self.queue.submit("prepare", "make the example clips", steps, "uploads/example")
+        return _message("queued: the example conversation (uploads/example/conversation.mp4, to prepare) and new "
+                        "speech for it (uploads/example_speech/conversation.mp4, for Direct)")
 
     def dataset_view(self, name) -> tuple:
         if not name:
@@ -165,10 +176,12 @@ class Studio:
             _message(f"added avatar {run.name}{note}")
 
     # --- Direct ---
-    def guess_turns(self, avatar, speech) -> tuple:
+    def guess_turns(self, avatar, speech, picked) -> tuple:
         if not avatar:
             raise StudioError("choose an avatar")
-        wav = self.ws.add_speech(speech)
+        if not speech and not picked:
+            raise StudioError("upload or record speech, or choose speech already in the workspace")
+        wav = self.ws.add_speech(speech or str(self.ws.upload(picked)))
         rows, seconds = turns.guess(self.ws.avatar(avatar), wav)
         pic = turns.picture(wav, rows, wav.with_suffix(".turns.png"))
         return rows, str(pic), str(wav), _message(f"{len(rows)} turn(s) in {seconds:.1f} s of speech: edit them "
@@ -237,7 +250,8 @@ class Studio:
     def choices(self) -> tuple:
         ds, av = self.ws.datasets(), self.ws.avatars()
         return (gr.update(choices=self.ws.videos()), gr.update(choices=ds), gr.update(choices=ds),
-                gr.update(choices=av), gr.update(choices=av), gr.update(choices=ds), gr.update(choices=self.ws.runs()))
+                gr.update(choices=av), gr.update(choices=av), gr.update(choices=ds), gr.update(choices=self.ws.runs()),
+                gr.update(choices=self.ws.speech()))
 
 
 def _job_panel(label: str):
@@ -262,11 +276,15 @@ def build(ws: Workspace, queue: JobQueue) -> gr.Blocks:
                 with gr.Column():
                     video = gr.File(label="Conversation video (two or more people, one audio track)",
                                     file_types=list(VIDEO_TYPES), type="filepath", elem_id="prepare-video")
-                    existing = gr.Dropdown(ws.videos(), label="or a video already in the workspace", value=None)
                     with gr.Row():
-                        ds_name = gr.Textbox(label="Dataset name", placeholder="talk", elem_id="prepare-name")
+                        existing = gr.Dropdown(ws.videos(), label="or a video already in the workspace", value=None,
+                                               scale=3)
+                        example_btn = gr.Button("Make the example clips (synthetic, 8 s)", scale=1)
+                    with gr.Row():
+                        ds_name = gr.Textbox(label="Dataset name (default: the video's)", placeholder="talk",
+                                             elem_id="prepare-name")
                         n_persons = gr.Number(0, label="Persons (0: find them all)", precision=0)
-                        crop = gr.Radio([512, 256], value=512, label="Crop side, px (256 is plenty for the CPU preset)",
+                        crop = gr.Radio([512, 256, 128], value=512, label="Crop side, px (the CPU preset trains at 64)",
                                         elem_id="prepare-crop")
                     prep_btn = gr.Button("Prepare", variant="primary", elem_id="prepare-run")
                     prep_msg = gr.HTML(elem_id="prepare-msg")
@@ -285,7 +303,7 @@ def build(ws: Workspace, queue: JobQueue) -> gr.Blocks:
                 with gr.Column():
                     train_ds = gr.Dropdown(ws.datasets(), label="Dataset", value=None, elem_id="train-dataset")
                     preset = gr.Radio(list(PRESETS), value=next(iter(PRESETS)), label="Preset")
-                    minutes = gr.Number(10, label="Time budget, minutes (0: the preset's iterations)",
+                    minutes = gr.Number(0, label="Time budget, minutes (0: the preset's iterations; CPU: about 3 min)",
                                         elem_id="train-minutes")
                     run_name = gr.Textbox(label="Avatar name (default: the dataset's)", elem_id="train-name")
                     train_btn = gr.Button("Train", variant="primary", elem_id="train-run")
@@ -306,6 +324,8 @@ def build(ws: Workspace, queue: JobQueue) -> gr.Blocks:
                     avatar = gr.Dropdown(ws.avatars(), label="Avatar", value=None, elem_id="direct-avatar")
                     speech = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Speech",
                                       elem_id="direct-speech")
+                    speech_pick = gr.Dropdown(ws.speech(), label="or speech already in the workspace (a video's "
+                                              "sound track too)", value=None)
                     guess_btn = gr.Button("Who speaks when?", elem_id="direct-guess")
                     wav = gr.State(None)
                     wave = gr.Image(label="Turns on the waveform", type="filepath", interactive=False)
@@ -349,7 +369,8 @@ def build(ws: Workspace, queue: JobQueue) -> gr.Blocks:
         names_btn.click(guarded(1)(s.save_names), [ds_pick, persons], [names_msg])
         train_btn.click(guarded(2)(s.train), [train_ds, preset, minutes, run_name], [run_pick, train_msg])
         run_pick.change(s.run_view, [run_pick], [curve, val_img, files])
-        guess_btn.click(guarded(4)(s.guess_turns), [avatar, speech], [table, wave, wav, direct_msg])
+        example_btn.click(guarded(1)(s.make_examples), None, [prep_msg])
+        guess_btn.click(guarded(4)(s.guess_turns), [avatar, speech, speech_pick], [table, wave, wav, direct_msg])
         table.input(guarded(1)(s.redraw), [wav, table], [wave])
         render_btn.click(guarded(1)(s.direct), [avatar, wav, table, layout, samples, max_s, out_name], [direct_msg])
         av_btn.click(guarded(3)(s.add_avatar), [av_file, pg_file, av_name], [avatar, rp_avatar, av_msg])
@@ -364,7 +385,7 @@ def build(ws: Workspace, queue: JobQueue) -> gr.Blocks:
 
         # Every tick: the job panels from disk; when a job has just ended, what it made.
         seen = gr.State({})
-        lists = [existing, ds_pick, train_ds, avatar, rp_avatar, rp_data, run_pick]
+        lists = [existing, ds_pick, train_ds, avatar, rp_avatar, rp_data, run_pick, speech_pick]
 
         def tick(seen: dict, run: str | None):
             out = []

@@ -1,6 +1,7 @@
 """The studio's workspace folder: every file the studio reads or writes lies inside it.
 
-    <workspace>/uploads/      videos and speech as uploaded (checked: type, size, decodable, not silent)
+    <workspace>/uploads/      videos and speech as uploaded (checked: type, size, decodable, not silent), the
+                              example clips (example/, example_speech/), speech_cache/ (speech as 16 kHz wav)
     <workspace>/datasets/<n>/ prepared datasets (scripts/prepare.py)
     <workspace>/runs/<n>/     avatars: checkpoint.pt (scripts/train.py) and posegen/checkpoint.pt
     <workspace>/renders/      rendered conversations (scripts/render.py), and each render's roles.json
@@ -101,7 +102,7 @@ class Workspace:
             raise StudioError(f"{src.name} holds no audio that can be read")
         if float(np.sqrt(np.mean(np.square(audio, dtype=np.float64)))) < SILENT_RMS:
             raise StudioError(f"{src.name} is silent: there is no speech to render")
-        dst = self._free(self.root / "uploads", _stem(src), ".wav")
+        dst = self._free(self.root / "uploads" / "speech_cache", safe_stem(src), ".wav")
         with atomic_path(dst) as tmp:
             write_wav(tmp, audio)
         return dst
@@ -138,7 +139,7 @@ class Workspace:
         return run
 
     def _keep(self, src: Path, prefix: str) -> Path:
-        dst = self._free(self.root / "uploads", prefix + _stem(src), src.suffix.lower())
+        dst = self._free(self.root / "uploads", prefix + safe_stem(src), src.suffix.lower())
         _copy(src, dst)
         return dst
 
@@ -152,7 +153,22 @@ class Workspace:
 
     # --- what there is ---
     def videos(self) -> list[str]:
-        return sorted(p.name for p in (self.root / "uploads").iterdir() if p.suffix.lower() in VIDEO_TYPES)
+        """The videos in uploads/ (the example clips' folders included), relative to it."""
+        up = self.root / "uploads"
+        return sorted(str(p.relative_to(up)) for p in up.rglob("*") if p.suffix.lower() in VIDEO_TYPES and p.is_file())
+
+    def speech(self) -> list[str]:
+        """Speech in uploads/ (earlier uploads, and any video's sound track), relative to it."""
+        up = self.root / "uploads"
+        return sorted(str(p.relative_to(up)) for p in up.rglob("*") if p.suffix.lower() in AUDIO_TYPES + VIDEO_TYPES
+                      and p.is_file() and p.parent.name != "speech_cache")
+
+    def upload(self, relative: str) -> Path:
+        """A file of uploads/ named as ``videos``/``speech`` list it."""
+        path = self.inside(self.root / "uploads" / relative)
+        if not path.is_file():
+            raise StudioError(f"{relative} is no longer in the workspace's uploads")
+        return path
 
     def datasets(self) -> list[str]:
         return sorted(p.name for p in (self.root / "datasets").iterdir() if (p / "meta.json").is_file())
@@ -296,7 +312,7 @@ def write_roles(rows: list[list], names: list[str], labels: dict[str, str], seco
     return path
 
 
-def _stem(path: Path) -> str:
+def safe_stem(path: Path) -> str:
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", path.stem).strip("_")[:40]
     return stem or "upload"
 

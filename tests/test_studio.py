@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from studio.jobs import CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, JobQueue
 from studio.workspace import StudioError, Workspace, check_name, write_roles
@@ -133,7 +134,7 @@ def test_bad_uploads_get_one_line_each(tmp_path, synthetic):
         ws.add_avatar(str(corrupt), None, "other")
     ws.max_upload_mb = 2048
     speech = ws.add_speech(str(shutil.copy(synthetic["video"], cache / "talk.mp4")))  # (speech from a video file)
-    assert speech.parent == ws.root / "uploads" and speech.suffix == ".wav"
+    assert speech.parent == ws.root / "uploads" / "speech_cache" and speech.suffix == ".wav"
 
 
 def test_turns_from_the_page_become_a_checked_roles_file(tmp_path):
@@ -148,6 +149,32 @@ def test_turns_from_the_page_become_a_checked_roles_file(tmp_path):
         write_roles([[3, 9, "Ana"]], names, labels, 4.0, tmp_path / "r.json")
     with pytest.raises(StudioError, match="start and end must be seconds"):
         write_roles([["soon", 9, "Ana"]], names, labels, 4.0, tmp_path / "r.json")
+
+
+def test_the_example_clips_are_made_in_the_workspace_and_prepared_by_name(tmp_path):
+    from studio.app import Studio
+
+    ws = Workspace(tmp_path / "ws")
+    queue = JobQueue(ws.root / "jobs")
+    try:
+        studio = Studio(ws, queue)
+        assert "queued" in studio.make_examples()
+        job = _wait(queue, queue.latest("prepare").id, timeout=120)
+        assert job.status == DONE, queue.log_tail(job.id)
+        assert ws.videos() == ["example/conversation.mp4", "example_speech/conversation.mp4"]
+        assert ws.speech() == ws.videos()  # (a video's sound track is speech for Direct)
+        with pytest.raises(StudioError, match="in the workspace already"):
+            studio.make_examples()
+        queue.close()
+        queue = JobQueue(ws.root / "jobs", start=False)  # (queued, not run: its command is what is checked)
+        Studio(ws, queue).prepare(None, "example/conversation.mp4", "", 0, 256)
+        steps = queue.latest("prepare").steps
+        assert steps == [["scripts/prepare.py", "--video", str(ws.root / "uploads" / "example" / "conversation.mp4"),
+                          "--out", str(ws.root / "datasets" / "example"), "--crop_size", "256"]]
+        with pytest.raises(StudioError, match="already has a job queued"):
+            Studio(ws, queue).prepare(None, "example/conversation.mp4", "", 0, 256)
+    finally:
+        queue.close()
 
 
 def _free_port() -> int:
@@ -189,7 +216,7 @@ def _choose(page, elem_id: str, option: str) -> None:
     page.get_by_role("option", name=option).click()
 
 
-@pytest.mark.slow  # a real browser, prepare, a 15 s training, posegen and a 10-frame render through the pages (2 min)
+@pytest.mark.slow  # a real browser, prepare, a 6 s training, posegen and a 5-frame render through the pages (80 s)
 @pytest.mark.skipif(CHROMIUM is None, reason="no chromium (make test installs Debian's where it can)")
 def test_from_a_video_to_a_rendered_conversation_in_a_real_browser(studio, synthetic, tmp_path):
     from playwright.sync_api import sync_playwright
@@ -209,11 +236,11 @@ def test_from_a_video_to_a_rendered_conversation_in_a_real_browser(studio, synth
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
         page.goto(studio["url"])
 
-        # Prepare: upload, name the dataset, 256 px crops; then the QA pictures and the persons, one named
+        # Prepare: upload, name the dataset, 128 px crops; then the QA pictures and the persons, one named
         page.locator("#prepare-video input[type=file]").set_input_files(str(synthetic["video"]))
         page.get_by_text("conversation.mp4").first.wait_for()
         page.locator("#prepare-name textarea, #prepare-name input").first.fill("talk")
-        page.locator("#prepare-crop").get_by_label("256").check()
+        page.locator("#prepare-crop").get_by_label("128").check()
         page.locator("#prepare-run").click()
         _wait_job(page, "prepare", 240)
         _choose(page, "prepare-dataset", "talk")
@@ -230,10 +257,10 @@ def test_from_a_video_to_a_rendered_conversation_in_a_real_browser(studio, synth
         page.reload()
         page.wait_for_selector('#prepare-status [data-status="done"]', timeout=30_000)
 
-        # Train: the CPU preset for 15 s, then posegen; the curve, the validation picture, the files to download
+        # Train: the CPU preset for 6 s, then posegen; the curve, the validation picture, the files to download
         page.get_by_role("tab", name="Train").click()
         _choose(page, "train-dataset", "talk")
-        page.locator("#train-minutes input").fill("0.25")
+        page.locator("#train-minutes input").fill("0.1")
         page.locator("#train-run").click()
         _wait_job(page, "train", 400)
         for name in ("talk-avatar.pt", "talk-posegen.pt"):  # (the two files to download, named for what they are)
@@ -241,8 +268,10 @@ def test_from_a_video_to_a_rendered_conversation_in_a_real_browser(studio, synth
         page.screenshot(path=str(shots / "train.png"), full_page=True)
         run = studio["workspace"] / "runs" / "talk"
         assert (run / "checkpoint.pt").samefile(run / "download" / "talk-avatar.pt")
+        avatar = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["avatar"]
+        assert avatar["datasets"][0]["labels"] == ["Ana", ""]  # (the name given on the Prepare page travelled)
 
-        # Direct: uploaded speech, who speaks when from the avatar's voices (the name travelled), 0.4 s rendered
+        # Direct: uploaded speech, who speaks when from the avatar's voices (the name travelled), 0.2 s rendered
         page.get_by_role("tab", name="Direct").click()
         _choose(page, "direct-avatar", "talk")
         page.locator("#direct-speech input[type=file]").set_input_files(str(speech))
@@ -251,7 +280,7 @@ def test_from_a_video_to_a_rendered_conversation_in_a_real_browser(studio, synth
         shown = {page.locator(f'#direct-turns [data-testid="cell-{i}-2"]').inner_text()
                  for i in range(page.locator('#direct-turns [role="row"]').count() - 1)}
         assert shown <= {"Ana (talk:0)", "talk:1"} and shown, shown
-        page.locator("#direct-seconds input").fill("0.4")
+        page.locator("#direct-seconds input").fill("0.2")
         page.locator("#direct-run").click()
         _wait_job(page, "render", 300)
         video = page.locator("#direct-video video")
