@@ -79,6 +79,13 @@ class Studio:
         return f'<div class="job job-{job.status}" data-status="{job.status}">{head}{body}</div>', \
             self.queue.log_tail(job.id)
 
+    def _submit(self, kind: str, title: str, steps: list[list[str]], target: Path | str) -> None:
+        """Queue a job; a target that is busy already is the user's error, said in one line."""
+        try:
+            self.queue.submit(kind, title, steps, target if isinstance(target, str) else self.ws.rel(target))
+        except ValueError as e:
+            raise StudioError(str(e)) from None
+
     def _act(self, kind: str, action: str) -> str:
         job = self.queue.latest(kind)
         if job is None:
@@ -106,8 +113,9 @@ class Studio:
         cmd = ["scripts/prepare.py", "--video", str(video), "--out", str(out), "--crop_size", str(int(crop))]
         if persons and int(persons) > 0:
             cmd += ["--persons", str(int(persons))]
-        self.queue.submit("prepare", f"prepare {name}", [cmd], self.ws.rel(out))
-        return gr.update(choices=self.ws.videos(), value=video.name), _message(f"queued: prepare {video.name} into {name}")
+        self._submit("prepare", f"prepare {name}", [cmd], out)
+        return (gr.update(choices=self.ws.videos(), value=str(video.relative_to(self.ws.root / "uploads"))),
+                _message(f"queued: prepare {video.name} into {name}"))
 
     def make_examples(self) -> str:
         """The synthetic example: a two-person conversation to prepare, and other speech to direct it with."""
@@ -117,7 +125,7 @@ class Studio:
                               "and example_speech/conversation.mp4 (speech for Direct)")
         steps = [["scripts/make_synthetic.py", "--out", str(up / "example"), "--seconds", "8"],
                  ["scripts/make_synthetic.py", "--out", str(up / "example_speech"), "--seconds", "8", "--seed", "7"]]
-        self.queue.submit("prepare", "make the example clips", steps, "uploads/example")
+        self._submit("prepare", "make the example clips", steps, "uploads/example")
         return _message("queued: the example conversation (uploads/example/conversation.mp4, to prepare) and new "
                         "speech for it (uploads/example_speech/conversation.mp4, for Direct)")
 
@@ -148,7 +156,7 @@ class Studio:
             cmd += ["--time_budget_s", f"{float(minutes) * 60:.0f}"]
         pg = ["scripts/train_posegen.py", "--config", "configs/posegen.txt", "--data", str(ds), "--out",
               str(run / "posegen")] + (QUICK_POSEGEN if cfg == "cpu_tiny.txt" else [])
-        self.queue.submit("train", f"train {name} on {data}", [cmd, pg], self.ws.rel(run))
+        self._submit("train", f"train {name} on {data}", [cmd, pg], run)
         run.mkdir(parents=True, exist_ok=True)
         return gr.update(choices=self.ws.runs(), value=name), \
             _message(f"queued: train {name} ({preset}), then its head motion (posegen)")
@@ -215,7 +223,7 @@ class Studio:
                "--samples", str(int(samples)), "--out", str(out)]
         if max_s and float(max_s) > 0:
             cmd += ["--max_seconds", f"{float(max_s):g}"]
-        self.queue.submit("render", f"render {name}", [cmd], self.ws.rel(out))
+        self._submit("render", f"render {name}", [cmd], out)
         return _message(f"queued: render {name}.mp4")
 
     # --- Replay ---
@@ -237,7 +245,7 @@ class Studio:
                "--pose_from", f"{src}:{pid}", "--out", str(out)]
         if max_s and float(max_s) > 0:
             cmd += ["--max_seconds", f"{float(max_s):g}"]
-        self.queue.submit("replay", f"replay {name}", [cmd], self.ws.rel(out))
+        self._submit("replay", f"replay {name}", [cmd], out)
         return _message(f"queued: {avatar} driven by {data} person {pid}, into {name}.mp4")
 
     def video_of(self, kind: str) -> str | None:
@@ -278,7 +286,7 @@ def build(ws: Workspace, queue: JobQueue) -> gr.Blocks:
                                     file_types=list(VIDEO_TYPES), type="filepath", elem_id="prepare-video")
                     with gr.Row():
                         existing = gr.Dropdown(ws.videos(), label="or a video already in the workspace", value=None,
-                                               scale=3)
+                                               scale=3, elem_id="prepare-existing")
                         example_btn = gr.Button("Make the example clips (synthetic, 8 s)", scale=1)
                     with gr.Row():
                         ds_name = gr.Textbox(label="Dataset name (default: the video's)", placeholder="talk",
@@ -325,7 +333,7 @@ def build(ws: Workspace, queue: JobQueue) -> gr.Blocks:
                     speech = gr.Audio(sources=["upload", "microphone"], type="filepath", label="Speech",
                                       elem_id="direct-speech")
                     speech_pick = gr.Dropdown(ws.speech(), label="or speech already in the workspace (a video's "
-                                              "sound track too)", value=None)
+                                              "sound track too)", value=None, elem_id="direct-speech-pick")
                     guess_btn = gr.Button("Who speaks when?", elem_id="direct-guess")
                     wav = gr.State(None)
                     wave = gr.Image(label="Turns on the waveform", type="filepath", interactive=False)
