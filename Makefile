@@ -41,7 +41,7 @@ browser:
 TEST_WORKERS ?= 2
 test: $(STAMP) browser
 	$(PY) -m ruff check --quiet .
-	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal tests
+	$(PY) -m pytest -q -n $(TEST_WORKERS) --dist worksteal --durations 12 tests
 
 bench: $(STAMP)
 	$(PY) scripts/bench_prepare.py

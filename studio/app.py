@@ -360,16 +360,17 @@ def build(ws: Workspace, queue: JobQueue) -> gr.Blocks:
         with gr.Tab("Replay", id="replay"):
             with gr.Row():
                 with gr.Column():
-                    rp_avatar = gr.Dropdown(ws.avatars(), label="Avatar", value=None)
-                    rp_data = gr.Dropdown(ws.datasets(), label="Motion (and speech) from dataset", value=None)
-                    rp_person = gr.Dropdown([], label="Its person whose motion drives the avatar")
-                    rp_max = gr.Number(0, label="Seconds to render (0: all)")
-                    rp_name = gr.Textbox("replay", label="Video name")
-                    rp_btn = gr.Button("Render", variant="primary")
-                    rp_msg = gr.HTML()
+                    rp_avatar = gr.Dropdown(ws.avatars(), label="Avatar", value=None, elem_id="replay-avatar")
+                    rp_data = gr.Dropdown(ws.datasets(), label="Motion (and speech) from dataset", value=None,
+                                          elem_id="replay-data")
+                    rp_person = gr.Dropdown([], label="Its person whose motion drives the avatar", elem_id="replay-person")
+                    rp_max = gr.Number(0, label="Seconds to render (0: all)", elem_id="replay-seconds")
+                    rp_name = gr.Textbox("replay", label="Video name", elem_id="replay-name")
+                    rp_btn = gr.Button("Render", variant="primary", elem_id="replay-run")
+                    rp_msg = gr.HTML(elem_id="replay-msg")
                 with gr.Column():
                     rp_status, rp_stop, rp_again, rp_log = _job_panel("replay")
-                    rp_video = gr.Video(label="Replay", interactive=False)
+                    rp_video = gr.Video(label="Replay", interactive=False, elem_id="replay-video")
 
         # --- wiring ---
         prep_btn.click(guarded(2)(s.prepare), [video, existing, ds_name, n_persons, crop], [existing, prep_msg])
