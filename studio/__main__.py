@@ -17,8 +17,12 @@ Examples:
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -80,14 +84,20 @@ def main(argv=None) -> int:
         print(f"error: cannot serve on {args.host}:{args.port} ({str(e).splitlines()[0]}); try another --port",
               file=sys.stderr)
         return 1
+    # Ctrl-C and SIGTERM stop it, even where the shell started it with SIGINT ignored (a background job), and the
+    # jobs' commands get the default SIGINT back (exec keeps an ignored signal ignored): cancel relies on it
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     print(f"studio: http://{args.host}:{args.port} (workspace {ws.root}); Ctrl-C stops it", flush=True)
     try:
-        app.block_thread()
-    except KeyboardInterrupt:
-        pass
+        while not stop.wait(0.5):
+            pass
+        print("studio: stopping (a running job is marked interrupted: Resume continues it)", flush=True)
     finally:
         queue.close()
-        app.close()
+        with contextlib.redirect_stdout(sys.stdout if args.verbose else io.StringIO()):
+            app.close()  # (Gradio says "Closing server running on port ...")
     return 0
 
 

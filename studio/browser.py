@@ -43,9 +43,13 @@ def served(workspace: Path, log_path: Path, env: dict | None = None, timeout_s: 
     finally:
         proc.send_signal(signal.SIGINT)
         try:
-            proc.wait(30)
+            stopped = proc.wait(15) is not None
         except subprocess.TimeoutExpired:
             proc.kill()
+            proc.wait()
+            stopped = False
+    if not stopped:
+        raise RuntimeError("the studio did not stop within 15 s of Ctrl-C (SIGINT)")
 
 
 def wait_job(page, kind: str, timeout_s: float) -> None:
