@@ -20,6 +20,7 @@ from __future__ import annotations
 import contextlib
 import io
 import os
+import shutil
 import signal
 import sys
 import threading
@@ -61,7 +62,9 @@ def main(argv=None) -> int:
     except OSError as e:
         print(f"error: cannot use {args.workspace} as the workspace ({e.strerror or e})", file=sys.stderr)
         return 2
-    # Gradio's upload cache inside the workspace, and nothing sent anywhere (before gradio is imported)
+    # Gradio's upload cache inside the workspace, and nothing sent anywhere (before gradio is imported); the copies
+    # an earlier run left there go (the workspace keeps every original)
+    shutil.rmtree(ws.root / ".gradio", ignore_errors=True)
     os.environ["GRADIO_TEMP_DIR"] = str(ws.root / ".gradio")
     os.environ["GRADIO_ANALYTICS_ENABLED"] = "False"
     os.environ.setdefault("TQDM_MININTERVAL", "1")

@@ -275,7 +275,9 @@ def _job_panel(label: str):
 def build(ws: Workspace, queue: JobQueue) -> gr.Blocks:
     """The studio's Blocks app."""
     s = Studio(ws, queue)
-    with gr.Blocks(title="DialogueNeRF studio", analytics_enabled=False) as app:
+    # Gradio serves a copy of every file it shows (an avatar file, a video) from .gradio/: copies older than 6 hours
+    # go every hour, the rest when the studio stops (the workspace keeps the originals)
+    with gr.Blocks(title="DialogueNeRF studio", analytics_enabled=False, delete_cache=(3600, 6 * 3600)) as app:
         gr.Markdown("# DialogueNeRF studio\nA conversation video in, new conversations out: **Prepare** the video, "
                     "**Train** one avatar for everyone in it, **Direct** it with new speech, or **Replay** a recorded "
                     f"motion. Everything lives in `{ws.root}`.")

@@ -23,17 +23,21 @@ def pytest_configure(config):
                             "them for a quick loop; `make test` runs them")
 
 
-# make test's two workers share the suite by work stealing: each starts on its half of the collected order and
-# takes from the other's queue when its own is empty. A long test that starts late is a tail one worker runs alone,
-# so the longest go first (seconds on the 2-core box, 2026-12-02; a test not listed keeps its place).
+# make test's workers share the suite by work stealing: worker k starts on the k-th contiguous share of the
+# collected order and, its own queue empty, takes the back half of the longest other queue. A long test that starts
+# late is a tail one worker runs alone, so the longest are dealt out first, one to each worker in turn, at the head
+# of its share (call seconds on the 2-core box, 2026-12-03; a test not listed keeps its place).
 LONGEST_FIRST = [
-    "test_train.py::test_one_network_reaches_24_db_on_held_out_frames_of_both_persons",  # 250 s
-    "test_studio.py::test_from_a_video_to_a_rendered_conversation_in_a_real_browser",  # 90 s
+    "test_train.py::test_one_network_reaches_24_db_on_held_out_frames_of_both_persons",  # 208 s
+    "test_studio.py::test_from_a_video_to_a_rendered_conversation_in_a_real_browser",  # 129 s
     "test_distributed.py::test_two_ranks_step_on_their_mean_gradient_and_a_rank_killed_hard_resumes_step_for_step",
-    "test_distributed.py::test_a_rank_that_stops_answering_ends_the_job_with_one_line",
+    "test_distributed.py::test_a_rank_that_stops_answering_ends_the_job_with_one_line",  # 51 s
     "test_bench.py::test_bench_on_cpu_times_training_and_rendering_and_a_trained_models_step_through_its_occupancy",
+    "test_render.py::test_two_ranks_finish_an_interrupted_render_into_the_one_process_video_bit_for_bit",  # 42 s
+    "test_kernel_build.py::test_the_fused_kernel_builds_for_sm90_without_a_gpu",  # 39 s
+    "test_prepare.py::test_no_audio_track_needs_allow_silent",  # 33 s
+    "test_render.py::test_render_from_new_audio_with_posegen_roles_and_two_reactions",  # 32 s
     "test_distributed.py::test_persons_of_several_datasets_share_one_network_each_with_its_own_codes",
-    "test_kernel_build.py::test_the_fused_kernel_builds_for_sm90_without_a_gpu",
     "test_fused_march.py::test_a_models_marched_render_is_the_same_with_the_fused_kernel",
 ]
 
@@ -43,7 +47,19 @@ def pytest_collection_modifyitems(session, config, items):
         where = item.nodeid.split("/")[-1]
         return next((i for i, name in enumerate(LONGEST_FIRST) if where.startswith(name)), len(LONGEST_FIRST))
 
-    items.sort(key=rank)  # (stable: the rest keep their order)
+    ranked = sorted(items, key=rank)  # (stable: the rest keep their order)
+    workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
+    if workers < 2:
+        items[:] = ranked
+        return
+    long = [i for i in ranked if rank(i) < len(LONGEST_FIRST)]
+    rest = iter(ranked[len(long):])
+    dealt, n = [], len(items)
+    for k in range(workers):  # (worksteal's first shares: items[k * n // workers:(k + 1) * n // workers])
+        head = long[k::workers]
+        share = (k + 1) * n // workers - k * n // workers
+        dealt += head + [item for _, item in zip(range(share - len(head)), rest)]
+    items[:] = dealt + list(rest)
 
 
 SYNTHETIC_CROP = 128
