@@ -18,6 +18,7 @@ Examples:
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import io
 import os
 import shutil
@@ -62,6 +63,19 @@ def main(argv=None) -> int:
     except OSError as e:
         print(f"error: cannot use {args.workspace} as the workspace ({e.strerror or e})", file=sys.stderr)
         return 2
+    lock = open(ws.root / "jobs" / ".studio.lock", "w")  # (held while this studio runs; released at exit)
+    try:
+        fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        print(f"error: another studio is using the workspace {ws.root}: stop it, or give another --workspace",
+              file=sys.stderr)
+        return 2
+    # Ctrl-C and SIGTERM stop it, even where the shell started it with SIGINT ignored (a background job); set before
+    # any job starts, so that the jobs' commands get the default SIGINT back (exec keeps an ignored signal ignored):
+    # cancel relies on it
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
     # Gradio's upload cache inside the workspace, and nothing sent anywhere (before gradio is imported); the copies
     # an earlier run left there go (the workspace keeps every original)
     shutil.rmtree(ws.root / ".gradio", ignore_errors=True)
@@ -87,11 +101,6 @@ def main(argv=None) -> int:
         print(f"error: cannot serve on {args.host}:{args.port} ({str(e).splitlines()[0]}); try another --port",
               file=sys.stderr)
         return 1
-    # Ctrl-C and SIGTERM stop it, even where the shell started it with SIGINT ignored (a background job), and the
-    # jobs' commands get the default SIGINT back (exec keeps an ignored signal ignored): cancel relies on it
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     print(f"studio: http://{args.host}:{args.port} (workspace {ws.root}); Ctrl-C stops it", flush=True)
     try:
         while not stop.wait(0.5):

@@ -18,7 +18,7 @@ import gradio as gr
 import pandas as pd
 
 from studio import turns
-from studio.jobs import DONE, FAILED, QUEUED, RUNNING, Job, JobQueue
+from studio.jobs import CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, RUNNING, Job, JobQueue
 from studio.workspace import VIDEO_TYPES, StudioError, Workspace, avatar_persons, check_name, safe_stem, write_roles
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +55,19 @@ def guarded(n_out: int):
     return wrap
 
 
+def quietly(fn, n_out: int):
+    """A refresh whose failure (a file being written, a log cut short) leaves the page as it is until the next one."""
+
+    @functools.wraps(fn)
+    def run(*args):
+        try:
+            return fn(*args)
+        except Exception:
+            return tuple(gr.update() for _ in range(n_out)) if n_out > 1 else gr.update()
+
+    return run
+
+
 class Studio:
     """The pages of one workspace and its job queue."""
 
@@ -76,7 +89,7 @@ class Studio:
         body = f'<progress value="{frac * 100:.0f}" max="100"></progress><div>{html.escape(what)}</div>'
         if job.status == FAILED or job.error:
             body += _message(f"error: {job.error}", error=True)
-        return f'<div class="job job-{job.status}" data-status="{job.status}">{head}{body}</div>', \
+        return f'<div class="job job-{job.status}" data-status="{job.status}" data-job="{job.id}">{head}{body}</div>', \
             self.queue.log_tail(job.id)
 
     def _submit(self, kind: str, title: str, steps: list[list[str]], target: Path | str) -> None:
@@ -91,8 +104,12 @@ class Studio:
         if job is None:
             raise StudioError("there is no job to " + action)
         if action == "cancel":
+            if job.finished:
+                raise StudioError(f"{job.title} is {job.status}: there is nothing to stop")
             self.queue.cancel(job.id)
             return _message(f"stopping {job.title}" if job.status == RUNNING else f"cancelled {job.title}")
+        if job.status not in (FAILED, CANCELLED, INTERRUPTED):
+            raise StudioError(f"{job.title} is {job.status}: only a failed, cancelled or stopped job resumes")
         try:
             self.queue.resume(job.id)
         except ValueError as e:
@@ -195,11 +212,12 @@ class Studio:
         return rows, str(pic), str(wav), _message(f"{len(rows)} turn(s) in {seconds:.1f} s of speech: edit them "
                                                   "if they are wrong, then render")
 
-    def redraw(self, wav, rows) -> str | None:
+    def redraw(self, wav, rows) -> tuple:
+        """(the waveform with the edited turns, a message)."""
         if not wav or not Path(wav).is_file():
-            return None
+            return None, ""
         rows = rows.values.tolist() if isinstance(rows, pd.DataFrame) else rows
-        return str(turns.picture(Path(wav), rows, Path(wav).with_suffix(".turns.png")))
+        return str(turns.picture(self.ws.inside(wav), rows, Path(wav).with_suffix(".turns.png"))), ""
 
     def direct(self, avatar, wav, rows, layout, samples, max_s, name) -> str:
         if not avatar:
@@ -214,6 +232,10 @@ class Studio:
         out = self.ws.root / "renders" / f"{name}.mp4"
         from common.video_io import read_wav
 
+        busy = [j for j in self.queue.jobs() if j.target == self.ws.rel(out) and not j.finished]
+        if busy:  # (before its roles file is written over)
+            raise StudioError(f"renders/{name}.mp4 already has a job {busy[0].status}: wait for it, cancel it, or "
+                              "choose another video name")
         audio, sr = read_wav(wav)
         names, labels, _, _ = avatar_persons(run)
         rows = rows.values.tolist() if isinstance(rows, pd.DataFrame) else rows
@@ -227,12 +249,13 @@ class Studio:
         return _message(f"queued: render {name}.mp4")
 
     # --- Replay ---
-    def source_persons(self, data) -> dict:
+    def source_persons(self, data) -> tuple:
+        """(the person dropdown of a dataset, a message)."""
         if not data:
-            return gr.update(choices=[], value=None)
+            return gr.update(choices=[], value=None), ""
         rows = self.ws.persons(data)
         choices = [f"{r[0]}" + (f" ({r[1]})" if r[1] else "") for r in rows]
-        return gr.update(choices=choices, value=choices[0] if choices else None)
+        return gr.update(choices=choices, value=choices[0] if choices else None), ""
 
     def replay(self, avatar, data, person, max_s, name) -> str:
         if not avatar or not data or person is None:
@@ -313,7 +336,8 @@ def build(ws: Workspace, queue: JobQueue) -> gr.Blocks:
                 with gr.Column():
                     train_ds = gr.Dropdown(ws.datasets(), label="Dataset", value=None, elem_id="train-dataset")
                     preset = gr.Radio(list(PRESETS), value=next(iter(PRESETS)), label="Preset")
-                    minutes = gr.Number(0, label="Time budget, minutes (0: the preset's iterations; CPU: about 3 min)",
+                    minutes = gr.Number(0, label="Time budget of the NeRF training, minutes (0: the preset's iterations; the "
+                                        "whole CPU quick look of the example: about 2 min)",
                                         elem_id="train-minutes")
                     run_name = gr.Textbox(label="Avatar name (default: the dataset's)", elem_id="train-name")
                     train_btn = gr.Button("Train", variant="primary", elem_id="train-run")
@@ -379,13 +403,13 @@ def build(ws: Workspace, queue: JobQueue) -> gr.Blocks:
         ds_pick.change(guarded(3)(s.dataset_view), [ds_pick], [qa, persons, names_msg])
         names_btn.click(guarded(1)(s.save_names), [ds_pick, persons], [names_msg])
         train_btn.click(guarded(2)(s.train), [train_ds, preset, minutes, run_name], [run_pick, train_msg])
-        run_pick.change(s.run_view, [run_pick], [curve, val_img, files])
+        run_pick.change(quietly(s.run_view, 3), [run_pick], [curve, val_img, files])
         example_btn.click(guarded(1)(s.make_examples), None, [prep_msg])
         guess_btn.click(guarded(4)(s.guess_turns), [avatar, speech, speech_pick], [table, wave, wav, direct_msg])
-        table.input(guarded(1)(s.redraw), [wav, table], [wave])
+        table.input(guarded(2)(s.redraw), [wav, table], [wave, direct_msg])
         render_btn.click(guarded(1)(s.direct), [avatar, wav, table, layout, samples, max_s, out_name], [direct_msg])
         av_btn.click(guarded(3)(s.add_avatar), [av_file, pg_file, av_name], [avatar, rp_avatar, av_msg])
-        rp_data.change(guarded(1)(s.source_persons), [rp_data], [rp_person])
+        rp_data.change(guarded(2)(s.source_persons), [rp_data], [rp_person, rp_msg])
         rp_btn.click(guarded(1)(s.replay), [rp_avatar, rp_data, rp_person, rp_max, rp_name], [rp_msg])
         for kind, stop, again, msg in (("prepare", prep_stop, prep_again, prep_msg),
                                        ("train", train_stop, train_again, train_msg),
@@ -417,6 +441,7 @@ def build(ws: Workspace, queue: JobQueue) -> gr.Blocks:
         panels = [prep_status, prep_log, train_status, train_log, direct_status, direct_log, rp_status, rp_log]
         timer = gr.Timer(TICK_S)
         outputs = [seen, *panels, *lists, curve, val_img, files, out_video, rp_video]
+        tick = quietly(tick, len(outputs))
         timer.tick(tick, [seen, run_pick], outputs, show_progress="hidden")
         app.load(tick, [seen, run_pick], outputs, show_progress="hidden")
     return app

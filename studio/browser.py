@@ -52,6 +52,11 @@ def served(workspace: Path, log_path: Path, env: dict | None = None, timeout_s: 
         raise RuntimeError("the studio did not stop within 15 s of Ctrl-C (SIGINT)")
 
 
+def _job_shown(page, kind: str) -> str | None:
+    panel = page.locator(f"#{kind}-status [data-job]")
+    return panel.first.get_attribute("data-job") if panel.count() else None
+
+
 def wait_job(page, kind: str, timeout_s: float) -> None:
     """Wait until the newest job of ``kind`` ends on its panel; a failed one raises with its panel's text."""
     page.wait_for_selector(f'#{kind}-status [data-status="done"], #{kind}-status [data-status="failed"]',
@@ -62,12 +67,12 @@ def wait_job(page, kind: str, timeout_s: float) -> None:
 
 
 def start_job(page, button: str, kind: str) -> None:
-    """Click a page's button that queues a job of ``kind``, and wait until the panel shows that new job (not the
-    previous one's state)."""
-    before = page.locator(f"#{kind}-status").inner_text()
+    """Click a page's button that queues a job of ``kind``, and wait until the panel shows that new job (its id, not
+    the previous job's)."""
+    before = _job_shown(page, kind)
     page.locator(button).click()
-    deadline = time.time() + 30
-    while page.locator(f"#{kind}-status").inner_text() == before:
+    deadline = time.time() + 60
+    while _job_shown(page, kind) in (before, None):
         if time.time() > deadline:
             raise AssertionError(f"no {kind} job started: " + " | ".join(page.locator(".studio-error").all_inner_texts()))
         time.sleep(0.2)

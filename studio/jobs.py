@@ -57,6 +57,9 @@ class Job:
         return self.status in ENDED
 
 
+STOP_TERM_S, STOP_KILL_S = 60, 90  # a cancelled command gets SIGINT, then SIGTERM, then SIGKILL after these
+
+
 class JobQueue:
     """The jobs of one workspace folder, run by one worker thread.
 
@@ -134,9 +137,7 @@ class JobQueue:
                 return job
             job = dataclasses.replace(job, cancel=True)
             self._save(job)
-            proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
+        self._wake.set()  # (the worker sends the command one SIGINT within 0.5 s: a second one means "at once")
         return job
 
     def resume(self, job_id: str) -> Job | None:
@@ -184,13 +185,11 @@ class JobQueue:
         shown = [s.rsplit("\r", 1)[-1] for s in text.replace("\r\n", "\n").split("\n")]
         return "\n".join(s for s in shown[-lines:])
 
-    def close(self, timeout: float = 30.0) -> None:
-        """Stop the worker; a running command is stopped as by cancel, and its job marked interrupted."""
+    def close(self, timeout: float = STOP_KILL_S + 10) -> None:
+        """Stop the worker; a running command is stopped as by cancel (SIGINT, then SIGTERM, SIGKILL), its job
+        marked interrupted, and no further step starts."""
         self._stop = True
         self._wake.set()
-        proc = self._proc
-        if proc is not None and proc.poll() is None:
-            proc.send_signal(signal.SIGINT)
         if self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -223,12 +222,19 @@ class JobQueue:
             self._save(job)
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}
         with open(self.log_path(job.id), "ab") as log:
+            rc = 0
             while job.step < len(job.steps):
+                with self._lock:
+                    job = self.get(job.id) or job
+                    if job.cancel or self._stop:  # (before the next step starts)
+                        break
                 cmd = [sys.executable, *job.steps[job.step]]
                 log.write(f"\n$ {' '.join(cmd[1:])}\n".encode())
                 log.flush()
+                # its own session: a Ctrl-C in the studio's terminal reaches the studio alone, which passes one
+                # SIGINT on (a second one tells train.py to stop at once, without its checkpoint)
                 proc = subprocess.Popen(cmd, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env,
-                                        stdin=subprocess.DEVNULL)
+                                        stdin=subprocess.DEVNULL, start_new_session=True)
                 with self._lock:
                     self._proc = proc
                 rc = self._wait(proc, job.id)
@@ -239,6 +245,10 @@ class JobQueue:
                         job = dataclasses.replace(job, step=job.step + 1)
                         self._save(job)
                         continue
+                    break
+            with self._lock:
+                job = self.get(job.id) or job
+                if job.step < len(job.steps):
                     if job.cancel or self._stop:
                         status = CANCELLED if job.cancel else INTERRUPTED
                         job = dataclasses.replace(job, status=status, ended=time.time(), cancel=False,
@@ -253,7 +263,8 @@ class JobQueue:
             self._save(dataclasses.replace(job, status=DONE, ended=time.time()))
 
     def _wait(self, proc: subprocess.Popen, job_id: str) -> int:
-        """Wait for the command; after a cancel, escalate SIGINT -> SIGTERM (after 60 s) -> SIGKILL (30 s more)."""
+        """Wait for the command; on a cancel or a stop, send it one SIGINT (train.py checkpoints), then SIGTERM after
+        STOP_TERM_S, SIGKILL after STOP_KILL_S."""
         asked = None
         while True:
             try:
@@ -262,10 +273,12 @@ class JobQueue:
                 pass
             job = self.get(job_id)
             if (job is not None and job.cancel) or self._stop:
-                asked = asked or time.time()
-                if time.time() - asked > 90:
+                if asked is None:
+                    asked = time.time()
+                    proc.send_signal(signal.SIGINT)
+                elif time.time() - asked > STOP_KILL_S:
                     proc.kill()
-                elif time.time() - asked > 60:
+                elif time.time() - asked > STOP_TERM_S:
                     proc.terminate()
 
 
