@@ -4,6 +4,7 @@ from uploaded speech, and find the video playing."""
 
 import dataclasses
 import json
+import os
 import shutil
 import time
 
@@ -57,10 +58,16 @@ def test_a_cancelled_job_stops_and_resumes_and_a_restart_marks_the_running_one_i
     queue = JobQueue(tmp_path / "jobs")
     marker = tmp_path / "step1"
     # a command that, like train.py, handles Ctrl-C (SIGINT) by saving and exiting
-    slow = ("import signal, sys, time\n"
-            "signal.signal(signal.SIGINT, lambda *a: (print('saved'), sys.exit(130)))\n"
+    # (counts the SIGINTs it gets for 1 s after the first: train.py stops without its checkpoint on a second one)
+    slow = ("import os, signal, sys, time\n"
+            "got = []\n"
+            "signal.signal(signal.SIGINT, lambda *a: got.append(1))\n"
             f"open({str(marker)!r}, 'a').write('x')\n"
-            "time.sleep(60)")
+            "print('session', os.getsid(0), flush=True)\n"
+            "while not got:\n    time.sleep(0.05)\n"
+            "time.sleep(1.0)\n"
+            "print('saved after', len(got), 'SIGINT', flush=True)\n"
+            "sys.exit(130)")
     try:
         job = queue.submit("train", "slow", [["-c", "pass"], ["-c", slow]], "runs/s")
         waiting = queue.submit("render", "behind it", [["-c", "pass"]], "renders/x.mp4")
@@ -71,7 +78,9 @@ def test_a_cancelled_job_stops_and_resumes_and_a_restart_marks_the_running_one_i
         assert queue.get(waiting.id).status == QUEUED
         queue.cancel(job.id)
         stopped = _wait(queue, job.id, timeout=20)
-        assert stopped.status == CANCELLED and stopped.step == 1 and "saved" in queue.log_tail(job.id)
+        log = queue.log_tail(job.id)
+        assert stopped.status == CANCELLED and stopped.step == 1 and "saved after 1 SIGINT" in log, log
+        assert f"session {os.getsid(0)}\n" not in log  # (its own session: a terminal's Ctrl-C does not reach it)
         assert _wait(queue, waiting.id).status == DONE  # the queue goes on
         queue.resume(job.id)  # again from the step that did not finish
         deadline = time.time() + 30
