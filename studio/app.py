@@ -329,8 +329,8 @@ def build(ws: Workspace, queue: JobQueue) -> gr.Blocks:
                                    datatype=["number", "str", "str", "str", "str"], interactive=True,
                                    static_columns=[0, 2, 3, 4], type="array", label="Persons (name them here)",
                                    elem_id="prepare-persons")
-            names_btn = gr.Button("Save names")
-            names_msg = gr.HTML()
+            names_btn = gr.Button("Save names", elem_id="prepare-save-names")
+            names_msg = gr.HTML(elem_id="prepare-names-msg")
         with gr.Tab("Train", id="train"):
             with gr.Row():
                 with gr.Column():
