@@ -4,7 +4,7 @@
 In a fresh workspace it starts the studio (python -m studio) and, in Debian's headless chromium driven by
 Playwright, clicks: Prepare - "Make the example clips", then prepare the example conversation (128 px crops, as the
 CPU preset trains at 64); Train - the CPU quick look with its own iterations; Direct - the example speech, "Who
-speaks when?", render all of it; Replay - the avatar driven by its dataset's recorded motion (--replay_seconds).
+speaks when?", render all of it; Replay - 2 s of the avatar driven by its dataset's recorded motion.
 It prints the time of each step (what a person waits for, not counting their own clicks) and saves a screenshot
 of each page (prepare.png, train.png, direct.png, replay.png) into --shots.
 
@@ -12,7 +12,6 @@ Example (the README's pictures and docs/PERFORMANCE.md's studio row):
     .venv/bin/python scripts/studio_tour.py --shots docs/studio
 """
 
-import json
 import sys
 import tempfile
 import time
@@ -24,8 +23,10 @@ import configargparse  # noqa: E402
 
 from common.console import quiet  # noqa: E402
 
+REPLAY_S = 2.0  # (the Replay page is shown rendering a short clip: its time is not part of the path measured)
 
-def tour(url: str, shots: Path, replay_s: float, say) -> list[tuple[str, float]]:
+
+def tour(url: str, shots: Path, say) -> list[tuple[str, float]]:
     from playwright.sync_api import sync_playwright
 
     from studio.browser import CHROMIUM, CHROMIUM_ARGS, choose, start_job, video_plays, wait_job
@@ -78,11 +79,11 @@ def tour(url: str, shots: Path, replay_s: float, say) -> list[tuple[str, float]]
         page.get_by_role("tab", name="Replay").click()
         choose(page, "replay-avatar", "example")
         choose(page, "replay-data", "example")
-        page.locator("#replay-seconds input").fill(f"{replay_s:g}")
+        page.locator("#replay-seconds input").fill(f"{REPLAY_S:g}")
         start_job(page, "#replay-run", "replay")
         wait_job(page, "replay", 3600)
         video_plays(page, "replay-video")
-        step(f"replayed {replay_s:g} s of recorded motion")
+        step(f"replayed {REPLAY_S:g} s of recorded motion")
         page.screenshot(path=str(shots / "replay.png"), full_page=True)
         browser.close()
     return steps
@@ -93,8 +94,6 @@ def main(argv=None) -> int:
     p.add_argument("--config", is_config_file=True, help="a config file of 'key = value' lines")
     p.add_argument("--shots", default="studio_tour", help="folder for the four screenshots")
     p.add_argument("--workspace", default=None, help="the studio's workspace (made fresh; default: a temporary one)")
-    p.add_argument("--replay_seconds", type=float, default=2.0, help="seconds of the Replay render")
-    p.add_argument("--json", default=None, help="also write the step times to this JSON file")
     p.add_argument("--verbose", action="store_true", help="also show third-party warnings and logs")
     args = p.parse_args(argv)
     quiet(args.verbose)
@@ -115,16 +114,13 @@ def main(argv=None) -> int:
         try:
             with served(ws, Path(td) / "studio.log") as url:
                 print(f"studio at {url}, workspace {ws}")
-                steps = tour(url, shots, args.replay_seconds, print)
+                steps = tour(url, shots, print)
         except (AssertionError, RuntimeError, PlaywrightError) as e:
             print(f"error: {str(e).splitlines()[0]}", file=sys.stderr)
             return 1
     total = sum(s for w, s in steps if not w.startswith("replayed"))
     print(f"the whole path, video to a rendered conversation with new speech: {total:.0f} s "
           f"({total / 60:.1f} min); screenshots in {shots}")
-    if args.json:
-        Path(args.json).write_text(json.dumps({"steps": [{"step": w, "s": round(s, 1)} for w, s in steps],
-                                               "total_s": round(total, 1)}, indent=1))
     return 0
 
 

@@ -232,9 +232,9 @@ class Studio:
         out = self.ws.root / "renders" / f"{name}.mp4"
         from common.video_io import read_wav
 
-        busy = [j for j in self.queue.jobs() if j.target == self.ws.rel(out) and not j.finished]
+        busy = self.queue.busy(self.ws.rel(out))
         if busy:  # (before its roles file is written over)
-            raise StudioError(f"renders/{name}.mp4 already has a job {busy[0].status}: wait for it, cancel it, or "
+            raise StudioError(f"renders/{name}.mp4 already has a job {busy.status}: wait for it, cancel it, or "
                               "choose another video name")
         audio, sr = read_wav(wav)
         names, labels, _, _ = avatar_persons(run)

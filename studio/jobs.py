@@ -106,6 +106,10 @@ class JobQueue:
         found = (self.get(p.name) for p in sorted(self.folder.iterdir()) if p.is_dir())
         return [j for j in found if j is not None and (kind is None or j.kind == kind)]
 
+    def busy(self, target: str) -> Job | None:
+        """The unfinished job (queued or running) that writes ``target``, if any."""
+        return next((j for j in self.jobs() if j.target == target and not j.finished), None)
+
     def latest(self, kind: str, target: str | None = None) -> Job | None:
         jobs = [j for j in self.jobs(kind) if target is None or j.target == target]
         return jobs[-1] if jobs else None
@@ -114,9 +118,9 @@ class JobQueue:
     def submit(self, kind: str, title: str, steps: list[list[str]], target: str) -> Job:
         """Queue a job; a job still queued or running for the same target is refused (ValueError)."""
         with self._lock:
-            busy = [j for j in self.jobs() if j.target == target and not j.finished]
+            busy = self.busy(target)
             if busy:
-                raise ValueError(f"{target} already has a job {busy[0].status} ({busy[0].id}): wait for it or cancel it")
+                raise ValueError(f"{target} already has a job {busy.status} ({busy.id}): wait for it or cancel it")
             stamp = time.strftime("%Y%m%d-%H%M%S")
             n = sum(1 for p in self.folder.iterdir() if p.name.startswith(stamp))
             job = Job(id=f"{stamp}-{n:02d}-{kind}", kind=kind, title=title, steps=steps, target=target,
@@ -137,8 +141,7 @@ class JobQueue:
                 return job
             job = dataclasses.replace(job, cancel=True)
             self._save(job)
-        self._wake.set()  # (the worker sends the command one SIGINT within 0.5 s: a second one means "at once")
-        return job
+        return job  # (the worker sends the command one SIGINT within 0.5 s: a second one would mean "at once")
 
     def resume(self, job_id: str) -> Job | None:
         """Queue a stopped job again, from the step that did not finish."""
@@ -146,9 +149,9 @@ class JobQueue:
             job = self.get(job_id)
             if job is None or job.status not in (FAILED, CANCELLED, INTERRUPTED):
                 return job
-            busy = [j for j in self.jobs() if j.target == job.target and not j.finished]
+            busy = self.busy(job.target)
             if busy:
-                raise ValueError(f"{job.target} already has a job {busy[0].status} ({busy[0].id})")
+                raise ValueError(f"{job.target} already has a job {busy.status} ({busy.id})")
             job = dataclasses.replace(job, status=QUEUED, error="", cancel=False, ended=None)
             self._save(job)
         self._wake.set()

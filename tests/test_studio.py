@@ -197,8 +197,6 @@ def test_from_a_video_to_a_rendered_conversation_in_a_real_browser(studio, synth
     new = make_conversation(tmp_path / "new", seconds=6.0, seed=7)  # (other turns, another synthetic voice track)
     speech = tmp_path / "speech.wav"
     write_wav(speech, read_audio(new["video"]))
-    shots = tmp_path / "shots"  # (to look at when it fails; the README's come from scripts/studio_tour.py)
-    shots.mkdir()
     with sync_playwright() as pw:
         browser = pw.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS, headless=True)
         page = browser.new_page(viewport={"width": 1280, "height": 1000})
@@ -229,7 +227,6 @@ def test_from_a_video_to_a_rendered_conversation_in_a_real_browser(studio, synth
             if said.count() and said.inner_text().startswith("saved: Ana,"):
                 break
         assert said.inner_text() == "saved: Ana, person 1 (an avatar trained on talk from now on carries these names)"
-        page.screenshot(path=str(shots / "prepare.png"), full_page=True)
 
         # a page reload keeps it all: the job panel is read from disk
         page.reload()
@@ -243,7 +240,6 @@ def test_from_a_video_to_a_rendered_conversation_in_a_real_browser(studio, synth
         wait_job(page, "train", 400)
         for name in ("talk-avatar.pt", "talk-posegen.pt"):  # (the two files to download, named for what they are)
             page.locator(f'#train-files a[download="{name}"]').wait_for(timeout=30_000)
-        page.screenshot(path=str(shots / "train.png"), full_page=True)
         run = studio["workspace"] / "runs" / "talk"
         assert (run / "checkpoint.pt").samefile(run / "download" / "talk-avatar.pt")
         avatar = torch.load(run / "checkpoint.pt", map_location="cpu", weights_only=True)["avatar"]
@@ -263,7 +259,6 @@ def test_from_a_video_to_a_rendered_conversation_in_a_real_browser(studio, synth
         wait_job(page, "render", 300)
         played = video_plays(page, "direct-video")
         assert played[0] > 0 and played[1] > 0 and played[2] is None, played
-        page.screenshot(path=str(shots / "direct.png"), full_page=True)
         roles = json.loads((studio["workspace"] / "renders" / "conversation.roles.json").read_text())
         assert {r["person"] for r in roles} <= {"talk:0", "talk:1"}
         browser.close()
