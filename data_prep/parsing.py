@@ -14,8 +14,6 @@ the torso. Torso = the rest of the person (neck, shoulders, clothes).
 
 from __future__ import annotations
 
-import functools
-
 import cv2
 import numpy as np
 
@@ -31,11 +29,13 @@ HEAD_SEMI_AXES = (1.45, 1.65, 1.45)
 in every frame checked)."""
 HEAD_CENTRE = (0.25, 0.85)
 """The ellipsoid's centre above the eye corners' midpoint and behind it, in the same spans."""
+PLATE_ROWS = 8  # image rows that ``median_plate`` sorts at a time
 SEG_SIZE = 256  # the selfie model's own input size; running it larger buys nothing
 
 
 class PersonSegmenter:
-    """mediapipe selfie segmentation: [S, S, 3] uint8 RGB -> [S, S] float32 person probability."""
+    """mediapipe selfie segmentation: [S, S, 3] uint8 RGB -> [S, S] bool, where the person's probability is above one
+    half (interpolated up from the model's 256 px, in 8 bits)."""
 
     def __init__(self):
         import mediapipe as mp
@@ -45,8 +45,8 @@ class PersonSegmenter:
     def __call__(self, crop: np.ndarray) -> np.ndarray:
         s = crop.shape[0]
         small = cv2.resize(crop, (SEG_SIZE, SEG_SIZE), interpolation=cv2.INTER_AREA)
-        prob = self._seg.process(small).segmentation_mask
-        return cv2.resize(prob, (s, s), interpolation=cv2.INTER_LINEAR)
+        prob = cv2.convertScaleAbs(self._seg.process(small).segmentation_mask, alpha=255.0)
+        return cv2.resize(prob, (s, s), interpolation=cv2.INTER_LINEAR) > 127
 
     def close(self) -> None:
         self._seg.close()
@@ -56,7 +56,7 @@ def parse_labels(person_prob: np.ndarray, landmarks: np.ndarray | None, own_colu
     """Label one crop.
 
     Args:
-        person_prob: [S, S] float person probability.
+        person_prob: [S, S] float person probability, or the bool mask of ``PersonSegmenter``.
         landmarks: [478, 2+] crop-pixel face-mesh landmarks, or None (then the
             person is all torso: such frames are invalid and never trained on).
         own_columns: [S] bool, the crop columns that belong to this person.
@@ -70,30 +70,54 @@ def parse_labels(person_prob: np.ndarray, landmarks: np.ndarray | None, own_colu
     if landmarks is None:
         return labels
     pts = landmarks[:, :2].astype(np.float32)
-    hull = np.zeros((s, s), np.uint8)
-    cv2.fillConvexPoly(hull, cv2.convexHull(pts).astype(np.int32), 1)
-    above = above_chin(landmarks, s)
-    ys, xs = _pixel_grid(s)
-    # Hair falls beside the face (a band of the face's width on either side, up to any height) ...
+    head = np.zeros((s, s), np.uint8)
+    # Hair falls beside the face (a band of the face's width on either side of its centre line, up to any height) ...
     up = _face_up(pts)
+    across = np.array([-up[1], up[0]])
+    half = HEAD_HALF_WIDTH * np.linalg.norm(pts[CHEEK_L] - pts[CHEEK_R])
     mid = (pts[CHEEK_R] + pts[CHEEK_L]) / 2
-    near = np.abs((xs - mid[0]) * -up[1] + (ys - mid[1]) * up[0]) < HEAD_HALF_WIDTH * np.linalg.norm(
-        pts[CHEEK_L] - pts[CHEEK_R])
-    # ... and the head reaches back, which a turned face shows: its ellipsoid's outline.
+    chin = mid + ((pts[CHIN] - mid) @ up) * up  # where the centre line crosses the chin line
+    far = 4.0 * s  # beyond the crop on every side
+    _fill(head, [chin - half * across, chin + half * across, chin + half * across + far * up,
+                 chin - half * across + far * up], 1)
+    # ... and the head reaches back, which a turned face shows: its ellipsoid's outline, above the chin line.
     centre, A = head_ellipse(landmarks)
-    dx, dy = xs - centre[0], ys - centre[1]
-    inside = A[0, 0] * dx * dx + 2 * A[0, 1] * dx * dy + A[1, 1] * dy * dy <= 1.0
-    head = (hull > 0) | (person & above & (near | inside))
-    labels[head] = HEAD
+    evals, evecs = np.linalg.eigh(A)
+    semi = 1.0 / np.sqrt(np.maximum(evals, 1e-12))
+    angle = float(np.degrees(np.arctan2(evecs[1, 0], evecs[0, 0])))
+    cv2.ellipse(head, (_fixed(centre[0]), _fixed(centre[1])), (_fixed(semi[0]), _fixed(semi[1])), angle, 0, 360, 1,
+                -1, cv2.LINE_8, _SHIFT)
+    _fill(head, [pts[CHIN] - far * across, pts[CHIN] + far * across, pts[CHIN] + far * across - far * up,
+                 pts[CHIN] - far * across - far * up], 0)  # below the chin line
+    head &= person
+    cv2.fillConvexPoly(head, cv2.convexHull(pts).astype(np.int32), 1)
+    labels[head > 0] = HEAD
     return labels
+
+
+_SHIFT = 8  # fractional bits of the vertices cv2 draws with
+
+
+def _fixed(v: float) -> int:
+    return int(round(float(v) * (1 << _SHIFT)))
+
+
+def _fill(mask: np.ndarray, corners, value: int) -> None:
+    """Fill a convex polygon given by float pixel coordinates (pixel centres at integers), in place."""
+    pts = np.round(np.asarray(corners, np.float64) * (1 << _SHIFT)).astype(np.int32)
+    cv2.fillConvexPoly(mask, pts, value, cv2.LINE_8, _SHIFT)
 
 
 def above_chin(landmarks: np.ndarray, s: int) -> np.ndarray:
     """[s, s] bool: the crop's pixels above the chin line (through the chin, perpendicular to the face's up)."""
     pts = landmarks[:, :2].astype(np.float32)
     up = _face_up(pts)
-    ys, xs = _pixel_grid(s)
-    return (xs - pts[CHIN, 0]) * up[0] + (ys - pts[CHIN, 1]) * up[1] > 0
+    across = np.array([-up[1], up[0]])
+    far = 4.0 * s
+    mask = np.zeros((s, s), np.uint8)
+    _fill(mask, [pts[CHIN] - far * across, pts[CHIN] + far * across, pts[CHIN] + far * across + far * up,
+                 pts[CHIN] - far * across + far * up], 1)
+    return mask > 0
 
 
 def _face_up(pts: np.ndarray) -> np.ndarray:
@@ -143,13 +167,6 @@ def head_ellipse(landmarks: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     return centre[:2], A
 
 
-@functools.lru_cache(maxsize=4)
-def _pixel_grid(s: int) -> tuple[np.ndarray, np.ndarray]:
-    """[s, s] float32 row and column coordinates (cached: one crop size per run)."""
-    ys, xs = np.mgrid[0:s, 0:s].astype(np.float32)
-    return ys, xs
-
-
 def median_plate(frames: np.ndarray, background: np.ndarray, margin: int) -> tuple[np.ndarray, np.ndarray]:
     """Temporal median of the pixels never covered by a person; holes inpainted.
 
@@ -162,17 +179,22 @@ def median_plate(frames: np.ndarray, background: np.ndarray, margin: int) -> tup
         plate [H, W, 3] uint8 and hole [H, W] bool (pixels a person always covered).
     """
     kernel = cv2.getStructuringElement(cv2.MORPH_ELLIPSE, (2 * margin + 1, 2 * margin + 1))
-    bg = np.stack([cv2.erode(b.astype(np.uint8), kernel) > 0 for b in background])
-    count = bg.sum(0)
-    # Masked median by sorting: covered samples become 256, sort to the end, and are never picked. The samples are
-    # moved to the last axis first, where numpy sorts the short rows in a tenth of the time it takes along the first.
-    last = [np.ascontiguousarray(np.moveaxis(a, 0, -1)) for a in (bg, frames)]  # copies: where() reads them fast
-    stack = np.where(last[0][:, :, None, :], last[1], np.uint16(256))
-    stack.sort(axis=-1)
+    bg = np.stack([cv2.erode(b.astype(np.uint8), kernel) for b in background])  # [N, H, W] 1: background
+    count = bg.sum(0, dtype=np.int32)
+    k = np.maximum(count - 1, 0) // 2  # the lower median's rank among the pixel's background samples
+    h, w = count.shape
+    plate = np.empty((h, w, 3), np.uint8)
+    # Masked median by sorting, a band of rows at a time (the band stays in cache): the samples go to the last axis,
+    # where numpy sorts short rows fast (16-bit ones with SIMD), covered ones get 256 added, sort to the end and are
+    # never picked.
+    for r in range(0, h, PLATE_ROWS):
+        band = frames[:, r:r + PLATE_ROWS].transpose(1, 2, 3, 0).astype(np.uint16)  # [rows, W, 3, N]
+        band |= (1 - bg[:, r:r + PLATE_ROWS]).transpose(1, 2, 0)[:, :, None, :].astype(np.uint16) << 8
+        band.sort(axis=-1)
+        rank = np.broadcast_to(k[r:r + PLATE_ROWS, :, None, None], (*band.shape[:3], 1))
+        plate[r:r + PLATE_ROWS] = np.take_along_axis(band, rank, -1)[..., 0]  # < 256 wherever count > 0
     hole = count == 0
-    k = np.maximum(count - 1, 0) // 2
-    plate = np.take_along_axis(stack, np.broadcast_to(k[..., None, None], (*stack.shape[:3], 1)), -1)[..., 0]
-    plate = np.where(hole[..., None], 0, plate).astype(np.uint8)
+    plate[hole] = 0
     if hole.any():
         plate = _inpaint(plate, hole)
     return plate, hole

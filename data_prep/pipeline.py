@@ -11,14 +11,12 @@ from __future__ import annotations
 import concurrent.futures
 import dataclasses
 import json
-import multiprocessing
 import os
 import shutil
 import time
 from importlib import metadata
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
@@ -26,7 +24,9 @@ from common import dataset, video_io
 from common.atomic_io import save_image, save_json, save_npz, sha256_of
 from common.errors import PrepareError
 from common.geometry import euler_pyr
+from common.memory import tune_memory
 from data_prep import expression, head_pose, people, person_track, qa, torso_track
+from data_prep import workers as workers_
 from data_prep.audio_features import audio_features
 from data_prep.parsing import PersonSegmenter, median_plate
 from speech import speaking
@@ -78,11 +78,13 @@ class Prepare:
         self.timings: dict[str, float] = {}
         self._redo = False
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
+        self._progress = None  # the workers' queue of frames done
 
     # -- orchestration --------------------------------------------------------------------------
     def run(self) -> Path:
         """Run every stage; returns the dataset directory."""
         t_all = time.perf_counter()
+        tune_memory()
         ctx = self._check_source()
         try:
             # The torso stage's processes run while this one does the audio and the QA pictures (``_torso_done``).
@@ -107,10 +109,9 @@ class Prepare:
         if workers <= 1:
             return None
         if self._pool is None:
-            ctx_mp = multiprocessing.get_context("spawn")  # TFLite threads do not survive fork
-            self._pool = concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx_mp)
+            self._pool, self._progress = workers_.pool(workers)
             for _ in range(workers):
-                self._pool.submit(_warm_up)
+                self._pool.submit(workers_.warm_up)
         return self._pool
 
     def _done(self, *paths: Path) -> bool:
@@ -201,7 +202,7 @@ class Prepare:
         boxes = people.crop_boxes(persons, info.width, info.height)
         bands = people.split_columns(persons, info.width)
         frames = np.stack([f for f, _ in samples])
-        plate, _ = median_plate(frames, np.stack([m < 0.5 for _, m in samples]), margin=max(2, info.width // 100))
+        plate, _ = median_plate(frames, ~np.stack([m for _, m in samples]), margin=max(2, info.width // 100))
         save_image(self.out / "background.png", plate)
         result = {"n_frames_expected": int(round(info.duration * cfg.fps)), "persons": [
             {"id": k, "bbox": list(boxes[k]), "columns": list(bands[k]),
@@ -251,16 +252,14 @@ class Prepare:
                 for pid, job in todo:
                     self._save_landmarks(pid, person_track.run_person(job, pid, bar.update))
                 return
-            with multiprocessing.get_context("spawn").Manager() as manager:
-                queue = manager.Queue()
-                futures = {pool.submit(_run_person_reporting, job, pid, queue): pid for pid, job in todo}
-                pending = set(futures)
-                while pending:
-                    finished, pending = concurrent.futures.wait(pending, timeout=0.2)
-                    while not queue.empty():
-                        bar.update(queue.get())
-                    for fut in finished:
-                        self._save_landmarks(futures[fut], fut.result())
+            futures = {pool.submit(workers_.run_person, job, pid): pid for pid, job in todo}
+            pending = set(futures)
+            while pending:
+                finished, pending = concurrent.futures.wait(pending, timeout=0.2)
+                while not self._progress.empty():
+                    bar.update(self._progress.get())
+                for fut in finished:
+                    self._save_landmarks(futures[fut], fut.result())
 
     def _save_landmarks(self, pid: int, res: dict) -> None:
         save_npz(self.stages / f"landmarks_{pid}.npz", **res)
@@ -312,7 +311,8 @@ class Prepare:
             return
         jobs = [(str(self.out), str(self.stages), pid, ctx["n_frames"], self.cfg.crop_size) for pid in ids]
         pool = self._workers()
-        ctx["torso"] = [pool.submit(_track_torso, *j) for j in jobs] if pool else [_track_torso(*j) for j in jobs]
+        ctx["torso"] = ([pool.submit(workers_.track_torso, *j) for j in jobs] if pool else
+                        [workers_.track_torso(*j) for j in jobs])
 
     def _torso_done(self, ctx: dict) -> None:
         """Collect the torso motions: log them, draw them, drop the working frames."""
@@ -454,54 +454,6 @@ def _none_if_nan(x: float) -> float | None:
     return None if not np.isfinite(x) else round(x, 4)
 
 
-def _warm_up() -> None:
-    """A worker's first task: import what the person pass needs while the main process finds the people."""
-    import mediapipe  # noqa: F401
-
-
-def _run_person_reporting(job: person_track.PersonJob, pid: int, queue) -> dict:
-    """Worker entry: run one person, reporting progress in batches of frames."""
-    pending = [0]
-
-    def report(k: int) -> None:
-        pending[0] += k
-        if pending[0] >= 10:
-            queue.put(pending[0])
-            pending[0] = 0
-
-    res = person_track.run_person(job, pid, report)
-    queue.put(pending[0])
-    return res
-
-
-def _track_torso(out: str, stages: str, pid: int, n: int, crop_size: int) -> np.ndarray:
-    """One person's torso motion [n, 6] (NaN where not tracked), written to its torso.npz.
-
-    Reads the working frames the person pass left, or decodes the crops (a dataset prepared before that existed)."""
-    out = Path(out)
-    a, b = dataset.splits(n)["train"]
-    size = min(crop_size, torso_track.WORK_SIZE)
-    frames = person_track.read_torso_frames(stages, pid, n, size)
-    if frames is None:
-        frames = (np.stack([cv2.cvtColor(_fit(c, size, cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
-                            for c in dataset.iter_crops(out, pid)]),
-                  np.stack([_fit(lab, size, cv2.INTER_NEAREST) for lab in dataset.iter_parsing(out, pid)]))
-    grey, labels = frames
-    tr = dataset.load_track(out, pid)
-    idx = np.arange(len(grey))
-    train = idx[a:b][tr["valid"][a:b]]
-    ref = torso_track.reference_frame(tr["euler"], tr["t"], train if len(train) else idx[a:b])
-    motion, ok, corr = torso_track.track_torso(grey, labels, ref)
-    motion = np.where(ok[:, None], motion, np.nan).astype(np.float32)
-    save_npz(dataset.person_dir(out, pid) / "torso.npz", motion=motion, reference=np.int64(ref),
-             correlation=corr.astype(np.float32))
-    return motion
-
-
-def _fit(img: np.ndarray, size: int, interpolation: int) -> np.ndarray:
-    return img if img.shape[0] == size else cv2.resize(img, (size, size), interpolation=interpolation)
-
-
 def _square_pad(frame: np.ndarray) -> np.ndarray:
     """Pad a frame to a square so the square segmentation model sees it undistorted."""
     h, w = frame.shape[:2]
@@ -511,7 +463,7 @@ def _square_pad(frame: np.ndarray) -> np.ndarray:
 
 def _versions() -> dict[str, str]:
     out = {}
-    for pkg in ("mediapipe", "silero-vad", "librosa", "numpy", "torch", "imageio-ffmpeg"):
+    for pkg in ("mediapipe", "silero-vad", "numpy", "torch", "imageio-ffmpeg"):
         try:
             out[pkg] = metadata.version(pkg)
         except metadata.PackageNotFoundError:

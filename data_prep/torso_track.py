@@ -30,8 +30,12 @@ MAX_STRETCH = 1.3
 MAX_SHIFT = 0.2
 """Nor one that moves the torso's centroid by more than this share of the crop."""
 WORK_SIZE = 256
-RETRY_EVERY = 4
 """Frames are aligned at most at this size (larger crops are downscaled: a pixel here is then 2 of 512)."""
+RETRY_EVERY = 4
+ECC_ITERATIONS = 15
+"""ECC's iterations at most. Started from the neighbouring frame's motion it has mostly converged by then: on a real
+interview's two persons, 15 against 30 changed the median motion by 0.00 px and the 95th percentile by 0.24 px (at 256
+px) for 0.68x the time; frames that do not align (hands in front of the torso) spend every iteration."""
 
 
 def _to_fractions(W: np.ndarray, size: int) -> np.ndarray:
@@ -93,7 +97,7 @@ def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: i
         return bool(sv.min() >= 1 / MAX_STRETCH and sv.max() <= MAX_STRETCH and shift <= MAX_SHIFT * n)
 
     template, ecc_mask = gray(reference), mask.astype(np.uint8) * 255
-    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, 30, 1e-4)
+    criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, ECC_ITERATIONS, 1e-4)
     to_work = np.diag([scale, scale, 1.0])
     # outward from the reference, each frame started from its neighbour's alignment (motion is smooth)
     order = [*range(reference, T), *range(reference - 1, -1, -1)]

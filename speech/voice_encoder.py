@@ -24,7 +24,7 @@ import numpy as np
 import torch
 
 from common.video_io import AUDIO_SR
-from data_prep.audio_features import clean_audio
+from data_prep.audio_features import clean_audio, mel_filters, stft_magnitude
 
 ENCODER_NAME = "resemblyzer-0.1.4-ge2e"
 EMBED_DIM = 256
@@ -122,10 +122,8 @@ def mel_frames(audio: np.ndarray) -> np.ndarray:
     Returns:
         [1 + N // 160, 40] float32, frame k centred on sample 160 k.
     """
-    import librosa
-
-    mel = librosa.feature.melspectrogram(y=np.asarray(audio, np.float32), sr=AUDIO_SR, n_fft=_N_FFT,
-                                         hop_length=_HOP, n_mels=_MEL_BANDS)
+    spec = stft_magnitude(np.asarray(audio, np.float32), _N_FFT, _HOP) ** 2
+    mel = mel_filters(AUDIO_SR, _N_FFT, _MEL_BANDS) @ spec
     return np.ascontiguousarray(mel.T, dtype=np.float32)
 
 

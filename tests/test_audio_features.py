@@ -7,8 +7,10 @@ from data_prep.audio_features import (
     MEL_FPS,
     audio_features,
     frame_zcr_rms,
+    mel_filters,
     mel_index_of_frame,
     mel_windows,
+    stft_magnitude,
     wav2lip_mel,
 )
 
@@ -45,6 +47,19 @@ def test_mel_matches_wav2lip_formula_on_a_bin_centred_tone():
     mel = wav2lip_mel(sine(freq, 1.0, amplitude, phase=0.0))
     # Middle columns only: the clip's edges see reflect padding and the filter's start-up.
     np.testing.assert_allclose(mel[:, 20:-20], np.repeat(expected[:, None], mel.shape[1] - 40, axis=1), atol=2e-3)
+
+
+@pytest.mark.parametrize("n_fft,n_mels,fmin,fmax", [(800, 80, 55.0, 7600.0), (400, 40, 0.0, None)])
+def test_mel_filters_and_stft_are_librosas(n_fft, n_mels, fmin, fmax):
+    # The product computes both itself (importing librosa costs about 1.5 s of CPU); librosa is the reference.
+    np.testing.assert_allclose(mel_filters(SR, n_fft, n_mels, fmin, fmax),
+                               librosa.filters.mel(sr=SR, n_fft=n_fft, n_mels=n_mels, fmin=fmin, fmax=fmax),
+                               rtol=0, atol=1e-7)
+    y = np.random.default_rng(0).standard_normal(SR + 123)
+    for pad_mode in ("reflect", "constant"):
+        np.testing.assert_allclose(
+            stft_magnitude(y, n_fft, n_fft // 4, pad_mode),
+            np.abs(librosa.stft(y=y, n_fft=n_fft, hop_length=n_fft // 4, pad_mode=pad_mode)), rtol=0, atol=1e-9)
 
 
 def test_mel_level_moves_8_per_100_db():

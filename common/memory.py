@@ -1,0 +1,38 @@
+"""Memory that per-frame work reuses instead of asking the kernel for it again and again.
+
+Two allocator defaults cost prepare a large share of its time on the 2-core box (docs/PERFORMANCE.md, "prepare"):
+
+- glibc hands a freed block above 128 kB (its mmap threshold, raised only by what was freed before) and a heap top
+  above its trim threshold back to the kernel at once. A loop that allocates and frees a few megabytes a frame (numpy
+  arrays of a 512 px crop, mediapipe's and TFLite's buffers) then takes thousands of first-touch page faults a frame:
+  one person pass over a real 17.5 s clip took 1.27 million faults and spent a third of its CPU in the kernel.
+- numpy asks for transparent huge pages (madvise) on every array of 4 MB or more. Where the kernel then compacts
+  memory before it faults such an array in (THP defrag "madvise", the Debian default, on a machine that has run a
+  while), first touching 88 MB took 0.83 s instead of 0.04 s.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import sys
+
+_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h
+
+
+def tune_memory(mmap_mb: int = 64, trim_mb: int = 512) -> None:
+    """For the rest of this process: keep up to ``trim_mb`` of freed heap and serve blocks below ``mmap_mb`` from it
+    (glibc only; elsewhere nothing changes), and give numpy's arrays ordinary pages."""
+    try:
+        from numpy._core.multiarray import _set_madvise_hugepage
+    except ImportError:  # numpy 1.x
+        from numpy.core.multiarray import _set_madvise_hugepage
+    _set_madvise_hugepage(False)
+    if not sys.platform.startswith("linux"):
+        return
+    try:
+        mallopt = ctypes.CDLL("libc.so.6").mallopt
+    except (OSError, AttributeError):  # musl and other C libraries
+        return
+    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
+    for option, mb in ((_M_MMAP_THRESHOLD, mmap_mb), (_M_TRIM_THRESHOLD, trim_mb), (_M_TOP_PAD, 16)):
+        mallopt(option, mb << 20)

@@ -1,0 +1,92 @@
+"""What prepare's worker processes run: the person passes and the torso tracking.
+
+Kept apart from ``pipeline`` so a worker imports only what these need (OpenCV, numpy, mediapipe), not the audio,
+QA and pose-fitting stages' libraries. The workers are forked from a server process that has imported them once
+(``pool``), so each costs no import of its own.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import multiprocessing
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from common import dataset
+from common.atomic_io import save_npz
+from common.memory import tune_memory
+from data_prep import person_track, torso_track
+
+PRELOAD = ["data_prep.workers", "mediapipe"]  # what the fork server imports once for every worker
+_progress = None  # this worker's queue for progress counts (``pool``)
+
+
+def pool(workers: int) -> tuple[concurrent.futures.ProcessPoolExecutor, multiprocessing.queues.Queue]:
+    """``workers`` processes and the queue on which they report frames done.
+
+    Forked from a fork server that imported ``PRELOAD`` and started no thread (TFLite's threads do not survive a
+    fork); where there is no fork server, spawned."""
+    if "forkserver" in multiprocessing.get_all_start_methods():
+        ctx = multiprocessing.get_context("forkserver")
+        ctx.set_forkserver_preload(PRELOAD)
+    else:
+        ctx = multiprocessing.get_context("spawn")
+    queue = ctx.Queue()
+    return concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start,
+                                                  initargs=(queue,)), queue
+
+
+def _start(queue) -> None:
+    global _progress
+    _progress = queue
+    tune_memory()
+
+
+def warm_up() -> None:
+    """A worker's first task: be started (and import, where spawned) while the main process finds the people."""
+    import mediapipe  # noqa: F401
+
+
+def run_person(job: person_track.PersonJob, pid: int) -> dict:
+    """One person's pass (``person_track.run_person``), reporting progress in batches of frames."""
+    pending = [0]
+
+    def report(k: int) -> None:
+        pending[0] += k
+        if pending[0] >= 10:
+            _progress.put(pending[0])
+            pending[0] = 0
+
+    res = person_track.run_person(job, pid, report)
+    _progress.put(pending[0])
+    return res
+
+
+def track_torso(out: str, stages: str, pid: int, n: int, crop_size: int) -> np.ndarray:
+    """One person's torso motion [n, 6] (NaN where not tracked), written to its torso.npz.
+
+    Reads the working frames the person pass left, or decodes the crops (a dataset prepared before that existed)."""
+    out = Path(out)
+    a, b = dataset.splits(n)["train"]
+    size = min(crop_size, torso_track.WORK_SIZE)
+    frames = person_track.read_torso_frames(stages, pid, n, size)
+    if frames is None:
+        frames = (np.stack([cv2.cvtColor(_fit(c, size, cv2.INTER_AREA), cv2.COLOR_RGB2GRAY)
+                            for c in dataset.iter_crops(out, pid)]),
+                  np.stack([_fit(lab, size, cv2.INTER_NEAREST) for lab in dataset.iter_parsing(out, pid)]))
+    grey, labels = frames
+    tr = dataset.load_track(out, pid)
+    idx = np.arange(len(grey))
+    train = idx[a:b][tr["valid"][a:b]]
+    ref = torso_track.reference_frame(tr["euler"], tr["t"], train if len(train) else idx[a:b])
+    motion, ok, corr = torso_track.track_torso(grey, labels, ref)
+    motion = np.where(ok[:, None], motion, np.nan).astype(np.float32)
+    save_npz(dataset.person_dir(out, pid) / "torso.npz", motion=motion, reference=np.int64(ref),
+             correlation=corr.astype(np.float32))
+    return motion
+
+
+def _fit(img: np.ndarray, size: int, interpolation: int) -> np.ndarray:
+    return img if img.shape[0] == size else cv2.resize(img, (size, size), interpolation=interpolation)
