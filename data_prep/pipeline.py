@@ -177,6 +177,10 @@ class Prepare:
             ctx["people"] = json.loads(path.read_text())
             return
         info, cfg = ctx["info"], self.cfg
+        n_expected = int(round(info.duration * cfg.fps))
+        pool = self._workers()
+        if pool is not None and info.has_audio:  # a core that would idle while this process finds the people
+            ctx["vad"] = (n_expected, pool.submit(workers_.voice_activity, self.video, n_expected, cfg.fps))
         # Finding people needs only a few frames a second: ffmpeg drops the rest before the pipe.
         detector, segmenter = people.FaceDetector(), PersonSegmenter()
         est = int(info.duration * cfg.detect_per_second) if info.duration else None
@@ -198,13 +202,12 @@ class Prepare:
                                f"prepare needs at least {MIN_SECONDS:.0f} s")
         persons, dropped = people.select_persons(people.link_tracks(dets), len(dets), tiled, expected=cfg.persons)
         seen = [people.presence(p, len(dets), tiled) for p in persons]
-        self._workers()  # they start and import mediapipe while this process makes the plate
         boxes = people.crop_boxes(persons, info.width, info.height)
         bands = people.split_columns(persons, info.width)
         frames = np.stack([f for f, _ in samples])
         plate, _ = median_plate(frames, ~np.stack([m for _, m in samples]), margin=max(2, info.width // 100))
         save_image(self.out / "background.png", plate)
-        result = {"n_frames_expected": int(round(info.duration * cfg.fps)), "persons": [
+        result = {"n_frames_expected": n_expected, "persons": [
             {"id": k, "bbox": list(boxes[k]), "columns": list(bands[k]),
              "face_median": [float(v) for v in p.median()], "detections": len(p.detections),
              "presence": seen[k]}
@@ -349,7 +352,9 @@ class Prepare:
         ids = [p["id"] for p in ctx["people"]["persons"]]
         tracks = [dataset.load_track(self.out, i) for i in ids]
         valid = np.stack([t["valid"] for t in tracks], 1)
-        who = speaking.speaking_timeline(audio, [t["landmarks"] for t in tracks], valid, n, fps)
+        early = ctx.pop("vad", None)  # voice activity found while the people were (on the frame count expected)
+        vad = early[1].result() if early is not None and early[0] == n else None
+        who = speaking.speaking_timeline(audio, [t["landmarks"] for t in tracks], valid, n, fps, vad=vad)
         if self.cfg.roles:
             said = read_roles(self.cfg.roles, [str(i) for i in ids], n, fps)
             guessed = who["speaking"]

@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from common import dataset
+from common import dataset, video_io
 from common.atomic_io import save_npz
 from common.memory import tune_memory
 from data_prep import person_track, torso_track
@@ -47,6 +47,19 @@ def _start(queue) -> None:
 def warm_up() -> None:
     """A worker's first task: be started (and import, where spawned) while the main process finds the people."""
     import mediapipe  # noqa: F401
+
+
+def voice_activity(video: str, n_frames: int, fps: float) -> tuple[np.ndarray, np.ndarray]:
+    """``speech.speaking.voice_activity`` of the video's audio fitted to ``n_frames`` (prepare's audio stage reads it
+    the same way), on one thread: it runs beside the people search."""
+    import torch
+
+    from speech.speaking import voice_activity
+
+    torch.set_num_threads(1)
+    audio = video_io.read_audio(video)
+    audio = video_io.fit_audio(np.zeros(0, np.float32) if audio is None else audio, n_frames, fps)
+    return voice_activity(audio, n_frames, fps)
 
 
 def run_person(job: person_track.PersonJob, pid: int) -> dict:

@@ -283,7 +283,8 @@ def active_speaker(voiced: np.ndarray, mouth_open: np.ndarray, valid: np.ndarray
 
 
 def speaking_timeline(audio: np.ndarray, landmarks_per_person: list[np.ndarray], valid: np.ndarray,
-                      n_frames: int, fps: float) -> dict[str, np.ndarray]:
+                      n_frames: int, fps: float,
+                      vad: tuple[np.ndarray, np.ndarray] | None = None) -> dict[str, np.ndarray]:
     """Run voice activity, mouth opening and the speaker choice on one clip.
 
     Args:
@@ -292,6 +293,7 @@ def speaking_timeline(audio: np.ndarray, landmarks_per_person: list[np.ndarray],
         valid: [T, P] bool, whether each person's landmarks are real.
         n_frames: T, the number of video frames.
         fps: video frames per second.
+        vad: ``voice_activity(audio, n_frames, fps)`` when it was already run (elsewhere, in parallel).
 
     Returns:
         dict with ``speaking`` [T, P] bool, ``voiced`` [T] bool, ``vad_prob``
@@ -310,7 +312,7 @@ def speaking_timeline(audio: np.ndarray, landmarks_per_person: list[np.ndarray],
         raise PrepareError(f"landmarks have {[o.shape[0] for o in openings]} frames per person, "
                            f"the clip has {n_frames}")
     mouth = np.stack(openings, axis=1)
-    voiced, vad_prob = voice_activity(audio, n_frames, fps)
+    voiced, vad_prob = voice_activity(audio, n_frames, fps) if vad is None else vad
     _, rms = frame_zcr_rms(audio, n_frames, fps)
     speaking, scores = active_speaker(voiced, mouth, valid, rms, fps)
     return {"speaking": speaking, "voiced": voiced, "vad_prob": vad_prob, "scores": scores, "mouth_open": mouth}

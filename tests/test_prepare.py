@@ -106,6 +106,26 @@ def test_the_person_pass_leaves_the_qa_tiles_and_the_torso_stage_its_working_fra
         assert 0.85 < p["head_cover"] <= 1.0  # above the chin the astronaut is head
 
 
+def test_one_process_gives_what_the_workers_give(synthetic, tmp_path):
+    # The fixture ran in worker processes forked from the fork server, with the voice activity found early in one of
+    # them; workers=1 runs every stage here, in order.
+    from data_prep.pipeline import prepare
+
+    one = prepare(synthetic["video"], tmp_path / "one", PrepareConfig(crop_size=CROP, workers=1), log=lambda *_: None)
+    ds = synthetic["dataset"]
+    a, b = dataset.load_npz(ds / "audio_features.npz"), dataset.load_npz(one / "audio_features.npz")
+    for key in ("voiced", "vad_prob", "speaking", "mel"):
+        np.testing.assert_array_equal(a[key], b[key], err_msg=key)
+    for p in dataset.read_meta(ds)["persons"]:
+        pid = p["id"]
+        ta, tb = dataset.load_track(ds, pid), dataset.load_track(one, pid)
+        np.testing.assert_array_equal(ta["landmarks"], tb["landmarks"])
+        np.testing.assert_array_equal(np.stack(list(dataset.iter_parsing(ds, pid))),
+                                      np.stack(list(dataset.iter_parsing(one, pid))))
+        np.testing.assert_array_equal(dataset.load_npz(ds / "persons" / str(pid) / "torso.npz")["motion"],
+                                      dataset.load_npz(one / "persons" / str(pid) / "torso.npz")["motion"])
+
+
 def test_rerun_skips_finished_stages(synthetic):
     before = (synthetic["dataset"] / "persons" / "0" / "track.npz").stat().st_mtime_ns
     out = run_cli("--video", synthetic["video"], "--out", synthetic["dataset"], "--crop_size", str(CROP))
