@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import warnings
 from pathlib import Path
 
 import cv2
@@ -58,7 +59,9 @@ def voice_activity(video: str, n_frames: int, fps: float) -> tuple[np.ndarray, n
 
     torch.set_num_threads(1)
     audio = video_io.read_audio(video)
-    audio = video_io.fit_audio(np.zeros(0, np.float32) if audio is None else audio, n_frames, fps)
+    with warnings.catch_warnings():  # a length mismatch is told once, by the audio stage
+        warnings.simplefilter("ignore")
+        audio = video_io.fit_audio(np.zeros(0, np.float32) if audio is None else audio, n_frames, fps)
     return voice_activity(audio, n_frames, fps)
 
 
