@@ -312,17 +312,26 @@ class Prepare:
         outputs = [dataset.person_dir(self.out, i) / "torso.npz" for i in ids] + [self.out / "qa" / "torso_motion.png"]
         if self._done(*outputs):
             return
-        jobs = [(str(self.out), str(self.stages), pid, ctx["n_frames"], self.cfg.crop_size) for pid in ids]
         pool = self._workers()
-        ctx["torso"] = ([pool.submit(workers_.track_torso, *j) for j in jobs] if pool else
-                        [workers_.track_torso(*j) for j in jobs])
+        # With workers, each person's two sides of the reference frame are two jobs: a person whose torso is often
+        # lost (each lost frame spends all of ECC's iterations) no longer holds up the stage alone.
+        sides = ("after", "before") if pool else ("both",)
+        jobs = [(str(self.out), str(self.stages), pid, ctx["n_frames"], self.cfg.crop_size, side)
+                for pid in ids for side in sides]
+        if pool:
+            parts = [pool.submit(workers_.track_torso, *j) for j in jobs]
+        else:
+            parts = [workers_.track_torso(*j) for j in jobs]
+        ctx["torso"] = [parts[k * len(sides):(k + 1) * len(sides)] for k in range(len(ids))]
 
     def _torso_done(self, ctx: dict) -> None:
         """Collect the torso motions: log them, draw them, drop the working frames."""
         if "torso" not in ctx:
             return
         ids = [p["id"] for p in ctx["people"]["persons"]]
-        motions = [m.result() if isinstance(m, concurrent.futures.Future) else m for m in ctx.pop("torso")]
+        motions = [workers_.save_torso(self.out, pid, [p.result() if isinstance(p, concurrent.futures.Future) else p
+                                                       for p in parts])
+                   for pid, parts in zip(ids, ctx.pop("torso"))]
         n = ctx["n_frames"]
         a, b = dataset.splits(n)["train"]
         idx = np.arange(n)

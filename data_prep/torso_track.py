@@ -58,7 +58,8 @@ def trackable_mask(label_map: np.ndarray, torso: int = 2, head: int = 1) -> np.n
 
 
 def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: int = 2, head: int = 1,
-                min_correlation: float = MIN_CORRELATION) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+                min_correlation: float = MIN_CORRELATION,
+                side: str = "both") -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Each frame's torso motion onto the reference frame's torso.
 
     Args:
@@ -69,6 +70,10 @@ def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: i
         reference: the frame whose torso is the canonical one (a training frame near the mean pose).
         min_correlation: frames whose aligned torso correlates less than this with the reference's are not valid,
             nor those whose motion stretches the torso beyond ``MAX_STRETCH`` or moves it beyond ``MAX_SHIFT``.
+        side: "both", or only the frames from the reference on ("after"), or the reference and the frames before it
+            ("before"). The sides are tracked independently (each outward from the reference), so two processes can
+            track one each: the "after" result from the reference on and the "before" one below it are the "both"
+            result, bit for bit.
 
     Returns:
         motion [T, 6] float32 (frame -> reference, crop fractions; identity where not valid), valid [T] bool,
@@ -100,7 +105,11 @@ def track_torso(images: np.ndarray, labels: np.ndarray, reference: int, torso: i
     criteria = (cv2.TERM_CRITERIA_COUNT | cv2.TERM_CRITERIA_EPS, ECC_ITERATIONS, 1e-4)
     to_work = np.diag([scale, scale, 1.0])
     # outward from the reference, each frame started from its neighbour's alignment (motion is smooth)
-    order = [*range(reference, T), *range(reference - 1, -1, -1)]
+    if side not in ("both", "after", "before"):
+        raise ValueError(f"side must be both, after or before, not {side!r}")
+    # The reference frame itself comes first on either side: the frame before it starts from its alignment.
+    order = [*(range(reference, T) if side != "before" else (reference,)),
+             *(range(reference - 1, -1, -1) if side != "after" else ())]
     rest = np.eye(2, 3, dtype=np.float32)
     last = {reference: rest}
     lost = 0  # frames in a row (this direction) that did not align

@@ -80,8 +80,8 @@ def run_person(job: person_track.PersonJob, pid: int) -> dict:
     return res
 
 
-def track_torso(out: str, stages: str, pid: int, n: int, crop_size: int) -> np.ndarray:
-    """One person's torso motion [n, 6] (NaN where not tracked), written to its torso.npz.
+def track_torso(out: str, stages: str, pid: int, n: int, crop_size: int, side: str = "both") -> dict:
+    """One person's torso motion on one side of its reference frame (``torso_track.track_torso``), for ``save_torso``.
 
     Reads the working frames the person pass left, or decodes the crops (a dataset prepared before that existed)."""
     out = Path(out)
@@ -97,7 +97,21 @@ def track_torso(out: str, stages: str, pid: int, n: int, crop_size: int) -> np.n
     idx = np.arange(len(grey))
     train = idx[a:b][tr["valid"][a:b]]
     ref = torso_track.reference_frame(tr["euler"], tr["t"], train if len(train) else idx[a:b])
-    motion, ok, corr = torso_track.track_torso(grey, labels, ref)
+    motion, ok, corr = torso_track.track_torso(grey, labels, ref, side=side)
+    return {"reference": ref, "side": side, "motion": motion, "valid": ok, "correlation": corr}
+
+
+def save_torso(out: str | Path, pid: int, parts: list[dict]) -> np.ndarray:
+    """Join the sides ``track_torso`` tracked into the person's torso.npz; returns the motion [n, 6] (NaN where not
+    tracked)."""
+    ref = parts[0]["reference"]
+    after = np.arange(len(parts[0]["valid"])) >= ref
+    pick = {p["side"]: p for p in parts}
+    if "both" in pick:
+        motion, ok, corr = pick["both"]["motion"], pick["both"]["valid"], pick["both"]["correlation"]
+    else:
+        motion, ok, corr = (np.where(after[:, None] if key == "motion" else after, pick["after"][key],
+                                     pick["before"][key]) for key in ("motion", "valid", "correlation"))
     motion = np.where(ok[:, None], motion, np.nan).astype(np.float32)
     save_npz(dataset.person_dir(out, pid) / "torso.npz", motion=motion, reference=np.int64(ref),
              correlation=corr.astype(np.float32))

@@ -46,6 +46,17 @@ def _frames(T=8, S=128, seed=0):
     return np.stack(images), np.stack(labels), np.stack(motions).astype(np.float32)
 
 
+def test_the_two_sides_of_the_reference_tracked_apart_are_the_whole_track_bit_for_bit():
+    images, labels, _ = _frames(T=10)
+    both = torso_track.track_torso(images, labels, reference=4)
+    after = torso_track.track_torso(images, labels, reference=4, side="after")
+    before = torso_track.track_torso(images, labels, reference=4, side="before")
+    mine = np.arange(10) >= 4
+    for whole, a, b in zip(both, after, before):
+        np.testing.assert_array_equal(whole, np.where(mine.reshape(-1, *[1] * (whole.ndim - 1)), a, b))
+    assert both[1].all() and not after[1][:4].any() and not before[1][5:].any()
+
+
 def test_the_tracker_recovers_known_torso_motions_and_refuses_an_unrelated_frame(monkeypatch):
     images, labels, truth = _frames()
     motion, valid, corr = torso_track.track_torso(images, labels, reference=0)
