@@ -6,6 +6,7 @@ import contextlib
 import hashlib
 import json
 import os
+import threading
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -17,18 +18,25 @@ def atomic_path(path: str | os.PathLike) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; rename it onto ``path`` on success.
 
     The temporary name keeps the suffix so that writers choosing a format by
-    extension (imageio, ffmpeg, numpy) still work. On an exception the
-    temporary file is removed and ``path`` is left untouched.
+    extension (imageio, ffmpeg, numpy) still work, and names the process and
+    thread, so that two writers of one file (the studio's page handlers run
+    in threads) never share it: the last rename wins, whole. On an exception
+    the temporary file is removed and ``path`` is left untouched.
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.tmp{os.getpid()}{''.join(path.suffixes)}")
+    tmp = path.with_name(temp_name(path))
     try:
         yield tmp
         os.replace(tmp, path)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def temp_name(path: Path) -> str:
+    """The hidden name a write of ``path`` goes to first, unique to this process and thread."""
+    return f".{path.stem}.tmp{os.getpid()}-{threading.get_ident()}{''.join(path.suffixes)}"
 
 
 def save_json(path: str | os.PathLike, obj) -> None:

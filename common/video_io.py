@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from common.atomic_io import atomic_path
+from common.atomic_io import atomic_path, temp_name
 from common.errors import PrepareError
 
 AUDIO_SR = 16000
@@ -197,7 +197,7 @@ class FrameWriter:
     def __enter__(self) -> FrameWriter:
         self._tmpdir = tempfile.TemporaryDirectory()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._tmp = self.path.with_name(f".{self.path.stem}.tmp{os.getpid()}{self.path.suffix}")
+        self._tmp = self.path.with_name(temp_name(self.path))
         return self
 
     def _open(self, h: int, w: int) -> None:
