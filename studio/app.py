@@ -122,11 +122,18 @@ class Studio:
             raise StudioError("upload a video, or choose one already in the workspace")
         if name:
             check_name(name, "dataset name")
-        video = self.ws.add_video(upload) if upload else self.ws.upload(existing)
+        # An upload is copied into the workspace only once the job is sure to be queued: a refused try leaves nothing.
+        src = self.ws.check_video(upload) if upload else None
+        video = self.ws.video_destination(src) if src else self.ws.upload(existing)
         name = check_name(name or safe_stem(video.parent if video.parent.name != "uploads" else video), "dataset name")
         out = self.ws.root / "datasets" / name
         if (out / "meta.json").is_file():
             raise StudioError(f"a dataset named {name} exists already: choose another name")
+        busy = self.queue.busy(self.ws.rel(out))
+        if busy:
+            raise StudioError(f"{self.ws.rel(out)} already has a job {busy.status} ({busy.id}): wait for it or cancel it")
+        if src:
+            self.ws.keep(src, video)
         cmd = ["scripts/prepare.py", "--video", str(video), "--out", str(out), "--crop_size", str(int(crop))]
         if persons and int(persons) > 0:
             cmd += ["--persons", str(int(persons))]

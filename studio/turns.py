@@ -32,20 +32,22 @@ def guess(run: Path, wav: Path) -> tuple[list[list], float]:
 
 
 def picture(wav: Path, rows: list[list], out: Path) -> Path:
-    """The waveform with each turn shaded in its person's colour (a PNG at ``out``)."""
-    import matplotlib
+    """The waveform with each turn shaded in its person's colour (a PNG at ``out``).
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    Drawn on a ``Figure`` of its own, not through pyplot, whose figure registry is not safe from the page handlers'
+    threads."""
+    from matplotlib import colormaps
+    from matplotlib.figure import Figure
 
     audio, sr = read_wav(wav)
     hop = max(1, sr // 100)  # (an envelope at 100 points a second)
     env = np.abs(audio[: len(audio) // hop * hop]).reshape(-1, hop).max(1) if len(audio) >= hop else np.abs(audio)
     t = np.arange(len(env)) * hop / (sr or AUDIO_SR)
-    fig, ax = plt.subplots(figsize=(9, 1.8), dpi=100)
+    fig = Figure(figsize=(9, 1.8), dpi=100)
+    ax = fig.add_subplot()
     ax.fill_between(t, -env, env, color="0.35", lw=0)
     people = sorted({str(r[2]) for r in rows if len(r) > 2})
-    colours = {p: plt.cm.tab10(i % 10) for i, p in enumerate(people)}
+    colours = {p: colormaps["tab10"](i % 10) for i, p in enumerate(people)}
     for r in rows:
         try:
             ax.axvspan(float(r[0]), float(r[1]), color=colours[str(r[2])], alpha=0.35, lw=0)
@@ -61,5 +63,4 @@ def picture(wav: Path, rows: list[list], out: Path) -> Path:
     fig.tight_layout()
     with atomic_path(out) as tmp:
         fig.savefig(tmp)
-    plt.close(fig)
     return out

@@ -78,6 +78,21 @@ class Workspace:
 
     def add_video(self, upload: str | None) -> Path:
         """Check an uploaded conversation video (a decodable video stream with audio) and keep it in uploads/."""
+        src = self.check_video(upload)
+        return self.keep(src, self.video_destination(src))
+
+    @staticmethod
+    def keep(src: Path, dst: Path) -> Path:
+        """Copy a checked upload to its place in uploads/ (``video_destination``), atomically."""
+        _copy(src, dst)
+        return dst
+
+    def video_destination(self, src: Path) -> Path:
+        """Where ``add_video`` would keep this upload: its name in uploads/, numbered when the name is taken."""
+        return self._free(self.root / "uploads", safe_stem(src), src.suffix.lower())
+
+    def check_video(self, upload: str | None) -> Path:
+        """The uploaded conversation video, checked (``StudioError`` if it is not a decodable video with audio)."""
         from common.video_io import probe
 
         src = self._upload(upload, VIDEO_TYPES, "video")
@@ -87,7 +102,7 @@ class Workspace:
             raise StudioError(f"{src.name} is not a video ffmpeg can decode") from e
         if not info.has_audio:
             raise StudioError(f"{src.name} has no audio track: the avatars learn to speak from it")
-        return self._keep(src, "")
+        return src
 
     def add_speech(self, upload: str | None) -> Path:
         """Check uploaded (or recorded) speech: readable, not silent; kept in uploads/ as 16 kHz mono wav."""
@@ -137,11 +152,6 @@ class Workspace:
         if pg is not None:
             _copy(pg, run / "posegen" / "checkpoint.pt")
         return run
-
-    def _keep(self, src: Path, prefix: str) -> Path:
-        dst = self._free(self.root / "uploads", prefix + safe_stem(src), src.suffix.lower())
-        _copy(src, dst)
-        return dst
 
     @staticmethod
     def _free(folder: Path, stem: str, suffix: str) -> Path:

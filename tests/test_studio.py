@@ -174,6 +174,13 @@ def test_the_example_clips_are_made_in_the_workspace_and_prepared_by_name(tmp_pa
                           "--out", str(ws.root / "datasets" / "example"), "--crop_size", "256"]]
         with pytest.raises(StudioError, match="already has a job queued"):
             Studio(ws, queue).prepare(None, "example/conversation.mp4", "", 0, 256)
+        # An upload is kept once its job is queued, and a refused try keeps no copy of it.
+        shutil.copyfile(ws.root / "uploads" / "example" / "conversation.mp4", ws.root / ".gradio" / "talk.mp4")
+        Studio(ws, queue).prepare(str(ws.root / ".gradio" / "talk.mp4"), None, "", 0, 256)
+        assert queue.latest("prepare").target == "datasets/talk" and (ws.root / "uploads" / "talk.mp4").is_file()
+        with pytest.raises(StudioError, match="already has a job queued"):
+            Studio(ws, queue).prepare(str(ws.root / ".gradio" / "talk.mp4"), None, "talk", 0, 256)
+        assert sorted(p.name for p in (ws.root / "uploads").glob("*.mp4")) == ["talk.mp4"]
     finally:
         queue.close()
 
