@@ -200,6 +200,10 @@ class Studio:
         return curve, str(val) if val else None, files or None
 
     def add_avatar(self, upload, posegen, name) -> tuple:
+        target = f"runs/{check_name(name, 'avatar name')}"
+        busy = self.queue.busy(target)  # a training queued into that folder would resume from the file added
+        if busy:
+            raise StudioError(f"{target} already has a job {busy.status} ({busy.id}): choose another name")
         run = self.ws.add_avatar(upload, posegen, name)
         choices = self.ws.avatars()
         note = "" if (run / "posegen" / "checkpoint.pt").is_file() else \

@@ -181,6 +181,11 @@ def test_the_example_clips_are_made_in_the_workspace_and_prepared_by_name(tmp_pa
         with pytest.raises(StudioError, match="already has a job queued"):
             Studio(ws, queue).prepare(str(ws.root / ".gradio" / "talk.mp4"), None, "talk", 0, 256)
         assert sorted(p.name for p in (ws.root / "uploads").glob("*.mp4")) == ["talk.mp4"]
+        # An avatar file is not added into a run folder that a queued training would resume from.
+        queue.submit("train", "train solo", [["true"]], "runs/solo")
+        with pytest.raises(StudioError, match="runs/solo already has a job queued"):
+            Studio(ws, queue).add_avatar(str(ws.root / ".gradio" / "talk.mp4"), None, "solo")
+        assert not (ws.root / "runs" / "solo").exists()
     finally:
         queue.close()
 
