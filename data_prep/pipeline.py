@@ -78,7 +78,7 @@ class Prepare:
         self.timings: dict[str, float] = {}
         self._redo = False
         self._pool: concurrent.futures.ProcessPoolExecutor | None = None
-        self._progress = None  # the workers' queue of frames done
+        self._progress = self._stopping = None  # the workers' queue of frames done, and their stop
 
     # -- orchestration --------------------------------------------------------------------------
     def run(self) -> Path:
@@ -94,6 +94,10 @@ class Prepare:
                 t0 = time.perf_counter()
                 stage(ctx)
                 self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
+        except KeyboardInterrupt:  # (a studio's cancel reaches this process alone) the workers stop too, not after
+            if self._pool is not None:  # their person pass
+                workers_.interrupt(self._pool, self._stopping)
+            raise
         finally:
             if self._pool is not None:
                 self._pool.shutdown(cancel_futures=True)
@@ -109,7 +113,7 @@ class Prepare:
         if workers <= 1:
             return None
         if self._pool is None:
-            self._pool, self._progress = workers_.pool(workers)
+            self._pool, self._progress, self._stopping = workers_.pool(workers)
             for _ in range(workers):
                 self._pool.submit(workers_.warm_up)
         return self._pool

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import concurrent.futures
 import multiprocessing
+import multiprocessing.synchronize
+import os
+import signal
 import warnings
 from pathlib import Path
 
@@ -22,10 +25,12 @@ from data_prep import person_track, torso_track
 
 PRELOAD = ["data_prep.workers", "mediapipe"]  # what the fork server imports once for every worker
 _progress = None  # this worker's queue for progress counts (``pool``)
+_stopping = None  # set once the main process was interrupted: no job starts any more (``interrupt``)
 
 
-def pool(workers: int) -> tuple[concurrent.futures.ProcessPoolExecutor, multiprocessing.queues.Queue]:
-    """``workers`` processes and the queue on which they report frames done.
+def pool(workers: int) -> tuple[concurrent.futures.ProcessPoolExecutor, multiprocessing.queues.Queue,
+                                multiprocessing.synchronize.Event]:
+    """``workers`` processes, the queue on which they report frames done, and the event ``interrupt`` sets.
 
     Forked from a fork server that imported ``PRELOAD`` and started no thread (TFLite's threads do not survive a
     fork); where there is no fork server, spawned."""
@@ -34,15 +39,33 @@ def pool(workers: int) -> tuple[concurrent.futures.ProcessPoolExecutor, multipro
         ctx.set_forkserver_preload(PRELOAD)
     else:
         ctx = multiprocessing.get_context("spawn")
-    queue = ctx.Queue()
+    queue, stopping = ctx.Queue(), ctx.Event()
     return concurrent.futures.ProcessPoolExecutor(workers, mp_context=ctx, initializer=_start,
-                                                  initargs=(queue,)), queue
+                                                  initargs=(queue, stopping)), queue, stopping
 
 
-def _start(queue) -> None:
-    global _progress
-    _progress = queue
+def interrupt(pool: concurrent.futures.ProcessPoolExecutor, stopping: multiprocessing.synchronize.Event) -> None:
+    """Ctrl-C for the pool's workers: each running job stops as at a KeyboardInterrupt (its files are atomic: nothing
+    half-written stays), and a job already handed to a worker stops before it starts, so the pool shuts down at
+    once."""
+    stopping.set()
+    for pid in list(getattr(pool, "_processes", None) or {}):  # (the executor's own table of its processes)
+        try:
+            os.kill(pid, signal.SIGINT)
+        except ProcessLookupError:
+            pass
+
+
+def _start(queue, stopping) -> None:
+    global _progress, _stopping
+    _progress, _stopping = queue, stopping
     tune_memory()
+
+
+def _go() -> None:
+    """At the start of every job: refuse it once the main process was interrupted."""
+    if _stopping is not None and _stopping.is_set():
+        raise KeyboardInterrupt
 
 
 def warm_up() -> None:
@@ -53,6 +76,7 @@ def warm_up() -> None:
 def voice_activity(video: str, n_frames: int, fps: float) -> tuple[np.ndarray, np.ndarray]:
     """``speech.speaking.voice_activity`` of the video's audio fitted to ``n_frames`` (prepare's audio stage reads it
     the same way), on one thread: it runs beside the people search."""
+    _go()
     import torch
 
     from speech.speaking import voice_activity
@@ -67,6 +91,7 @@ def voice_activity(video: str, n_frames: int, fps: float) -> tuple[np.ndarray, n
 
 def run_person(job: person_track.PersonJob, pid: int) -> dict:
     """One person's pass (``person_track.run_person``), reporting progress in batches of frames."""
+    _go()
     pending = [0]
 
     def report(k: int) -> None:
@@ -84,6 +109,7 @@ def track_torso(out: str, stages: str, pid: int, n: int, crop_size: int, side: s
     """One person's torso motion on one side of its reference frame (``torso_track.track_torso``), for ``save_torso``.
 
     Reads the working frames the person pass left, or decodes the crops (a dataset prepared before that existed)."""
+    _go()
     out = Path(out)
     a, b = dataset.splits(n)["train"]
     size = min(crop_size, torso_track.WORK_SIZE)

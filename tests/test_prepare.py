@@ -165,6 +165,44 @@ def test_prepare_upgrades_a_dataset_of_schema_1_by_running_the_torso_stage(synth
     assert (root / "persons" / "0" / "track.npz").stat().st_mtime_ns == track_before  # tracking kept
 
 
+def test_an_interrupt_stops_the_workers_at_once_and_leaves_nothing_half_written(synthetic, tmp_path):
+    # As a studio's cancel does: SIGINT to the command alone (its own session), not to its worker processes.
+    import os
+    import signal
+    import time
+
+    out, log = tmp_path / "ds", tmp_path / "log.txt"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, str(ROOT / "scripts" / "prepare.py"), "--video", str(synthetic["video"]),
+                                 "--out", str(out), "--crop_size", "256"], stdout=f, stderr=subprocess.STDOUT,
+                                start_new_session=True, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        deadline = time.time() + 120
+        while "landmarks+parsing" not in log.read_text(errors="replace") and time.time() < deadline:
+            time.sleep(0.1)
+        time.sleep(0.5)  # inside the person passes
+        proc.send_signal(signal.SIGINT)
+        asked = time.time()
+        assert proc.wait(timeout=60) == 130
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    # the person passes stopped where they were (run on to their end, they would have stored the crops)
+    assert not list(out.glob("persons/*/frames.mp4")), f"the workers ran on ({time.time() - asked:.1f} s)"
+    assert "interrupted; finished stages are kept" in log.read_text(errors="replace")
+    assert "Traceback" not in log.read_text(errors="replace")
+    assert not list(out.rglob(".*.tmp*")) and not (out / "meta.json").exists()
+    # No worker, nor the fork server, is left behind in its process group (the fork server takes a second to end).
+    for _ in range(50):
+        try:
+            os.killpg(proc.pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.1)
+    else:
+        pytest.fail("a process of prepare's group outlived it by 5 s")
+
+
 # -- bad input: one line on stderr, non-zero exit, no traceback, nothing half-written -----------------
 def run_cli(*args):
     return subprocess.run([sys.executable, str(ROOT / "scripts" / "prepare.py"), *map(str, args)],
