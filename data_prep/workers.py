@@ -1,4 +1,4 @@
-"""What prepare's worker processes run: the person passes and the torso tracking.
+"""What prepare's worker processes run: the person passes, the torso tracking and the early voice activity.
 
 Kept apart from ``pipeline`` so a worker imports only what these need (OpenCV, numpy, mediapipe), not the audio,
 QA and pose-fitting stages' libraries. The workers are forked from a server process that has imported them once
