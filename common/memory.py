@@ -17,11 +17,13 @@ import ctypes
 import sys
 
 _M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3  # glibc's malloc.h
+_SETTINGS_MB = ((_M_MMAP_THRESHOLD, 64), (_M_TRIM_THRESHOLD, 512), (_M_TOP_PAD, 16))
+"""Blocks under 64 MB come from the heap, up to 512 MB of freed heap is kept, and the heap grows 16 MB at a time."""
 
 
-def tune_memory(mmap_mb: int = 64, trim_mb: int = 512) -> None:
-    """For the rest of this process: keep up to ``trim_mb`` of freed heap and serve blocks below ``mmap_mb`` from it
-    (glibc only; elsewhere nothing changes), and give numpy's arrays ordinary pages."""
+def tune_memory() -> None:
+    """For the rest of this process: ``_SETTINGS_MB`` for glibc's allocator (elsewhere nothing changes), and ordinary
+    pages for numpy's arrays."""
     try:
         from numpy._core.multiarray import _set_madvise_hugepage
     except ImportError:  # numpy 1.x
@@ -34,5 +36,5 @@ def tune_memory(mmap_mb: int = 64, trim_mb: int = 512) -> None:
     except (OSError, AttributeError):  # musl and other C libraries
         return
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    for option, mb in ((_M_MMAP_THRESHOLD, mmap_mb), (_M_TRIM_THRESHOLD, trim_mb), (_M_TOP_PAD, 16)):
+    for option, mb in _SETTINGS_MB:
         mallopt(option, mb << 20)

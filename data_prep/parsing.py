@@ -87,8 +87,7 @@ def parse_labels(person_prob: np.ndarray, landmarks: np.ndarray | None, own_colu
     angle = float(np.degrees(np.arctan2(evecs[1, 0], evecs[0, 0])))
     cv2.ellipse(head, (_fixed(centre[0]), _fixed(centre[1])), (_fixed(semi[0]), _fixed(semi[1])), angle, 0, 360, 1,
                 -1, cv2.LINE_8, _SHIFT)
-    _fill(head, [pts[CHIN] - far * across, pts[CHIN] + far * across, pts[CHIN] + far * across - far * up,
-                 pts[CHIN] - far * across - far * up], 0)  # below the chin line
+    _fill_side(head, pts[CHIN], -up, 0)  # nothing below the chin line
     head &= person
     cv2.fillConvexPoly(head, cv2.convexHull(pts).astype(np.int32), 1)
     labels[head > 0] = HEAD
@@ -108,15 +107,20 @@ def _fill(mask: np.ndarray, corners, value: int) -> None:
     cv2.fillConvexPoly(mask, pts, value, cv2.LINE_8, _SHIFT)
 
 
+def _fill_side(mask: np.ndarray, through: np.ndarray, towards: np.ndarray, value: int) -> None:
+    """Fill the side of the line through ``through`` (perpendicular to the unit vector ``towards``) that ``towards``
+    points to, in place."""
+    far = 4.0 * mask.shape[0]  # beyond the crop on every side
+    across = np.array([-towards[1], towards[0]])
+    _fill(mask, [through - far * across, through + far * across, through + far * (across + towards),
+                 through + far * (towards - across)], value)
+
+
 def above_chin(landmarks: np.ndarray, s: int) -> np.ndarray:
     """[s, s] bool: the crop's pixels above the chin line (through the chin, perpendicular to the face's up)."""
     pts = landmarks[:, :2].astype(np.float32)
-    up = _face_up(pts)
-    across = np.array([-up[1], up[0]])
-    far = 4.0 * s
     mask = np.zeros((s, s), np.uint8)
-    _fill(mask, [pts[CHIN] - far * across, pts[CHIN] + far * across, pts[CHIN] + far * across + far * up,
-                 pts[CHIN] - far * across + far * up], 1)
+    _fill_side(mask, pts[CHIN], _face_up(pts), 1)
     return mask > 0
 
 

@@ -96,7 +96,7 @@ class Prepare:
                 self.timings[name] = self.timings.get(name, 0.0) + time.perf_counter() - t0
         except KeyboardInterrupt:  # (a studio's cancel reaches this process alone) the workers stop too, not after
             if self._pool is not None:  # their person pass
-                workers_.interrupt(self._pool, self._stopping)
+                workers_.interrupt(self._stopping)
             raise
         finally:
             if self._pool is not None:
@@ -333,7 +333,7 @@ class Prepare:
         if "torso" not in ctx:
             return
         ids = [p["id"] for p in ctx["people"]["persons"]]
-        motions = [workers_.save_torso(self.out, pid, [p.result() if isinstance(p, concurrent.futures.Future) else p
+        motions = [_save_torso(self.out, pid, [p.result() if isinstance(p, concurrent.futures.Future) else p
                                                        for p in parts])
                    for pid, parts in zip(ids, ctx.pop("torso"))]
         n = ctx["n_frames"]
@@ -360,14 +360,18 @@ class Prepare:
         if self._done(out_wav, out_npz):
             return
         n, fps = ctx["n_frames"], self.cfg.fps
-        audio = video_io.read_audio(self.video) if ctx["info"].has_audio else None
+        early = ctx.pop("vad", None)  # the audio and its voice activity, found while the people were
+        if early is not None and early[0] == n:  # (for the frame count expected)
+            audio, *vad = early[1].result()
+        else:
+            vad = None
+            audio = video_io.read_audio(self.video) if ctx["info"].has_audio else None
         audio = video_io.fit_audio(np.zeros(0, np.float32) if audio is None else audio, n, fps)
         ids = [p["id"] for p in ctx["people"]["persons"]]
         tracks = [dataset.load_track(self.out, i) for i in ids]
         valid = np.stack([t["valid"] for t in tracks], 1)
-        early = ctx.pop("vad", None)  # voice activity found while the people were (on the frame count expected)
-        vad = early[1].result() if early is not None and early[0] == n else None
-        who = speaking.speaking_timeline(audio, [t["landmarks"] for t in tracks], valid, n, fps, vad=vad)
+        who = speaking.speaking_timeline(audio, [t["landmarks"] for t in tracks], valid, n, fps,
+                                         vad=vad)
         if self.cfg.roles:
             said = read_roles(self.cfg.roles, [str(i) for i in ids], n, fps)
             guessed = who["speaking"]
@@ -470,6 +474,23 @@ def _head_cover(person_pass: dict) -> float:
 
 def _none_if_nan(x: float) -> float | None:
     return None if not np.isfinite(x) else round(x, 4)
+
+
+def _save_torso(out: str | Path, pid: int, parts: list[dict]) -> np.ndarray:
+    """Join the sides ``workers.track_torso`` tracked into the person's torso.npz; returns the motion [n, 6] (NaN where not
+    tracked)."""
+    ref = parts[0]["reference"]
+    after = np.arange(len(parts[0]["valid"])) >= ref
+    pick = {p["side"]: p for p in parts}
+    if "both" in pick:
+        motion, ok, corr = pick["both"]["motion"], pick["both"]["valid"], pick["both"]["correlation"]
+    else:
+        motion, ok, corr = (np.where(after[:, None] if key == "motion" else after, pick["after"][key],
+                                     pick["before"][key]) for key in ("motion", "valid", "correlation"))
+    motion = np.where(ok[:, None], motion, np.nan).astype(np.float32)
+    save_npz(dataset.person_dir(out, pid) / "torso.npz", motion=motion, reference=np.int64(ref),
+             correlation=corr.astype(np.float32))
+    return motion
 
 
 def _square_pad(frame: np.ndarray) -> np.ndarray:

@@ -10,8 +10,6 @@ from __future__ import annotations
 import concurrent.futures
 import multiprocessing
 import multiprocessing.synchronize
-import os
-import signal
 import warnings
 from pathlib import Path
 
@@ -19,7 +17,6 @@ import cv2
 import numpy as np
 
 from common import dataset, video_io
-from common.atomic_io import save_npz
 from common.memory import tune_memory
 from data_prep import person_track, torso_track
 
@@ -44,16 +41,12 @@ def pool(workers: int) -> tuple[concurrent.futures.ProcessPoolExecutor, multipro
                                                   initargs=(queue, stopping)), queue, stopping
 
 
-def interrupt(pool: concurrent.futures.ProcessPoolExecutor, stopping: multiprocessing.synchronize.Event) -> None:
-    """Ctrl-C for the pool's workers: each running job stops as at a KeyboardInterrupt (its files are atomic: nothing
-    half-written stays), and a job already handed to a worker stops before it starts, so the pool shuts down at
-    once."""
+def interrupt(stopping: multiprocessing.synchronize.Event) -> None:
+    """Ctrl-C for the pool's workers: a person pass stops at its next frame and any other job before it starts, as
+    at a KeyboardInterrupt (raised where the job checks, so its atomic files clean up: nothing half-written stays).
+    Cooperative, not a signal: a SIGINT can land where Python only prints it (a fork's callbacks) or inside that
+    cleanup."""
     stopping.set()
-    for pid in list(getattr(pool, "_processes", None) or {}):  # (the executor's own table of its processes)
-        try:
-            os.kill(pid, signal.SIGINT)
-        except ProcessLookupError:
-            pass
 
 
 def _start(queue, stopping) -> None:
@@ -63,7 +56,7 @@ def _start(queue, stopping) -> None:
 
 
 def _go() -> None:
-    """At the start of every job: refuse it once the main process was interrupted."""
+    """At the start of every job (and each frame of a person pass): stop once the main process was interrupted."""
     if _stopping is not None and _stopping.is_set():
         raise KeyboardInterrupt
 
@@ -73,20 +66,21 @@ def warm_up() -> None:
     import mediapipe  # noqa: F401
 
 
-def voice_activity(video: str, n_frames: int, fps: float) -> tuple[np.ndarray, np.ndarray]:
-    """``speech.speaking.voice_activity`` of the video's audio fitted to ``n_frames`` (prepare's audio stage reads it
-    the same way), on one thread: it runs beside the people search."""
+def voice_activity(video: str, n_frames: int, fps: float) -> tuple[np.ndarray | None, np.ndarray, np.ndarray]:
+    """The video's audio as read (None: no track) and ``speech.speaking.voice_activity`` of it fitted to ``n_frames``
+    (as prepare's audio stage fits it), on one thread: it runs beside the people search. Returns audio, voiced,
+    vad_prob."""
     _go()
     import torch
 
     from speech.speaking import voice_activity
 
     torch.set_num_threads(1)
-    audio = video_io.read_audio(video)
+    raw = video_io.read_audio(video)
     with warnings.catch_warnings():  # a length mismatch is told once, by the audio stage
         warnings.simplefilter("ignore")
-        audio = video_io.fit_audio(np.zeros(0, np.float32) if audio is None else audio, n_frames, fps)
-    return voice_activity(audio, n_frames, fps)
+        audio = video_io.fit_audio(np.zeros(0, np.float32) if raw is None else raw, n_frames, fps)
+    return (raw, *voice_activity(audio, n_frames, fps))
 
 
 def run_person(job: person_track.PersonJob, pid: int) -> dict:
@@ -95,6 +89,7 @@ def run_person(job: person_track.PersonJob, pid: int) -> dict:
     pending = [0]
 
     def report(k: int) -> None:
+        _go()  # each frame
         pending[0] += k
         if pending[0] >= 10:
             _progress.put(pending[0])
@@ -106,7 +101,8 @@ def run_person(job: person_track.PersonJob, pid: int) -> dict:
 
 
 def track_torso(out: str, stages: str, pid: int, n: int, crop_size: int, side: str = "both") -> dict:
-    """One person's torso motion on one side of its reference frame (``torso_track.track_torso``), for ``save_torso``.
+    """One person's torso motion on one side of its reference frame (``torso_track.track_torso``), for the pipeline's
+    ``_save_torso``.
 
     Reads the working frames the person pass left, or decodes the crops (a dataset prepared before that existed)."""
     _go()
@@ -125,23 +121,6 @@ def track_torso(out: str, stages: str, pid: int, n: int, crop_size: int, side: s
     ref = torso_track.reference_frame(tr["euler"], tr["t"], train if len(train) else idx[a:b])
     motion, ok, corr = torso_track.track_torso(grey, labels, ref, side=side)
     return {"reference": ref, "side": side, "motion": motion, "valid": ok, "correlation": corr}
-
-
-def save_torso(out: str | Path, pid: int, parts: list[dict]) -> np.ndarray:
-    """Join the sides ``track_torso`` tracked into the person's torso.npz; returns the motion [n, 6] (NaN where not
-    tracked)."""
-    ref = parts[0]["reference"]
-    after = np.arange(len(parts[0]["valid"])) >= ref
-    pick = {p["side"]: p for p in parts}
-    if "both" in pick:
-        motion, ok, corr = pick["both"]["motion"], pick["both"]["valid"], pick["both"]["correlation"]
-    else:
-        motion, ok, corr = (np.where(after[:, None] if key == "motion" else after, pick["after"][key],
-                                     pick["before"][key]) for key in ("motion", "valid", "correlation"))
-    motion = np.where(ok[:, None], motion, np.nan).astype(np.float32)
-    save_npz(dataset.person_dir(out, pid) / "torso.npz", motion=motion, reference=np.int64(ref),
-             correlation=corr.astype(np.float32))
-    return motion
 
 
 def _fit(img: np.ndarray, size: int, interpolation: int) -> np.ndarray:
