@@ -289,6 +289,28 @@ def test_pretraining_refuses_a_conversation_where_nobody_speaks(synthetic, tmp_p
     assert not (tmp_path / "a.pt").exists()
 
 
+def test_the_encoder_kept_is_the_running_average_of_the_trained_weights():
+    """Early steps move the average most (a short fine-tuning still counts), later ones by 1 - AVERAGE_DECAY; batch
+    norm's running statistics are averaged and its step counter copied."""
+    from nerf.audio_pretrain import AVERAGE_DECAY, WeightAverage
+
+    net = nn.Sequential(nn.Linear(2, 3), nn.BatchNorm1d(3))
+    average = WeightAverage(net)
+    start = {k: v.clone() for k, v in net.state_dict().items()}
+    with torch.no_grad():
+        net[0].weight.add_(1.0)
+    net(torch.randn(8, 2))  # batch norm's statistics and counter move
+    average.update(net, 0)  # decay 1/10: nine tenths of the way
+    torch.testing.assert_close(average.state["0.weight"], start["0.weight"] + 0.9)
+    torch.testing.assert_close(average.state["1.running_mean"], start["1.running_mean"]
+                               + 0.9 * (net[1].running_mean - start["1.running_mean"]))
+    assert average.state["1.num_batches_tracked"] == net[1].num_batches_tracked == 1
+    before = average.state["0.weight"].clone()
+    average.update(net, 10_000)
+    torch.testing.assert_close(average.state["0.weight"], before + (1 - AVERAGE_DECAY) * (net[0].weight - before))
+    assert not torch.equal(average.state["0.weight"], net[0].weight)  # the average is a copy, not the live weights
+
+
 def test_augmented_windows_keep_silence_silent_and_the_sound_where_it_was():
     """Noise, band-limiting, pitch and tempo make another microphone and voice, not another utterance: a silent
     window stays at the floor (noise is mixed at an SNR to the window's own sound), the loudest moment of a burst stays
