@@ -63,7 +63,7 @@ seeds)."""
 AVERAGE_DECAY = 0.995
 """The encoder written is the running average of the trained weights (about the last 200 steps), not the last
 step's: held out on the dev set, two seeds' last-step encoders ended 0.12 apart in median correlation, their averages
-0.03 apart and higher (docs/PERFORMANCE.md)."""
+0.03 apart and higher on 13 of 14 clips (mean of the two seeds; docs/PERFORMANCE.md)."""
 MEL_UNITS_PER_DB = 8.0 / 100.0  # Wav2Lip's mel normalization maps 100 dB onto [-4, 4]
 
 
