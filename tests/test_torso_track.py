@@ -93,6 +93,19 @@ def test_the_tracker_recovers_known_torso_motions_and_refuses_an_unrelated_frame
     assert torso_track.track_torso(images, labels, reference=0)[1][[0, 1, 2, 4, 5, 6, 7]].all()
 
 
+def test_ecc_over_the_torsos_box_alone_finds_the_motions_it_found_over_the_whole_frame(monkeypatch):
+    images, labels, _ = _frames(T=6)
+    labels[:, :, :20] = 0  # the torso's box starts right of and below the crop's corner: the template has an offset
+    mask = torso_track.trackable_mask(labels[2])
+    assert mask[:, :20].sum() == 0 and mask.mean() < 0.6
+    boxed = torso_track.track_torso(images, labels, reference=2)
+    monkeypatch.setattr(torso_track, "TEMPLATE_MARGIN", 10_000)  # the whole frame
+    whole = torso_track.track_torso(images, labels, reference=2)
+    assert boxed[1].all() and whole[1].all()
+    np.testing.assert_allclose(boxed[0], whole[0], atol=1e-5)
+    np.testing.assert_allclose(boxed[2], whole[2], atol=1e-5)
+
+
 def test_a_motion_that_stretches_the_torso_beyond_belief_is_not_trusted(monkeypatch):
     # (ECC can converge to a collapsed warp that maps the torso onto a flat patch with a high correlation: seen on a
     # dev clip's small, plain torso. A real torso does not grow by half between frames of one clip.)
