@@ -1,4 +1,4 @@
-"""One person's pass over the clip: crops, 478 landmarks, parsing labels, background plate.
+"""One person's pass over the clip: crops, 478 landmarks, parsing labels, background plate, then its head track.
 
 Runs in its own process per person (``pipeline`` fans persons out over the
 cores): it decodes the video itself, so nothing large crosses processes.
@@ -7,7 +7,8 @@ Writes ``frames.mp4`` (the crops), ``parsing.mkv`` (labels, lossless) and
 the later stages, so they decode nothing again, it leaves in the stages
 folder each frame's grey crop and labels at the torso tracker's working size
 (``torso_frames``, raw bytes) and the crops and labels of the QA contact
-sheet's frames (``qa_tiles``).
+sheet's frames (``qa_tiles``). The head's poses, focal and canonical face are fitted here too, in the worker
+(``head_pose``), so that the persons' fits run side by side rather than one after another in the main process.
 """
 
 from __future__ import annotations
@@ -21,10 +22,12 @@ import numpy as np
 from common import video_io
 from common.atomic_io import atomic_path, save_image, save_npz
 from common.dataset import LABEL_SCALE
-from data_prep import parsing, torso_track
+from common.geometry import euler_pyr
+from data_prep import head_pose, parsing, torso_track
 
 MAX_GAP = 5  # frames; a face lost for longer stays invalid and is left out of training
 PLATE_SAMPLES = 48  # frames sampled for the background median
+MIN_VALID_FRACTION = 0.5  # a person whose face is lost for more than this is refused (by prepare's tracks stage)
 HEAD_COVER_EVERY = 5  # frames between two measures of the head label's cover (``parsing.head_cover``)
 
 
@@ -42,6 +45,7 @@ class PersonJob:
     stages_dir: str  # where the torso stage's working frames and the QA tiles go
     qa_frames: tuple[int, ...] = ()  # the frames the contact sheet shows (past the clip's end: its last frame)
     crf: int = 17
+    smooth_pose: float = 1.0  # the head poses' Gaussian smoothing in frames (0: off)
 
 
 class FaceMesher:
@@ -115,7 +119,7 @@ def run_person(job: PersonJob, pid: int, progress=None) -> dict[str, np.ndarray]
     Returns:
         landmarks [T, 478, 3] float32 (NaN where lost) and found [T] bool, straight from the mesh (T is the number
         of frames the decoder delivered); head_cover [K]: ``parsing.head_cover`` on every ``HEAD_COVER_EVERY``-th
-        frame with a face.
+        frame with a face; and ``fit_head``'s head track.
     """
     out = Path(job.out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -169,5 +173,30 @@ def run_person(job: PersonJob, pid: int, progress=None) -> dict[str, np.ndarray]
         qa[last[0]] = last[1:]
         save_npz(qa_tiles_path(job.stages_dir, pid), frames=np.array(shown),
                  crops=np.stack([qa[f][0] for f in shown]), labels=np.stack([qa[f][1] for f in shown]))
-    return {"landmarks": landmarks, "found": np.isfinite(landmarks).all(axis=(1, 2)),
-            "head_cover": np.array(cover, np.float32)}
+    found = np.isfinite(landmarks).all(axis=(1, 2))
+    return {"landmarks": landmarks, "found": found, "head_cover": np.array(cover, np.float32),
+            **fit_head(landmarks, found, job.crop_size, job.smooth_pose)}
+
+
+HEAD_FIT = [f.name for f in dataclasses.fields(head_pose.HeadPoseFit)]
+
+
+def fit_head(landmarks: np.ndarray, found: np.ndarray, crop_size: int, smooth_pose: float) -> dict[str, np.ndarray]:
+    """A person's head track from its landmarks: short gaps filled (``filled`` [T, 478, 3], ``valid`` [T]), then,
+    where the face was tracked in at least ``MIN_VALID_FRACTION`` of the frames, ``head_pose.fit_head_pose``'s fields
+    with the poses smoothed over ``smooth_pose`` frames."""
+    filled, valid = fill_short_gaps(landmarks, found)
+    out = {"filled": filled, "valid": valid}
+    if valid.mean() < MIN_VALID_FRACTION:
+        return out
+    fit = head_pose.fit_head_pose(filled, valid, crop_size)
+    fit.R, fit.t = head_pose.smooth_poses(fit.R, fit.t, valid, smooth_pose)
+    fit.euler = euler_pyr(fit.R)
+    return out | {name: np.asarray(getattr(fit, name)) for name in HEAD_FIT}
+
+
+def head_fit(person_pass: dict) -> head_pose.HeadPoseFit:
+    """The ``head_pose.HeadPoseFit`` that ``fit_head`` stored in a person pass's results."""
+    fit = head_pose.HeadPoseFit(**{name: person_pass[name] for name in HEAD_FIT})
+    fit.focal = float(fit.focal)
+    return fit

@@ -23,9 +23,8 @@ from tqdm import tqdm
 from common import dataset, video_io
 from common.atomic_io import save_image, save_json, save_npz, sha256_of
 from common.errors import PrepareError
-from common.geometry import euler_pyr
 from common.memory import tune_memory
-from data_prep import expression, head_pose, people, person_track, qa, torso_track
+from data_prep import expression, people, person_track, qa, torso_track
 from data_prep import workers as workers_
 from data_prep.audio_features import audio_features
 from data_prep.parsing import PersonSegmenter, median_plate
@@ -34,7 +33,6 @@ from speech.roles import read_roles
 
 MIN_SECONDS = 2.0
 MAX_ROLE_PERSONS = 64  # a roles file is checked up front against this many persons, then against those found
-MIN_VALID_FRACTION = 0.5  # a person whose face is lost for more than this is refused
 QA_FRAMES = 6  # frames per person on the contact sheet
 FRAME_PLATE_SAMPLES = 32  # frames whose median is the full-frame background plate
 MAX_DROPPED_SHOWN = 6  # dropped face tracks named in the log, most seen first; the rest are counted
@@ -239,7 +237,8 @@ class Prepare:
         for p in pp["persons"]:
             pdir = dataset.person_dir(self.out, p["id"])
             job = person_track.PersonJob(self.video, cfg.fps, n_expected, tuple(p["bbox"]), tuple(p["columns"]),
-                                         cfg.crop_size, str(pdir), str(self.stages), qa_frames, cfg.crf)
+                                         cfg.crop_size, str(pdir), str(self.stages), qa_frames, cfg.crf,
+                                         cfg.smooth_pose)
             outputs = [pdir / "frames.mp4", pdir / "parsing.mkv", pdir / "background.png",
                        self.stages / f"landmarks_{p['id']}.npz"]
             if not self._done(*outputs):
@@ -280,16 +279,15 @@ class Prepare:
             return
         fits, raws = [], []
         for pid in ids:
-            raw = dataset.load_npz(self.stages / f"landmarks_{pid}.npz")
-            lm, valid = person_track.fill_short_gaps(raw["landmarks"], raw["found"])
+            raw = dataset.load_npz(self.stages / f"landmarks_{pid}.npz")  # the person pass fitted the head
+            if "filled" not in raw:  # (a pass left by a version that did not)
+                raw |= person_track.fit_head(raw["landmarks"], raw["found"], cfg.crop_size, cfg.smooth_pose)
+            lm, valid = raw["filled"], raw["valid"]
             frac = valid.mean()
-            if frac < MIN_VALID_FRACTION:
+            if frac < person_track.MIN_VALID_FRACTION:
                 raise PrepareError(f"person {pid}'s face was tracked in only {frac:.0%} of the frames (at least "
-                                   f"{MIN_VALID_FRACTION:.0%} needed); the face is lost for most of the clip")
-            fit = head_pose.fit_head_pose(lm, valid, cfg.crop_size)
-            fit.R, fit.t = head_pose.smooth_poses(fit.R, fit.t, valid, cfg.smooth_pose)
-            fit.euler = euler_pyr(fit.R)
-            fits.append(fit)
+                                   f"{person_track.MIN_VALID_FRACTION:.0%} needed); the face is lost for most of the clip")
+            fits.append(person_track.head_fit(raw))
             raws.append((lm, valid, raw["found"], _head_cover(raw)))
         shapes = [expression.pose_normalize(lm, fit.canonical, fit.rigid) for (lm, *_), fit in zip(raws, fits)]
         basis = expression.fit_expression_basis([s[v] for s, (_, v, *_) in zip(shapes, raws)], k=cfg.expression_k)
