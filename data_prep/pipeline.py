@@ -106,7 +106,7 @@ class Prepare:
     def _workers(self) -> concurrent.futures.ProcessPoolExecutor | None:
         """The per-person processes (None: one process does everything), started once and shared by the stages.
 
-        Started once the people are found, they import mediapipe while the main process makes the plate."""
+        Started as the people search begins: one finds the voice activity meanwhile."""
         workers = self.cfg.workers or (os.cpu_count() or 1)
         if workers <= 1:
             return None
@@ -184,7 +184,7 @@ class Prepare:
         if pool is not None and info.has_audio:  # a core that would idle while this process finds the people
             ctx["vad"] = (n_expected, pool.submit(workers_.voice_activity, self.video, n_expected, cfg.fps))
         # Finding people needs only a few frames a second: ffmpeg drops the rest before the pipe.
-        detector, segmenter = people.FaceDetector(), PersonSegmenter()
+        detector = people.FaceDetector()
         est = int(info.duration * cfg.detect_per_second) if info.duration else None
         dets, samples, tiled = [], [], set()
         plate_every = max(1, (est or 1) // FRAME_PLATE_SAMPLES)
@@ -195,10 +195,9 @@ class Prepare:
                     tiled.add(i)
                 dets.append(detector(frame, i, tiled=i in tiled))
                 if i % plate_every == 0 and len(samples) < FRAME_PLATE_SAMPLES:
-                    samples.append((frame, segmenter(_square_pad(frame))[: frame.shape[0], : frame.shape[1]]))
+                    samples.append(frame)
                 bar.update(1)
         detector.close()
-        segmenter.close()
         if len(dets) / cfg.detect_per_second < MIN_SECONDS:
             raise PrepareError(f"{self.video} lasts {len(dets) / cfg.detect_per_second:.2f} s; "
                                f"prepare needs at least {MIN_SECONDS:.0f} s")
@@ -206,9 +205,11 @@ class Prepare:
         seen = [people.presence(p, len(dets), tiled) for p in persons]
         boxes = people.crop_boxes(persons, info.width, info.height)
         bands = people.split_columns(persons, info.width)
-        frames = np.stack([f for f, _ in samples])
-        plate, _ = median_plate(frames, ~np.stack([m for _, m in samples]), margin=max(2, info.width // 100))
-        save_image(self.out / "background.png", plate)
+        # The full-frame plate is made by a thread of this process, which idles while the workers' person passes run
+        # (it waits for them); the persons stage ends once the plate is saved.
+        thread = concurrent.futures.ThreadPoolExecutor(1)
+        ctx["plate"] = thread.submit(self._frame_plate, samples)
+        thread.shutdown(wait=False)
         result = {"n_frames_expected": n_expected, "persons": [
             {"id": k, "bbox": list(boxes[k]), "columns": list(bands[k]),
              "face_median": [float(v) for v in p.median()], "detections": len(p.detections),
@@ -228,6 +229,16 @@ class Prepare:
         if len(dropped) > MAX_DROPPED_SHOWN:
             self.log(f"  dropped {len(dropped) - MAX_DROPPED_SHOWN} more face tracks seen in one frame or two")
 
+    def _frame_plate(self, frames: list[np.ndarray]) -> None:
+        """The full-frame background plate, ``background.png``: the median of the sampled frames where no one is."""
+        segmenter = PersonSegmenter()
+        try:
+            nobody = [~segmenter(_square_pad(f))[: f.shape[0], : f.shape[1]] for f in frames]
+        finally:
+            segmenter.close()
+        plate, _ = median_plate(np.stack(frames), np.stack(nobody), margin=max(2, frames[0].shape[1] // 100))
+        save_image(self.out / "background.png", plate)
+
     # -- stage 2: per person crops, landmarks, parsing (one process each) ------------------------
     def _persons(self, ctx: dict) -> None:
         cfg, pp = self.cfg, ctx["people"]
@@ -245,6 +256,8 @@ class Prepare:
                 todo.append((p["id"], job))
         if todo:
             self._run_persons(todo, n_expected)
+        if "plate" in ctx:
+            ctx.pop("plate").result()
         counts = {len(dataset.load_npz(self.stages / f"landmarks_{p['id']}.npz")["found"]) for p in pp["persons"]}
         if len(counts) != 1:
             raise PrepareError(f"the decoder delivered different frame counts per person ({sorted(counts)}); "
