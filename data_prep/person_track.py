@@ -13,6 +13,7 @@ sheet's frames (``qa_tiles``). The head's poses, focal and canonical face are fi
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 from pathlib import Path
 
@@ -140,12 +141,14 @@ def run_person(job: PersonJob, pid: int, progress=None) -> dict[str, np.ndarray]
                                   preset="superfast") as crop_out, \
                 video_io.FrameWriter(out / "parsing.mkv", job.fps, gray=True) as label_out, \
                 atomic_path(grey_path) as grey_tmp, atomic_path(label_path) as label_tmp, \
-                open(grey_tmp, "wb") as grey_file, open(label_tmp, "wb") as label_file:
+                open(grey_tmp, "wb") as grey_file, open(label_tmp, "wb") as label_file, \
+                concurrent.futures.ThreadPoolExecutor(1) as seg_thread:
             for i, crop in enumerate(video_io.iter_frames(job.video, job.fps, crop=job.box, size=job.crop_size)):
+                person = seg_thread.submit(segmenter, crop)
                 lm = mesher(crop)
                 landmarks.append(np.full((478, 3), np.nan, np.float32) if lm is None else lm)
                 last_lm = lm if lm is not None else last_lm
-                labels = parsing.parse_labels(segmenter(crop), last_lm, own)
+                labels = parsing.parse_labels(person.result(), last_lm, own)
                 if lm is not None and i % HEAD_COVER_EVERY == 0:
                     cover.append(parsing.head_cover(labels, lm))
                 crop_out.write(crop)

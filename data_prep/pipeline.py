@@ -23,7 +23,7 @@ from tqdm import tqdm
 from common import dataset, video_io
 from common.atomic_io import save_image, save_json, save_npz, sha256_of
 from common.errors import PrepareError
-from common.memory import tune_memory
+from common.memory import tune_process
 from data_prep import expression, people, person_track, qa, torso_track
 from data_prep import workers as workers_
 from data_prep.audio_features import audio_features
@@ -82,10 +82,11 @@ class Prepare:
     def run(self) -> Path:
         """Run every stage; returns the dataset directory."""
         t_all = time.perf_counter()
-        tune_memory()
+        tune_process()
         ctx = self._check_source()
         try:
-            # The torso stage's processes run while this one does the audio and the QA pictures (``_torso_done``).
+            # The torso stage's processes run while this one does the tracks, the audio and the QA pictures
+            # (``_start_torso``, ``_torso_done``).
             for name, stage in [("people", self._people), ("persons", self._persons), ("tracks", self._tracks),
                                 ("torso", self._torso), ("audio", self._audio), ("qa", self._qa),
                                 ("torso", self._torso_done)]:
@@ -302,6 +303,8 @@ class Prepare:
                                    f"{person_track.MIN_VALID_FRACTION:.0%} needed); the face is lost for most of the clip")
             fits.append(person_track.head_fit(raw))
             raws.append((lm, valid, raw["found"], _head_cover(raw)))
+        # The workers track the torsos while this process fits the expressions, the audio and the QA pictures.
+        self._start_torso(ctx, {pid: (fit.euler, fit.t, valid) for pid, fit, (_, valid, *_) in zip(ids, fits, raws)})
         shapes = [expression.pose_normalize(lm, fit.canonical, fit.rigid) for (lm, *_), fit in zip(raws, fits)]
         basis = expression.fit_expression_basis([s[v] for s, (_, v, *_) in zip(shapes, raws)], k=cfg.expression_k)
         save_npz(self.out / "expression_basis.npz", **dataclasses.asdict(basis))
@@ -322,22 +325,38 @@ class Prepare:
 
     # -- stage 4: each person's torso motion, torso.npz -----------------------------------------
     def _torso(self, ctx: dict) -> None:
-        """Start each person's torso tracking, in the worker processes (finished by ``_torso_done``)."""
+        """Start each person's torso tracking, in the worker processes (finished by ``_torso_done``), unless the
+        tracks stage started it."""
+        if "torso" in ctx:
+            return
         ids = [p["id"] for p in ctx["people"]["persons"]]
         outputs = [dataset.person_dir(self.out, i) / "torso.npz" for i in ids] + [self.out / "qa" / "torso_motion.png"]
         if self._done(*outputs):
             return
+        tracks = {i: dataset.load_track(self.out, i) for i in ids}
+        self._start_torso(ctx, {i: (tr["euler"], tr["t"], tr["valid"]) for i, tr in tracks.items()})
+
+    def _start_torso(self, ctx: dict, heads: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
+        """Submit the torso jobs. ``heads``: each person's Euler angles, translations and valid frames, which pick its
+        reference frame (a training frame near its mean pose)."""
         pool = self._workers()
+        n = ctx["n_frames"]
+        a, b = dataset.splits(n)["train"]
+        frames = np.arange(n)
         # With workers, each person's two sides of the reference frame are two jobs: a person whose torso is often
         # lost (each lost frame spends all of ECC's iterations) no longer holds up the stage alone.
         sides = ("after", "before") if pool else ("both",)
-        jobs = [(str(self.out), str(self.stages), pid, ctx["n_frames"], self.cfg.crop_size, side)
-                for pid in ids for side in sides]
+        jobs = []
+        for pid, (euler, t, valid) in heads.items():
+            train = frames[a:b][valid[a:b]]
+            ref = torso_track.reference_frame(euler.astype(np.float32), t.astype(np.float32),
+                                              train if len(train) else frames[a:b])
+            jobs += [(str(self.out), str(self.stages), pid, n, self.cfg.crop_size, ref, side) for side in sides]
         if pool:
             parts = [pool.submit(workers_.track_torso, *j) for j in jobs]
         else:
             parts = [workers_.track_torso(*j) for j in jobs]
-        ctx["torso"] = [parts[k * len(sides):(k + 1) * len(sides)] for k in range(len(ids))]
+        ctx["torso"] = [parts[k * len(sides):(k + 1) * len(sides)] for k in range(len(heads))]
 
     def _torso_done(self, ctx: dict) -> None:
         """Collect the torso motions: log them, draw them, drop the working frames."""

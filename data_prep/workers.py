@@ -17,7 +17,7 @@ import cv2
 import numpy as np
 
 from common import dataset, video_io
-from common.memory import tune_memory
+from common.memory import tune_process
 from data_prep import person_track, torso_track
 
 PRELOAD = ["data_prep.workers", "mediapipe"]  # what the fork server imports once for every worker
@@ -52,7 +52,7 @@ def interrupt(stopping: multiprocessing.synchronize.Event) -> None:
 def _start(queue, stopping) -> None:
     global _progress, _stopping
     _progress, _stopping = queue, stopping
-    tune_memory()
+    tune_process()
 
 
 def _go() -> None:
@@ -100,14 +100,13 @@ def run_person(job: person_track.PersonJob, pid: int) -> dict:
     return res
 
 
-def track_torso(out: str, stages: str, pid: int, n: int, crop_size: int, side: str = "both") -> dict:
-    """One person's torso motion on one side of its reference frame (``torso_track.track_torso``), for the pipeline's
-    ``_save_torso``.
+def track_torso(out: str, stages: str, pid: int, n: int, crop_size: int, reference: int, side: str = "both") -> dict:
+    """One person's torso motion onto its ``reference`` frame, on one side of it (``torso_track.track_torso``), for the
+    pipeline's ``_save_torso``.
 
     Reads the working frames the person pass left, or decodes the crops (a dataset prepared before that existed)."""
     _go()
     out = Path(out)
-    a, b = dataset.splits(n)["train"]
     size = min(crop_size, torso_track.WORK_SIZE)
     frames = person_track.read_torso_frames(stages, pid, n, size)
     if frames is None:
@@ -115,12 +114,8 @@ def track_torso(out: str, stages: str, pid: int, n: int, crop_size: int, side: s
                             for c in dataset.iter_crops(out, pid)]),
                   np.stack([_fit(lab, size, cv2.INTER_NEAREST) for lab in dataset.iter_parsing(out, pid)]))
     grey, labels = frames
-    tr = dataset.load_track(out, pid)
-    idx = np.arange(len(grey))
-    train = idx[a:b][tr["valid"][a:b]]
-    ref = torso_track.reference_frame(tr["euler"], tr["t"], train if len(train) else idx[a:b])
-    motion, ok, corr = torso_track.track_torso(grey, labels, ref, side=side)
-    return {"reference": ref, "side": side, "motion": motion, "valid": ok, "correlation": corr}
+    motion, ok, corr = torso_track.track_torso(grey, labels, reference, side=side)
+    return {"reference": reference, "side": side, "motion": motion, "valid": ok, "correlation": corr}
 
 
 def _fit(img: np.ndarray, size: int, interpolation: int) -> np.ndarray:
