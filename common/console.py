@@ -24,6 +24,9 @@ QUIET_WARNINGS = ("ignore::UserWarning:google.protobuf.symbol_database", "ignore
 """``PYTHONWARNINGS`` entries (inherited by worker processes): protobuf's deprecation notice that mediapipe triggers,
 and the deprecation and future warnings of libraries (ours are errors or messages, never warnings of these kinds)."""
 
+_END = b"\x00quiet: end of the filter\n"
+"""Written by the process at exit behind its last stderr output: the filter thread stops there. (It cannot wait for the
+pipe's end: child processes that outlive the command, as a worker pool's fork server does, hold its write side.)"""
 _installed = False
 
 
@@ -45,7 +48,6 @@ def quiet(verbose: bool = False) -> None:
         real = os.dup(2)
         read, write = os.pipe()
         os.dup2(write, 2)
-        os.close(write)
     except OSError:  # no stderr to route (a closed descriptor): nothing to filter
         return
     pump = threading.Thread(target=_pump, args=(read, real), daemon=True)
@@ -56,7 +58,11 @@ def quiet(verbose: bool = False) -> None:
             sys.stderr.flush()
         except (OSError, ValueError):
             pass
-        os.dup2(real, 2)  # the pipe's last writer in this process closes: the pump drains and ends
+        os.dup2(real, 2)
+        try:
+            os.write(write, _END)  # the pump passes on what came before, and ends
+        finally:
+            os.close(write)
         pump.join(timeout=2.0)
 
     atexit.register(restore)
@@ -80,6 +86,12 @@ def _pump(read: int, real: int) -> None:
                 break
             cut = min(ends) + 1
             line, buf = buf[:cut], buf[cut:]
+            if line.endswith(_END):  # (behind a partial line held back)
+                line = line[: -len(_END)]
+                if line and not THIRD_PARTY_LINE.match(line):
+                    os.write(real, line)
+                os.close(read)
+                return
             if not THIRD_PARTY_LINE.match(line):
                 os.write(real, line)
         if buf and not buf[:1].isupper():

@@ -2,6 +2,7 @@
 
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -16,6 +17,7 @@ os.write(2, b"W0000 00:00:1796220867.122867   15342 inference_feedback_manager.c
 os.write(2, b"train:  50%|#####     | 1/2\r")
 warnings.warn("old API", DeprecationWarning)
 import subprocess
+import time
 subprocess.run([sys.executable, "-c", "import os; os.write(2, b'I1202 10:00:00.000001  77 gl_context.cc:357] GL\\n'); "
                 "import sys; print('error: from a child', file=sys.stderr)"])
 print("error: ours", file=sys.stderr)
@@ -38,3 +40,18 @@ def test_verbose_shows_everything():
     err = _stderr(True)
     assert "TensorFlow Lite" in err and "inference_feedback_manager" in err and "gl_context" in err
     assert "error: ours" in err
+
+
+def test_a_child_that_outlives_the_command_does_not_hold_its_exit():
+    # (a worker pool's fork server holds stderr's pipe until it notices its parent is gone: prepare's exit used to wait
+    # 2 s for the filter thread, which waited for the pipe's end)
+    code = (f"import sys, subprocess; sys.path.insert(0, {str(ROOT)!r})\n"
+            "from common.console import quiet\nquiet(False)\n"
+            "subprocess.Popen(['sleep', '4'])\n"
+            "sys.stderr.write('error: the last line, unfinished')\n")
+    t0 = time.perf_counter()
+    proc = subprocess.Popen([sys.executable, "-c", code], stderr=subprocess.PIPE, text=True)
+    proc.wait(timeout=60)
+    took = time.perf_counter() - t0
+    assert took < 1.5, took
+    assert proc.stderr.read() == "error: the last line, unfinished"  # (the sleep holds the filter's pipe, not this one)
