@@ -185,17 +185,16 @@ HEAD_FIT = [f.name for f in dataclasses.fields(head_pose.HeadPoseFit)]
 
 
 def fit_head(landmarks: np.ndarray, found: np.ndarray, crop_size: int, smooth_pose: float) -> dict[str, np.ndarray]:
-    """A person's head track from its landmarks: short gaps filled (``filled`` [T, 478, 3], ``valid`` [T]), then,
-    where the face was tracked in at least ``MIN_VALID_FRACTION`` of the frames, ``head_pose.fit_head_pose``'s fields
-    with the poses smoothed over ``smooth_pose`` frames."""
+    """A person's head track from its landmarks, short gaps filled (``fill_short_gaps``): ``head_pose.fit_head_pose``'s
+    fields with the poses smoothed over ``smooth_pose`` frames; nothing where the face was tracked in less than
+    ``MIN_VALID_FRACTION`` of the frames."""
     filled, valid = fill_short_gaps(landmarks, found)
-    out = {"filled": filled, "valid": valid}
     if valid.mean() < MIN_VALID_FRACTION:
-        return out
+        return {}
     fit = head_pose.fit_head_pose(filled, valid, crop_size)
     fit.R, fit.t = head_pose.smooth_poses(fit.R, fit.t, valid, smooth_pose)
     fit.euler = euler_pyr(fit.R)
-    return out | {name: np.asarray(getattr(fit, name)) for name in HEAD_FIT}
+    return {name: np.asarray(getattr(fit, name)) for name in HEAD_FIT}
 
 
 def head_fit(person_pass: dict) -> head_pose.HeadPoseFit:

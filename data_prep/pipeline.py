@@ -293,14 +293,14 @@ class Prepare:
             return
         fits, raws = [], []
         for pid in ids:
-            raw = dataset.load_npz(self.stages / f"landmarks_{pid}.npz")  # the person pass fitted the head
-            if "filled" not in raw:  # (a pass left by a version that did not)
-                raw |= person_track.fit_head(raw["landmarks"], raw["found"], cfg.crop_size, cfg.smooth_pose)
-            lm, valid = raw["filled"], raw["valid"]
+            raw = dataset.load_npz(self.stages / f"landmarks_{pid}.npz")
+            lm, valid = person_track.fill_short_gaps(raw["landmarks"], raw["found"])
             frac = valid.mean()
             if frac < person_track.MIN_VALID_FRACTION:
                 raise PrepareError(f"person {pid}'s face was tracked in only {frac:.0%} of the frames (at least "
                                    f"{person_track.MIN_VALID_FRACTION:.0%} needed); the face is lost for most of the clip")
+            if "R" not in raw:  # the person pass fitted the head, unless a version that did not left it
+                raw |= person_track.fit_head(raw["landmarks"], raw["found"], cfg.crop_size, cfg.smooth_pose)
             fits.append(person_track.head_fit(raw))
             raws.append((lm, valid, raw["found"], _head_cover(raw)))
         # The workers track the torsos while this process fits the expressions, the audio and the QA pictures.

@@ -145,6 +145,27 @@ def test_a_redone_stage_redoes_everything_after_it(synthetic):
     assert (root / "audio_features.npz").stat().st_mtime_ns != audio_before  # downstream redone
 
 
+def test_the_tracks_stage_fits_a_head_that_an_earlier_version_left_unfitted(synthetic, tmp_path):
+    # (the person pass fits each head in its worker; a pass an earlier version left holds the landmarks alone)
+    import shutil
+
+    root = tmp_path / "ds"
+    shutil.copytree(synthetic["dataset"], root)
+    before = dataset.load_track(root, 0)
+    kept = ("landmarks", "found", "head_cover")
+    for pid in (0, 1):
+        stage = root / ".stages" / f"landmarks_{pid}.npz"
+        raw = dataset.load_npz(stage)
+        assert {"R", "t", "focal", "canonical"} <= set(raw)
+        np.savez_compressed(stage, **{k: raw[k] for k in kept})
+        (root / "persons" / str(pid) / "track.npz").unlink()
+    out = run_cli("--video", synthetic["video"], "--out", root, "--crop_size", str(CROP))
+    assert out.returncode == 0, out.stderr[-2000:]
+    after = dataset.load_track(root, 0)
+    for key in ("R", "t", "euler", "focal", "expr", "landmarks"):
+        np.testing.assert_array_equal(after[key], before[key])
+
+
 def test_prepare_upgrades_a_dataset_of_schema_1_by_running_the_torso_stage(synthetic, tmp_path):
     import shutil
 
