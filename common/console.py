@@ -61,6 +61,8 @@ def quiet(verbose: bool = False) -> None:
         os.dup2(real, 2)
         try:
             os.write(write, _END)  # the pump passes on what came before, and ends
+        except OSError:  # (the pump had already stopped)
+            pass
         finally:
             os.close(write)
         pump.join(timeout=2.0)
