@@ -197,7 +197,7 @@ def fit_head(landmarks: np.ndarray, found: np.ndarray, crop_size: int, smooth_po
     return {name: np.asarray(getattr(fit, name)) for name in HEAD_FIT}
 
 
-def head_fit(person_pass: dict) -> head_pose.HeadPoseFit:
+def stored_head_fit(person_pass: dict) -> head_pose.HeadPoseFit:
     """The ``head_pose.HeadPoseFit`` that ``fit_head`` stored in a person pass's results."""
     fit = head_pose.HeadPoseFit(**{name: person_pass[name] for name in HEAD_FIT})
     fit.focal = float(fit.focal)

@@ -301,7 +301,7 @@ class Prepare:
                                    f"{person_track.MIN_VALID_FRACTION:.0%} needed); the face is lost for most of the clip")
             if "R" not in raw:  # the person pass fitted the head, unless a version that did not left it
                 raw |= person_track.fit_head(raw["landmarks"], raw["found"], cfg.crop_size, cfg.smooth_pose)
-            fits.append(person_track.head_fit(raw))
+            fits.append(person_track.stored_head_fit(raw))
             raws.append((lm, valid, raw["found"], _head_cover(raw)))
         # The workers track the torsos while this process fits the expressions, the audio and the QA pictures.
         self._start_torso(ctx, {pid: (fit.euler, fit.t, valid) for pid, fit, (_, valid, *_) in zip(ids, fits, raws)})
