@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import math
 import os
+import queue
 import subprocess
 import tempfile
+import threading
 import warnings
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -24,6 +26,10 @@ from common.atomic_io import atomic_path, temp_name
 from common.errors import PrepareError
 
 AUDIO_SR = 16000
+AHEAD = 2
+"""Frames a decoder reads ahead of its reader and a writer holds for its encoder, each in a thread of its own: the
+decoding and encoding processes then run while the caller works on a frame, instead of waiting for each other through
+a pipe that holds a tenth of a frame (prepare's person passes on 2 cores: measured in docs/PERFORMANCE.md)."""
 
 
 def ffmpeg_exe() -> str:
@@ -102,11 +108,50 @@ def iter_frames(path: str | os.PathLike, fps: float | None = None, gray: bool = 
     meta = next(gen)
     w, h = meta["size"]  # the size after the filters
     shape = (h, w) if gray else (h, w, 3)
+    yield from (np.frombuffer(buf, np.uint8).reshape(shape) for buf in _read_ahead(gen))
+
+
+class _Failed:
+    def __init__(self, error: BaseException):
+        self.error = error
+
+
+def _read_ahead(gen: Iterator, depth: int = AHEAD) -> Iterator:
+    """``gen``'s items, read by a thread up to ``depth`` items ahead of the caller. ``gen`` is closed in that thread
+    when it ends, fails, or the caller stops early; its exceptions reach the caller."""
+    items: queue.Queue = queue.Queue(depth)
+    stop, end = threading.Event(), object()
+
+    def put(item) -> bool:
+        while not stop.is_set():
+            try:
+                items.put(item, timeout=0.05)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def run() -> None:
+        try:
+            for item in gen:
+                if not put(item):
+                    return
+            put(end)
+        except BaseException as e:  # noqa: BLE001  (handed to the caller)
+            put(_Failed(e))
+        finally:
+            gen.close()
+
+    thread = threading.Thread(target=run, name="read-ahead", daemon=True)
+    thread.start()
     try:
-        for buf in gen:
-            yield np.frombuffer(buf, np.uint8).reshape(shape)
+        while (item := items.get()) is not end:
+            if isinstance(item, _Failed):
+                raise item.error
+            yield item
     finally:
-        gen.close()
+        stop.set()
+        thread.join()
 
 
 def read_audio(path: str | os.PathLike, sr: int = AUDIO_SR) -> np.ndarray | None:
@@ -219,17 +264,38 @@ class FrameWriter:
         self._writer.send(None)
 
     def write(self, frame: np.ndarray) -> None:
+        """Queue one frame for the encoder (a thread hands it over; the caller goes on)."""
         if self._writer is None:
             self._open(*frame.shape[:2])
+            self._frames = queue.Queue(AHEAD)
+            self._failed = None
+            self._thread = threading.Thread(target=self._send, name="write-behind", daemon=True)
+            self._thread.start()
         if frame.shape[:2] != self._size:
             raise PrepareError(f"frame {self.n} of {self.path} is {frame.shape[:2]}, expected {self._size}")
-        self._writer.send(np.ascontiguousarray(frame, dtype=np.uint8))
+        if self._failed is not None:
+            raise self._failed
+        out = np.ascontiguousarray(frame, dtype=np.uint8)
+        self._frames.put(out.copy() if out is frame and frame.flags.writeable else out)  # the caller may reuse it
         self.n += 1
+
+    def _send(self) -> None:
+        """The encoder's feeder: frames from the queue to ffmpeg until None; after a failure it only drains."""
+        while (frame := self._frames.get()) is not None:
+            if self._failed is None:
+                try:
+                    self._writer.send(frame)
+                except BaseException as e:  # noqa: BLE001  (raised in the caller's thread)
+                    self._failed = e
 
     def __exit__(self, exc_type, exc, tb) -> None:
         try:
             if self._writer is not None:
+                self._frames.put(None)
+                self._thread.join()
                 self._writer.close()
+                if self._failed is not None and exc_type is None:
+                    raise self._failed
             if exc_type is None:
                 if self.n == 0:
                     raise PrepareError(f"no frames to write to {self.path}")

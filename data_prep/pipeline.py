@@ -256,7 +256,7 @@ class Prepare:
             if not self._done(*outputs):
                 todo.append((p["id"], job))
         if todo:
-            self._run_persons(todo, n_expected)
+            self._run_persons(ctx, todo, n_expected)
         if "plate" in ctx:
             ctx.pop("plate").result()
         counts = {len(dataset.load_npz(self.stages / f"landmarks_{p['id']}.npz")["found"]) for p in pp["persons"]}
@@ -265,7 +265,9 @@ class Prepare:
                                "the video may be damaged: re-encode it and run again with --force")
         ctx["n_frames"] = counts.pop()
 
-    def _run_persons(self, todo: list, n_expected: int) -> None:
+    def _run_persons(self, ctx: dict, todo: list, n_expected: int) -> None:
+        """The person passes, in the workers where there are several; a person's torso jobs start as soon as its pass
+        ends (``_start_torso``), so that a worker done first does not idle while the other finishes."""
         pool = self._workers()
         with tqdm(total=n_expected * len(todo), desc="landmarks+parsing", unit="crop", leave=False) as bar:
             if pool is None:
@@ -279,7 +281,11 @@ class Prepare:
                 while not self._progress.empty():
                     bar.update(self._progress.get())
                 for fut in finished:
-                    self._save_landmarks(futures[fut], fut.result())
+                    pid, res = futures[fut], fut.result()
+                    self._save_landmarks(pid, res)
+                    if "R" in res:  # the head was fitted: its reference frame is known
+                        _, valid = person_track.fill_short_gaps(res["landmarks"], res["found"])
+                        self._start_torso(ctx, {pid: (res["euler"], res["t"], valid)}, len(valid))
 
     def _save_landmarks(self, pid: int, res: dict) -> None:
         save_npz(self.stages / f"landmarks_{pid}.npz", **res)
@@ -303,8 +309,10 @@ class Prepare:
                 raw |= person_track.fit_head(raw["landmarks"], raw["found"], cfg.crop_size, cfg.smooth_pose)
             fits.append(person_track.stored_head_fit(raw))
             raws.append((lm, valid, raw["found"], _head_cover(raw)))
-        # The workers track the torsos while this process fits the expressions, the audio and the QA pictures.
-        self._start_torso(ctx, {pid: (fit.euler, fit.t, valid) for pid, fit, (_, valid, *_) in zip(ids, fits, raws)})
+        # The workers track the torsos (those the persons stage did not start) while this process fits the expressions,
+        # the audio and the QA pictures.
+        self._start_torso(ctx, {pid: (fit.euler, fit.t, valid) for pid, fit, (_, valid, *_) in zip(ids, fits, raws)},
+                          ctx["n_frames"])
         shapes = [expression.pose_normalize(lm, fit.canonical, fit.rigid) for (lm, *_), fit in zip(raws, fits)]
         basis = expression.fit_expression_basis([s[v] for s, (_, v, *_) in zip(shapes, raws)], k=cfg.expression_k)
         save_npz(self.out / "expression_basis.npz", **dataclasses.asdict(basis))
@@ -327,45 +335,45 @@ class Prepare:
     def _torso(self, ctx: dict) -> None:
         """Start each person's torso tracking, in the worker processes (finished by ``_torso_done``), unless the
         tracks stage started it."""
-        if "torso" in ctx:
-            return
         ids = [p["id"] for p in ctx["people"]["persons"]]
+        if all(i in ctx.get("torso", {}) for i in ids):
+            return
         outputs = [dataset.person_dir(self.out, i) / "torso.npz" for i in ids] + [self.out / "qa" / "torso_motion.png"]
         if self._done(*outputs):
             return
         tracks = {i: dataset.load_track(self.out, i) for i in ids}
-        self._start_torso(ctx, {i: (tr["euler"], tr["t"], tr["valid"]) for i, tr in tracks.items()})
+        self._start_torso(ctx, {i: (tr["euler"], tr["t"], tr["valid"]) for i, tr in tracks.items()}, ctx["n_frames"])
 
-    def _start_torso(self, ctx: dict, heads: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]]) -> None:
-        """Submit the torso jobs. ``heads``: each person's Euler angles, translations and valid frames, which pick its
-        reference frame (a training frame near its mean pose)."""
+    def _start_torso(self, ctx: dict, heads: dict[int, tuple[np.ndarray, np.ndarray, np.ndarray]], n: int) -> None:
+        """Submit the torso jobs of the persons in ``heads`` whose jobs have not started (``ctx["torso"]``: person id ->
+        its jobs). ``heads``: each person's Euler angles, translations and valid frames, which pick its reference frame
+        (a training frame near its mean pose); ``n``: the clip's frames."""
         pool = self._workers()
-        n = ctx["n_frames"]
         a, b = dataset.splits(n)["train"]
         frames = np.arange(n)
         # With workers, each person's two sides of the reference frame are two jobs: a person whose torso is often
         # lost (each lost frame spends all of ECC's iterations) no longer holds up the stage alone.
         sides = ("after", "before") if pool else ("both",)
-        jobs = []
+        started = ctx.setdefault("torso", {})
         for pid, (euler, t, valid) in heads.items():
+            if pid in started:
+                continue
             train = frames[a:b][valid[a:b]]
             ref = torso_track.reference_frame(euler.astype(np.float32), t.astype(np.float32),
                                               train if len(train) else frames[a:b])
-            jobs += [(str(self.out), str(self.stages), pid, n, self.cfg.crop_size, ref, side) for side in sides]
-        if pool:
-            parts = [pool.submit(workers_.track_torso, *j) for j in jobs]
-        else:
-            parts = [workers_.track_torso(*j) for j in jobs]
-        ctx["torso"] = [parts[k * len(sides):(k + 1) * len(sides)] for k in range(len(heads))]
+            job = (str(self.out), str(self.stages), pid, n, self.cfg.crop_size, ref)
+            started[pid] = ([pool.submit(workers_.track_torso, *job, side) for side in sides] if pool else
+                            [workers_.track_torso(*job, side) for side in sides])
 
     def _torso_done(self, ctx: dict) -> None:
         """Collect the torso motions: log them, draw them, drop the working frames."""
         if "torso" not in ctx:
             return
         ids = [p["id"] for p in ctx["people"]["persons"]]
+        jobs = ctx.pop("torso")
         motions = [_save_torso(self.out, pid, [p.result() if isinstance(p, concurrent.futures.Future) else p
-                                                       for p in parts])
-                   for pid, parts in zip(ids, ctx.pop("torso"))]
+                                                       for p in jobs[pid]])
+                   for pid in ids]
         n = ctx["n_frames"]
         a, b = dataset.splits(n)["train"]
         idx = np.arange(n)

@@ -111,3 +111,67 @@ def test_audio_of_another_length_than_the_video_is_fitted_with_a_warning():
         warnings.simplefilter("error")
         assert fit_audio(second[:15800], 25, 25).size == 16000  # 12 ms short: container slack, no warning
         assert fit_audio(np.zeros(0, np.float32), 25, 25).size == 16000  # no track at all: the caller knows
+
+
+def test_a_frame_reused_by_the_caller_is_written_as_it_was_when_handed_over(tmp_path):
+    # The encoder is fed by a thread a few frames behind the caller, who may fill the same buffer again meanwhile.
+    buffer = np.zeros((32, 40), np.uint8)
+    wanted = []
+    with FrameWriter(tmp_path / "l.mkv", 25, gray=True) as w:
+        for k in range(6):
+            buffer[:] = 40 * k
+            wanted.append(buffer.copy())
+            w.write(buffer)
+    back = list(iter_frames(tmp_path / "l.mkv", gray=True))
+    assert len(back) == 6 and all((a == b).all() for a, b in zip(wanted, back))
+
+
+def _children() -> set[int]:
+    """Live (not zombie) child processes of this one, from /proc."""
+    import os
+    from pathlib import Path
+
+    out = set()
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        if int(fields[1]) == os.getpid() and fields[0] != "Z":
+            out.add(int(stat.parent.name))
+    return out
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_a_reader_stopped_early_leaves_no_thread_and_no_decoder(tmp_path):
+    import threading
+
+    write_video(tmp_path / "v.mp4", _numbered_frames(40), 25)
+    before = _children()
+    frames = iter_frames(tmp_path / "v.mp4")
+    first = [next(frames) for _ in range(3)]  # the decoder and its read-ahead thread now run
+    assert [round(float(f.mean()) / 4) for f in first] == [0, 1, 2]
+    assert _children() - before
+    frames.close()
+    assert not [t for t in threading.enumerate() if t.name == "read-ahead"]
+    assert not _children() - before
+
+
+def test_read_ahead_hands_on_the_failure_and_closes_the_source():
+    from common.video_io import _read_ahead
+
+    closed = []
+
+    def source():
+        try:
+            yield 1
+            yield 2
+            raise OSError("the decoder died")
+        finally:
+            closed.append(True)
+
+    got = []
+    with pytest.raises(OSError, match="decoder died"):
+        for item in _read_ahead(source()):
+            got.append(item)
+    assert got == [1, 2] and closed == [True]
