@@ -65,8 +65,8 @@ def parse_labels(person_prob: np.ndarray, landmarks: np.ndarray | None, own_colu
         [S, S] uint8 labels.
     """
     s = person_prob.shape[0]
-    person = (person_prob > 0.5) & own_columns[None, :]
-    labels = np.where(person, TORSO, BACKGROUND).astype(np.uint8)
+    person = (person_prob if person_prob.dtype == bool else person_prob > 0.5) & own_columns[None, :]
+    labels = np.multiply(person, TORSO, dtype=np.uint8)  # BACKGROUND is 0
     if landmarks is None:
         return labels
     pts = landmarks[:, :2].astype(np.float32)
@@ -90,7 +90,7 @@ def parse_labels(person_prob: np.ndarray, landmarks: np.ndarray | None, own_colu
     _fill_side(head, pts[CHIN], -up, 0)  # nothing below the chin line
     head &= person
     cv2.fillConvexPoly(head, cv2.convexHull(pts).astype(np.int32), 1)
-    labels[head > 0] = HEAD
+    np.putmask(labels, head.view(bool), HEAD)  # head holds 0 and 1 only
     return labels
 
 
