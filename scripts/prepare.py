@@ -5,9 +5,9 @@ Finds every person on screen, crops each one (head and shoulders), tracks 478
 face landmarks, fits head pose and focal, fits the expression basis of
 Eq. (1), parses head / torso / background, builds background plates, computes
 audio features and who speaks when, and draws QA pictures. Offline. On 2
-CPU cores a two-person 1280x720 clip at 512 px crops takes about 1.1-1.35x
-its length, plus 1.5 s to start (0.91x real time on a real 17.5 s interview,
-0.75x on a real 8 s debate; docs/PERFORMANCE.md).
+CPU cores a two-person 1280x720 clip at 512 px crops takes about its length
+(1.05x real time on a real 17.5 s interview, 0.85x on a real 8 s debate: about
+4 s are fixed costs), plus 1.4 s to start (docs/PERFORMANCE.md).
 Small faces are searched for in tiles; each person found and each face track
 dropped is logged with its reason.
 
