@@ -6,7 +6,7 @@ face landmarks, fits head pose and focal, fits the expression basis of
 Eq. (1), parses head / torso / background, builds background plates, computes
 audio features and who speaks when, and draws QA pictures. Offline. On 2
 CPU cores a two-person 1280x720 clip at 512 px crops takes about its length
-(1.05x real time on a real 17.5 s interview, 0.85x on a real 8 s debate: about
+(1.02-1.07x real time on a real 17.5 s interview, 0.85x on a real 8 s debate: about
 4 s are fixed costs), plus 1.4 s to start (docs/PERFORMANCE.md).
 Small faces are searched for in tiles; each person found and each face track
 dropped is logged with its reason.
