@@ -334,7 +334,7 @@ class Prepare:
     # -- stage 4: each person's torso motion, torso.npz -----------------------------------------
     def _torso(self, ctx: dict) -> None:
         """Start each person's torso tracking, in the worker processes (finished by ``_torso_done``), unless the
-        tracks stage started it."""
+        persons or the tracks stage started it."""
         ids = [p["id"] for p in ctx["people"]["persons"]]
         if all(i in ctx.get("torso", {}) for i in ids):
             return
