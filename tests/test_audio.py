@@ -414,3 +414,49 @@ def test_evaluate_audio_scores_speech_against_silence_on_audio_files_without_vid
     assert bad.returncode == 1 and bad.stderr.count("\n") == 1 and "no such audio file" in bad.stderr
     none = _evaluate_audio("--encoder", pretrained["ckpt"])
     assert none.returncode == 2 and "give --data" in none.stderr
+
+
+def test_frame_codes_code_a_track_on_its_own_batch_norm_statistics_and_leave_the_encoders_own():
+    from nerf.audio import ADAPT_MIN_WINDOWS, Wav2LipAudioEncoder, adapted_to, frame_codes
+
+    torch.manual_seed(0)
+    enc = Wav2LipAudioEncoder().eval()
+    before = {k: v.clone() for k, v in enc.state_dict().items()}
+    mel = torch.rand(ADAPT_MIN_WINDOWS + 10, 80, 16) * 8 - 4
+    with adapted_to(enc, mel):  # one chunk: the first batch norm holds the mean of its input over these windows
+        first = enc.audio_encoder[0].conv_block
+        with torch.no_grad():
+            pre = first[0](mel[:, None])
+        torch.testing.assert_close(first[1].running_mean, pre.mean((0, 2, 3)), rtol=1e-4, atol=1e-5)
+        torch.testing.assert_close(first[1].running_var, pre.var((0, 2, 3)), rtol=1e-3, atol=1e-5)
+        assert not enc.training
+    with torch.no_grad():
+        plain = enc(mel)
+    adapted = frame_codes(enc, mel)
+    assert not torch.allclose(adapted, plain, atol=1e-3)  # the track's statistics, not the stored ones
+    torch.testing.assert_close(frame_codes(enc, mel[:ADAPT_MIN_WINDOWS - 1]), plain[:ADAPT_MIN_WINDOWS - 1])  # too few
+    enc.train()
+    frame_codes(enc, mel)
+    assert enc.training and all(torch.equal(v, before[k]) for k, v in enc.state_dict().items())  # its own again
+
+
+def test_a_pretraining_batch_holds_two_voices_in_equal_shares_in_the_order_they_are_coded():
+    from nerf.audio_pretrain import VOICES_PER_BATCH, SpeakerData, _batch, _pick, _shifts
+
+    def speaker(name, frames):
+        T = 40
+        return SpeakerData(name=name, mel=torch.randn(T, 80, 16), target=torch.randn(T, 121),
+                           usable=torch.ones(T, dtype=torch.bool), train=torch.tensor(frames), val=torch.tensor([]))
+
+    speakers = [speaker("a", [1, 2, 3]), speaker("b", []), speaker("c", [10, 11]), speaker("d", [20, 21, 22, 23])]
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(20):
+        who, frame, voices = _pick(speakers, 32, gen)
+        assert len(voices) == VOICES_PER_BATCH == 2 and voices == [16, 16] and 1 not in who.tolist()
+        first, second = who[:16].unique(), who[16:].unique()
+        assert len(first) == len(second) == 1 and first < second  # _batch's order: by speaker
+        assert all(int(f) in speakers[int(w)].train.tolist() for w, f in zip(who, frame))
+        mel = _batch(speakers, who, frame, _shifts(AudioPretrainConfig()))[0]
+        torch.testing.assert_close(mel[:16], speakers[int(first)].mel[frame[:16]])
+    who, _, voices = _pick(speakers[:2], 32, gen)  # one person speaks: one voice
+    assert voices == [32] and set(who.tolist()) == {0}
